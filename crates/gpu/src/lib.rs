@@ -1,0 +1,13 @@
+//! The wgpu runtime of tinytune: device, limits, buffers, pipeline cache, shader registry,
+//! readback, and one launcher per WGSL kernel (`ops`).
+
+pub mod device;
+pub mod error;
+pub mod ops;
+pub mod shaders;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use device::list_adapters;
+pub use device::{groups_1d, AdapterSummary, Encoder, Gpu, GpuBuffer, GpuOptions, Kernel};
+pub use error::{GpuError, Result};
+pub use wgpu;

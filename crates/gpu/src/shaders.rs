@@ -1,0 +1,30 @@
+//! Every WGSL file under `shaders/`, compiled into the binary with `include_str!` (same on native
+//! and wasm). A test fails if a file under `shaders/` is missing here.
+
+/// One WGSL file: its name is its path under `shaders/` without `.wgsl`.
+#[derive(Clone, Copy, Debug)]
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+macro_rules! shaders {
+    ($($name:literal),* $(,)?) => {
+        /// The shader registry.
+        pub static SHADERS: &[Shader] = &[
+            $(Shader { name: $name, source: include_str!(concat!("../../../shaders/", $name, ".wgsl")) },)*
+        ];
+    };
+}
+
+shaders!(
+    "nf4/quantize",
+    "nf4/absmax_mean",
+    "nf4/absmax_quantize",
+    "nf4/dequantize",
+);
+
+/// Looks a shader up by name.
+pub fn get(name: &str) -> Option<&'static Shader> {
+    SHADERS.iter().find(|s| s.name == name)
+}

@@ -1,0 +1,68 @@
+//! Shared helpers of the integration tests: one device per test binary, seeded data, tolerances.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use tinytune::gpu::{Gpu, GpuOptions};
+
+/// The device for this test binary. With `TINYTUNE_REQUIRE_GPU=1` (CI) a missing adapter fails the
+/// test; otherwise the test is skipped with a message.
+pub fn gpu() -> Option<&'static Gpu> {
+    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
+    let g = GPU.get_or_init(|| Gpu::new_blocking(GpuOptions::default()).map_err(|e| e.to_string()));
+    match g {
+        Ok(g) => Some(g),
+        Err(e) => {
+            if std::env::var("TINYTUNE_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("TINYTUNE_REQUIRE_GPU=1 but no GPU device: {e}");
+            }
+            eprintln!("SKIPPED: no GPU adapter ({e})");
+            None
+        }
+    }
+}
+
+/// Deterministic SplitMix64 generator for test data.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    /// Approximately standard normal (sum of uniforms).
+    pub fn normal(&mut self) -> f32 {
+        (0..4).map(|_| self.uniform()).sum::<f32>() * 0.866
+    }
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.normal() * scale).collect()
+    }
+}
+
+/// Asserts `|got - want| <= atol + rtol * |want|` elementwise, naming the kernel and the worst index.
+pub fn assert_close(kernel: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{kernel}: length");
+    let mut worst = (0usize, 0f32);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        let tol = atol + rtol * w.abs();
+        assert!(g.is_finite(), "{kernel}: non-finite {g} at {i}");
+        if err - tol > worst.1 {
+            worst = (i, err - tol);
+        }
+    }
+    if worst.1 > 0.0 {
+        let i = worst.0;
+        panic!("{kernel}: |gpu-ref| over atol {atol} + rtol {rtol}: at {i} gpu {} ref {}", got[i], want[i]);
+    }
+}
