@@ -22,6 +22,13 @@ shaders!(
     "nf4/absmax_mean",
     "nf4/absmax_quantize",
     "nf4/dequantize",
+    "nf4/matmul_fwd",
+    "nf4/matmul_bwd_input",
+    "nn/matmul_fwd",
+    "lora/fwd",
+    "lora/bwd",
+    "optim/adamw_step",
+    "optim/grad_norm",
 );
 
 /// Looks a shader up by name.

@@ -3,3 +3,6 @@
 
 pub mod nf4;
 mod nf4_tables;
+pub mod lora;
+pub mod nn;
+pub mod optim;

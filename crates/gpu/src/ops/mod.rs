@@ -1,6 +1,10 @@
 //! One launcher per shader; module paths mirror `shaders/<family>/<op>.wgsl`.
 
+pub mod lora;
 pub mod nf4;
+mod nf4_matmul;
+pub mod nn;
+pub mod optim;
 
 use crate::device::{groups_1d, Encoder, Gpu};
 

@@ -3,6 +3,7 @@
 
 use tinytune_reference::nf4::{self as rnf4, Absmax, DoubleQuant, Nf4Tensor, DYNAMIC_MAP, NESTED_BLOCK};
 
+pub use super::nf4_matmul::*;
 use super::groups_for;
 use crate::device::{Encoder, Gpu, GpuBuffer};
 use crate::error::{shape_err, Result};
