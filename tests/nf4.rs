@@ -103,3 +103,20 @@ fn nf4_rejects_bad_block_size() {
     let err = nf4::quantize(&mut enc, "w", &xb, 100, 48, true).err().expect("block 48 must be refused");
     assert!(err.to_string().contains("block size 48"), "{err}");
 }
+
+#[test]
+fn nf4_dequantize_large_dispatch_splits_groups() {
+    // More than 65535 workgroups of 64: the launcher splits them over x and y.
+    let Some(gpu) = gpu() else { return };
+    let n = 65536 * 64 + 100;
+    let mut rng = Rng::new(3);
+    let x = rng.vec(n, 1.0);
+    let t = Nf4Tensor::quantize(&x, 64, true);
+    let w = nf4::Nf4Weight::upload(gpu, "w", &t).unwrap();
+    let out = gpu.alloc("deq", n as u64 * 4).unwrap();
+    let mut enc = gpu.encoder();
+    nf4::dequantize(&mut enc, &w, &out).unwrap();
+    enc.submit();
+    let got = gpu.read_blocking::<f32>(&out).unwrap();
+    assert_eq!(bits(&got), bits(&t.dequantize()));
+}

@@ -1,8 +1,220 @@
-// STUB: to be written (lora/bwd).
-struct Params { n: u32, _p0: u32, _p1: u32, _p2: u32 }
+// LoRA backward (PEFT) for an upstream gradient dY of Y += scale · (X·Aᵀ) · Bᵀ, given the saved H = X·Aᵀ.
+//
+// Four entry points, one dispatch each; stage_dh must run before stage_da and stage_dx:
+//   stage_dh: dH[m,r]  = scale · Σ_n dY[m,n] B[n,r]   bindings 1 dy, 2 b, 3 dh     (dH overwritten)
+//   stage_db: dB[n,r] += scale · Σ_m dY[m,n] H[m,r]   bindings 1 dy, 2 h, 3 db
+//   stage_da: dA[r,k] += Σ_m dH[m,r] X[m,k]           bindings 1 dh, 2 x, 3 da
+//   stage_dx: dX[m,k] += Σ_r dH[m,r] A[r,k]           bindings 1 dh, 2 a, 3 dx
+// dA, dB and dX accumulate (+=) so gradient accumulation and the frozen base weight's share of dX
+// add up in place; zeroing them is the caller's job. Each entry point declares its own bindings
+// 1..3 (the launcher passes exactly those buffers in that order); binding numbers repeat across
+// entry points, never within one.
+//
+// Each invocation computes a 4 x 4 output tile with vec4 accumulators, looping over the reduction
+// index with no shared memory and no barriers (lavapipe-friendly). Tile rows/columns past the edge
+// are clamped to the last valid index so loads never go out of range; their results are not
+// stored. Every output is summed in increasing index order, like the CPU reference.
+
+struct Params {
+    m: u32,      // rows of X, Y
+    k: u32,      // input features
+    n: u32,      // output features
+    r: u32,      // LoRA rank
+    scale: f32,  // alpha / r (or alpha / sqrt(r) with rsLoRA)
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+
+// stage_dh and stage_db
+@group(0) @binding(1) var<storage, read> dy: array<f32>;            // (M, N)
+// stage_dh
+@group(0) @binding(2) var<storage, read> b: array<f32>;             // (N, R) lora_B.weight
+@group(0) @binding(3) var<storage, read_write> dh: array<f32>;      // (M, R)
+// stage_db
+@group(0) @binding(2) var<storage, read> h: array<f32>;             // (M, R) saved X·Aᵀ
+@group(0) @binding(3) var<storage, read_write> db: array<f32>;      // (N, R)
+// stage_da and stage_dx
+@group(0) @binding(1) var<storage, read> dh_in: array<f32>;         // (M, R)
+// stage_da
+@group(0) @binding(2) var<storage, read> x: array<f32>;             // (M, K)
+@group(0) @binding(3) var<storage, read_write> da: array<f32>;      // (R, K)
+// stage_dx
+@group(0) @binding(2) var<storage, read> a: array<f32>;             // (R, K) lora_A.weight
+@group(0) @binding(3) var<storage, read_write> dx: array<f32>;      // (M, K)
+
+const WG: u32 = 64u;
+
+fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+// The four (clamped) indices of tile `t` along an axis of length `len` (len >= 1).
+fn tile4(t: u32, len: u32) -> vec4<u32> {
+    let last = len - 1u;
+    let i0 = t * 4u;
+    return vec4<u32>(min(i0, last), min(i0 + 1u, last), min(i0 + 2u, last), min(i0 + 3u, last));
+}
+
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3<u32>) {
-    if (g.x < p.n) { out[g.x] = 0.0; }
+fn stage_dh(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let tiles_r = (p.r + 3u) / 4u;
+    let id = linear_id(wid, nwg, lid);
+    if (id >= ((p.m + 3u) / 4u) * tiles_r) {
+        return;
+    }
+    let tm = id / tiles_r;
+    let tr = id % tiles_r;
+    let rows = tile4(tm, p.m) * p.n;  // dY row offsets
+    let ranks = tile4(tr, p.r);       // B columns
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var c = 0u; c < p.n; c++) {
+        let o = c * p.r;
+        let bv = vec4<f32>(b[o + ranks.x], b[o + ranks.y], b[o + ranks.z], b[o + ranks.w]);
+        acc0 += dy[rows.x + c] * bv;
+        acc1 += dy[rows.y + c] * bv;
+        acc2 += dy[rows.z + c] * bv;
+        acc3 += dy[rows.w + c] * bv;
+    }
+    let m0 = tm * 4u;
+    let r0 = tr * 4u;
+    let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+    for (var i = 0u; i < 4u; i++) {
+        let mi = m0 + i;
+        if (mi < p.m) {
+            for (var j = 0u; j < 4u; j++) {
+                if (r0 + j < p.r) {
+                    dh[mi * p.r + r0 + j] = p.scale * accs[i][j];
+                }
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn stage_db(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let tiles_r = (p.r + 3u) / 4u;
+    let id = linear_id(wid, nwg, lid);
+    if (id >= ((p.n + 3u) / 4u) * tiles_r) {
+        return;
+    }
+    let tn = id / tiles_r;
+    let tr = id % tiles_r;
+    let cols = tile4(tn, p.n);   // dY columns
+    let ranks = tile4(tr, p.r);  // H columns
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var i = 0u; i < p.m; i++) {
+        let oh = i * p.r;
+        let od = i * p.n;
+        let hv = vec4<f32>(h[oh + ranks.x], h[oh + ranks.y], h[oh + ranks.z], h[oh + ranks.w]);
+        acc0 += dy[od + cols.x] * hv;
+        acc1 += dy[od + cols.y] * hv;
+        acc2 += dy[od + cols.z] * hv;
+        acc3 += dy[od + cols.w] * hv;
+    }
+    let n0 = tn * 4u;
+    let r0 = tr * 4u;
+    let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+    for (var c = 0u; c < 4u; c++) {
+        let nc = n0 + c;
+        if (nc < p.n) {
+            for (var j = 0u; j < 4u; j++) {
+                if (r0 + j < p.r) {
+                    let o = nc * p.r + r0 + j;
+                    db[o] = db[o] + p.scale * accs[c][j];
+                }
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn stage_da(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let tiles_k = (p.k + 3u) / 4u;
+    let id = linear_id(wid, nwg, lid);
+    if (id >= ((p.r + 3u) / 4u) * tiles_k) {
+        return;
+    }
+    let tr = id / tiles_k;
+    let tk = id % tiles_k;
+    let ranks = tile4(tr, p.r);  // dH columns
+    let feats = tile4(tk, p.k);  // X columns
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var i = 0u; i < p.m; i++) {
+        let oh = i * p.r;
+        let ox = i * p.k;
+        let xv = vec4<f32>(x[ox + feats.x], x[ox + feats.y], x[ox + feats.z], x[ox + feats.w]);
+        acc0 += dh_in[oh + ranks.x] * xv;
+        acc1 += dh_in[oh + ranks.y] * xv;
+        acc2 += dh_in[oh + ranks.z] * xv;
+        acc3 += dh_in[oh + ranks.w] * xv;
+    }
+    let r0 = tr * 4u;
+    let k0 = tk * 4u;
+    let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+    for (var j = 0u; j < 4u; j++) {
+        let rj = r0 + j;
+        if (rj < p.r) {
+            for (var t = 0u; t < 4u; t++) {
+                if (k0 + t < p.k) {
+                    let o = rj * p.k + k0 + t;
+                    da[o] = da[o] + accs[j][t];
+                }
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn stage_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let tiles_k = (p.k + 3u) / 4u;
+    let id = linear_id(wid, nwg, lid);
+    if (id >= ((p.m + 3u) / 4u) * tiles_k) {
+        return;
+    }
+    let tm = id / tiles_k;
+    let tk = id % tiles_k;
+    let rows = tile4(tm, p.m) * p.r;  // dH row offsets
+    let feats = tile4(tk, p.k);       // A columns
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var j = 0u; j < p.r; j++) {
+        let oa = j * p.k;
+        let av = vec4<f32>(a[oa + feats.x], a[oa + feats.y], a[oa + feats.z], a[oa + feats.w]);
+        acc0 += dh_in[rows.x + j] * av;
+        acc1 += dh_in[rows.y + j] * av;
+        acc2 += dh_in[rows.z + j] * av;
+        acc3 += dh_in[rows.w + j] * av;
+    }
+    let m0 = tm * 4u;
+    let k0 = tk * 4u;
+    let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+    for (var i = 0u; i < 4u; i++) {
+        let mi = m0 + i;
+        if (mi < p.m) {
+            for (var t = 0u; t < 4u; t++) {
+                if (k0 + t < p.k) {
+                    let o = mi * p.k + k0 + t;
+                    dx[o] = dx[o] + accs[i][t];
+                }
+            }
+        }
+    }
 }

@@ -1,8 +1,110 @@
-// STUB: to be written (nn/matmul_fwd).
-struct Params { n: u32, _p0: u32, _p1: u32, _p2: u32 }
+// Dense f32 matmul in torch Linear layout: y[M,N] (+)= alpha * x[M,K] · w[N,K]ᵀ.
+//
+// Register blocking without shared memory (fast on lavapipe, where storage loads inside loops are
+// the cost and barriers are expensive): each invocation owns a tile of ROWS rows × 8 columns of y,
+// kept as 2 vec4 per row, and walks K four at a time: per step it loads 8 w vec4 (two mat4x4) and
+// one x vec4 per row and does ROWS × 32 multiply-adds. Out-of-range rows and columns load a clamped
+// (valid) row and are simply not stored. Tiles are numbered column-tile fastest over a 1-D grid.
+
+override ACCUMULATE: bool = false;  // y += alpha * x·wᵀ instead of y = alpha * x·wᵀ
+override ROWS: u32 = 8u;            // rows of y per invocation, 1..=8
+
+struct Params {
+    m: u32,
+    k: u32,
+    n: u32,
+    alpha: f32,
+    ntn: u32,     // ceil(n / 8): column tiles
+    ntiles: u32,  // ceil(m / ROWS) * ntn
+    _p0: u32,
+    _p1: u32,
+}
+
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;         // (M, K)
+@group(0) @binding(2) var<storage, read> w: array<f32>;         // (N, K)
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;   // (M, N)
+
+fn ld4(o: u32) -> vec4<f32> {
+    return vec4<f32>(w[o], w[o + 1u], w[o + 2u], w[o + 3u]);
+}
+
+fn lx4(o: u32) -> vec4<f32> {
+    return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
+}
+
+fn store(row: u32, col: u32, v: f32) {
+    if (col < p.n) {
+        let i = row * p.n + col;
+        var r = p.alpha * v;
+        if (ACCUMULATE) {
+            r += y[i];
+        }
+        y[i] = r;
+    }
+}
+
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3<u32>) {
-    if (g.x < p.n) { out[g.x] = 0.0; }
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let t = (wid.x + wid.y * nwg.x) * 64u + lid;
+    if (t >= p.ntiles) {
+        return;
+    }
+    let K = p.k;
+    let r0 = (t / p.ntn) * ROWS;
+    let c0 = (t % p.ntn) * 8u;
+    let cl = p.n - 1u;
+    let rl = p.m - 1u;
+
+    // Start offsets of the 8 w rows (clamped columns) and ROWS x rows (clamped rows).
+    var wo: array<u32, 8>;
+    for (var j = 0u; j < 8u; j++) {
+        wo[j] = min(c0 + j, cl) * K;
+    }
+    var xo: array<u32, 8>;
+    for (var i = 0u; i < ROWS; i++) {
+        xo[i] = min(r0 + i, rl) * K;
+    }
+    var acc: array<vec4<f32>, 16>;
+    for (var i = 0u; i < 2u * ROWS; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+
+    let k4 = K & ~3u;
+    for (var kk = 0u; kk < k4; kk += 4u) {
+        // Columns of wa / wb are w rows: xv * wa = (dot(xv, w[c0+0]), ..., dot(xv, w[c0+3])).
+        let wa = mat4x4<f32>(ld4(wo[0] + kk), ld4(wo[1] + kk), ld4(wo[2] + kk), ld4(wo[3] + kk));
+        let wb = mat4x4<f32>(ld4(wo[4] + kk), ld4(wo[5] + kk), ld4(wo[6] + kk), ld4(wo[7] + kk));
+        for (var i = 0u; i < ROWS; i++) {
+            let xv = lx4(xo[i] + kk);
+            acc[2u * i] += xv * wa;
+            acc[2u * i + 1u] += xv * wb;
+        }
+    }
+    for (var kk = k4; kk < K; kk++) {
+        let wa = vec4<f32>(w[wo[0] + kk], w[wo[1] + kk], w[wo[2] + kk], w[wo[3] + kk]);
+        let wb = vec4<f32>(w[wo[4] + kk], w[wo[5] + kk], w[wo[6] + kk], w[wo[7] + kk]);
+        for (var i = 0u; i < ROWS; i++) {
+            let xs = x[xo[i] + kk];
+            acc[2u * i] += xs * wa;
+            acc[2u * i + 1u] += xs * wb;
+        }
+    }
+
+    for (var i = 0u; i < ROWS; i++) {
+        let row = r0 + i;
+        if (row < p.m) {
+            let a = acc[2u * i];
+            let b = acc[2u * i + 1u];
+            store(row, c0, a.x);
+            store(row, c0 + 1u, a.y);
+            store(row, c0 + 2u, a.z);
+            store(row, c0 + 3u, a.w);
+            store(row, c0 + 4u, b.x);
+            store(row, c0 + 5u, b.y);
+            store(row, c0 + 6u, b.z);
+            store(row, c0 + 7u, b.w);
+        }
+    }
 }

@@ -63,6 +63,9 @@ pub fn assert_close(kernel: &str, got: &[f32], want: &[f32], atol: f32, rtol: f3
     }
     if worst.1 > 0.0 {
         let i = worst.0;
-        panic!("{kernel}: |gpu-ref| over atol {atol} + rtol {rtol}: at {i} gpu {} ref {}", got[i], want[i]);
+        panic!(
+            "{kernel}: |gpu-ref| over atol {atol} + rtol {rtol}: at {i} gpu {} ref {}",
+            got[i], want[i]
+        );
     }
 }

@@ -132,8 +132,8 @@ impl Gpu {
         (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
     }
 
-    fn check_size(&self, label: &str, bytes: u64) -> Result<()> {
-        if bytes > self.limits.max_buffer_size {
+    fn check_size(&self, label: &str, bytes: u64, size: u64) -> Result<()> {
+        if size > self.limits.max_buffer_size {
             return Err(GpuError::BufferTooLarge {
                 label: label.into(),
                 bytes,
@@ -141,7 +141,7 @@ impl Gpu {
                 what: "buffer",
             });
         }
-        if bytes > self.limits.max_storage_buffer_binding_size as u64 {
+        if size > self.limits.max_storage_buffer_binding_size as u64 {
             return Err(GpuError::BufferTooLarge {
                 label: label.into(),
                 bytes,
@@ -155,7 +155,7 @@ impl Gpu {
     /// A zero-filled storage buffer of `bytes` bytes (rounded up to a multiple of 4, at least 4).
     pub fn alloc(&self, label: &str, bytes: u64) -> Result<GpuBuffer> {
         let size = bytes.max(4).div_ceil(4) * 4;
-        self.check_size(label, size)?;
+        self.check_size(label, bytes, size)?;
         let scope = ErrorScope::push(&self.device);
         let raw = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -363,13 +363,32 @@ impl<'g> Encoder<'g> {
 /// Splits `n` workgroups over x and y so that neither exceeds the per-dimension limit.
 /// Shaders recover the linear index as `wid.x + wid.y * nwg.x`.
 pub fn groups_1d(gpu: &Gpu, n: u64) -> [u32; 3] {
-    let max = gpu.limits.max_compute_workgroups_per_dimension as u64;
+    split_groups(n, gpu.limits.max_compute_workgroups_per_dimension as u64)
+}
+
+/// [`groups_1d`] for a given per-dimension limit: `x * y >= n`, both `<= max`, `x * y - n < y`.
+pub fn split_groups(n: u64, max: u64) -> [u32; 3] {
     if n <= max {
         [n as u32, 1, 1]
     } else {
         let y = n.div_ceil(max);
         let x = n.div_ceil(y);
         [x as u32, y as u32, 1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_groups;
+
+    #[test]
+    fn split_groups_covers_n_within_limits() {
+        for &(n, max) in &[(0u64, 65535u64), (1, 65535), (65535, 65535), (65536, 65535), (10_000_007, 65535), (1000, 40)] {
+            let [x, y, z] = split_groups(n, max);
+            let (x, y) = (x as u64, y as u64);
+            assert!(x <= max && y <= max && z == 1, "n={n}: {x}x{y}");
+            assert!(x * y >= n && x * y - n < y.max(1), "n={n}: {x}x{y}");
+        }
     }
 }
 

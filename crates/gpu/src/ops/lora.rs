@@ -1,1 +1,209 @@
-//! STUB: to be written.
+//! LoRA adapter launchers (PEFT semantics): `shaders/lora/fwd.wgsl` and `shaders/lora/bwd.wgsl`.
+//!
+//! Shapes (f32, row-major): `x[M,K]`, `a[R,K]` (`lora_A.weight`), `b[N,R]` (`lora_B.weight`),
+//! `h[M,R] = x · aᵀ`, `y[M,N]`, and `scale = alpha / R` (or `alpha / sqrt(R)` with rsLoRA; the
+//! caller passes the final value). Reference: [`tinytune_reference::lora`].
+//!
+//! Each op is several dispatches of separate entry points of one WGSL file (`stage_*`), recorded
+//! in order into the caller's encoder.
+
+use super::groups_for;
+use crate::device::{Encoder, GpuBuffer};
+use crate::error::{shape_err, Result};
+
+/// Workgroup size of every LoRA kernel; each invocation computes a 4 x 4 output tile.
+const WG: u64 = 64;
+
+/// Invocations for an `rows x cols` output in 4 x 4 tiles.
+fn tiles(rows: usize, cols: usize) -> u64 {
+    rows.div_ceil(4) as u64 * cols.div_ceil(4) as u64
+}
+
+fn check_dims(kernel: &str, m: usize, k: usize, n: usize, r: usize) -> Result<()> {
+    if m == 0 || k == 0 || n == 0 || r == 0 {
+        return Err(shape_err(
+            kernel,
+            format!("empty shape m={m} k={k} n={n} r={r}"),
+        ));
+    }
+    for (name, count) in [
+        ("M*K", m.checked_mul(k)),
+        ("M*N", m.checked_mul(n)),
+        ("R*K", r.checked_mul(k)),
+        ("N*R", n.checked_mul(r)),
+        ("M*R", m.checked_mul(r)),
+    ] {
+        if count.is_none_or(|c| c > u32::MAX as usize) {
+            return Err(shape_err(
+                kernel,
+                format!(
+                    "{name} elements exceed the 2^32 a kernel indexes (m={m} k={k} n={n} r={r})"
+                ),
+            ));
+        }
+    }
+    // Tile counts stay below 2^32 because each is at most (M+3)/4 * (K+3)/4 etc.
+    Ok(())
+}
+
+fn check_buf(kernel: &str, name: &str, buf: &GpuBuffer, rows: usize, cols: usize) -> Result<()> {
+    let need = rows as u64 * cols as u64 * 4;
+    if buf.len < need {
+        return Err(shape_err(
+            kernel,
+            format!(
+                "{name} ({}) holds {} bytes, ({rows}, {cols}) f32 need {need}",
+                buf.label, buf.len
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Fails if an output buffer is also bound as another input or output of the same op.
+fn check_distinct(
+    kernel: &str,
+    outputs: &[(&str, &GpuBuffer)],
+    inputs: &[(&str, &GpuBuffer)],
+) -> Result<()> {
+    for (i, (on, ob)) in outputs.iter().enumerate() {
+        for (other, bb) in outputs[i + 1..].iter().chain(inputs) {
+            if ob.raw == bb.raw {
+                return Err(shape_err(
+                    kernel,
+                    format!("{on} and {other} are the same buffer ({})", ob.label),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn params(m: usize, k: usize, n: usize, r: usize, scale: f32) -> [u32; 8] {
+    [
+        m as u32,
+        k as u32,
+        n as u32,
+        r as u32,
+        scale.to_bits(),
+        0,
+        0,
+        0,
+    ]
+}
+
+/// LoRA forward: writes `h = x · aᵀ` (`[M,R]`, kept for [`bwd`]) and accumulates
+/// `y += scale · h · bᵀ` into `y` (`[M,N]`, typically already holding the base layer's output).
+/// Two dispatches of `lora/fwd` (`stage_h`, then `stage_y`).
+///
+/// Errors with [`crate::GpuError::Shape`] on an empty shape, a buffer shorter than its shape,
+/// more than 2^32 elements in one operand, or `h`/`y` aliasing another operand.
+#[allow(clippy::too_many_arguments)]
+pub fn fwd(
+    enc: &mut Encoder,
+    x: &GpuBuffer,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    h: &GpuBuffer,
+    y: &GpuBuffer,
+    m: usize,
+    k: usize,
+    n: usize,
+    r: usize,
+    scale: f32,
+) -> Result<()> {
+    const K: &str = "lora/fwd";
+    check_dims(K, m, k, n, r)?;
+    check_buf(K, "x", x, m, k)?;
+    check_buf(K, "a", a, r, k)?;
+    check_buf(K, "b", b, n, r)?;
+    check_buf(K, "h", h, m, r)?;
+    check_buf(K, "y", y, m, n)?;
+    check_distinct(K, &[("h", h), ("y", y)], &[("x", x), ("a", a), ("b", b)])?;
+    let gpu = enc.gpu;
+    let pr = params(m, k, n, r, scale);
+    let kh = gpu.kernel(K, "stage_h", &[])?;
+    enc.dispatch(&kh, &pr, &[x, a, h], groups_for(gpu, tiles(m, r), WG))?;
+    let ky = gpu.kernel(K, "stage_y", &[])?;
+    enc.dispatch(&ky, &pr, &[h, b, y], groups_for(gpu, tiles(m, n), WG))
+}
+
+/// LoRA backward for the upstream gradient `dy[M,N]`, given the forward's `x`, saved `h`, `a`, `b`:
+///
+/// - `dh_scratch[M,R] = scale · dy · b` (overwritten; caller-provided so one scratch buffer of
+///   the largest `M*R` can serve every adapter; it holds `dh` afterwards),
+/// - `db[N,R] += scale · dyᵀ · h`,
+/// - `da[R,K] += dhᵀ · x`,
+/// - `dx[M,K] += dh · a`.
+///
+/// `da`, `db` and `dx` **accumulate**: zero them before the first micro-batch (gradient
+/// accumulation), and let the frozen base weight add its share of `dx` before or after.
+/// Four dispatches of `lora/bwd` (`stage_dh`, `stage_db`, `stage_da`, `stage_dx`).
+///
+/// Errors with [`crate::GpuError::Shape`] on an empty shape, a buffer shorter than its shape,
+/// more than 2^32 elements in one operand, or an output aliasing another operand.
+#[allow(clippy::too_many_arguments)]
+pub fn bwd(
+    enc: &mut Encoder,
+    x: &GpuBuffer,
+    h: &GpuBuffer,
+    dy: &GpuBuffer,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    da: &GpuBuffer,
+    db: &GpuBuffer,
+    dx: &GpuBuffer,
+    dh_scratch: &GpuBuffer,
+    m: usize,
+    k: usize,
+    n: usize,
+    r: usize,
+    scale: f32,
+) -> Result<()> {
+    const K: &str = "lora/bwd";
+    check_dims(K, m, k, n, r)?;
+    check_buf(K, "x", x, m, k)?;
+    check_buf(K, "h", h, m, r)?;
+    check_buf(K, "dy", dy, m, n)?;
+    check_buf(K, "a", a, r, k)?;
+    check_buf(K, "b", b, n, r)?;
+    check_buf(K, "da", da, r, k)?;
+    check_buf(K, "db", db, n, r)?;
+    check_buf(K, "dx", dx, m, k)?;
+    check_buf(K, "dh_scratch", dh_scratch, m, r)?;
+    check_distinct(
+        K,
+        &[
+            ("da", da),
+            ("db", db),
+            ("dx", dx),
+            ("dh_scratch", dh_scratch),
+        ],
+        &[("x", x), ("h", h), ("dy", dy), ("a", a), ("b", b)],
+    )?;
+    let gpu = enc.gpu;
+    let pr = params(m, k, n, r, scale);
+    let k_dh = gpu.kernel(K, "stage_dh", &[])?;
+    enc.dispatch(
+        &k_dh,
+        &pr,
+        &[dy, b, dh_scratch],
+        groups_for(gpu, tiles(m, r), WG),
+    )?;
+    let k_db = gpu.kernel(K, "stage_db", &[])?;
+    enc.dispatch(&k_db, &pr, &[dy, h, db], groups_for(gpu, tiles(n, r), WG))?;
+    let k_da = gpu.kernel(K, "stage_da", &[])?;
+    enc.dispatch(
+        &k_da,
+        &pr,
+        &[dh_scratch, x, da],
+        groups_for(gpu, tiles(r, k), WG),
+    )?;
+    let k_dx = gpu.kernel(K, "stage_dx", &[])?;
+    enc.dispatch(
+        &k_dx,
+        &pr,
+        &[dh_scratch, a, dx],
+        groups_for(gpu, tiles(m, k), WG),
+    )
+}

@@ -1,1 +1,183 @@
-//! STUB: to be written.
+//! Optimizer launchers: `shaders/optim/grad_norm.wgsl` (global L2 norm of a flat gradient buffer)
+//! and `shaders/optim/adamw_step.wgsl` (one `torch.optim.AdamW` step, optionally clipped like
+//! `torch.nn.utils.clip_grad_norm_`). Reference: [`tinytune_reference::optim`].
+//!
+//! Typical step: `grad_norm(enc, grads, n, &norm)` then `adamw_step(..., Some((max_norm, &norm)))`
+//! in the same encoder; the update reads the norm on the device (no readback in between) and the
+//! trainer may read `norm[0]` afterwards for logging.
+
+pub use tinytune_reference::optim::{AdamW, StepCoefficients};
+
+use super::groups_for;
+use crate::device::{Encoder, GpuBuffer};
+use crate::error::{shape_err, Result};
+
+/// Elements one `stage_partial` workgroup of `optim/grad_norm` reduces (256 invocations x 16).
+const NORM_CHUNK: u64 = 4096;
+/// Workgroup size of `optim/adamw_step`.
+const STEP_WG: u64 = 256;
+
+fn check_len(kernel: &str, name: &str, buf: &GpuBuffer, n: usize) -> Result<()> {
+    if buf.len < n as u64 * 4 {
+        return Err(shape_err(
+            kernel,
+            format!(
+                "{name} ({}) holds {} bytes, {n} f32 need {}",
+                buf.label,
+                buf.len,
+                n as u64 * 4
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_n(kernel: &str, n: usize) -> Result<()> {
+    // Keeps every index (and w*CHUNK + 4095 in grad_norm) below 2^32.
+    if n as u64 > u32::MAX as u64 - NORM_CHUNK {
+        return Err(shape_err(
+            kernel,
+            format!("{n} elements exceed what one kernel indexes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `out_norm[0] = sqrt(Σ g²)` over the first `n` elements of `grads` (f32), in two
+/// dispatches of `optim/grad_norm`: per-workgroup partial sums of squares into a scratch buffer
+/// allocated here (`ceil(n/4096)` f32), then one workgroup adds them and takes the root.
+/// `out_norm` needs room for one f32; `n = 0` writes 0.
+///
+/// Errors with [`crate::GpuError::Shape`] if a buffer is too short, `out_norm` is `grads`, or
+/// `n` is beyond 2^32 - 4097.
+pub fn grad_norm(
+    enc: &mut Encoder,
+    grads: &GpuBuffer,
+    n: usize,
+    out_norm: &GpuBuffer,
+) -> Result<()> {
+    const K: &str = "optim/grad_norm";
+    check_n(K, n)?;
+    check_len(K, "grads", grads, n)?;
+    check_len(K, "out_norm", out_norm, 1)?;
+    if grads.raw == out_norm.raw {
+        return Err(shape_err(K, "out_norm must not be the gradient buffer"));
+    }
+    let gpu = enc.gpu;
+    let nparts = (n as u64).div_ceil(NORM_CHUNK);
+    let parts = gpu.alloc("grad_norm.partials", nparts * 4)?;
+    let params = [n as u32, nparts as u32, 0, 0];
+    let kp = gpu.kernel(K, "stage_partial", &[])?;
+    enc.dispatch(&kp, &params, &[grads, &parts], groups_for(gpu, nparts, 1))?;
+    let kf = gpu.kernel(K, "stage_finish", &[])?;
+    enc.dispatch(&kf, &params, &[&parts, out_norm], [1, 1, 1])
+}
+
+fn check_cfg(kernel: &str, cfg: &AdamW) -> Result<()> {
+    // torch.optim.AdamW's own argument checks.
+    let bad = |what: &str, v: f64| Err(shape_err(kernel, format!("invalid {what}: {v}")));
+    if !(cfg.lr >= 0.0) {
+        return bad("learning rate", cfg.lr);
+    }
+    if !(cfg.eps >= 0.0) {
+        return bad("epsilon", cfg.eps);
+    }
+    if !(0.0..1.0).contains(&cfg.beta1) {
+        return bad("beta1", cfg.beta1);
+    }
+    if !(0.0..1.0).contains(&cfg.beta2) {
+        return bad("beta2", cfg.beta2);
+    }
+    if !(cfg.weight_decay >= 0.0) {
+        return bad("weight_decay", cfg.weight_decay);
+    }
+    Ok(())
+}
+
+/// One AdamW step (`torch.optim.AdamW` semantics, see [`tinytune_reference::optim`]) over the first
+/// `n` elements of the flat buffers `params`, `grads`, `m` (exp_avg) and `v` (exp_avg_sq), which
+/// share one layout; `params`, `m` and `v` are updated in place, `grads` is only read. `step` is
+/// the 1-based step number (1 for the first update; the bias corrections use it).
+///
+/// With `clip = Some((max_norm, norm))`, where `norm[0]` holds the global gradient norm written by
+/// [`grad_norm`] earlier in the same (or an earlier) submission, every gradient is scaled by
+/// `min(1, max_norm / (norm + 1e-6))` first, as `clip_grad_norm_` does. One dispatch of
+/// `optim/adamw_step`.
+///
+/// Errors with [`crate::GpuError::Shape`] if a buffer is too short, two of `params`/`m`/`v`/`grads`
+/// are the same buffer, `step == 0`, `max_norm` is not positive, or a hyper-parameter is out of
+/// torch's range.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_step(
+    enc: &mut Encoder,
+    params: &GpuBuffer,
+    grads: &GpuBuffer,
+    m: &GpuBuffer,
+    v: &GpuBuffer,
+    n: usize,
+    step: u32,
+    cfg: &AdamW,
+    clip: Option<(f32, &GpuBuffer)>,
+) -> Result<()> {
+    const K: &str = "optim/adamw_step";
+    check_n(K, n)?;
+    check_cfg(K, cfg)?;
+    if step == 0 {
+        return Err(shape_err(K, "step counts from 1"));
+    }
+    for (name, b) in [("params", params), ("grads", grads), ("m", m), ("v", v)] {
+        check_len(K, name, b, n)?;
+    }
+    let bufs = [("params", params), ("grads", grads), ("m", m), ("v", v)];
+    for (i, (an, ab)) in bufs.iter().enumerate() {
+        for (bn, bb) in &bufs[i + 1..] {
+            if ab.raw == bb.raw {
+                return Err(shape_err(
+                    K,
+                    format!("{an} and {bn} are the same buffer ({})", ab.label),
+                ));
+            }
+        }
+    }
+    let (max_norm, norm) = match clip {
+        Some((max_norm, norm)) => {
+            if !(max_norm > 0.0 && max_norm.is_finite()) {
+                return Err(shape_err(
+                    K,
+                    format!("max_norm must be positive and finite, got {max_norm}"),
+                ));
+            }
+            check_len(K, "norm", norm, 1)?;
+            if [params, m, v].iter().any(|b| b.raw == norm.raw) {
+                return Err(shape_err(K, "the norm buffer must not be params, m or v"));
+            }
+            (max_norm, norm)
+        }
+        // Binding 5 must be bound even when CLIP is off; the kernel never reads it then.
+        None => (0.0, grads),
+    };
+    let c = cfg.coefficients(step);
+    let gpu = enc.gpu;
+    let k = gpu.kernel(
+        K,
+        "main",
+        &[("CLIP", if clip.is_some() { 1.0 } else { 0.0 })],
+    )?;
+    let pr = [
+        n as u32,
+        c.decay.to_bits(),
+        c.w1.to_bits(),
+        c.beta2.to_bits(),
+        c.w2.to_bits(),
+        c.step_size.to_bits(),
+        c.bc2_sqrt.to_bits(),
+        c.eps.to_bits(),
+        max_norm.to_bits(),
+    ];
+    enc.dispatch(
+        &k,
+        &pr,
+        &[params, grads, m, v, norm],
+        groups_for(gpu, n as u64, STEP_WG),
+    )
+}
