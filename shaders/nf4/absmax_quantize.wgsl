@@ -12,7 +12,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> absmax: array<f32>;        // (nblocks)
 @group(0) @binding(2) var<storage, read_write> qabsmax: array<u32>; // (ceil(nblocks/4)) bytes
-@group(0) @binding(3) var<storage, read_write> dq: array<f32>;      // [map(256), offset, nested(nnested)]
+@group(0) @binding(3) var<storage, read_write> dq: array<f32>;      // (256 + 1 + nnested): [map, offset, nested]
 
 fn dyn8_code(x: f32) -> u32 {
     var pivot = 127u;

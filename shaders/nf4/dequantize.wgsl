@@ -15,7 +15,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> codes: array<u32>;       // (ceil(n/8)) packed nibbles
 @group(0) @binding(2) var<storage, read> absmax: array<u32>;      // (ceil(nblocks/4)) u8 codes, or (nblocks) f32 bits
-@group(0) @binding(3) var<storage, read> dq: array<f32>;          // [map(256), offset, nested] or [0]
+@group(0) @binding(3) var<storage, read> dq: array<f32>;          // (256 + 1 + nnested) [map, offset, nested], or (1) [0]
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;   // (n)
 
 fn nf4_value(c: u32) -> f32 {

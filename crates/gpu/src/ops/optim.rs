@@ -74,24 +74,22 @@ pub fn grad_norm(
 }
 
 fn check_cfg(kernel: &str, cfg: &AdamW) -> Result<()> {
-    // torch.optim.AdamW's own argument checks.
-    let bad = |what: &str, v: f64| Err(shape_err(kernel, format!("invalid {what}: {v}")));
-    if !(cfg.lr >= 0.0) {
-        return bad("learning rate", cfg.lr);
+    // torch.optim.AdamW's own argument checks (NaN fails every range).
+    let checks = [
+        ("learning rate", cfg.lr, (0.0..).contains(&cfg.lr)),
+        ("epsilon", cfg.eps, (0.0..).contains(&cfg.eps)),
+        ("beta1", cfg.beta1, (0.0..1.0).contains(&cfg.beta1)),
+        ("beta2", cfg.beta2, (0.0..1.0).contains(&cfg.beta2)),
+        (
+            "weight_decay",
+            cfg.weight_decay,
+            (0.0..).contains(&cfg.weight_decay),
+        ),
+    ];
+    match checks.iter().find(|c| !c.2) {
+        Some((what, v, _)) => Err(shape_err(kernel, format!("invalid {what}: {v}"))),
+        None => Ok(()),
     }
-    if !(cfg.eps >= 0.0) {
-        return bad("epsilon", cfg.eps);
-    }
-    if !(0.0..1.0).contains(&cfg.beta1) {
-        return bad("beta1", cfg.beta1);
-    }
-    if !(0.0..1.0).contains(&cfg.beta2) {
-        return bad("beta2", cfg.beta2);
-    }
-    if !(cfg.weight_decay >= 0.0) {
-        return bad("weight_decay", cfg.weight_decay);
-    }
-    Ok(())
 }
 
 /// One AdamW step (`torch.optim.AdamW` semantics, see [`tinytune_reference::optim`]) over the first
