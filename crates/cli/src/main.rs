@@ -1,1 +1,75 @@
-fn main() {}
+//! `tinytune`: the command-line tool of tinytune (QLoRA fine-tuning on WebGPU).
+//!
+//! Errors print as one line `error: <message>` on stderr and exit with status 1.
+
+mod info;
+mod pyrepr;
+mod quantize;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "tinytune", version, about)]
+struct Cli {
+    /// Use the GPU adapter whose name contains NAME (case-insensitive)
+    /// [default: $WGPU_ADAPTER_NAME, else the high-performance adapter wgpu picks;
+    /// WGPU_BACKEND restricts the backends, e.g. WGPU_BACKEND=vulkan].
+    #[arg(long, global = true, value_name = "NAME")]
+    adapter: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the GPU adapters, the chosen one, its backend, enabled features and key limits.
+    Info,
+    /// Quantize the 2-D float tensors of a safetensors file to NF4 on the GPU.
+    ///
+    /// Each quantized tensor NAME is written in the layout transformers saves for bitsandbytes
+    /// (`QuantState.as_dict(packed=True)`): NAME (packed codes), NAME.absmax, NAME.quant_map,
+    /// with double quantization NAME.nested_absmax and NAME.nested_quant_map, and
+    /// NAME.quant_state.bitsandbytes__nf4 (the JSON of the other fields). Other tensors and the
+    /// file's __metadata__ are copied unchanged.
+    Quantize(quantize::QuantizeArgs),
+}
+
+fn main() -> ExitCode {
+    // A bug must still end as one readable line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("error: internal error: {}{at}", one_line(&msg));
+    }));
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Info => info::run(cli.adapter.clone()),
+        Command::Quantize(args) => quantize::run(args, cli.adapter.clone()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Joins a possibly multi-line message (wgpu validation errors span lines) into one line.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
