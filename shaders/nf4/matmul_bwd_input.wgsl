@@ -1,8 +1,164 @@
-// STUB: to be written (nf4/matmul_bwd_input).
-struct Params { n: u32, _p0: u32, _p1: u32, _p2: u32 }
+// Input gradient of the NF4 matmul: dx[M,K] (+)= dy[M,N] · dequant(W)[N,K], reading W's 4-bit
+// codes and block scales directly (no weight gradient: the base weight is frozen).
+//
+// W layout as in nf4/matmul_fwd: element (row, k) is flat index e = row*K + k, 8 codes per u32
+// word (element 2i in the high nibble of byte i), one scale per BLOCK flat elements; with
+// K % 8 != 0 (SHIFTED) a run of 8 k values of one W row may span two words and two blocks.
+//
+// Register blocking without shared memory: an invocation owns ROWS rows × 8 consecutive k of dx
+// (2 vec4 per row) and walks N: per W row it loads one code word (two with SHIFTED), one scale
+// (reloaded only when the block changes), ROWS values of dy, and does ROWS × 8 multiply-adds.
+// In the last k tile the lanes beyond K compute garbage from clamped indices and are not stored.
+
+override BLOCK: u32 = 64u;          // elements per scale block, a power of two in 32..4096
+override DOUBLE_QUANT: bool = true; // absmax = dq[q] * dq[257 + b/256] + dq[256]
+override ACCUMULATE: bool = false;  // dx += ... instead of dx = ...
+override ROWS: u32 = 8u;            // rows of dx per invocation, 1..=8
+override WG: u32 = 64u;             // invocations per workgroup (16 for M=1: more workgroups to share out)
+override SHIFTED: bool = false;     // K % 8 != 0: W rows start in the middle of a code word
+override WPB: u32 = BLOCK / 8u;     // code words per block
+
+struct Params {
+    m: u32,
+    k: u32,
+    n: u32,
+    ntk: u32,      // ceil(k / 8): k tiles
+    ntiles: u32,   // ceil(m / ROWS) * ntk
+    nwords: u32,   // ceil(n*k / 8): code words
+    _p0: u32,
+    _p1: u32,
+}
+
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3<u32>) {
-    if (g.x < p.n) { out[g.x] = 0.0; }
+@group(0) @binding(1) var<storage, read> dy: array<f32>;         // (M, N)
+@group(0) @binding(2) var<storage, read> codes: array<u32>;      // (ceil(N*K/8)) packed nibbles
+@group(0) @binding(3) var<storage, read> absmax: array<u32>;     // (ceil(nblocks/4)) u8 codes, or (nblocks) f32 bits
+@group(0) @binding(4) var<storage, read> dq: array<f32>;         // (256 + 1 + nnested) [map, offset, nested], or (1) [0]
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;   // (M, K)
+
+fn nf4_value(c: u32) -> f32 {
+    var t = array<u32, 16>(
+        0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu, 0xbdba7871u, 0x00000000u,
+        0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au, 0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u);
+    return bitcast<f32>(t[c]);
+}
+
+fn block_absmax(b: u32) -> f32 {
+    if (DOUBLE_QUANT) {
+        let q = (absmax[b / 4u] >> (8u * (b % 4u))) & 255u;
+        return dq[q] * dq[257u + b / 256u] + dq[256];
+    }
+    return bitcast<f32>(absmax[b]);
+}
+
+// Nibble order made linear: element j of the word at bits 4j.
+fn linear(w: u32) -> u32 {
+    return ((w >> 4u) & 0x0f0f0f0fu) | ((w & 0x0f0f0f0fu) << 4u);
+}
+
+// Bit offset of element j (0..8) of a code word: linear after `linear`, else the byte's nibble swapped.
+fn nib(j: u32) -> u32 {
+    return select((4u * j) ^ 4u, 4u * j, SHIFTED);
+}
+
+fn store(row: u32, col: u32, v: f32) {
+    if (col < p.k) {
+        let i = row * p.k + col;
+        var r = v;
+        if (ACCUMULATE) {
+            r += dx[i];
+        }
+        dx[i] = r;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let t = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (t >= p.ntiles) {
+        return;
+    }
+    let K = p.k;
+    let N = p.n;
+    let r0 = (t / p.ntk) * ROWS;
+    let k0 = (t % p.ntk) * 8u;
+    let lastw = p.nwords - 1u;
+
+    var yo: array<u32, 8>;
+    for (var i = 0u; i < ROWS; i++) {
+        yo[i] = min(r0 + i, p.m - 1u) * N;
+    }
+    var acc: array<vec4<f32>, 16>;
+    for (var i = 0u; i < 2u * ROWS; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+
+    var cb = 0xffffffffu;  // block of the cached scale
+    var ca = 0.0;          // the cached scale
+    for (var n = 0u; n < N; n++) {
+        let e = n * K + k0;
+        var c: u32;
+        var la: f32;
+        var ha: f32;
+        var split = 8u;  // elements 0..split use la, the rest ha
+        if (SHIFTED) {
+            let s = e % 8u;
+            let lw = e / 8u;
+            let hw = min((e + 7u) / 8u, lastw);
+            let lo = linear(codes[lw]);
+            let hi = linear(codes[hw]);
+            c = select((lo >> (4u * s)) | (hi << (32u - 4u * s)), lo, s == 0u);
+            let lb = lw / WPB;
+            if (lb != cb) {
+                cb = lb;
+                ca = block_absmax(lb);
+            }
+            la = ca;
+            let hb = hw / WPB;
+            if (hb != cb) {
+                cb = hb;
+                ca = block_absmax(hb);
+            }
+            ha = ca;
+            split = select(8u - s, 8u, s == 0u);
+        } else {
+            let w = e / 8u;
+            c = codes[w];
+            let b = w / WPB;
+            if (b != cb) {
+                cb = b;
+                ca = block_absmax(b);
+            }
+            la = ca;
+            ha = ca;
+        }
+        var v: array<f32, 8>;
+        for (var i = 0u; i < 8u; i++) {
+            v[i] = nf4_value((c >> nib(i)) & 15u) * select(ha, la, i < split);
+        }
+        let wl = vec4<f32>(v[0], v[1], v[2], v[3]);
+        let wh = vec4<f32>(v[4], v[5], v[6], v[7]);
+        for (var i = 0u; i < ROWS; i++) {
+            let d = dy[yo[i] + n];
+            acc[2u * i] += d * wl;
+            acc[2u * i + 1u] += d * wh;
+        }
+    }
+
+    for (var i = 0u; i < ROWS; i++) {
+        let row = r0 + i;
+        if (row < p.m) {
+            let a = acc[2u * i];
+            let b = acc[2u * i + 1u];
+            store(row, k0, a.x);
+            store(row, k0 + 1u, a.y);
+            store(row, k0 + 2u, a.z);
+            store(row, k0 + 3u, a.w);
+            store(row, k0 + 4u, b.x);
+            store(row, k0 + 5u, b.y);
+            store(row, k0 + 6u, b.z);
+            store(row, k0 + 7u, b.w);
+        }
+    }
 }

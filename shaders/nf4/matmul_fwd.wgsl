@@ -1,8 +1,186 @@
-// STUB: to be written (nf4/matmul_fwd).
-struct Params { n: u32, _p0: u32, _p1: u32, _p2: u32 }
+// Dequantizing NF4 matmul, torch Linear layout: y[M,N] (+)= alpha * x[M,K] · dequant(W)[N,K]ᵀ,
+// reading W's 4-bit codes and block scales directly (the f32 weight is never materialised).
+//
+// W is bitsandbytes' flat layout: element (row, k) is flat index e = row*K + k, 8 codes per u32
+// word (element 2i in the high nibble of byte i, bytes little-endian), one scale per BLOCK flat
+// elements, so blocks (and with K % 8 != 0 even words) straddle rows.
+//
+// Register blocking without shared memory, as nn/matmul_fwd: an invocation owns ROWS rows × 8
+// columns of y (2 vec4 accumulators per row) and walks K eight at a time. Per step and column it
+// loads ONE code word (the word holding the run's last element; with SHIFTED the word holding its
+// first is the previous step's) and reloads the block scale only when the block changes; then for
+// each of the 8 k it dequantizes one value per column (code -> NF4 value * scale, exactly as
+// nf4/dequantize) and does ROWS × 8 multiply-adds with ROWS scalar x loads (an outer product, sums
+// in increasing k like the reference). x reads as 0 beyond K, which handles K % 8 (the W values
+// there are finite: the next row's, or clamped / padding codes; they are multiplied by 0).
+
+override BLOCK: u32 = 64u;          // elements per scale block, a power of two in 32..4096
+override DOUBLE_QUANT: bool = true; // absmax = dq[q] * dq[257 + b/256] + dq[256]
+override ACCUMULATE: bool = false;  // y += ... instead of y = ...
+override ROWS: u32 = 8u;            // rows of y per invocation, 1..=8
+override WG: u32 = 64u;             // invocations per workgroup (16 for M=1: more workgroups to share out)
+override SHIFTED: bool = false;     // K % 8 != 0: W rows start in the middle of a code word
+override WPB: u32 = BLOCK / 8u;     // code words per block
+
+struct Params {
+    m: u32,
+    k: u32,
+    n: u32,
+    alpha: f32,
+    ntn: u32,      // ceil(n / 8): column tiles
+    ntiles: u32,   // ceil(m / ROWS) * ntn
+    nwords: u32,   // ceil(n*k / 8): code words
+    _p0: u32,
+}
+
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3<u32>) {
-    if (g.x < p.n) { out[g.x] = 0.0; }
+@group(0) @binding(1) var<storage, read> x: array<f32>;          // (M, K)
+@group(0) @binding(2) var<storage, read> codes: array<u32>;      // (ceil(N*K/8)) packed nibbles
+@group(0) @binding(3) var<storage, read> absmax: array<u32>;     // (ceil(nblocks/4)) u8 codes, or (nblocks) f32 bits
+@group(0) @binding(4) var<storage, read> dq: array<f32>;         // (256 + 1 + nnested) [map, offset, nested], or (1) [0]
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;    // (M, N)
+
+fn nf4_value(c: u32) -> f32 {
+    var t = array<u32, 16>(
+        0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu, 0xbdba7871u, 0x00000000u,
+        0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au, 0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u);
+    return bitcast<f32>(t[c]);
+}
+
+fn block_absmax(b: u32) -> f32 {
+    if (DOUBLE_QUANT) {
+        let q = (absmax[b / 4u] >> (8u * (b % 4u))) & 255u;
+        return dq[q] * dq[257u + b / 256u] + dq[256];
+    }
+    return bitcast<f32>(absmax[b]);
+}
+
+// Nibble order made linear: element j of the word at bits 4j.
+fn linear(w: u32) -> u32 {
+    return ((w >> 4u) & 0x0f0f0f0fu) | ((w & 0x0f0f0f0fu) << 4u);
+}
+
+// Bit offset of element j (0..8) of a code word: linear after `linear`, else the byte's nibble swapped.
+fn nib(j: u32) -> u32 {
+    return select((4u * j) ^ 4u, 4u * j, SHIFTED);
+}
+
+struct State {
+    f: array<u32, 8>,    // flat index of each column's W row start
+    s: array<u32, 8>,    // f % 8 (0 unless SHIFTED)
+    pw: array<u32, 8>,   // SHIFTED: previous step's last word (linear), holding this step's first elements
+    pa: array<f32, 8>,   // its scale
+    cb: array<u32, 8>,   // block of the last scale loaded
+    ca: array<f32, 8>,   // that scale
+    xo: array<u32, 8>,   // x row starts (clamped rows)
+    acc: array<vec4<f32>, 16>,  // row i: acc[2i] columns 0..3, acc[2i+1] columns 4..7
+}
+
+// One step of 8 k values starting at kk.
+fn step(st: ptr<function, State>, kk: u32) {
+    var cw: array<u32, 8>;    // column j's 8 codes of this step
+    var la: array<f32, 8>;    // scale of elements 0..split[j]
+    var ha: array<f32, 8>;    // scale of the rest
+    var split: array<u32, 8>;
+    for (var j = 0u; j < 8u; j++) {
+        let e = (*st).f[j] + kk;
+        let hw = min((e + 7u) / 8u, p.nwords - 1u);
+        var h = codes[hw];
+        let hb = hw / WPB;
+        if (hb != (*st).cb[j]) {
+            (*st).cb[j] = hb;
+            (*st).ca[j] = block_absmax(hb);
+        }
+        ha[j] = (*st).ca[j];
+        cw[j] = h;
+        la[j] = ha[j];
+        split[j] = 8u;
+        if (SHIFTED) {
+            h = linear(h);
+            let sj = (*st).s[j];
+            if (sj == 0u) {
+                cw[j] = h;
+            } else {
+                cw[j] = ((*st).pw[j] >> (4u * sj)) | (h << (32u - 4u * sj));
+                la[j] = (*st).pa[j];
+                split[j] = 8u - sj;
+            }
+            (*st).pw[j] = h;
+            (*st).pa[j] = ha[j];
+        }
+    }
+    for (var q = 0u; q < 8u; q++) {
+        var v: array<f32, 8>;
+        for (var j = 0u; j < 8u; j++) {
+            v[j] = nf4_value((cw[j] >> nib(q)) & 15u) * select(ha[j], la[j], q < split[j]);
+        }
+        let wa = vec4<f32>(v[0], v[1], v[2], v[3]);
+        let wb = vec4<f32>(v[4], v[5], v[6], v[7]);
+        let kq = kk + q;
+        for (var i = 0u; i < ROWS; i++) {
+            // Past K (last step when K % 8 != 0): x reads as 0, its index clamped into the row.
+            let xs = select(0.0, x[(*st).xo[i] + min(kq, p.k - 1u)], kq < p.k);
+            (*st).acc[2u * i] += xs * wa;
+            (*st).acc[2u * i + 1u] += xs * wb;
+        }
+    }
+}
+
+fn store(row: u32, col: u32, v: f32) {
+    if (col < p.n) {
+        let i = row * p.n + col;
+        var r = p.alpha * v;
+        if (ACCUMULATE) {
+            r += y[i];
+        }
+        y[i] = r;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let t = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (t >= p.ntiles) {
+        return;
+    }
+    let K = p.k;
+    let r0 = (t / p.ntn) * ROWS;
+    let c0 = (t % p.ntn) * 8u;
+
+    var st: State;
+    for (var j = 0u; j < 8u; j++) {
+        let f = min(c0 + j, p.n - 1u) * K;
+        st.f[j] = f;
+        st.cb[j] = 0xffffffffu;
+        if (SHIFTED) {
+            st.s[j] = f % 8u;
+            let w0 = min(f / 8u, p.nwords - 1u);
+            st.pw[j] = linear(codes[w0]);
+            st.pa[j] = block_absmax(w0 / WPB);
+        }
+    }
+    for (var i = 0u; i < ROWS; i++) {
+        st.xo[i] = min(r0 + i, p.m - 1u) * K;
+    }
+
+    for (var kk = 0u; kk < K; kk += 8u) {
+        step(&st, kk);
+    }
+
+    for (var i = 0u; i < ROWS; i++) {
+        let row = r0 + i;
+        if (row < p.m) {
+            let a = st.acc[2u * i];
+            let b = st.acc[2u * i + 1u];
+            store(row, c0, a.x);
+            store(row, c0 + 1u, a.y);
+            store(row, c0 + 2u, a.z);
+            store(row, c0 + 3u, a.w);
+            store(row, c0 + 4u, b.x);
+            store(row, c0 + 5u, b.y);
+            store(row, c0 + 6u, b.z);
+            store(row, c0 + 7u, b.w);
+        }
+    }
 }

@@ -2,12 +2,14 @@
 //
 // Register blocking without shared memory (fast on lavapipe, where storage loads inside loops are
 // the cost and barriers are expensive): each invocation owns a tile of ROWS rows × 8 columns of y,
-// kept as 2 vec4 per row, and walks K four at a time: per step it loads 8 w vec4 (two mat4x4) and
-// one x vec4 per row and does ROWS × 32 multiply-adds. Out-of-range rows and columns load a clamped
-// (valid) row and are simply not stored. Tiles are numbered column-tile fastest over a 1-D grid.
+// kept as 2 vec4 accumulators per row, and walks K one value at a time as an outer product: per k
+// it loads 8 w values (one per column) and ROWS x values and does ROWS × 8 multiply-adds. Sums run
+// in increasing k like the reference. Out-of-range rows and columns read a clamped (valid) row and
+// are not stored. Tiles are numbered column-tile fastest over a 1-D grid (wid.x + wid.y * nwg.x).
 
 override ACCUMULATE: bool = false;  // y += alpha * x·wᵀ instead of y = alpha * x·wᵀ
 override ROWS: u32 = 8u;            // rows of y per invocation, 1..=8
+override WG: u32 = 64u;             // invocations per workgroup (16 for M=1: more workgroups to share out)
 
 struct Params {
     m: u32,
@@ -25,14 +27,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<f32>;         // (N, K)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;   // (M, N)
 
-fn ld4(o: u32) -> vec4<f32> {
-    return vec4<f32>(w[o], w[o + 1u], w[o + 2u], w[o + 3u]);
-}
-
-fn lx4(o: u32) -> vec4<f32> {
-    return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
-}
-
 fn store(row: u32, col: u32, v: f32) {
     if (col < p.n) {
         let i = row * p.n + col;
@@ -44,10 +38,10 @@ fn store(row: u32, col: u32, v: f32) {
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let t = (wid.x + wid.y * nwg.x) * 64u + lid;
+    let t = (wid.x + wid.y * nwg.x) * WG + lid;
     if (t >= p.ntiles) {
         return;
     }
@@ -71,18 +65,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         acc[i] = vec4<f32>(0.0);
     }
 
-    let k4 = K & ~3u;
-    for (var kk = 0u; kk < k4; kk += 4u) {
-        // Columns of wa / wb are w rows: xv * wa = (dot(xv, w[c0+0]), ..., dot(xv, w[c0+3])).
-        let wa = mat4x4<f32>(ld4(wo[0] + kk), ld4(wo[1] + kk), ld4(wo[2] + kk), ld4(wo[3] + kk));
-        let wb = mat4x4<f32>(ld4(wo[4] + kk), ld4(wo[5] + kk), ld4(wo[6] + kk), ld4(wo[7] + kk));
-        for (var i = 0u; i < ROWS; i++) {
-            let xv = lx4(xo[i] + kk);
-            acc[2u * i] += xv * wa;
-            acc[2u * i + 1u] += xv * wb;
-        }
-    }
-    for (var kk = k4; kk < K; kk++) {
+    for (var kk = 0u; kk < K; kk++) {
         let wa = vec4<f32>(w[wo[0] + kk], w[wo[1] + kk], w[wo[2] + kk], w[wo[3] + kk]);
         let wb = vec4<f32>(w[wo[4] + kk], w[wo[5] + kk], w[wo[6] + kk], w[wo[7] + kk]);
         for (var i = 0u; i < ROWS; i++) {

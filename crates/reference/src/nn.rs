@@ -8,8 +8,16 @@
 ///
 /// Panics if `x` or `w` is shorter than its shape.
 pub fn matmul_fwd(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    assert!(x.len() >= m * k, "matmul_fwd: x has {} values, shape ({m}, {k})", x.len());
-    assert!(w.len() >= n * k, "matmul_fwd: w has {} values, shape ({n}, {k})", w.len());
+    assert!(
+        x.len() >= m * k,
+        "matmul_fwd: x has {} values, shape ({m}, {k})",
+        x.len()
+    );
+    assert!(
+        w.len() >= n * k,
+        "matmul_fwd: w has {} values, shape ({n}, {k})",
+        w.len()
+    );
     let mut y = vec![0f32; m * n];
     for i in 0..m {
         let xr = &x[i * k..(i + 1) * k];
@@ -29,8 +37,16 @@ pub fn matmul_fwd(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32
 ///
 /// Panics if `dy` or `w` is shorter than its shape.
 pub fn matmul_bwd_input(dy: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    assert!(dy.len() >= m * n, "matmul_bwd_input: dy has {} values, shape ({m}, {n})", dy.len());
-    assert!(w.len() >= n * k, "matmul_bwd_input: w has {} values, shape ({n}, {k})", w.len());
+    assert!(
+        dy.len() >= m * n,
+        "matmul_bwd_input: dy has {} values, shape ({m}, {n})",
+        dy.len()
+    );
+    assert!(
+        w.len() >= n * k,
+        "matmul_bwd_input: w has {} values, shape ({n}, {k})",
+        w.len()
+    );
     let mut dx = vec![0f32; m * k];
     for i in 0..m {
         for t in 0..k {
@@ -56,16 +72,25 @@ mod tests {
         assert_eq!(matmul_fwd(&x, &w, 2, 3, 2), vec![-2.0, 3.0, -2.0, 7.5]);
         // dy (2x2) · w (2x3).
         let dy = [1.0, 2.0, -1.0, 0.0];
-        assert_eq!(matmul_bwd_input(&dy, &w, 2, 3, 2), vec![2.0, 1.0, 0.0, -1.0, 0.0, 1.0]);
+        assert_eq!(
+            matmul_bwd_input(&dy, &w, 2, 3, 2),
+            vec![2.0, 1.0, 0.0, -1.0, 0.0, 1.0]
+        );
     }
 
     #[test]
     fn bwd_input_is_the_transpose_of_fwd() {
         // <dy, x wᵀ> == <dy w, x> for any x, dy.
         let (m, k, n) = (3, 5, 4);
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.25).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.125).collect();
-        let dy: Vec<f32> = (0..m * n).map(|i| ((i * 3 % 7) as f32 - 3.0) * 0.5).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.25)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.125)
+            .collect();
+        let dy: Vec<f32> = (0..m * n)
+            .map(|i| ((i * 3 % 7) as f32 - 3.0) * 0.5)
+            .collect();
         let y = matmul_fwd(&x, &w, m, k, n);
         let dx = matmul_bwd_input(&dy, &w, m, k, n);
         let a: f32 = dy.iter().zip(&y).map(|(a, b)| a * b).sum();
