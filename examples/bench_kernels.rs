@@ -1,0 +1,270 @@
+//! Kernel benchmark: time, GFLOP/s and GB/s of every kernel on linear-layer shapes of SmolLM2-135M,
+//! Qwen2.5-0.5B and Llama-3.2-1B (T = 1 and T = 512), beside the same shape through the plain-loop
+//! CPU reference (single thread), with the adapter name — a table to compare across machines.
+//!
+//! ```sh
+//! cargo run --release --example bench_kernels              # full shapes on a GPU, tiny ones on a CPU adapter
+//! cargo run --release --example bench_kernels -- --tiny    # tiny shapes (lavapipe)
+//! cargo run --release --example bench_kernels -- --full    # full shapes anywhere
+//! ```
+//! The CPU reference runs only where it takes less than about 2 GFLOP (`--reference-all` for every row).
+
+use std::time::Instant;
+
+use tinytune::gpu::ops::{lora, nf4, nn, optim};
+use tinytune::gpu::{Gpu, GpuBuffer, GpuOptions};
+use tinytune::reference as r;
+use tinytune::reference::nf4::Nf4Tensor;
+
+struct Layer {
+    model: &'static str,
+    name: &'static str,
+    k: usize, // in features
+    n: usize, // out features
+}
+
+const FULL: &[Layer] = &[
+    Layer { model: "SmolLM2-135M", name: "q_proj", k: 576, n: 576 },
+    Layer { model: "SmolLM2-135M", name: "up_proj", k: 576, n: 1536 },
+    Layer { model: "SmolLM2-135M", name: "down_proj", k: 1536, n: 576 },
+    Layer { model: "Qwen2.5-0.5B", name: "q_proj", k: 896, n: 896 },
+    Layer { model: "Qwen2.5-0.5B", name: "up_proj", k: 896, n: 4864 },
+    Layer { model: "Llama-3.2-1B", name: "q_proj", k: 2048, n: 2048 },
+    Layer { model: "Llama-3.2-1B", name: "up_proj", k: 2048, n: 8192 },
+    Layer { model: "Llama-3.2-1B", name: "down_proj", k: 8192, n: 2048 },
+];
+
+const TINY: &[Layer] = &[
+    Layer { model: "SmolLM2-135M", name: "q_proj", k: 576, n: 576 },
+    Layer { model: "SmolLM2-135M", name: "up_proj", k: 576, n: 1536 },
+];
+
+const LORA_R: usize = 16;
+
+struct Row {
+    kernel: &'static str,
+    shape: String,
+    gpu_ms: f64,
+    flops: f64,
+    bytes: f64,
+    ref_ms: Option<f64>,
+}
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+        })
+        .collect()
+}
+
+/// Median wall time in ms of `f` (recorded into one encoder, submitted and waited for), after a warm-up.
+fn time_gpu(gpu: &Gpu, mut f: impl FnMut(&mut tinytune::gpu::Encoder)) -> f64 {
+    let mut run = || {
+        let t = Instant::now();
+        let mut enc = gpu.encoder();
+        f(&mut enc);
+        enc.submit();
+        gpu.sync().expect("device error");
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    run();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 3 || (times.len() < 20 && start.elapsed().as_secs_f64() < 1.0) {
+        times.push(run());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[times.len() / 2]
+}
+
+fn time_ref(enabled: bool, f: impl FnOnce()) -> Option<f64> {
+    if !enabled {
+        return None;
+    }
+    let t = Instant::now();
+    f();
+    Some(t.elapsed().as_secs_f64() * 1e3)
+}
+
+fn buf(gpu: &Gpu, label: &str, v: &[f32]) -> GpuBuffer {
+    gpu.upload(label, v).expect("upload")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let gpu = Gpu::new_blocking(GpuOptions::default()).unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(1)
+    });
+    let cpu_adapter = gpu.adapter.device_type == "Cpu";
+    let tiny = args.iter().any(|a| a == "--tiny") || (cpu_adapter && !args.iter().any(|a| a == "--full"));
+    let ref_all = args.iter().any(|a| a == "--reference-all");
+    let (layers, ts): (&[Layer], &[usize]) = if tiny { (TINY, &[1, 64]) } else { (FULL, &[1, 512]) };
+    let mut rows: Vec<Row> = Vec::new();
+
+    for l in layers {
+        let (k, n) = (l.k, l.n);
+        let w = rand_vec(n * k, 1);
+        let wq = Nf4Tensor::quantize(&w, 64, true);
+        let w_dq = wq.dequantize();
+        let wb = buf(&gpu, "w", &w);
+        let wn = nf4::Nf4Weight::upload(&gpu, "w", &wq).expect("upload nf4");
+        let tag = |t: usize| format!("{} {} T={t} K={k} N={n}", l.model, l.name);
+
+        // Quantization of the whole weight (once per model load).
+        let deq = gpu.alloc("deq", (n * k * 4) as u64).expect("alloc");
+        rows.push(Row {
+            kernel: "nf4/quantize (+double quant)",
+            shape: format!("{} {} {}x{}", l.model, l.name, n, k),
+            gpu_ms: time_gpu(&gpu, |enc| {
+                nf4::quantize(enc, "wq", &wb, n * k, 64, true).expect("quantize");
+            }),
+            flops: 0.0,
+            bytes: (n * k * 4 + n * k / 2 + n * k / 64) as f64,
+            ref_ms: time_ref(true, || {
+                std::hint::black_box(Nf4Tensor::quantize(&w, 64, true));
+            }),
+        });
+        rows.push(Row {
+            kernel: "nf4/dequantize",
+            shape: format!("{} {} {}x{}", l.model, l.name, n, k),
+            gpu_ms: time_gpu(&gpu, |enc| nf4::dequantize(enc, &wn, &deq).expect("dequantize")),
+            flops: 0.0,
+            bytes: (n * k * 4 + n * k / 2 + n * k / 64) as f64,
+            ref_ms: time_ref(true, || {
+                std::hint::black_box(wq.dequantize());
+            }),
+        });
+
+        for &t in ts {
+            let m = t;
+            let x = rand_vec(m * k, 2);
+            let dy_h = rand_vec(m * n, 3);
+            let xb = buf(&gpu, "x", &x);
+            let yb = gpu.alloc("y", (m * n * 4) as u64).expect("alloc");
+            let dyb = buf(&gpu, "dy", &dy_h);
+            let dxb = gpu.alloc("dx", (m * k * 4) as u64).expect("alloc");
+            let mm_flops = 2.0 * (m * n * k) as f64;
+            let ref_ok = ref_all || mm_flops < 2e9;
+            rows.push(Row {
+                kernel: "nn/matmul_fwd (f32 W)",
+                shape: tag(t),
+                gpu_ms: time_gpu(&gpu, |enc| nn::matmul_fwd(enc, &xb, &wb, &yb, m, k, n, 1.0, false).expect("matmul")),
+                flops: mm_flops,
+                bytes: 4.0 * (m * k + n * k + m * n) as f64,
+                ref_ms: time_ref(ref_ok, || {
+                    std::hint::black_box(r::nn::matmul_fwd(&x, &w, m, k, n));
+                }),
+            });
+            let nf4_bytes = 4.0 * (m * k + m * n) as f64 + (n * k) as f64 * (0.5 + 1.0 / 64.0);
+            rows.push(Row {
+                kernel: "nf4/matmul_fwd",
+                shape: tag(t),
+                gpu_ms: time_gpu(&gpu, |enc| nf4::matmul_fwd(enc, &xb, &wn, &yb, m, k, n, 1.0, false).expect("matmul")),
+                flops: mm_flops,
+                bytes: nf4_bytes,
+                ref_ms: time_ref(ref_ok, || {
+                    std::hint::black_box(r::nn::matmul_fwd(&x, &wq.dequantize(), m, k, n));
+                }),
+            });
+            rows.push(Row {
+                kernel: "nf4/matmul_bwd_input",
+                shape: tag(t),
+                gpu_ms: time_gpu(&gpu, |enc| nf4::matmul_bwd_input(enc, &dyb, &wn, &dxb, m, k, n, false).expect("bwd")),
+                flops: mm_flops,
+                bytes: nf4_bytes,
+                ref_ms: time_ref(ref_ok, || {
+                    std::hint::black_box(r::nn::matmul_bwd_input(&dy_h, &w_dq, m, k, n));
+                }),
+            });
+
+            let rr = LORA_R;
+            let a = rand_vec(rr * k, 4);
+            let b = rand_vec(n * rr, 5);
+            let (ab, bb) = (buf(&gpu, "lora_A", &a), buf(&gpu, "lora_B", &b));
+            let hb = gpu.alloc("h", (m * rr * 4) as u64).expect("alloc");
+            let dab = gpu.alloc("dA", (rr * k * 4) as u64).expect("alloc");
+            let dbb = gpu.alloc("dB", (n * rr * 4) as u64).expect("alloc");
+            let dhb = gpu.alloc("dH", (m * rr * 4) as u64).expect("alloc");
+            rows.push(Row {
+                kernel: "lora/fwd (R=16)",
+                shape: tag(t),
+                gpu_ms: time_gpu(&gpu, |enc| lora::fwd(enc, &xb, &ab, &bb, &hb, &yb, m, k, n, rr, 2.0).expect("lora fwd")),
+                flops: 2.0 * (m * rr * (k + n)) as f64,
+                bytes: 4.0 * (m * k + rr * k + n * rr + 2 * m * rr + 2 * m * n) as f64,
+                ref_ms: time_ref(true, || {
+                    std::hint::black_box(r::lora::fwd(&x, &a, &b, m, k, n, rr, 2.0));
+                }),
+            });
+            let h = r::lora::fwd(&x, &a, &b, m, k, n, rr, 2.0).0;
+            rows.push(Row {
+                kernel: "lora/bwd (R=16)",
+                shape: tag(t),
+                gpu_ms: time_gpu(&gpu, |enc| {
+                    lora::bwd(enc, &xb, &hb, &dyb, &ab, &bb, &dab, &dbb, &dxb, &dhb, m, k, n, rr, 2.0).expect("lora bwd")
+                }),
+                flops: 4.0 * (m * rr * (k + n)) as f64,
+                bytes: 4.0 * (2 * m * n + 2 * m * k + 3 * m * rr + 3 * rr * k + 3 * n * rr) as f64,
+                ref_ms: time_ref(true, || {
+                    std::hint::black_box(r::lora::bwd(&x, &h, &dy_h, &a, &b, m, k, n, rr, 2.0));
+                }),
+            });
+        }
+    }
+
+    // The optimizer over a flat buffer the size of SmolLM2-135M's all-linear LoRA at R=16 (~4.9M).
+    let np = if tiny { 1 << 20 } else { 4_884_480 };
+    let p = rand_vec(np, 6);
+    let g = rand_vec(np, 7);
+    let (pb, gb) = (buf(&gpu, "params", &p), buf(&gpu, "grads", &g));
+    let mb = gpu.alloc("m", (np * 4) as u64).expect("alloc");
+    let vb = gpu.alloc("v", (np * 4) as u64).expect("alloc");
+    let norm = gpu.alloc("norm", 4).expect("alloc");
+    let cfg = optim::AdamW::default();
+    rows.push(Row {
+        kernel: "optim/grad_norm",
+        shape: format!("n={np}"),
+        gpu_ms: time_gpu(&gpu, |enc| optim::grad_norm(enc, &gb, np, &norm).expect("norm")),
+        flops: 2.0 * np as f64,
+        bytes: 4.0 * np as f64,
+        ref_ms: time_ref(true, || {
+            std::hint::black_box(r::optim::grad_norm(&g));
+        }),
+    });
+    let mut step = 0u32;
+    rows.push(Row {
+        kernel: "optim/adamw_step (+clip)",
+        shape: format!("n={np}"),
+        gpu_ms: time_gpu(&gpu, |enc| {
+            step += 1;
+            optim::adamw_step(enc, &pb, &gb, &mb, &vb, np, step, &cfg, Some((1.0, &norm))).expect("adamw")
+        }),
+        flops: 16.0 * np as f64,
+        bytes: 28.0 * np as f64,
+        ref_ms: time_ref(true, || {
+            let (mut p2, mut m2, mut v2) = (p.clone(), vec![0f32; np], vec![0f32; np]);
+            r::optim::adamw_step(&mut p2, &g, &mut m2, &mut v2, 1, &cfg, Some(1.0));
+            std::hint::black_box(p2);
+        }),
+    });
+
+    println!("tinytune kernel benchmark");
+    println!("adapter: {}", gpu.adapter);
+    println!("shapes: {} (R={LORA_R} for LoRA); CPU reference: plain loops, one thread\n", if tiny { "tiny" } else { "full" });
+    println!("| kernel | shape | GPU ms | GFLOP/s | GB/s | CPU ref ms | speed-up |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        let gf = if row.flops > 0.0 { format!("{:.2}", row.flops / row.gpu_ms / 1e6) } else { "-".into() };
+        let gbs = row.bytes / row.gpu_ms / 1e6;
+        let (rm, sp) = match row.ref_ms {
+            Some(t) => (format!("{t:.2}"), format!("{:.1}x", t / row.gpu_ms)),
+            None => ("-".into(), "-".into()),
+        };
+        println!("| {} | {} | {:.3} | {} | {:.2} | {} | {} |", row.kernel, row.shape, row.gpu_ms, gf, gbs, rm, sp);
+    }
+}
