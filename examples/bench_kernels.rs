@@ -24,19 +24,69 @@ struct Layer {
 }
 
 const FULL: &[Layer] = &[
-    Layer { model: "SmolLM2-135M", name: "q_proj", k: 576, n: 576 },
-    Layer { model: "SmolLM2-135M", name: "up_proj", k: 576, n: 1536 },
-    Layer { model: "SmolLM2-135M", name: "down_proj", k: 1536, n: 576 },
-    Layer { model: "Qwen2.5-0.5B", name: "q_proj", k: 896, n: 896 },
-    Layer { model: "Qwen2.5-0.5B", name: "up_proj", k: 896, n: 4864 },
-    Layer { model: "Llama-3.2-1B", name: "q_proj", k: 2048, n: 2048 },
-    Layer { model: "Llama-3.2-1B", name: "up_proj", k: 2048, n: 8192 },
-    Layer { model: "Llama-3.2-1B", name: "down_proj", k: 8192, n: 2048 },
+    Layer {
+        model: "SmolLM2-135M",
+        name: "q_proj",
+        k: 576,
+        n: 576,
+    },
+    Layer {
+        model: "SmolLM2-135M",
+        name: "up_proj",
+        k: 576,
+        n: 1536,
+    },
+    Layer {
+        model: "SmolLM2-135M",
+        name: "down_proj",
+        k: 1536,
+        n: 576,
+    },
+    Layer {
+        model: "Qwen2.5-0.5B",
+        name: "q_proj",
+        k: 896,
+        n: 896,
+    },
+    Layer {
+        model: "Qwen2.5-0.5B",
+        name: "up_proj",
+        k: 896,
+        n: 4864,
+    },
+    Layer {
+        model: "Llama-3.2-1B",
+        name: "q_proj",
+        k: 2048,
+        n: 2048,
+    },
+    Layer {
+        model: "Llama-3.2-1B",
+        name: "up_proj",
+        k: 2048,
+        n: 8192,
+    },
+    Layer {
+        model: "Llama-3.2-1B",
+        name: "down_proj",
+        k: 8192,
+        n: 2048,
+    },
 ];
 
 const TINY: &[Layer] = &[
-    Layer { model: "SmolLM2-135M", name: "q_proj", k: 576, n: 576 },
-    Layer { model: "SmolLM2-135M", name: "up_proj", k: 576, n: 1536 },
+    Layer {
+        model: "SmolLM2-135M",
+        name: "q_proj",
+        k: 576,
+        n: 576,
+    },
+    Layer {
+        model: "SmolLM2-135M",
+        name: "up_proj",
+        k: 576,
+        n: 1536,
+    },
 ];
 
 const LORA_R: usize = 16;
@@ -102,9 +152,14 @@ fn main() {
         std::process::exit(1)
     });
     let cpu_adapter = gpu.adapter.device_type == "Cpu";
-    let tiny = args.iter().any(|a| a == "--tiny") || (cpu_adapter && !args.iter().any(|a| a == "--full"));
+    let tiny =
+        args.iter().any(|a| a == "--tiny") || (cpu_adapter && !args.iter().any(|a| a == "--full"));
     let ref_all = args.iter().any(|a| a == "--reference-all");
-    let (layers, ts): (&[Layer], &[usize]) = if tiny { (TINY, &[1, 64]) } else { (FULL, &[1, 512]) };
+    let (layers, ts): (&[Layer], &[usize]) = if tiny {
+        (TINY, &[1, 64])
+    } else {
+        (FULL, &[1, 512])
+    };
     let mut rows: Vec<Row> = Vec::new();
 
     for l in layers {
@@ -133,7 +188,9 @@ fn main() {
         rows.push(Row {
             kernel: "nf4/dequantize",
             shape: format!("{} {} {}x{}", l.model, l.name, n, k),
-            gpu_ms: time_gpu(&gpu, |enc| nf4::dequantize(enc, &wn, &deq).expect("dequantize")),
+            gpu_ms: time_gpu(&gpu, |enc| {
+                nf4::dequantize(enc, &wn, &deq).expect("dequantize")
+            }),
             flops: 0.0,
             bytes: (n * k * 4 + n * k / 2 + n * k / 64) as f64,
             ref_ms: time_ref(true, || {
@@ -154,7 +211,9 @@ fn main() {
             rows.push(Row {
                 kernel: "nn/matmul_fwd (f32 W)",
                 shape: tag(t),
-                gpu_ms: time_gpu(&gpu, |enc| nn::matmul_fwd(enc, &xb, &wb, &yb, m, k, n, 1.0, false).expect("matmul")),
+                gpu_ms: time_gpu(&gpu, |enc| {
+                    nn::matmul_fwd(enc, &xb, &wb, &yb, m, k, n, 1.0, false).expect("matmul")
+                }),
                 flops: mm_flops,
                 bytes: 4.0 * (m * k + n * k + m * n) as f64,
                 ref_ms: time_ref(ref_ok, || {
@@ -165,7 +224,9 @@ fn main() {
             rows.push(Row {
                 kernel: "nf4/matmul_fwd",
                 shape: tag(t),
-                gpu_ms: time_gpu(&gpu, |enc| nf4::matmul_fwd(enc, &xb, &wn, &yb, m, k, n, 1.0, false).expect("matmul")),
+                gpu_ms: time_gpu(&gpu, |enc| {
+                    nf4::matmul_fwd(enc, &xb, &wn, &yb, m, k, n, 1.0, false).expect("matmul")
+                }),
                 flops: mm_flops,
                 bytes: nf4_bytes,
                 ref_ms: time_ref(ref_ok, || {
@@ -175,7 +236,9 @@ fn main() {
             rows.push(Row {
                 kernel: "nf4/matmul_bwd_input",
                 shape: tag(t),
-                gpu_ms: time_gpu(&gpu, |enc| nf4::matmul_bwd_input(enc, &dyb, &wn, &dxb, m, k, n, false).expect("bwd")),
+                gpu_ms: time_gpu(&gpu, |enc| {
+                    nf4::matmul_bwd_input(enc, &dyb, &wn, &dxb, m, k, n, false).expect("bwd")
+                }),
                 flops: mm_flops,
                 bytes: nf4_bytes,
                 ref_ms: time_ref(ref_ok, || {
@@ -194,7 +257,9 @@ fn main() {
             rows.push(Row {
                 kernel: "lora/fwd (R=16)",
                 shape: tag(t),
-                gpu_ms: time_gpu(&gpu, |enc| lora::fwd(enc, &xb, &ab, &bb, &hb, &yb, m, k, n, rr, 2.0).expect("lora fwd")),
+                gpu_ms: time_gpu(&gpu, |enc| {
+                    lora::fwd(enc, &xb, &ab, &bb, &hb, &yb, m, k, n, rr, 2.0).expect("lora fwd")
+                }),
                 flops: 2.0 * (m * rr * (k + n)) as f64,
                 bytes: 4.0 * (m * k + rr * k + n * rr + 2 * m * rr + 2 * m * n) as f64,
                 ref_ms: time_ref(true, || {
@@ -206,7 +271,10 @@ fn main() {
                 kernel: "lora/bwd (R=16)",
                 shape: tag(t),
                 gpu_ms: time_gpu(&gpu, |enc| {
-                    lora::bwd(enc, &xb, &hb, &dyb, &ab, &bb, &dab, &dbb, &dxb, &dhb, m, k, n, rr, 2.0).expect("lora bwd")
+                    lora::bwd(
+                        enc, &xb, &hb, &dyb, &ab, &bb, &dab, &dbb, &dxb, &dhb, m, k, n, rr, 2.0,
+                    )
+                    .expect("lora bwd")
                 }),
                 flops: 4.0 * (m * rr * (k + n)) as f64,
                 bytes: 4.0 * (2 * m * n + 2 * m * k + 3 * m * rr + 3 * rr * k + 3 * n * rr) as f64,
@@ -229,7 +297,9 @@ fn main() {
     rows.push(Row {
         kernel: "optim/grad_norm",
         shape: format!("n={np}"),
-        gpu_ms: time_gpu(&gpu, |enc| optim::grad_norm(enc, &gb, np, &norm).expect("norm")),
+        gpu_ms: time_gpu(&gpu, |enc| {
+            optim::grad_norm(enc, &gb, np, &norm).expect("norm")
+        }),
         flops: 2.0 * np as f64,
         bytes: 4.0 * np as f64,
         ref_ms: time_ref(true, || {
@@ -242,7 +312,8 @@ fn main() {
         shape: format!("n={np}"),
         gpu_ms: time_gpu(&gpu, |enc| {
             step += 1;
-            optim::adamw_step(enc, &pb, &gb, &mb, &vb, np, step, &cfg, Some((1.0, &norm))).expect("adamw")
+            optim::adamw_step(enc, &pb, &gb, &mb, &vb, np, step, &cfg, Some((1.0, &norm)))
+                .expect("adamw")
         }),
         flops: 16.0 * np as f64,
         bytes: 28.0 * np as f64,
@@ -255,16 +326,26 @@ fn main() {
 
     println!("tinytune kernel benchmark");
     println!("adapter: {}", gpu.adapter);
-    println!("shapes: {} (R={LORA_R} for LoRA); CPU reference: plain loops, one thread\n", if tiny { "tiny" } else { "full" });
+    println!(
+        "shapes: {} (R={LORA_R} for LoRA); CPU reference: plain loops, one thread\n",
+        if tiny { "tiny" } else { "full" }
+    );
     println!("| kernel | shape | GPU ms | GFLOP/s | GB/s | CPU ref ms | speed-up |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     for row in &rows {
-        let gf = if row.flops > 0.0 { format!("{:.2}", row.flops / row.gpu_ms / 1e6) } else { "-".into() };
+        let gf = if row.flops > 0.0 {
+            format!("{:.2}", row.flops / row.gpu_ms / 1e6)
+        } else {
+            "-".into()
+        };
         let gbs = row.bytes / row.gpu_ms / 1e6;
         let (rm, sp) = match row.ref_ms {
             Some(t) => (format!("{t:.2}"), format!("{:.1}x", t / row.gpu_ms)),
             None => ("-".into(), "-".into()),
         };
-        println!("| {} | {} | {:.3} | {} | {:.2} | {} | {} |", row.kernel, row.shape, row.gpu_ms, gf, gbs, rm, sp);
+        println!(
+            "| {} | {} | {:.3} | {} | {:.2} | {} | {} |",
+            row.kernel, row.shape, row.gpu_ms, gf, gbs, rm, sp
+        );
     }
 }

@@ -8,6 +8,7 @@ bash scripts/setup.sh
 export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 export TINYTUNE_REQUIRE_GPU=1
+cargo fmt --all --check
 cargo test --workspace
 cargo build -p tinytune-wasm --target wasm32-unknown-unknown
 echo "wasm: tinytune-wasm builds for wasm32-unknown-unknown"

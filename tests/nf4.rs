@@ -45,19 +45,42 @@ fn run(n: usize, block: usize, double_quant: bool) {
     enc.submit();
     let got = pollster::block_on(w.to_host(gpu)).unwrap();
     assert_eq!(got.packed.len(), n.div_ceil(2));
-    let mismatches: Vec<usize> = (0..got.packed.len()).filter(|&i| got.packed[i] != want.packed[i]).collect();
-    assert!(mismatches.is_empty(), "n={n} block={block}: {} code bytes differ, first at {} (gpu {:02x} ref {:02x})", mismatches.len(), mismatches[0], got.packed[mismatches[0]], want.packed[mismatches[0]]);
+    let mismatches: Vec<usize> = (0..got.packed.len())
+        .filter(|&i| got.packed[i] != want.packed[i])
+        .collect();
+    assert!(
+        mismatches.is_empty(),
+        "n={n} block={block}: {} code bytes differ, first at {} (gpu {:02x} ref {:02x})",
+        mismatches.len(),
+        mismatches[0],
+        got.packed[mismatches[0]],
+        want.packed[mismatches[0]]
+    );
     match (&got.absmax, &want.absmax) {
-        (Absmax::F32(a), Absmax::F32(b)) => assert_eq!(bits(a), bits(b), "absmax n={n} block={block}"),
+        (Absmax::F32(a), Absmax::F32(b)) => {
+            assert_eq!(bits(a), bits(b), "absmax n={n} block={block}")
+        }
         (Absmax::Double(a), Absmax::Double(b)) => {
-            assert_eq!(a.offset.to_bits(), b.offset.to_bits(), "offset n={n} block={block}");
-            assert_eq!(bits(&a.nested_absmax), bits(&b.nested_absmax), "nested absmax n={n} block={block}");
+            assert_eq!(
+                a.offset.to_bits(),
+                b.offset.to_bits(),
+                "offset n={n} block={block}"
+            );
+            assert_eq!(
+                bits(&a.nested_absmax),
+                bits(&b.nested_absmax),
+                "nested absmax n={n} block={block}"
+            );
             assert_eq!(a.codes, b.codes, "absmax codes n={n} block={block}");
         }
         _ => panic!("absmax kind differs"),
     }
     let deq = gpu.read_blocking::<f32>(&out).unwrap();
-    assert_eq!(bits(&deq), bits(&want.dequantize()), "dequantize n={n} block={block} dq={double_quant}");
+    assert_eq!(
+        bits(&deq),
+        bits(&want.dequantize()),
+        "dequantize n={n} block={block} dq={double_quant}"
+    );
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -67,14 +90,28 @@ fn bits(v: &[f32]) -> Vec<u32> {
 #[test]
 fn nf4_quantize_matches_reference() {
     // Odd n (pad nibble), partial last block, single block, many blocks (> 256 for the nested blocks).
-    for &(n, block) in &[(1usize, 64usize), (63, 64), (64 * 3 + 7, 64), (1000, 32), (4096 * 3 + 1, 4096), (64 * 600 + 33, 64), (129 * 7, 128)] {
+    for &(n, block) in &[
+        (1usize, 64usize),
+        (63, 64),
+        (64 * 3 + 7, 64),
+        (1000, 32),
+        (4096 * 3 + 1, 4096),
+        (64 * 600 + 33, 64),
+        (129 * 7, 128),
+    ] {
         run(n, block, false);
     }
 }
 
 #[test]
 fn nf4_double_quant_matches_reference() {
-    for &(n, block) in &[(1usize, 64usize), (64 * 3 + 7, 64), (64 * 256, 64), (64 * 700 + 5, 64), (2048 * 300, 2048)] {
+    for &(n, block) in &[
+        (1usize, 64usize),
+        (64 * 3 + 7, 64),
+        (64 * 256, 64),
+        (64 * 700 + 5, 64),
+        (2048 * 300, 2048),
+    ] {
         run(n, block, true);
     }
 }
@@ -83,7 +120,11 @@ fn nf4_double_quant_matches_reference() {
 fn nf4_dequantize_matches_reference() {
     // Dequantize a host tensor uploaded from the reference (the path a loaded checkpoint takes).
     let Some(gpu) = gpu() else { return };
-    for &(n, block, dq) in &[(999usize, 64usize, true), (999, 64, false), (5000, 256, true)] {
+    for &(n, block, dq) in &[
+        (999usize, 64usize, true),
+        (999, 64, false),
+        (5000, 256, true),
+    ] {
         let x = awkward(n, block, 7);
         let t = Nf4Tensor::quantize(&x, block, dq);
         let w = nf4::Nf4Weight::upload(gpu, "w", &t).unwrap();
@@ -91,7 +132,10 @@ fn nf4_dequantize_matches_reference() {
         let mut enc = gpu.encoder();
         nf4::dequantize(&mut enc, &w, &out).unwrap();
         enc.submit();
-        assert_eq!(bits(&gpu.read_blocking::<f32>(&out).unwrap()), bits(&t.dequantize()));
+        assert_eq!(
+            bits(&gpu.read_blocking::<f32>(&out).unwrap()),
+            bits(&t.dequantize())
+        );
     }
 }
 
@@ -100,7 +144,9 @@ fn nf4_rejects_bad_block_size() {
     let Some(gpu) = gpu() else { return };
     let xb = gpu.upload("x", &[0f32; 100]).unwrap();
     let mut enc = gpu.encoder();
-    let err = nf4::quantize(&mut enc, "w", &xb, 100, 48, true).err().expect("block 48 must be refused");
+    let err = nf4::quantize(&mut enc, "w", &xb, 100, 48, true)
+        .err()
+        .expect("block 48 must be refused");
     assert!(err.to_string().contains("block size 48"), "{err}");
 }
 

@@ -8,11 +8,18 @@ use tinytune::gpu::GpuError;
 #[test]
 fn runtime_buffer_over_limit_is_a_typed_error() {
     let Some(gpu) = gpu() else { return };
-    let too_big = gpu.limits.max_buffer_size.max(gpu.limits.max_storage_buffer_binding_size as u64) + 4;
+    let too_big = gpu
+        .limits
+        .max_buffer_size
+        .max(gpu.limits.max_storage_buffer_binding_size)
+        + 4;
     match gpu.alloc("model.embed_tokens.weight", too_big) {
         Err(e @ GpuError::BufferTooLarge { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains("model.embed_tokens.weight") && msg.contains(&too_big.to_string()), "{msg}");
+            assert!(
+                msg.contains("model.embed_tokens.weight") && msg.contains(&too_big.to_string()),
+                "{msg}"
+            );
         }
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("allocation over the limit succeeded"),
@@ -22,16 +29,25 @@ fn runtime_buffer_over_limit_is_a_typed_error() {
 #[test]
 fn runtime_unknown_shader_is_a_typed_error() {
     let Some(gpu) = gpu() else { return };
-    let e = gpu.kernel("nn/does_not_exist", "main", &[]).err().expect("must fail");
+    let e = gpu
+        .kernel("nn/does_not_exist", "main", &[])
+        .err()
+        .expect("must fail");
     assert!(matches!(e, GpuError::UnknownShader(_)), "{e}");
 }
 
 #[test]
 fn runtime_bad_entry_point_is_a_pipeline_error() {
     let Some(gpu) = gpu() else { return };
-    let e = gpu.kernel("nf4/dequantize", "no_such_entry", &[]).err().expect("must fail");
+    let e = gpu
+        .kernel("nf4/dequantize", "no_such_entry", &[])
+        .err()
+        .expect("must fail");
     match e {
-        GpuError::Pipeline { kernel, entry, .. } => assert_eq!((kernel.as_str(), entry.as_str()), ("nf4/dequantize", "no_such_entry")),
+        GpuError::Pipeline { kernel, entry, .. } => assert_eq!(
+            (kernel.as_str(), entry.as_str()),
+            ("nf4/dequantize", "no_such_entry")
+        ),
         other => panic!("wrong error: {other}"),
     }
 }
@@ -51,6 +67,14 @@ fn runtime_reports_adapter_and_limits() {
     let Some(gpu) = gpu() else { return };
     assert!(!gpu.adapter.name.is_empty());
     // The device was opened with the adapter's own limits, not WebGPU's 128 MiB default binding.
-    assert!(gpu.max_binding() >= 128 << 20, "max binding {}", gpu.max_binding());
-    eprintln!("adapter: {} (max binding {} B)", gpu.adapter, gpu.max_binding());
+    assert!(
+        gpu.max_binding() >= 128 << 20,
+        "max binding {}",
+        gpu.max_binding()
+    );
+    eprintln!(
+        "adapter: {} (max binding {} B)",
+        gpu.adapter,
+        gpu.max_binding()
+    );
 }

@@ -101,7 +101,10 @@ impl Gpu {
                 trace: wgpu::Trace::Off,
             })
             .await
-            .map_err(|e| GpuError::RequestDevice { adapter: info.name.clone(), message: e.to_string() })?;
+            .map_err(|e| GpuError::RequestDevice {
+                adapter: info.name.clone(),
+                message: e.to_string(),
+            })?;
         let uncaptured = Arc::new(Mutex::new(Vec::new()));
         let sink = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -129,7 +132,9 @@ impl Gpu {
 
     /// The largest buffer one storage binding may hold.
     pub fn max_binding(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     fn check_size(&self, label: &str, bytes: u64, size: u64) -> Result<()> {
@@ -141,11 +146,11 @@ impl Gpu {
                 what: "buffer",
             });
         }
-        if size > self.limits.max_storage_buffer_binding_size as u64 {
+        if size > self.limits.max_storage_buffer_binding_size {
             return Err(GpuError::BufferTooLarge {
                 label: label.into(),
                 bytes,
-                limit: self.limits.max_storage_buffer_binding_size as u64,
+                limit: self.limits.max_storage_buffer_binding_size,
                 what: "storage binding",
             });
         }
@@ -160,13 +165,23 @@ impl Gpu {
         let raw = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         if let Some(message) = scope.pop() {
-            return Err(GpuError::OutOfMemory { label: label.into(), bytes: size, message });
+            return Err(GpuError::OutOfMemory {
+                label: label.into(),
+                bytes: size,
+                message,
+            });
         }
-        Ok(GpuBuffer { label: label.into(), raw, len: bytes })
+        Ok(GpuBuffer {
+            label: label.into(),
+            raw,
+            len: bytes,
+        })
     }
 
     /// Uploads plain data (f32, u32, u8 ...) into a new storage buffer.
@@ -182,7 +197,7 @@ impl Gpu {
         if bytes.is_empty() {
             return;
         }
-        if bytes.len() % 4 == 0 {
+        if bytes.len().is_multiple_of(4) {
             self.queue.write_buffer(&buf.raw, offset, bytes);
         } else {
             let mut padded = bytes.to_vec();
@@ -195,38 +210,77 @@ impl Gpu {
     pub fn encoder(&self) -> Encoder<'_> {
         Encoder {
             gpu: self,
-            enc: self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tinytune") }),
+            enc: self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("tinytune"),
+                }),
         }
     }
 
     /// Gets (compiling once) the pipeline of `kernel`'s `entry` specialised with `constants`.
-    pub fn kernel(&self, kernel: &'static str, entry: &'static str, constants: &[(&str, f64)]) -> Result<Kernel> {
-        let key: PipelineKey =
-            (kernel, entry, constants.iter().map(|(k, v)| (k.to_string(), v.to_bits())).collect());
-        if let Some(k) = self.pipelines.lock().expect("pipeline cache poisoned").get(&key) {
+    pub fn kernel(
+        &self,
+        kernel: &'static str,
+        entry: &'static str,
+        constants: &[(&str, f64)],
+    ) -> Result<Kernel> {
+        let key: PipelineKey = (
+            kernel,
+            entry,
+            constants
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_bits()))
+                .collect(),
+        );
+        if let Some(k) = self
+            .pipelines
+            .lock()
+            .expect("pipeline cache poisoned")
+            .get(&key)
+        {
             return Ok(k.clone());
         }
         let shader = shaders::get(kernel).ok_or_else(|| GpuError::UnknownShader(kernel.into()))?;
-        let fail = |message: String| GpuError::Pipeline { kernel: kernel.into(), entry: entry.into(), message };
+        let fail = |message: String| GpuError::Pipeline {
+            kernel: kernel.into(),
+            entry: entry.into(),
+            message,
+        };
         let scope = ErrorScope::push(&self.device);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(kernel),
-            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
-        });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: true },
-            cache: None,
-        });
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel),
+                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: true,
+                },
+                cache: None,
+            });
         if let Some(message) = scope.pop() {
             return Err(fail(message));
         }
         let layout = pipeline.get_bind_group_layout(0);
-        let k = Kernel { name: kernel, entry, pipeline, layout };
-        self.pipelines.lock().expect("pipeline cache poisoned").insert(key, k.clone());
+        let k = Kernel {
+            name: kernel,
+            entry,
+            pipeline,
+            layout,
+        };
+        self.pipelines
+            .lock()
+            .expect("pipeline cache poisoned")
+            .insert(key, k.clone());
         Ok(k)
     }
 
@@ -258,7 +312,11 @@ impl Gpu {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
         enc.copy_buffer_to_buffer(&buf.raw, 0, &staging, 0, size);
         self.queue.submit([enc.finish()]);
         let (tx, rx) = futures_channel::oneshot::channel();
@@ -267,13 +325,25 @@ impl Gpu {
         });
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::Readback { label: buf.label.clone(), message: e.to_string() })?;
-        let mapped = rx.await.map_err(|e| GpuError::Readback { label: buf.label.clone(), message: e.to_string() })?;
-        mapped.map_err(|e| GpuError::Readback { label: buf.label.clone(), message: e.to_string() })?;
+            .map_err(|e| GpuError::Readback {
+                label: buf.label.clone(),
+                message: e.to_string(),
+            })?;
+        let mapped = rx.await.map_err(|e| GpuError::Readback {
+            label: buf.label.clone(),
+            message: e.to_string(),
+        })?;
+        mapped.map_err(|e| GpuError::Readback {
+            label: buf.label.clone(),
+            message: e.to_string(),
+        })?;
         self.take_uncaptured()?;
         let view = staging
             .get_mapped_range(..)
-            .map_err(|e| GpuError::Readback { label: buf.label.clone(), message: e.to_string() })?;
+            .map_err(|e| GpuError::Readback {
+                label: buf.label.clone(),
+                message: e.to_string(),
+            })?;
         let mut out = view.to_vec();
         drop(view);
         staging.unmap();
@@ -286,7 +356,8 @@ impl Gpu {
         let bytes = self.read_bytes(buf).await?;
         let n = bytes.len() / std::mem::size_of::<T>();
         let mut out = vec![T::zeroed(); n];
-        bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&bytes[..n * std::mem::size_of::<T>()]);
+        bytemuck::cast_slice_mut::<T, u8>(&mut out)
+            .copy_from_slice(&bytes[..n * std::mem::size_of::<T>()]);
         Ok(out)
     }
 
@@ -306,11 +377,21 @@ pub struct Encoder<'g> {
 impl<'g> Encoder<'g> {
     /// Records one dispatch. Binding 0 is the uniform `params` (u32 words, padded to 16 bytes);
     /// bindings 1.. are `buffers` in order, matching the WGSL file's declarations.
-    pub fn dispatch(&mut self, kernel: &Kernel, params: &[u32], buffers: &[&GpuBuffer], groups: [u32; 3]) -> Result<()> {
+    pub fn dispatch(
+        &mut self,
+        kernel: &Kernel,
+        params: &[u32],
+        buffers: &[&GpuBuffer],
+        groups: [u32; 3],
+    ) -> Result<()> {
         let max = self.gpu.limits.max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max) {
             let total = groups.iter().map(|&g| g as u64).product();
-            return Err(GpuError::DispatchTooLarge { kernel: kernel.name.into(), groups: total, limit: max as u64 });
+            return Err(GpuError::DispatchTooLarge {
+                kernel: kernel.name.into(),
+                groups: total,
+                limit: max as u64,
+            });
         }
         if groups.contains(&0) {
             return Ok(());
@@ -325,16 +406,25 @@ impl<'g> Encoder<'g> {
                 usage: wgpu::BufferUsages::UNIFORM,
             },
         );
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
         for (i, b) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.raw.as_entire_binding() });
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: b.raw.as_entire_binding(),
+            });
         }
         let scope = ErrorScope::push(&self.gpu.device);
-        let bind = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.name),
-            layout: &kernel.layout,
-            entries: &entries,
-        });
+        let bind = self
+            .gpu
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(kernel.name),
+                layout: &kernel.layout,
+                entries: &entries,
+            });
         if let Some(message) = scope.pop() {
             return Err(GpuError::Pipeline {
                 kernel: kernel.name.into(),
@@ -342,7 +432,10 @@ impl<'g> Encoder<'g> {
                 message: format!("binding {} buffers: {message}", buffers.len()),
             });
         }
-        let mut pass = self.enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.name), timestamp_writes: None });
+        let mut pass = self.enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(kernel.name),
+            timestamp_writes: None,
+        });
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, &bind, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -350,8 +443,16 @@ impl<'g> Encoder<'g> {
     }
 
     /// Copies `bytes` bytes between buffers (offsets and size multiples of 4).
-    pub fn copy(&mut self, src: &GpuBuffer, src_off: u64, dst: &GpuBuffer, dst_off: u64, bytes: u64) {
-        self.enc.copy_buffer_to_buffer(&src.raw, src_off, &dst.raw, dst_off, bytes);
+    pub fn copy(
+        &mut self,
+        src: &GpuBuffer,
+        src_off: u64,
+        dst: &GpuBuffer,
+        dst_off: u64,
+        bytes: u64,
+    ) {
+        self.enc
+            .copy_buffer_to_buffer(&src.raw, src_off, &dst.raw, dst_off, bytes);
     }
 
     /// Submits everything recorded.
@@ -374,21 +475,6 @@ pub fn split_groups(n: u64, max: u64) -> [u32; 3] {
         let y = n.div_ceil(max);
         let x = n.div_ceil(y);
         [x as u32, y as u32, 1]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_groups;
-
-    #[test]
-    fn split_groups_covers_n_within_limits() {
-        for &(n, max) in &[(0u64, 65535u64), (1, 65535), (65535, 65535), (65536, 65535), (10_000_007, 65535), (1000, 40)] {
-            let [x, y, z] = split_groups(n, max);
-            let (x, y) = (x as u64, y as u64);
-            assert!(x <= max && y <= max && z == 1, "n={n}: {x}x{y}");
-            assert!(x * y >= n && x * y - n < y.max(1), "n={n}: {x}x{y}");
-        }
     }
 }
 
@@ -448,7 +534,11 @@ fn create_instance() -> wgpu::Instance {
 #[cfg(not(target_arch = "wasm32"))]
 async fn pick_adapter(instance: &wgpu::Instance, opts: &GpuOptions) -> Result<wgpu::Adapter> {
     let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-    let wanted = opts.adapter_name.clone().or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok()).filter(|s| !s.is_empty());
+    let wanted = opts
+        .adapter_name
+        .clone()
+        .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+        .filter(|s| !s.is_empty());
     let adapters = instance.enumerate_adapters(backends).await;
     if let Some(w) = wanted {
         let lw = w.to_lowercase();
@@ -456,7 +546,10 @@ async fn pick_adapter(instance: &wgpu::Instance, opts: &GpuOptions) -> Result<wg
         return adapters
             .into_iter()
             .find(|a| a.get_info().name.to_lowercase().contains(&lw))
-            .ok_or_else(|| GpuError::AdapterNotFound { wanted: w, found: found.join(", ") });
+            .ok_or_else(|| GpuError::AdapterNotFound {
+                wanted: w,
+                found: found.join(", "),
+            });
     }
     instance
         .request_adapter(&wgpu::RequestAdapterOptions {
@@ -466,7 +559,9 @@ async fn pick_adapter(instance: &wgpu::Instance, opts: &GpuOptions) -> Result<wg
             apply_limit_buckets: false,
         })
         .await
-        .map_err(|_| GpuError::NoAdapter { backends: format!("{backends:?}") })
+        .map_err(|_| GpuError::NoAdapter {
+            backends: format!("{backends:?}"),
+        })
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -479,7 +574,9 @@ async fn pick_adapter(instance: &wgpu::Instance, _opts: &GpuOptions) -> Result<w
             apply_limit_buckets: false,
         })
         .await
-        .map_err(|_| GpuError::NoAdapter { backends: "browser WebGPU".into() })
+        .map_err(|_| GpuError::NoAdapter {
+            backends: "browser WebGPU".into(),
+        })
 }
 
 /// Lists every adapter (native), for `tinytune info`.
@@ -487,5 +584,30 @@ async fn pick_adapter(instance: &wgpu::Instance, _opts: &GpuOptions) -> Result<w
 pub fn list_adapters() -> Vec<AdapterSummary> {
     let instance = create_instance();
     let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-    pollster::block_on(instance.enumerate_adapters(backends)).iter().map(|a| summarize(&a.get_info())).collect()
+    pollster::block_on(instance.enumerate_adapters(backends))
+        .iter()
+        .map(|a| summarize(&a.get_info()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_groups;
+
+    #[test]
+    fn split_groups_covers_n_within_limits() {
+        for &(n, max) in &[
+            (0u64, 65535u64),
+            (1, 65535),
+            (65535, 65535),
+            (65536, 65535),
+            (10_000_007, 65535),
+            (1000, 40),
+        ] {
+            let [x, y, z] = split_groups(n, max);
+            let (x, y) = (x as u64, y as u64);
+            assert!(x <= max && y <= max && z == 1, "n={n}: {x}x{y}");
+            assert!(x * y >= n && x * y - n < y.max(1), "n={n}: {x}x{y}");
+        }
+    }
 }

@@ -12,13 +12,30 @@ pub enum GpuError {
     #[error("unknown shader {0:?} (not registered in tinytune_gpu::shaders::SHADERS)")]
     UnknownShader(String),
     #[error("compiling kernel {kernel} (entry {entry}) failed: {message}")]
-    Pipeline { kernel: String, entry: String, message: String },
+    Pipeline {
+        kernel: String,
+        entry: String,
+        message: String,
+    },
     #[error("buffer {label:?} needs {bytes} bytes but the device allows at most {limit} bytes per {what}")]
-    BufferTooLarge { label: String, bytes: u64, limit: u64, what: &'static str },
+    BufferTooLarge {
+        label: String,
+        bytes: u64,
+        limit: u64,
+        what: &'static str,
+    },
     #[error("out of GPU memory allocating buffer {label:?} of {bytes} bytes: {message}")]
-    OutOfMemory { label: String, bytes: u64, message: String },
+    OutOfMemory {
+        label: String,
+        bytes: u64,
+        message: String,
+    },
     #[error("kernel {kernel} needs {groups} workgroups, over the device limit {limit}")]
-    DispatchTooLarge { kernel: String, groups: u64, limit: u64 },
+    DispatchTooLarge {
+        kernel: String,
+        groups: u64,
+        limit: u64,
+    },
     #[error("{kernel}: {message}")]
     Shape { kernel: String, message: String },
     #[error("reading back buffer {label:?} failed: {message}")]
@@ -31,5 +48,8 @@ pub type Result<T, E = GpuError> = std::result::Result<T, E>;
 
 /// Shape check helper used by every launcher.
 pub(crate) fn shape_err(kernel: &str, message: impl Into<String>) -> GpuError {
-    GpuError::Shape { kernel: kernel.to_string(), message: message.into() }
+    GpuError::Shape {
+        kernel: kernel.to_string(),
+        message: message.into(),
+    }
 }

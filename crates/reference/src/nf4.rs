@@ -10,6 +10,7 @@
 //!   of 256 against [`DYNAMIC_MAP`] with the CUDA kernel's search (`dQuantize<0>`).
 
 /// bitsandbytes' NF4 code book (`get_4bit_type("nf4")`), as f32.
+#[allow(clippy::excessive_precision)] // bitsandbytes' own literals, kept as written
 pub const NF4: [f32; 16] = [
     -1.0,
     -0.6961928009986877,
@@ -32,6 +33,7 @@ pub const NF4: [f32; 16] = [
 /// The 15 decision thresholds of bitsandbytes' CUDA `dQuantizeNF4`, its float literals parsed as f32.
 /// Four of them (indices 0, 8, 12, 14) are 1 ulp off the f32 midpoint of adjacent codes, which its
 /// portable backend (`torch.bucketize` on midpoints) uses instead; we follow CUDA.
+#[allow(clippy::excessive_precision)] // bitsandbytes' own literals, kept as written
 pub const NF4_MIDPOINTS: [f32; 15] = [
     -0.8480964004993439,
     -0.6106329262256622,
@@ -58,8 +60,14 @@ pub const DEFAULT_BLOCK: usize = 64;
 pub const PAD_CODE: u8 = 7;
 
 const _: () = assert!(NF4.len() == 16 && NF4_MIDPOINTS.len() == 15);
-const _: () = assert!(NESTED_BLOCK % 4 == 0, "nested codes pack 4 per u32 word without straddling blocks");
-const _: () = assert!(DEFAULT_BLOCK % 8 == 0, "a block's packed codes fill whole u32 words");
+const _: () = assert!(
+    NESTED_BLOCK.is_multiple_of(4),
+    "nested codes pack 4 per u32 word without straddling blocks"
+);
+const _: () = assert!(
+    DEFAULT_BLOCK.is_multiple_of(8),
+    "a block's packed codes fill whole u32 words"
+);
 
 /// bitsandbytes' signed dynamic map `create_dynamic_map(signed=True)` (256 sorted f32 values).
 /// Bit patterns as produced by bitsandbytes 0.4x; `tests/fixtures/bnb` checks them.
@@ -118,7 +126,7 @@ pub fn quantize(x: &[f32], block: usize) -> (Vec<u8>, Vec<f32>) {
 #[inline]
 pub fn code_at(packed: &[u8], i: usize) -> u8 {
     let b = packed[i / 2];
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         b >> 4
     } else {
         b & 15
@@ -127,7 +135,9 @@ pub fn code_at(packed: &[u8], i: usize) -> u8 {
 
 /// `w[i] = NF4[code] * absmax[i / block]` for `n` elements.
 pub fn dequantize(packed: &[u8], absmax: &[f32], block: usize, n: usize) -> Vec<f32> {
-    (0..n).map(|i| NF4[code_at(packed, i) as usize] * absmax[i / block]).collect()
+    (0..n)
+        .map(|i| NF4[code_at(packed, i) as usize] * absmax[i / block])
+        .collect()
 }
 
 /// bitsandbytes' `dQuantize<0>` (round to nearest over the sorted 256-entry `code`, CUDA's search).
@@ -209,10 +219,12 @@ pub fn double_quantize_with_offset(absmax: &[f32], offset: f32) -> DoubleQuant {
     let mut codes = vec![0u8; n];
     let nb = n.div_ceil(NESTED_BLOCK);
     let mut nested = vec![0f32; nb];
-    for b in 0..nb {
+    for (b, nested_b) in nested.iter_mut().enumerate() {
         let r = b * NESTED_BLOCK..((b + 1) * NESTED_BLOCK).min(n);
-        let am = absmax[r.clone()].iter().fold(0f32, |m, &a| m.max((a - offset).abs()));
-        nested[b] = am;
+        let am = absmax[r.clone()]
+            .iter()
+            .fold(0f32, |m, &a| m.max((a - offset).abs()));
+        *nested_b = am;
         // CUDA computes 0 * (1/0) = NaN for a block of equal absmax, which its search maps to code 0;
         // spelled out here (and in the shader) because WGSL leaves NaN comparisons undefined.
         if am == 0.0 {
@@ -223,7 +235,11 @@ pub fn double_quantize_with_offset(absmax: &[f32], offset: f32) -> DoubleQuant {
             codes[i] = dyn8_code(&DYNAMIC_MAP, (absmax[i] - offset) * inv);
         }
     }
-    DoubleQuant { codes, nested_absmax: nested, offset }
+    DoubleQuant {
+        codes,
+        nested_absmax: nested,
+        offset,
+    }
 }
 
 /// Double-quantizes `absmax` with bitsandbytes' defaults.
@@ -262,8 +278,17 @@ impl Nf4Tensor {
     /// Quantizes `x` (flattened row-major) exactly as bitsandbytes' `quantize_4bit(..., quant_type="nf4")`.
     pub fn quantize(x: &[f32], block: usize, double_quant: bool) -> Nf4Tensor {
         let (packed, absmax) = quantize(x, block);
-        let absmax = if double_quant { Absmax::Double(double_quantize(&absmax)) } else { Absmax::F32(absmax) };
-        Nf4Tensor { n: x.len(), block, packed, absmax }
+        let absmax = if double_quant {
+            Absmax::Double(double_quantize(&absmax))
+        } else {
+            Absmax::F32(absmax)
+        };
+        Nf4Tensor {
+            n: x.len(),
+            block,
+            packed,
+            absmax,
+        }
     }
 
     /// The f32 absmax per block (after undoing double quantization).

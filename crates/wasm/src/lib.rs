@@ -8,7 +8,9 @@ use wasm_bindgen::prelude::*;
 /// or a `JsError` saying why WebGPU is unavailable.
 #[wasm_bindgen(js_name = adapterInfo)]
 pub async fn adapter_info() -> Result<String, JsError> {
-    let gpu = tinytune_gpu::Gpu::new(tinytune_gpu::GpuOptions::default()).await.map_err(|e| JsError::new(&e.to_string()))?;
+    let gpu = tinytune_gpu::Gpu::new(tinytune_gpu::GpuOptions::default())
+        .await
+        .map_err(|e| JsError::new(&e.to_string()))?;
     Ok(format!(
         "{} | max buffer {} B | max storage binding {} B | shaders {}",
         gpu.adapter,

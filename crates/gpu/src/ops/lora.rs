@@ -7,7 +7,7 @@
 //! Each op is several dispatches of separate entry points of one WGSL file (`stage_*`), recorded
 //! in order into the caller's encoder.
 
-use super::groups_for;
+use super::{check_distinct, check_f32, groups_for};
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
 
@@ -46,39 +46,6 @@ fn check_dims(kernel: &str, m: usize, k: usize, n: usize, r: usize) -> Result<()
     Ok(())
 }
 
-fn check_buf(kernel: &str, name: &str, buf: &GpuBuffer, rows: usize, cols: usize) -> Result<()> {
-    let need = rows as u64 * cols as u64 * 4;
-    if buf.len < need {
-        return Err(shape_err(
-            kernel,
-            format!(
-                "{name} ({}) holds {} bytes, ({rows}, {cols}) f32 need {need}",
-                buf.label, buf.len
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Fails if an output buffer is also bound as another input or output of the same op.
-fn check_distinct(
-    kernel: &str,
-    outputs: &[(&str, &GpuBuffer)],
-    inputs: &[(&str, &GpuBuffer)],
-) -> Result<()> {
-    for (i, (on, ob)) in outputs.iter().enumerate() {
-        for (other, bb) in outputs[i + 1..].iter().chain(inputs) {
-            if ob.raw == bb.raw {
-                return Err(shape_err(
-                    kernel,
-                    format!("{on} and {other} are the same buffer ({})", ob.label),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 fn params(m: usize, k: usize, n: usize, r: usize, scale: f32) -> [u32; 8] {
     [
         m as u32,
@@ -114,11 +81,11 @@ pub fn fwd(
 ) -> Result<()> {
     const K: &str = "lora/fwd";
     check_dims(K, m, k, n, r)?;
-    check_buf(K, "x", x, m, k)?;
-    check_buf(K, "a", a, r, k)?;
-    check_buf(K, "b", b, n, r)?;
-    check_buf(K, "h", h, m, r)?;
-    check_buf(K, "y", y, m, n)?;
+    check_f32(K, "x", x, &[m, k])?;
+    check_f32(K, "a", a, &[r, k])?;
+    check_f32(K, "b", b, &[n, r])?;
+    check_f32(K, "h", h, &[m, r])?;
+    check_f32(K, "y", y, &[m, n])?;
     check_distinct(K, &[("h", h), ("y", y)], &[("x", x), ("a", a), ("b", b)])?;
     let gpu = enc.gpu;
     let pr = params(m, k, n, r, scale);
@@ -162,15 +129,15 @@ pub fn bwd(
 ) -> Result<()> {
     const K: &str = "lora/bwd";
     check_dims(K, m, k, n, r)?;
-    check_buf(K, "x", x, m, k)?;
-    check_buf(K, "h", h, m, r)?;
-    check_buf(K, "dy", dy, m, n)?;
-    check_buf(K, "a", a, r, k)?;
-    check_buf(K, "b", b, n, r)?;
-    check_buf(K, "da", da, r, k)?;
-    check_buf(K, "db", db, n, r)?;
-    check_buf(K, "dx", dx, m, k)?;
-    check_buf(K, "dh_scratch", dh_scratch, m, r)?;
+    check_f32(K, "x", x, &[m, k])?;
+    check_f32(K, "h", h, &[m, r])?;
+    check_f32(K, "dy", dy, &[m, n])?;
+    check_f32(K, "a", a, &[r, k])?;
+    check_f32(K, "b", b, &[n, r])?;
+    check_f32(K, "da", da, &[r, k])?;
+    check_f32(K, "db", db, &[n, r])?;
+    check_f32(K, "dx", dx, &[m, k])?;
+    check_f32(K, "dh_scratch", dh_scratch, &[m, r])?;
     check_distinct(
         K,
         &[

@@ -1,10 +1,12 @@
 //! NF4 launchers: `shaders/nf4/*.wgsl`. Storage of a quantized weight on the device and its
 //! round trip to bitsandbytes' host layout ([`tinytune_reference::nf4::Nf4Tensor`]).
 
-use tinytune_reference::nf4::{self as rnf4, Absmax, DoubleQuant, Nf4Tensor, DYNAMIC_MAP, NESTED_BLOCK};
+use tinytune_reference::nf4::{
+    self as rnf4, Absmax, DoubleQuant, Nf4Tensor, DYNAMIC_MAP, NESTED_BLOCK,
+};
 
 pub use super::nf4_matmul::*;
-use super::groups_for;
+use super::{check_f32, groups_for};
 use crate::device::{Encoder, Gpu, GpuBuffer};
 use crate::error::{shape_err, Result};
 
@@ -37,15 +39,30 @@ impl Nf4Weight {
         check_block("nf4/upload", t.block)?;
         let codes = gpu.upload(&format!("{label}.codes"), &t.packed)?;
         let (absmax, dq, double_quant) = match &t.absmax {
-            Absmax::F32(a) => (gpu.upload(&format!("{label}.absmax"), a)?, gpu.upload(&format!("{label}.dq"), &[0f32])?, false),
+            Absmax::F32(a) => (
+                gpu.upload(&format!("{label}.absmax"), a)?,
+                gpu.upload(&format!("{label}.dq"), &[0f32])?,
+                false,
+            ),
             Absmax::Double(d) => {
                 let mut dqv = DYNAMIC_MAP.to_vec();
                 dqv.push(d.offset);
                 dqv.extend_from_slice(&d.nested_absmax);
-                (gpu.upload(&format!("{label}.absmax"), &d.codes)?, gpu.upload(&format!("{label}.dq"), &dqv)?, true)
+                (
+                    gpu.upload(&format!("{label}.absmax"), &d.codes)?,
+                    gpu.upload(&format!("{label}.dq"), &dqv)?,
+                    true,
+                )
             }
         };
-        Ok(Nf4Weight { n: t.n, block: t.block, double_quant, codes, absmax, dq })
+        Ok(Nf4Weight {
+            n: t.n,
+            block: t.block,
+            double_quant,
+            codes,
+            absmax,
+            dq,
+        })
     }
 
     /// Reads the weight back into bitsandbytes' host layout.
@@ -54,34 +71,57 @@ impl Nf4Weight {
         let absmax = if self.double_quant {
             let codes = gpu.read::<u8>(&self.absmax).await?;
             let dq = gpu.read::<f32>(&self.dq).await?;
-            Absmax::Double(DoubleQuant { codes, nested_absmax: dq[DQ_NESTED..].to_vec(), offset: dq[DQ_OFFSET] })
+            Absmax::Double(DoubleQuant {
+                codes,
+                nested_absmax: dq[DQ_NESTED..].to_vec(),
+                offset: dq[DQ_OFFSET],
+            })
         } else {
             Absmax::F32(gpu.read::<f32>(&self.absmax).await?)
         };
-        Ok(Nf4Tensor { n: self.n, block: self.block, packed, absmax })
+        Ok(Nf4Tensor {
+            n: self.n,
+            block: self.block,
+            packed,
+            absmax,
+        })
     }
 }
 
 fn check_block(kernel: &str, block: usize) -> Result<()> {
     if !rnf4::valid_block_size(block) {
-        return Err(shape_err(kernel, format!("block size {block} must be a power of two in 32..=4096")));
+        return Err(shape_err(
+            kernel,
+            format!("block size {block} must be a power of two in 32..=4096"),
+        ));
     }
     Ok(())
 }
 
 /// Quantizes `n` f32 values of `x` into a new [`Nf4Weight`] (`nf4/quantize`, then with
 /// `double_quant` `nf4/absmax_mean` and `nf4/absmax_quantize`).
-pub fn quantize(enc: &mut Encoder, label: &str, x: &GpuBuffer, n: usize, block: usize, double_quant: bool) -> Result<Nf4Weight> {
+pub fn quantize(
+    enc: &mut Encoder,
+    label: &str,
+    x: &GpuBuffer,
+    n: usize,
+    block: usize,
+    double_quant: bool,
+) -> Result<Nf4Weight> {
     const K: &str = "nf4/quantize";
     check_block(K, block)?;
     if n == 0 {
-        return Err(shape_err(K, format!("{label}: cannot quantize an empty tensor")));
+        return Err(shape_err(
+            K,
+            format!("{label}: cannot quantize an empty tensor"),
+        ));
     }
-    if (x.len as usize) < n * 4 {
-        return Err(shape_err(K, format!("{label}: input holds {} bytes, {n} f32 need {}", x.len, n * 4)));
-    }
+    check_f32(K, label, x, &[n])?;
     if n > u32::MAX as usize / 2 {
-        return Err(shape_err(K, format!("{label}: {n} elements exceed the 2^31 a kernel indexes")));
+        return Err(shape_err(
+            K,
+            format!("{label}: {n} elements exceed the 2^31 a kernel indexes"),
+        ));
     }
     let gpu = enc.gpu;
     let nblocks = n.div_ceil(block);
@@ -90,10 +130,22 @@ pub fn quantize(enc: &mut Encoder, label: &str, x: &GpuBuffer, n: usize, block: 
     let absmax_f = gpu.alloc(&format!("{label}.absmax"), nblocks as u64 * 4)?;
     let k = gpu.kernel(K, "main", &[("BLOCK", block as f64)])?;
     let params = [n as u32, nblocks as u32, nbytes.div_ceil(4) as u32, 0];
-    enc.dispatch(&k, &params, &[x, &codes, &absmax_f], groups_for(gpu, nblocks as u64, 64))?;
+    enc.dispatch(
+        &k,
+        &params,
+        &[x, &codes, &absmax_f],
+        groups_for(gpu, nblocks as u64, 64),
+    )?;
     if !double_quant {
         let dq = gpu.upload(&format!("{label}.dq"), &[0f32])?;
-        return Ok(Nf4Weight { n, block, double_quant, codes, absmax: absmax_f, dq });
+        return Ok(Nf4Weight {
+            n,
+            block,
+            double_quant,
+            codes,
+            absmax: absmax_f,
+            dq,
+        });
     }
     let nnested = nblocks.div_ceil(NESTED_BLOCK);
     let mut dqv = vec![0f32; DQ_NESTED + nnested];
@@ -101,19 +153,46 @@ pub fn quantize(enc: &mut Encoder, label: &str, x: &GpuBuffer, n: usize, block: 
     let dq = gpu.upload(&format!("{label}.dq"), &dqv)?;
     let qabsmax = gpu.alloc(&format!("{label}.absmax"), nblocks as u64)?;
     let mean = gpu.kernel("nf4/absmax_mean", "main", &[])?;
-    enc.dispatch(&mean, &[nblocks as u32, 0, 0, 0], &[&absmax_f, &dq], [1, 1, 1])?;
+    enc.dispatch(
+        &mean,
+        &[nblocks as u32, 0, 0, 0],
+        &[&absmax_f, &dq],
+        [1, 1, 1],
+    )?;
     let qk = gpu.kernel("nf4/absmax_quantize", "main", &[])?;
-    enc.dispatch(&qk, &[nblocks as u32, nnested as u32, 0, 0], &[&absmax_f, &qabsmax, &dq], groups_for(gpu, nnested as u64, 64))?;
-    Ok(Nf4Weight { n, block, double_quant, codes, absmax: qabsmax, dq })
+    enc.dispatch(
+        &qk,
+        &[nblocks as u32, nnested as u32, 0, 0],
+        &[&absmax_f, &qabsmax, &dq],
+        groups_for(gpu, nnested as u64, 64),
+    )?;
+    Ok(Nf4Weight {
+        n,
+        block,
+        double_quant,
+        codes,
+        absmax: qabsmax,
+        dq,
+    })
 }
 
 /// `out[i] = dequant(w)[i]` for all `w.n` elements (`nf4/dequantize`).
 pub fn dequantize(enc: &mut Encoder, w: &Nf4Weight, out: &GpuBuffer) -> Result<()> {
     const K: &str = "nf4/dequantize";
-    if (out.len as usize) < w.n * 4 {
-        return Err(shape_err(K, format!("output holds {} bytes, {} f32 need {}", out.len, w.n, w.n * 4)));
-    }
+    check_f32(K, "output", out, &[w.n])?;
     let gpu = enc.gpu;
-    let k = gpu.kernel(K, "main", &[("BLOCK", w.block as f64), ("DOUBLE_QUANT", if w.double_quant { 1.0 } else { 0.0 })])?;
-    enc.dispatch(&k, &[w.n as u32, 0, 0, 0], &[&w.codes, &w.absmax, &w.dq, out], groups_for(gpu, w.n as u64, 64))
+    let k = gpu.kernel(
+        K,
+        "main",
+        &[
+            ("BLOCK", w.block as f64),
+            ("DOUBLE_QUANT", if w.double_quant { 1.0 } else { 0.0 }),
+        ],
+    )?;
+    enc.dispatch(
+        &k,
+        &[w.n as u32, 0, 0, 0],
+        &[&w.codes, &w.absmax, &w.dq, out],
+        groups_for(gpu, w.n as u64, 64),
+    )
 }

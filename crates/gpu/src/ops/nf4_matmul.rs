@@ -5,8 +5,8 @@
 use tinytune_reference::nf4::{valid_block_size, NESTED_BLOCK};
 
 use super::nf4::{Nf4Weight, DQ_NESTED};
-use super::nn::{check_f32, check_u32, mul, rows_for, wg_for, TILE_N};
-use super::{f, groups_for};
+use super::nn::{rows_for, wg_for, TILE_N};
+use super::{check_f32, check_u32, f, groups_for, mul};
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
 
@@ -96,8 +96,8 @@ pub fn matmul_fwd(
             ("y", mul(m, n)),
         ],
     )?;
-    check_f32(K, "x", x, mul(m, k), format!("({m}, {k})"))?;
-    check_f32(K, "y", y, mul(m, n), format!("({m}, {n})"))?;
+    check_f32(K, "x", x, &[m, k])?;
+    check_f32(K, "y", y, &[m, n])?;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -153,8 +153,8 @@ pub fn matmul_bwd_input(
             ("dx", mul(m, k)),
         ],
     )?;
-    check_f32(K, "dy", dy, mul(m, n), format!("({m}, {n})"))?;
-    check_f32(K, "dx", dx, mul(m, k), format!("({m}, {k})"))?;
+    check_f32(K, "dy", dy, &[m, n])?;
+    check_f32(K, "dx", dx, &[m, k])?;
     if m == 0 || k == 0 {
         return Ok(());
     }

@@ -1,8 +1,8 @@
 //! Dense f32 launchers: `shaders/nn/*.wgsl`.
 
-use super::{f, groups_for};
+use super::{check_f32, check_u32, f, groups_for, mul};
 use crate::device::{Encoder, GpuBuffer};
-use crate::error::{shape_err, Result};
+use crate::error::Result;
 
 /// Column tile of the matmul kernels: each invocation owns 8 output columns.
 pub(crate) const TILE_N: usize = 8;
@@ -29,45 +29,6 @@ pub(crate) fn wg_for(rows: usize) -> usize {
     }
 }
 
-/// Checks that `buf` holds at least `elems` f32 (`what` names it in the error).
-pub(crate) fn check_f32(
-    kernel: &str,
-    what: &str,
-    buf: &GpuBuffer,
-    elems: u64,
-    shape: String,
-) -> Result<()> {
-    let need = elems * 4;
-    if buf.len < need {
-        return Err(shape_err(
-            kernel,
-            format!(
-                "{what} {shape} needs {need} bytes, buffer {:?} holds {}",
-                buf.label, buf.len
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// `a * b` without overflow on 32-bit targets.
-pub(crate) fn mul(a: usize, b: usize) -> u64 {
-    a as u64 * b as u64
-}
-
-/// Checks that every element count a kernel indexes with u32 fits.
-pub(crate) fn check_u32(kernel: &str, counts: &[(&str, u64)]) -> Result<()> {
-    for (what, c) in counts {
-        if *c > u32::MAX as u64 {
-            return Err(shape_err(
-                kernel,
-                format!("{what} has {c} elements, over the 2^32 a kernel indexes"),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// `y[M,N] = alpha * x[M,K] · w[N,K]ᵀ`, or with `accumulate` `y += alpha * x · wᵀ`
 /// (`nn/matmul_fwd`). `w` is stored like a torch `Linear` weight `[out, in]`; all f32 row-major.
 ///
@@ -87,9 +48,9 @@ pub fn matmul_fwd(
 ) -> Result<()> {
     const K: &str = "nn/matmul_fwd";
     check_u32(K, &[("x", mul(m, k)), ("w", mul(n, k)), ("y", mul(m, n))])?;
-    check_f32(K, "x", x, mul(m, k), format!("({m}, {k})"))?;
-    check_f32(K, "w", w, mul(n, k), format!("({n}, {k})"))?;
-    check_f32(K, "y", y, mul(m, n), format!("({m}, {n})"))?;
+    check_f32(K, "x", x, &[m, k])?;
+    check_f32(K, "w", w, &[n, k])?;
+    check_f32(K, "y", y, &[m, n])?;
     if m == 0 || n == 0 {
         return Ok(());
     }

@@ -8,7 +8,7 @@
 
 pub use tinytune_reference::optim::{AdamW, StepCoefficients};
 
-use super::groups_for;
+use super::{check_distinct, check_f32, groups_for};
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
 
@@ -16,21 +16,6 @@ use crate::error::{shape_err, Result};
 const NORM_CHUNK: u64 = 4096;
 /// Workgroup size of `optim/adamw_step`.
 const STEP_WG: u64 = 256;
-
-fn check_len(kernel: &str, name: &str, buf: &GpuBuffer, n: usize) -> Result<()> {
-    if buf.len < n as u64 * 4 {
-        return Err(shape_err(
-            kernel,
-            format!(
-                "{name} ({}) holds {} bytes, {n} f32 need {}",
-                buf.label,
-                buf.len,
-                n as u64 * 4
-            ),
-        ));
-    }
-    Ok(())
-}
 
 fn check_n(kernel: &str, n: usize) -> Result<()> {
     // Keeps every index (and w*CHUNK + 4095 in grad_norm) below 2^32.
@@ -58,11 +43,9 @@ pub fn grad_norm(
 ) -> Result<()> {
     const K: &str = "optim/grad_norm";
     check_n(K, n)?;
-    check_len(K, "grads", grads, n)?;
-    check_len(K, "out_norm", out_norm, 1)?;
-    if grads.raw == out_norm.raw {
-        return Err(shape_err(K, "out_norm must not be the gradient buffer"));
-    }
+    check_f32(K, "grads", grads, &[n])?;
+    check_f32(K, "out_norm", out_norm, &[1])?;
+    check_distinct(K, &[("out_norm", out_norm)], &[("grads", grads)])?;
     let gpu = enc.gpu;
     let nparts = (n as u64).div_ceil(NORM_CHUNK);
     let parts = gpu.alloc("grad_norm.partials", nparts * 4)?;
@@ -124,19 +107,13 @@ pub fn adamw_step(
         return Err(shape_err(K, "step counts from 1"));
     }
     for (name, b) in [("params", params), ("grads", grads), ("m", m), ("v", v)] {
-        check_len(K, name, b, n)?;
+        check_f32(K, name, b, &[n])?;
     }
-    let bufs = [("params", params), ("grads", grads), ("m", m), ("v", v)];
-    for (i, (an, ab)) in bufs.iter().enumerate() {
-        for (bn, bb) in &bufs[i + 1..] {
-            if ab.raw == bb.raw {
-                return Err(shape_err(
-                    K,
-                    format!("{an} and {bn} are the same buffer ({})", ab.label),
-                ));
-            }
-        }
-    }
+    check_distinct(
+        K,
+        &[("params", params), ("grads", grads), ("m", m), ("v", v)],
+        &[],
+    )?;
     let (max_norm, norm) = match clip {
         Some((max_norm, norm)) => {
             if !(max_norm > 0.0 && max_norm.is_finite()) {
@@ -145,7 +122,7 @@ pub fn adamw_step(
                     format!("max_norm must be positive and finite, got {max_norm}"),
                 ));
             }
-            check_len(K, "norm", norm, 1)?;
+            check_f32(K, "norm", norm, &[1])?;
             if [params, m, v].iter().any(|b| b.raw == norm.raw) {
                 return Err(shape_err(K, "the norm buffer must not be params, m or v"));
             }
