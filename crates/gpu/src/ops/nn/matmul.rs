@@ -1,8 +1,8 @@
 //! Dense f32 launchers: `shaders/nn/*.wgsl`.
 
-use super::{check_f32, check_u32, f, groups_for, mul};
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::Result;
+use crate::ops::{check_f32, check_u32, f, groups_for, mul};
 
 /// Column tile of the matmul kernels: each invocation owns 8 output columns.
 pub(crate) const TILE_N: usize = 8;

@@ -1,0 +1,22 @@
+//! Dense f32 launchers: `shaders/nn/*.wgsl`, one submodule per op, re-exported here so a kernel
+//! `shaders/nn/<op>_<pass>.wgsl` is launched by `ops::nn::<op>_<pass>`.
+
+mod add;
+mod attention;
+mod cross_entropy;
+mod embedding;
+mod matmul;
+mod rmsnorm;
+mod rope;
+mod swiglu;
+
+pub use add::*;
+pub use attention::*;
+pub use cross_entropy::*;
+pub use embedding::*;
+pub use matmul::*;
+pub use rmsnorm::*;
+pub use rope::*;
+pub use swiglu::*;
+
+pub(crate) use matmul::{rows_for, wg_for, TILE_N};

@@ -1,0 +1,20 @@
+//! Plain-loop f32 references of the dense kernels (`shaders/nn/*.wgsl`), one submodule per op,
+//! re-exported here: `reference::nn::<op>_<pass>` mirrors `gpu::ops::nn::<op>_<pass>`.
+
+mod add;
+mod attention;
+mod cross_entropy;
+mod embedding;
+mod matmul;
+mod rmsnorm;
+mod rope;
+mod swiglu;
+
+pub use add::*;
+pub use attention::*;
+pub use cross_entropy::*;
+pub use embedding::*;
+pub use matmul::*;
+pub use rmsnorm::*;
+pub use rope::*;
+pub use swiglu::*;
