@@ -1,9 +1,80 @@
 //! Trainer loop, data batching, schedules, checkpoints and PEFT adapter IO for tinytune.
-//! Filled by the trainer issue; the optimizer kernel it will drive is `tinytune_gpu::ops::optim`.
+//!
+//! The GPU-independent parts live here and build for `wasm32-unknown-unknown`:
+//! - [`data`]: `.txt` / `.jsonl` datasets → `(input_ids, labels)` examples, eval split, seeded
+//!   resumable batch order. Tokenizers plug in through [`Tokenize`]; chat templates through [`chat`].
+//! - [`schedule`]: LR warmup + cosine / linear / constant, equal to transformers' schedulers.
+//! - [`peft`]: `adapter_config.json` + `adapter_model.safetensors` in Hugging Face PEFT's layout.
+//! - [`checkpoint`]: adapter + AdamW moments + trainer state + config, resumable.
+//! - [`metrics`]: JSON-lines training log.
+//!
+//! Every format has an in-memory form (`&str` / `&[u8]` in, `String` / `Vec<u8>` out) for the
+//! browser; the path-based helpers (in [`fsio`] and the `load`/`save` functions that use it) are
+//! native-only (`cfg(not(target_arch = "wasm32"))`).
+//!
+//! The optimizer kernel the trainer will drive is `tinytune_gpu::ops::optim`.
 
-/// Errors of the train crate.
+pub mod chat;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fsio;
+pub mod metrics;
+pub mod peft;
+pub mod rng;
+pub mod schedule;
+pub mod tokenize;
+
+pub use chat::{ChatMessage, ChatTemplate, RenderedChat};
+pub use checkpoint::{Checkpoint, OptimizerState, TrainerState};
+pub use config::{AdamWConfig, LoraHyper, TrainConfig};
+pub use data::{
+    collate, split_eval, Batch, BatchIter, BatchPlan, DataConfig, DataPosition, DataStats, Dataset,
+    EvalSplit, Example, Stop, TextSplit, IGNORE_INDEX,
+};
+pub use metrics::{MetricsRecord, MetricsWriter};
+pub use peft::{Adapter, LoraConfig, LoraKey, LoraModule, LoraPair, LoraWeights, TargetModules};
+pub use rng::Rng;
+pub use schedule::{Schedule, ScheduleKind};
+pub use tokenize::{Tokenize, WithChatTemplate};
+
+/// Errors of the train crate. Every variant that comes from a file names it (and, for datasets,
+/// the 1-based line).
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error(transparent)]
     Model(#[from] tinytune_model::ModelError),
+    /// Reading or writing `path` failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record of a dataset file is malformed (`line` is 1-based).
+    #[error("{file}:{line}: {msg}")]
+    DataRecord {
+        file: String,
+        line: usize,
+        msg: String,
+    },
+    /// A dataset as a whole is unusable (empty, unknown extension, bad split...).
+    #[error("{file}: {msg}")]
+    Data { file: String, msg: String },
+    /// A chat template failed to compile or render (including `raise_exception` from the template).
+    #[error("chat template: {0}")]
+    Template(String),
+    /// A PEFT adapter file is malformed or uses a feature tinytune does not support.
+    #[error("{file}: {msg}")]
+    Adapter { file: String, msg: String },
+    /// A checkpoint is malformed or inconsistent.
+    #[error("{file}: {msg}")]
+    Checkpoint { file: String, msg: String },
+    /// An invalid argument (schedule, split, batch plan, config).
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
+
+/// Result alias of the train crate.
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;

@@ -1,0 +1,269 @@
+//! Resumable checkpoints: a directory holding
+//! - `adapter_config.json` + `adapter_model.safetensors`: the adapter in PEFT's layout (so a
+//!   checkpoint directory is itself loadable with `PeftModel.from_pretrained`);
+//! - `optimizer.safetensors`: the AdamW moments, F32, keyed `<adapter tensor>.exp_avg` (m) and
+//!   `<adapter tensor>.exp_avg_sq` (v), with the optimizer step count in the metadata (`step`);
+//! - `trainer_state.json`: step, data position, RNG state, counters ([`TrainerState`]);
+//! - `training_config.json`: the [`TrainConfig`].
+//!
+//! [`Checkpoint::to_files`] / [`Checkpoint::from_files`] work in memory (browser);
+//! [`Checkpoint::save`] writes the directory atomically (all files into a temporary sibling,
+//! then one rename) and [`Checkpoint::load`] reads it back (native).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use crate::data::{BatchIter, BatchPlan, DataPosition, Stop};
+use crate::peft::{
+    read_f32_safetensors, write_f32_safetensors, Adapter, LoraWeights, ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+};
+use crate::{Result, TrainError};
+
+/// File name of the optimizer state.
+pub const OPTIMIZER_STATE: &str = "optimizer.safetensors";
+/// File name of the trainer state.
+pub const TRAINER_STATE: &str = "trainer_state.json";
+/// File name of the training config.
+pub const TRAINING_CONFIG: &str = "training_config.json";
+/// Version of the checkpoint layout written in `trainer_state.json`.
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+const M_SUFFIX: &str = ".exp_avg";
+const V_SUFFIX: &str = ".exp_avg_sq";
+
+/// Where training stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Layout version ([`CHECKPOINT_VERSION`]).
+    pub version: u32,
+    /// Optimizer steps done.
+    pub global_step: u64,
+    /// Position of the next batch.
+    pub position: DataPosition,
+    /// State of the trainer's [`crate::Rng`] (e.g. for dropout), see [`crate::Rng::state`].
+    pub rng_state: u64,
+    /// Seed of the data order, and the number of training examples it was drawn over: resuming
+    /// with other data would silently change the order, so [`Checkpoint::resume_batches`] checks
+    /// both.
+    pub data_seed: u64,
+    pub n_train_examples: usize,
+    /// Total steps of the run (the LR schedule's `num_training_steps`).
+    pub total_steps: u64,
+    /// Real tokens trained on so far.
+    pub tokens_seen: u64,
+    /// Training seconds so far (continues across resumes).
+    pub elapsed_s: f64,
+    /// Learning rate of the last step.
+    pub last_lr: f64,
+    /// Best eval loss so far.
+    #[serde(default)]
+    pub best_eval_loss: Option<f64>,
+}
+
+/// AdamW state: the step count and the first/second moments, laid out like the adapter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    pub step: u64,
+    pub m: LoraWeights,
+    pub v: LoraWeights,
+}
+
+impl OptimizerState {
+    /// Zero moments for `weights`, step 0.
+    pub fn new(weights: &LoraWeights) -> OptimizerState {
+        OptimizerState {
+            step: 0,
+            m: weights.zeros_like(),
+            v: weights.zeros_like(),
+        }
+    }
+
+    /// `optimizer.safetensors` bytes.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
+        for (moments, suffix) in [(&self.m, M_SUFFIX), (&self.v, V_SUFFIX)] {
+            for (k, p) in &moments.pairs {
+                tensors.push((
+                    format!("{}{suffix}", k.tensor_name('A')),
+                    vec![p.r, p.in_features],
+                    &p.a,
+                ));
+                tensors.push((
+                    format!("{}{suffix}", k.tensor_name('B')),
+                    vec![p.out_features, p.r],
+                    &p.b,
+                ));
+            }
+        }
+        write_f32_safetensors(
+            &tensors,
+            &[
+                ("step", self.step.to_string()),
+                ("optimizer", "adamw".to_string()),
+            ],
+        )
+    }
+
+    /// Parses `optimizer.safetensors` (`file` names it in errors).
+    pub fn from_safetensors(bytes: &[u8], file: &str) -> Result<OptimizerState> {
+        let err = |msg: String| TrainError::Checkpoint {
+            file: file.to_string(),
+            msg,
+        };
+        let (tensors, meta) = read_f32_safetensors(bytes, file)?;
+        let step = meta
+            .get("step")
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| err("metadata has no integer \"step\"".into()))?;
+        let mut m = BTreeMap::new();
+        let mut v = BTreeMap::new();
+        for (name, t) in tensors {
+            if name.ends_with(V_SUFFIX) {
+                v.insert(name, t);
+            } else if name.ends_with(M_SUFFIX) {
+                m.insert(name, t);
+            } else {
+                return Err(err(format!(
+                    "unexpected tensor {name:?} (expected names ending in {M_SUFFIX} or {V_SUFFIX})"
+                )));
+            }
+        }
+        Ok(OptimizerState {
+            step,
+            m: LoraWeights::from_tensors(m, file, M_SUFFIX, None)?,
+            v: LoraWeights::from_tensors(v, file, V_SUFFIX, None)?,
+        })
+    }
+}
+
+/// Everything needed to continue a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub adapter: Adapter,
+    pub optimizer: OptimizerState,
+    pub state: TrainerState,
+    pub config: TrainConfig,
+}
+
+impl Checkpoint {
+    /// Checks that the optimizer moments match the adapter's layout.
+    pub fn validate(&self, dir: &str) -> Result<()> {
+        let file = format!("{dir}/{OPTIMIZER_STATE}");
+        for (what, w) in [
+            ("exp_avg", &self.optimizer.m),
+            ("exp_avg_sq", &self.optimizer.v),
+        ] {
+            if !w.same_layout(&self.adapter.weights) {
+                return Err(TrainError::Checkpoint {
+                    file,
+                    msg: format!("{what} tensors do not match the adapter's keys and shapes"),
+                });
+            }
+        }
+        if self.state.version != CHECKPOINT_VERSION {
+            return Err(TrainError::Checkpoint {
+                file: format!("{dir}/{TRAINER_STATE}"),
+                msg: format!(
+                    "checkpoint version {} (this build reads {CHECKPOINT_VERSION})",
+                    self.state.version
+                ),
+            });
+        }
+        if self.state.position.index > self.state.n_train_examples {
+            return Err(TrainError::Checkpoint {
+                file: format!("{dir}/{TRAINER_STATE}"),
+                msg: format!(
+                    "data position {} beyond {} training examples",
+                    self.state.position.index, self.state.n_train_examples
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The files of the checkpoint directory (name, bytes).
+    pub fn to_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.validate(".")?;
+        let mut files = self.adapter.to_files()?;
+        files.push((
+            OPTIMIZER_STATE.to_string(),
+            self.optimizer.to_safetensors()?,
+        ));
+        let state = serde_json::to_string_pretty(&self.state)
+            .map_err(|e| TrainError::Config(format!("trainer state: {e}")))?;
+        files.push((TRAINER_STATE.to_string(), state.into_bytes()));
+        files.push((
+            TRAINING_CONFIG.to_string(),
+            self.config.to_json().into_bytes(),
+        ));
+        Ok(files)
+    }
+
+    /// Parses the files of a checkpoint (`get(name)` returns a file's bytes; `dir` only names
+    /// files in errors). A missing file is an error naming it.
+    pub fn from_files(get: impl Fn(&str) -> Option<Vec<u8>>, dir: &str) -> Result<Checkpoint> {
+        let need = |name: &str| {
+            get(name).ok_or_else(|| TrainError::Checkpoint {
+                file: format!("{dir}/{name}"),
+                msg: "missing".into(),
+            })
+        };
+        let adapter = Adapter::from_bytes(&need(ADAPTER_CONFIG)?, &need(ADAPTER_WEIGHTS)?, dir)?;
+        let optimizer = OptimizerState::from_safetensors(
+            &need(OPTIMIZER_STATE)?,
+            &format!("{dir}/{OPTIMIZER_STATE}"),
+        )?;
+        let state_file = format!("{dir}/{TRAINER_STATE}");
+        let state: TrainerState =
+            serde_json::from_slice(&need(TRAINER_STATE)?).map_err(|e| TrainError::Checkpoint {
+                file: state_file.clone(),
+                msg: format!("bad trainer state: {e}"),
+            })?;
+        let cfg_file = format!("{dir}/{TRAINING_CONFIG}");
+        let cfg_bytes = need(TRAINING_CONFIG)?;
+        let cfg_text = std::str::from_utf8(&cfg_bytes).map_err(|e| TrainError::Checkpoint {
+            file: cfg_file.clone(),
+            msg: format!("invalid UTF-8: {e}"),
+        })?;
+        let config = TrainConfig::from_json(cfg_text, &cfg_file)?;
+        let ck = Checkpoint {
+            adapter,
+            optimizer,
+            state,
+            config,
+        };
+        ck.validate(dir)?;
+        Ok(ck)
+    }
+
+    /// The batch iterator that continues this run over `plan` until `stop`. Errors if the plan's
+    /// example count or seed differs from the checkpoint's (the order would not be the same).
+    pub fn resume_batches(&self, plan: &BatchPlan, stop: Stop) -> Result<BatchIter> {
+        if plan.n_examples != self.state.n_train_examples || plan.seed != self.state.data_seed {
+            return Err(TrainError::Config(format!(
+                "the checkpoint was trained on {} examples with data seed {}, now {} with seed {}: \
+                 the data order cannot be resumed",
+                self.state.n_train_examples, self.state.data_seed, plan.n_examples, plan.seed
+            )));
+        }
+        plan.iter(self.state.position, self.state.global_step, stop)
+    }
+
+    /// Writes the checkpoint directory atomically (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save(&self, dir: &std::path::Path) -> Result<()> {
+        crate::fsio::write_dir_atomic(dir, &self.to_files()?)
+    }
+
+    /// Reads a checkpoint directory (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(dir: &std::path::Path) -> Result<Checkpoint> {
+        Checkpoint::from_files(
+            |name| std::fs::read(dir.join(name)).ok(),
+            &dir.display().to_string(),
+        )
+    }
+}

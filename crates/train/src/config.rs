@@ -1,0 +1,143 @@
+//! The training configuration (stored in every checkpoint as `training_config.json`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DataConfig, EvalSplit, Stop, TextSplit};
+use crate::peft::{LoraConfig, LoraModule};
+use crate::schedule::{Schedule, ScheduleKind};
+use crate::{Result, TrainError};
+
+/// AdamW hyper-parameters (defaults: transformers' `TrainingArguments`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// LoRA hyper-parameters (defaults: r 8, alpha 16, no dropout, all seven projections).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoraHyper {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub targets: Vec<LoraModule>,
+    pub use_rslora: bool,
+}
+
+impl Default for LoraHyper {
+    fn default() -> Self {
+        LoraHyper {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: LoraModule::ALL.to_vec(),
+            use_rslora: false,
+        }
+    }
+}
+
+/// Everything that defines a training run. Unknown fields are rejected, missing ones take the
+/// defaults (transformers' where one exists: linear schedule, no warmup, AdamW 0.9/0.999/1e-8).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Base model (path or name), written as `base_model_name_or_path` of the adapter.
+    pub base_model: String,
+    /// Dataset files.
+    pub data: Vec<String>,
+    pub seq_len: usize,
+    pub text_split: TextSplit,
+    pub batch_size: usize,
+    pub stop: Stop,
+    pub eval_split: EvalSplit,
+    /// Evaluate every this many steps (0: only at the end).
+    pub eval_every: u64,
+    /// Save a checkpoint every this many steps (0: only at the end).
+    pub save_every: u64,
+    /// Seed of the data order, the eval split and the LoRA init.
+    pub seed: u64,
+    pub lr: f64,
+    pub schedule: ScheduleKind,
+    pub warmup_steps: u64,
+    /// Gradient clipping by global norm (0: off).
+    pub max_grad_norm: f64,
+    pub adamw: AdamWConfig,
+    pub lora: LoraHyper,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            base_model: String::new(),
+            data: Vec::new(),
+            seq_len: 512,
+            text_split: TextSplit::Document,
+            batch_size: 4,
+            stop: Stop::Epochs(1),
+            eval_split: EvalSplit::None,
+            eval_every: 0,
+            save_every: 0,
+            seed: 42,
+            lr: 2e-4,
+            schedule: ScheduleKind::Linear,
+            warmup_steps: 0,
+            max_grad_norm: 1.0,
+            adamw: AdamWConfig::default(),
+            lora: LoraHyper::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Parses JSON (`file` names it in errors).
+    pub fn from_json(text: &str, file: &str) -> Result<TrainConfig> {
+        serde_json::from_str(text).map_err(|e| TrainError::Checkpoint {
+            file: file.to_string(),
+            msg: format!("bad training config: {e}"),
+        })
+    }
+
+    /// The data settings.
+    pub fn data_config(&self) -> DataConfig {
+        DataConfig {
+            seq_len: self.seq_len,
+            text_split: self.text_split,
+        }
+    }
+
+    /// The LR schedule for a run of `total_steps`.
+    pub fn schedule(&self, total_steps: u64) -> Result<Schedule> {
+        Schedule::new(self.schedule, self.lr, self.warmup_steps, total_steps)
+    }
+
+    /// The PEFT config of the adapter this run trains.
+    pub fn lora_config(&self) -> LoraConfig {
+        let mut c = LoraConfig::new(self.lora.r, self.lora.alpha, &self.lora.targets);
+        c.lora_dropout = self.lora.dropout;
+        c.use_rslora = self.lora.use_rslora;
+        if !self.base_model.is_empty() {
+            c.base_model_name_or_path = Some(self.base_model.clone());
+        }
+        c
+    }
+}
