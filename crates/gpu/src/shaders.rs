@@ -37,6 +37,7 @@ shaders!(
     "nn/add_fwd",
     "nn/attention_fwd",
     "nn/attention_bwd",
+    "nn/bias_add_fwd",
     "lora/fwd",
     "lora/bwd",
     "optim/adamw_step",

@@ -3,6 +3,7 @@
 
 mod add;
 mod attention;
+mod bias_add;
 mod cross_entropy;
 mod embedding;
 mod matmul;
@@ -12,6 +13,7 @@ mod swiglu;
 
 pub use add::*;
 pub use attention::*;
+pub use bias_add::*;
 pub use cross_entropy::*;
 pub use embedding::*;
 pub use matmul::*;
