@@ -23,6 +23,7 @@ pub mod bytes;
 pub mod config;
 pub mod dtype;
 pub mod gguf;
+pub mod llama;
 pub mod safetensors;
 pub mod source;
 pub mod tokenizer;
@@ -37,6 +38,7 @@ pub use gguf::{
 };
 pub use safetensors::{SafetensorsFile, StDtype, StTensorInfo};
 pub use source::{unpermute_qk_rows, HfParts, HostTensor, ModelSource, SourceFormat, TensorMeta};
+pub use llama::{LlamaModel, Quant};
 pub use tokenizer::Tokenizer;
 
 use tinytune_gpu::ops::nf4::Nf4Weight;
@@ -75,6 +77,9 @@ pub enum ModelError {
     /// Building or running the tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// Inputs of a forward/backward call do not fit the model (token count, batch shape...).
+    #[error("{0}")]
+    Shape(String),
 }
 
 /// Result alias of this crate.

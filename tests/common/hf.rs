@@ -1,0 +1,86 @@
+//! Helpers for the tests that compare against the transformers/PEFT fixtures in `tests/fixtures/hf`.
+
+use std::path::PathBuf;
+
+use tinytune::model::llama::{config_inv_freq, linear_path};
+use tinytune::model::ModelSource;
+use tinytune::reference::llama::{Dims, Layer, Linear, Weights};
+use tinytune::reference::nf4::Nf4Tensor;
+
+/// `tests/fixtures/hf/<rel>`.
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(rel)
+}
+
+/// Reads every tensor of a safetensors fixture as f32 (F32 and I32/I64 converted).
+pub fn read_tensors(rel: &str) -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(fixture(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    st.tensors()
+        .into_iter()
+        .filter_map(|(name, view)| {
+            let data: Vec<f32> = match view.dtype() {
+                safetensors::Dtype::F32 => view
+                    .data()
+                    .chunks(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                safetensors::Dtype::I32 => view
+                    .data()
+                    .chunks(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32)
+                    .collect(),
+                _ => return None,
+            };
+            Some((name, (view.shape().to_vec(), data)))
+        })
+        .collect()
+}
+
+/// The reference model's view of a model source. With `nf4`, each decoder linear weight is replaced
+/// by `dequant(quant(w))` (block 64, double quant), which is what the GPU's NF4 path multiplies by.
+pub fn reference_model(src: &ModelSource, nf4: bool) -> (Dims, Weights) {
+    let cfg = src.config();
+    let load = |n: &str| src.load(n).unwrap_or_else(|e| panic!("{n}: {e}")).data;
+    let d = Dims {
+        hidden: cfg.hidden_size,
+        intermediate: cfg.intermediate_size,
+        layers: cfg.num_hidden_layers,
+        heads: cfg.num_attention_heads,
+        kv_heads: cfg.num_key_value_heads,
+        head_dim: cfg.head_dim,
+        vocab: cfg.vocab_size,
+        eps: cfg.rms_norm_eps as f32,
+        inv_freq: config_inv_freq(cfg),
+    };
+    let layers = (0..cfg.num_hidden_layers)
+        .map(|i| Layer {
+            input_layernorm: load(&format!("model.layers.{i}.input_layernorm.weight")),
+            linears: std::array::from_fn(|t| {
+                let p = linear_path(i, t);
+                let w = load(&format!("{p}.weight"));
+                let w = if nf4 {
+                    Nf4Tensor::quantize(&w, 64, true).dequantize()
+                } else {
+                    w
+                };
+                let bias = src
+                    .tensor_meta(&format!("{p}.bias"))
+                    .map(|_| load(&format!("{p}.bias")));
+                Linear { w, bias }
+            }),
+            post_attention_layernorm: load(&format!(
+                "model.layers.{i}.post_attention_layernorm.weight"
+            )),
+        })
+        .collect();
+    let w = Weights {
+        embed: load("model.embed_tokens.weight"),
+        layers,
+        norm: load("model.norm.weight"),
+        lm_head: (!cfg.tie_word_embeddings).then(|| load("lm_head.weight")),
+    };
+    (d, w)
+}

@@ -1,0 +1,96 @@
+//! The GPU model's forward pass: logits against Hugging Face transformers (f32 base) and against the
+//! reference decoder (f32 and NF4 bases), on the tiny Llama, tied-embedding Llama-3 and Qwen2 fixtures.
+
+mod common;
+
+use common::hf::{fixture, read_tensors, reference_model};
+use common::{assert_close, gpu};
+use tinytune::model::{LlamaModel, ModelSource, Quant};
+use tinytune::reference::llama;
+
+const MODELS: [&str; 3] = ["llama", "llama_tied_llama3", "qwen2"];
+
+/// Logits against transformers: |gpu - hf| <= LOGITS_ATOL + LOGITS_RTOL * |hf| (logits are O(10);
+/// f32 accumulation order differs from torch's).
+const LOGITS_ATOL: f32 = 1e-4;
+const LOGITS_RTOL: f32 = 1e-4;
+
+fn ids_of(rel: &str) -> (Vec<u32>, usize, usize) {
+    let t = read_tensors(rel);
+    let (shape, ids) = &t["input_ids_i32"];
+    (ids.iter().map(|&v| v as u32).collect(), shape[0], shape[1])
+}
+
+#[test]
+fn model_logits_match_transformers() {
+    let Some(gpu) = gpu() else { return };
+    for name in MODELS {
+        let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+        let model = LlamaModel::load(gpu, &src, Quant::None).unwrap();
+        let (ids, b, t) = ids_of(&format!("{name}/logits.safetensors"));
+        let got = pollster::block_on(model.logits(gpu, &ids, b, t)).unwrap();
+        let want = &read_tensors(&format!("{name}/logits.safetensors"))["logits"].1;
+        let worst = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{name}: max |gpu - transformers| = {worst:e}");
+        assert_close(
+            &format!("{name} logits vs transformers"),
+            &got,
+            want,
+            LOGITS_ATOL,
+            LOGITS_RTOL,
+        );
+    }
+}
+
+#[test]
+fn reference_logits_match_transformers() {
+    for name in MODELS {
+        let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+        let (d, w) = reference_model(&src, false);
+        let (ids, b, t) = ids_of(&format!("{name}/logits.safetensors"));
+        let got = llama::forward(&d, &w, None, &ids, b, t);
+        let want = &read_tensors(&format!("{name}/logits.safetensors"))["logits"].1;
+        assert_close(
+            &format!("{name} reference logits vs transformers"),
+            &got,
+            want,
+            LOGITS_ATOL,
+            LOGITS_RTOL,
+        );
+    }
+}
+
+#[test]
+fn model_nf4_logits_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    for name in MODELS {
+        let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+        let model = LlamaModel::load(gpu, &src, Quant::NF4).unwrap();
+        let (ids, b, t) = ids_of(&format!("{name}/logits.safetensors"));
+        let got = pollster::block_on(model.logits(gpu, &ids, b, t)).unwrap();
+        let (d, w) = reference_model(&src, true);
+        let want = llama::forward(&d, &w, None, &ids, b, t);
+        assert_close(
+            &format!("{name} NF4 logits vs reference"),
+            &got,
+            &want,
+            LOGITS_ATOL,
+            LOGITS_RTOL,
+        );
+        // And quantization really changed the model (the NF4 path is not the f32 one).
+        let f32_logits = &read_tensors(&format!("{name}/logits.safetensors"))["logits"].1;
+        let moved = got
+            .iter()
+            .zip(f32_logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            moved > 1e-3,
+            "{name}: NF4 logits equal the f32 ones ({moved})"
+        );
+    }
+}
