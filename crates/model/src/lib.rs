@@ -36,9 +36,9 @@ pub use dtype::GgmlType;
 pub use gguf::{
     config_from_gguf, gguf_to_hf_name, hf_to_gguf_name, GgufFile, GgufTensorInfo, GgufValue,
 };
+pub use llama::{LlamaModel, Quant};
 pub use safetensors::{SafetensorsFile, StDtype, StTensorInfo};
 pub use source::{unpermute_qk_rows, HfParts, HostTensor, ModelSource, SourceFormat, TensorMeta};
-pub use llama::{LlamaModel, Quant};
 pub use tokenizer::Tokenizer;
 
 use tinytune_gpu::ops::nf4::Nf4Weight;

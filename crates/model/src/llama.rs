@@ -178,6 +178,7 @@ impl LlamaModel {
     }
 
     /// Records `y (+)= x · Wᵀ (+ bias)` for linear `t` of layer `i`.
+    #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
         enc: &mut Encoder,

@@ -132,6 +132,7 @@ pub fn positions(b: usize, t: usize) -> Vec<u32> {
 }
 
 /// `y = x · wᵀ (+ bias) (+ LoRA)`; returns `(y, h)` with `h = x · aᵀ` when LoRA is present.
+#[allow(clippy::too_many_arguments)]
 fn linear(
     x: &[f32],
     lin: &Linear,
@@ -187,7 +188,7 @@ struct Forward {
     logits: Vec<f32>,
 }
 
-fn pair<'a>(lora: Option<&'a Lora>, layer: usize, t: usize) -> Option<&'a LoraPair> {
+fn pair(lora: Option<&Lora>, layer: usize, t: usize) -> Option<&LoraPair> {
     lora.and_then(|l| l.layers.get(layer))
         .and_then(|p| p[t].as_ref())
 }

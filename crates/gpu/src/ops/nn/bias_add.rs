@@ -8,7 +8,13 @@ use crate::ops::{check_distinct, check_f32, check_u32, groups_for, mul};
 ///
 /// Errors with [`crate::GpuError::Shape`] if a buffer is shorter than its shape, `y` is `bias`,
 /// or `M*N` overflows u32 indexing.
-pub fn bias_add_fwd(enc: &mut Encoder, bias: &GpuBuffer, y: &GpuBuffer, m: usize, n: usize) -> Result<()> {
+pub fn bias_add_fwd(
+    enc: &mut Encoder,
+    bias: &GpuBuffer,
+    y: &GpuBuffer,
+    m: usize,
+    n: usize,
+) -> Result<()> {
     const K: &str = "nn/bias_add_fwd";
     check_u32(K, &[("y", mul(m, n))])?;
     check_f32(K, "bias", bias, &[n])?;
@@ -20,5 +26,10 @@ pub fn bias_add_fwd(enc: &mut Encoder, bias: &GpuBuffer, y: &GpuBuffer, m: usize
     let nq = n.div_ceil(4);
     let gpu = enc.gpu;
     let k = gpu.kernel(K, "main", &[])?;
-    enc.dispatch(&k, &[m as u32, n as u32, nq as u32, 0], &[bias, y], groups_for(gpu, mul(m, nq), 64))
+    enc.dispatch(
+        &k,
+        &[m as u32, n as u32, nq as u32, 0],
+        &[bias, y],
+        groups_for(gpu, mul(m, nq), 64),
+    )
 }
