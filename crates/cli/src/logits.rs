@@ -1,0 +1,121 @@
+//! `tinytune logits`: run the model's forward pass on token ids (or a prompt) and write the f32
+//! logits `[T, V]` to a safetensors file, for debugging and parity checks against transformers.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use tinytune_gpu::{Gpu, GpuOptions};
+use tinytune_model::{LlamaModel, ModelSource, Quant};
+
+/// Storage of the frozen base model's linear layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum QuantArg {
+    /// NF4, block 64, double-quantized absmax (QLoRA, bitsandbytes-compatible).
+    Nf4,
+    /// f32, as loaded.
+    None,
+}
+
+impl QuantArg {
+    pub fn quant(self) -> Quant {
+        match self {
+            QuantArg::Nf4 => Quant::NF4,
+            QuantArg::None => Quant::None,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct LogitsArgs {
+    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a .gguf file.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// Storage of the base model's linear layers [default: nf4].
+    #[arg(long, value_enum, default_value_t = QuantArg::Nf4)]
+    pub quant: QuantArg,
+    /// Comma-separated token ids, e.g. `--ids 1,2,3` [one of --ids or --prompt is required].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "prompt",
+        required_unless_present = "prompt"
+    )]
+    pub ids: Option<Vec<u32>>,
+    /// Text to tokenize with the model's tokenizer (no special tokens added) [one of --ids or --prompt].
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Output safetensors file: `logits` F32 [T, V] and `input_ids` I32 [T]; written atomically.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+pub fn run(args: &LogitsArgs, adapter: Option<String>) -> Result<()> {
+    let src = ModelSource::open(&args.model)
+        .with_context(|| format!("cannot open model {}", args.model.display()))?;
+    let ids = match (&args.ids, &args.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(p)) => src
+            .tokenizer()
+            .and_then(|t| t.encode(p, false))
+            .with_context(|| format!("cannot tokenize the prompt with {}", args.model.display()))?,
+        (None, None) => bail!("give --ids or --prompt"),
+    };
+    let v = src.config().vocab_size;
+    if ids.is_empty() {
+        bail!("no tokens to run");
+    }
+    if let Some(bad) = ids.iter().find(|&&i| i as usize >= v) {
+        bail!(
+            "token id {bad} is outside the vocabulary of {} ({v} tokens)",
+            args.model.display()
+        );
+    }
+    let gpu = Gpu::new_blocking(GpuOptions {
+        adapter_name: adapter,
+    })?;
+    let model = LlamaModel::load(&gpu, &src, args.quant.quant())
+        .with_context(|| format!("cannot load {}", args.model.display()))?;
+    let logits = pollster::block_on(model.logits(&gpu, &ids, 1, ids.len()))?;
+    let t = ids.len();
+    let ids_i32: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+    let tensors = [
+        (
+            "input_ids",
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::I32,
+                vec![t],
+                bytemuck::cast_slice(&ids_i32),
+            )?,
+        ),
+        (
+            "logits",
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                vec![t, v],
+                bytemuck::cast_slice(&logits),
+            )?,
+        ),
+    ];
+    let bytes = safetensors::serialize(tensors, None)?;
+    let dir = match args.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".logits.")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot write to {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, &bytes)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    tmp.persist(&args.out)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!(
+        "{}: logits [{t}, {v}] of {} ({:?} base)",
+        args.out.display(),
+        args.model.display(),
+        args.quant
+    );
+    Ok(())
+}
