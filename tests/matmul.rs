@@ -69,6 +69,78 @@ fn nn_matmul_fwd_matches_reference() {
     }
 }
 
+fn run_nn_bwd_input(gpu: &Gpu, m: usize, k: usize, n: usize, accumulate: bool, seed: u64) {
+    let mut rng = Rng::new(seed);
+    // Zero-size operands (n = 0) still get a one-element buffer to bind.
+    let dy = rng.vec((m * n).max(1), 1.0);
+    let w = rng.vec((n * k).max(1), 0.5);
+    let dx0 = rng.vec(m * k, 1.0);
+    let dyb = gpu.upload("dy", &dy).unwrap();
+    let wb = gpu.upload("w", &w).unwrap();
+    let dxb = gpu.upload("dx", &dx0).unwrap();
+    let mut enc = gpu.encoder();
+    nn::matmul_bwd_input(&mut enc, &dyb, &wb, &dxb, m, k, n, accumulate).unwrap();
+    enc.submit();
+    let got = gpu.read_blocking::<f32>(&dxb).unwrap();
+    let want = expected(
+        &rnn::matmul_bwd_input(&dy, &w, m, k, n),
+        &dx0,
+        1.0,
+        accumulate,
+    );
+    assert_close(
+        &format!("nn/matmul_bwd_input m={m} k={k} n={n} acc={accumulate}"),
+        &got,
+        &want,
+        atol(n),
+        MATMUL_RTOL,
+    );
+}
+
+#[test]
+fn nn_matmul_bwd_input_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    // SHAPES as (M, K, N): M=1, K=7, K=100, K=129, N odd, several workgroups.
+    for (i, &(m, k, n)) in SHAPES.iter().enumerate() {
+        run_nn_bwd_input(gpu, m, k, n, false, 700 + i as u64);
+        run_nn_bwd_input(gpu, m, k, n, true, 800 + i as u64);
+    }
+    // N = 0: dx = 0, or dx unchanged with accumulate.
+    run_nn_bwd_input(gpu, 5, 7, 0, false, 900);
+    run_nn_bwd_input(gpu, 5, 7, 0, true, 901);
+
+    // Shape mismatches are errors, not panics.
+    let (m, k, n) = (4, 16, 8);
+    let dy = gpu.alloc("dy", (m * n * 4) as u64).unwrap();
+    let w = gpu.alloc("w", (n * k * 4) as u64).unwrap();
+    let dx = gpu.alloc("dx", (m * k * 4) as u64).unwrap();
+    let mut enc = gpu.encoder();
+    is_shape_err(
+        nn::matmul_bwd_input(&mut enc, &dy, &w, &dx, m + 1, k, n, false),
+        "nn bwd dy rows",
+    );
+    is_shape_err(
+        nn::matmul_bwd_input(&mut enc, &dy, &w, &dx, m, k, n + 1, false),
+        "nn bwd n",
+    );
+    is_shape_err(
+        nn::matmul_bwd_input(&mut enc, &dy, &w, &dx, m, k + 1, n, true),
+        "nn bwd k",
+    );
+    is_shape_err(
+        nn::matmul_bwd_input(&mut enc, &dy, &w, &dy, m, k, n, false),
+        "nn bwd dx too small",
+    );
+    is_shape_err(
+        nn::matmul_bwd_input(&mut enc, &w, &w, &w, 8, 16, 8, false),
+        "nn bwd dx aliases dy and w",
+    );
+    // The valid call still works after the rejected ones.
+    nn::matmul_bwd_input(&mut enc, &dy, &w, &dx, m, k, n, true).unwrap();
+    enc.submit();
+    gpu.sync().unwrap();
+}
+
 /// NF4 cases (M, K, N, block, double_quant, also run with accumulate): M=1, N odd, K % 8 != 0
 /// (W rows start mid-word), K % block != 0 and K < block (blocks straddle rows), > 256 blocks (a
 /// second nested scale), blocks 32 and 4096, several workgroups. Each (rows tile, block, dq, K % 8 != 0, accumulate)

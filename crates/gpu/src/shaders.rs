@@ -25,6 +25,7 @@ shaders!(
     "nf4/matmul_fwd",
     "nf4/matmul_bwd_input",
     "nn/matmul_fwd",
+    "nn/matmul_bwd_input",
     "nn/rmsnorm_fwd",
     "nn/rmsnorm_bwd",
     "nn/rope_fwd",

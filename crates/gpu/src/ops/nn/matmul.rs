@@ -2,7 +2,7 @@
 
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::Result;
-use crate::ops::{check_f32, check_u32, f, groups_for, mul};
+use crate::ops::{check_distinct, check_f32, check_u32, f, groups_for, mul};
 
 /// Column tile of the matmul kernels: each invocation owns 8 output columns.
 pub(crate) const TILE_N: usize = 8;
@@ -83,6 +83,66 @@ pub fn matmul_fwd(
         &kern,
         &params,
         &[x, w, y],
+        groups_for(gpu, ntiles as u64, wg as u64),
+    )
+}
+
+/// `dx[M,K] = dy[M,N] · w[N,K]`, or with `accumulate` `dx += dy · w` (`nn/matmul_bwd_input`): the
+/// input gradient of [`matmul_fwd`] with `alpha = 1`. `w` is stored like a torch `Linear` weight
+/// `[out, in]` = `[n, k]`; all f32 row-major. No weight gradient.
+///
+/// Errors with [`crate::GpuError::Shape`] if a buffer is smaller than its shape or a shape
+/// overflows u32 indexing, or if `dx` is also bound as `dy` or `w`. `m == 0` or `k == 0` records
+/// nothing; `n == 0` writes (or adds) zeros.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_bwd_input(
+    enc: &mut Encoder,
+    dy: &GpuBuffer,
+    w: &GpuBuffer,
+    dx: &GpuBuffer,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) -> Result<()> {
+    const K: &str = "nn/matmul_bwd_input";
+    check_u32(K, &[("dy", mul(m, n)), ("w", mul(n, k)), ("dx", mul(m, k))])?;
+    check_f32(K, "dy", dy, &[m, n])?;
+    check_f32(K, "w", w, &[n, k])?;
+    check_f32(K, "dx", dx, &[m, k])?;
+    check_distinct(K, &[("dx", dx)], &[("dy", dy), ("w", w)])?;
+    if m == 0 || k == 0 {
+        return Ok(());
+    }
+    let rows = rows_for(m);
+    let ntk = k.div_ceil(TILE_N);
+    let ntiles = m.div_ceil(rows) * ntk;
+    check_u32(K, &[("tile grid", ntiles as u64)])?;
+    let gpu = enc.gpu;
+    let wg = wg_for(rows);
+    let kern = gpu.kernel(
+        K,
+        "main",
+        &[
+            ("ACCUMULATE", if accumulate { 1.0 } else { 0.0 }),
+            ("ROWS", rows as f64),
+            ("WG", wg as f64),
+        ],
+    )?;
+    let params = [
+        m as u32,
+        k as u32,
+        n as u32,
+        ntk as u32,
+        ntiles as u32,
+        0,
+        0,
+        0,
+    ];
+    enc.dispatch(
+        &kern,
+        &params,
+        &[dy, w, dx],
         groups_for(gpu, ntiles as u64, wg as u64),
     )
 }
