@@ -117,5 +117,23 @@ pub fn run(args: &LogitsArgs, adapter: Option<String>) -> Result<()> {
         args.model.display(),
         args.quant
     );
+    // The most likely next tokens after the last position, decoded when the model has a tokenizer.
+    let last = &logits[(t - 1) * v..];
+    let mut order: Vec<usize> = (0..v).collect();
+    order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+    let tok = src.tokenizer().ok();
+    let shown: Vec<String> = order[..5.min(v)]
+        .iter()
+        .map(|&i| {
+            match tok
+                .as_ref()
+                .and_then(|tk| tk.decode(&[i as u32], false).ok())
+            {
+                Some(text) => format!("{text:?} ({i}) {:.3}", last[i]),
+                None => format!("{i} {:.3}", last[i]),
+            }
+        })
+        .collect();
+    eprintln!("top next tokens: {}", shown.join(", "));
     Ok(())
 }
