@@ -83,21 +83,9 @@ impl OptimizerState {
 
     /// `optimizer.safetensors` bytes.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
-        let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
-        for (moments, suffix) in [(&self.m, M_SUFFIX), (&self.v, V_SUFFIX)] {
-            for (k, p) in &moments.pairs {
-                tensors.push((
-                    format!("{}{suffix}", k.tensor_name('A')),
-                    vec![p.r, p.in_features],
-                    &p.a,
-                ));
-                tensors.push((
-                    format!("{}{suffix}", k.tensor_name('B')),
-                    vec![p.out_features, p.r],
-                    &p.b,
-                ));
-            }
-        }
+        let mut tensors = Vec::new();
+        self.m.push_tensors(M_SUFFIX, &mut tensors);
+        self.v.push_tensors(V_SUFFIX, &mut tensors);
         write_f32_safetensors(
             &tensors,
             &[

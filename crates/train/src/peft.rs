@@ -242,20 +242,30 @@ impl LoraWeights {
     /// Serializes as F32 safetensors with PEFT's keys (each name followed by `suffix`, empty for
     /// the adapter itself) and `metadata` (`{"format": "pt"}` is always added).
     pub fn to_safetensors(&self, suffix: &str, metadata: &[(&str, String)]) -> Result<Vec<u8>> {
-        let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
+        let mut tensors = Vec::new();
+        self.push_tensors(suffix, &mut tensors);
+        write_f32_safetensors(&tensors, metadata)
+    }
+
+    /// Appends every A and B with its PEFT name (followed by `suffix`) and shape: the one place
+    /// the adapter's tensor layout is spelled out for writing.
+    pub(crate) fn push_tensors<'a>(
+        &'a self,
+        suffix: &str,
+        out: &mut Vec<(String, Vec<usize>, &'a [f32])>,
+    ) {
         for (k, p) in &self.pairs {
-            tensors.push((
+            out.push((
                 format!("{}{suffix}", k.tensor_name('A')),
                 vec![p.r, p.in_features],
                 &p.a,
             ));
-            tensors.push((
+            out.push((
                 format!("{}{suffix}", k.tensor_name('B')),
                 vec![p.out_features, p.r],
                 &p.b,
             ));
         }
-        write_f32_safetensors(&tensors, metadata)
     }
 
     /// Reads PEFT tensors (names followed by `suffix`) from a safetensors file; `file` names it in
