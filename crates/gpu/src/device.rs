@@ -455,6 +455,11 @@ impl<'g> Encoder<'g> {
             .copy_buffer_to_buffer(&src.raw, src_off, &dst.raw, dst_off, bytes);
     }
 
+    /// Zeroes a whole buffer.
+    pub fn clear(&mut self, buf: &GpuBuffer) {
+        self.enc.clear_buffer(&buf.raw, 0, None);
+    }
+
     /// Submits everything recorded.
     pub fn submit(self) {
         self.gpu.queue.submit([self.enc.finish()]);

@@ -24,6 +24,7 @@ pub mod config;
 pub mod dtype;
 pub mod gguf;
 pub mod llama;
+pub mod lora;
 pub mod safetensors;
 pub mod source;
 pub mod tokenizer;
@@ -36,7 +37,8 @@ pub use dtype::GgmlType;
 pub use gguf::{
     config_from_gguf, gguf_to_hf_name, hf_to_gguf_name, GgufFile, GgufTensorInfo, GgufValue,
 };
-pub use llama::{LlamaModel, Quant};
+pub use llama::{LlamaModel, Quant, Workspace};
+pub use lora::{LoraGpu, LoraPairGpu};
 pub use safetensors::{SafetensorsFile, StDtype, StTensorInfo};
 pub use source::{unpermute_qk_rows, HfParts, HostTensor, ModelSource, SourceFormat, TensorMeta};
 pub use tokenizer::Tokenizer;

@@ -4,10 +4,11 @@
 //! [`tinytune_reference::llama`] op for op, which is what the tests compare against, besides the
 //! Hugging Face transformers fixtures under `tests/fixtures/hf`.
 
-use tinytune_gpu::ops::{nf4, nn};
+use tinytune_gpu::ops::{lora, nf4, nn};
 use tinytune_gpu::{Encoder, Gpu, GpuBuffer};
 use tinytune_reference::nn::{rope_inv_freq, Llama3Scaling};
 
+use crate::lora::LoraGpu;
 use crate::{LlamaConfig, ModelError, ModelSource, RopeScaling, Weight};
 
 /// How the frozen linear layers of the decoder are stored on the device.
@@ -176,12 +177,243 @@ impl LlamaModel {
             config: cfg,
         })
     }
+}
 
-    /// Records `y (+)= x · Wᵀ (+ bias)` for linear `t` of layer `i`.
+/// Activations of one decoder layer: kept per layer for the backward pass, or one set shared by
+/// every layer in an inference forward. The normed inputs of the projections and the SwiGLU output
+/// are not kept; the backward pass recomputes them (cheap elementwise kernels).
+struct LayerActs {
+    /// Layer input (residual stream) `[M, C]`.
+    x: GpuBuffer,
+    /// `x + o_proj(attention)` `[M, C]`.
+    x2: GpuBuffer,
+    rstd1: GpuBuffer,
+    rstd2: GpuBuffer,
+    /// After RoPE `[M, H*D]`.
+    q: GpuBuffer,
+    /// After RoPE `[M, KVH*D]`.
+    k: GpuBuffer,
+    v: GpuBuffer,
+    /// Attention output `[M, H*D]`.
+    attn: GpuBuffer,
+    /// `[B, H, T]`.
+    lse: GpuBuffer,
+    gate: GpuBuffer,
+    up: GpuBuffer,
+    /// LoRA `h = x · Aᵀ` `[M, R]` of each adapted linear.
+    lora_h: [Option<GpuBuffer>; 7],
+}
+
+/// Gradient buffers of the backward pass (shared by every layer).
+struct GradBufs {
+    dx: GpuBuffer,
+    dh: GpuBuffer,
+    dattn: GpuBuffer,
+    dq: GpuBuffer,
+    dk: GpuBuffer,
+    dv: GpuBuffer,
+    dgate: GpuBuffer,
+    dup: GpuBuffer,
+    dact: GpuBuffer,
+    dh_scratch: GpuBuffer,
+}
+
+/// Row chunking of the LM head + cross-entropy in training (the logits of all rows at once would
+/// not fit one binding for large vocabularies): copies of the chunk's rows.
+struct HeadChunk {
+    h: GpuBuffer,
+    targets: GpuBuffer,
+    dh: GpuBuffer,
+}
+
+/// Device buffers of one forward (and backward) pass of up to `B*T` tokens, reusable across steps.
+pub struct Workspace {
+    /// Capacity in rows (`B*T`).
+    pub rows: usize,
+    train: bool,
+    ids: GpuBuffer,
+    pos: GpuBuffer,
+    targets: GpuBuffer,
+    acts: Vec<LayerActs>,
+    x_final: GpuBuffer,
+    hbuf: GpuBuffer,
+    rstd_scratch: GpuBuffer,
+    act: GpuBuffer,
+    rstdf: GpuBuffer,
+    /// `[chunk_rows, V]`: the logits (inference: all rows).
+    logits: GpuBuffer,
+    ce_lse: GpuBuffer,
+    ce_loss: GpuBuffer,
+    /// Per-row cross-entropy `[M]` of the last training pass (0 for ignored rows).
+    pub loss_rows: GpuBuffer,
+    chunk_rows: usize,
+    chunk: Option<HeadChunk>,
+    grads: Option<GradBufs>,
+}
+
+/// Bytes of the logits chunk a training pass uses at most.
+const HEAD_CHUNK_BYTES: usize = 64 << 20;
+
+impl Workspace {
+    /// Buffers for `rows` tokens (`B*T`) of `model`, with room for the LoRA `h` of `lora`'s
+    /// pairs; `train` keeps every layer's activations and allocates the gradient buffers.
+    pub fn new(
+        gpu: &Gpu,
+        model: &LlamaModel,
+        lora: Option<&LoraGpu>,
+        rows: usize,
+        train: bool,
+    ) -> Result<Workspace, ModelError> {
+        let v = model.config.vocab_size;
+        let head_rows = if train {
+            (HEAD_CHUNK_BYTES / (v * 4)).clamp(1, rows.max(1))
+        } else {
+            rows
+        };
+        Workspace::with_head_chunk(gpu, model, lora, rows, train, head_rows)
+    }
+
+    /// [`Workspace::new`] with the LM head + cross-entropy of a training pass done in chunks of
+    /// `head_rows` rows (the default bounds a chunk's logits to 64 MiB).
+    pub fn with_head_chunk(
+        gpu: &Gpu,
+        model: &LlamaModel,
+        lora: Option<&LoraGpu>,
+        rows: usize,
+        train: bool,
+        head_rows: usize,
+    ) -> Result<Workspace, ModelError> {
+        let cfg = &model.config;
+        if rows == 0 {
+            return Err(ModelError::Shape("workspace for 0 tokens".into()));
+        }
+        let m = rows;
+        let (c, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
+        let (h, kvh, inter) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.intermediate_size,
+        );
+        let f = |n: usize| (m * n * 4) as u64;
+        let n_sets = if train { model.layers.len() } else { 1 };
+        let mut acts = Vec::with_capacity(n_sets);
+        for s in 0..n_sets {
+            let mut lora_h: [Option<GpuBuffer>; 7] = Default::default();
+            if let Some(l) = lora {
+                for (t, slot) in lora_h.iter_mut().enumerate() {
+                    let used = if train {
+                        l.pair(s, t).is_some()
+                    } else {
+                        l.layers.iter().any(|p| p[t].is_some())
+                    };
+                    if used {
+                        *slot = Some(gpu.alloc(&format!("acts.{s}.lora_h.{t}"), f(l.r))?);
+                    }
+                }
+            }
+            acts.push(LayerActs {
+                x: gpu.alloc(&format!("acts.{s}.x"), f(c))?,
+                x2: gpu.alloc(&format!("acts.{s}.x2"), f(c))?,
+                rstd1: gpu.alloc(&format!("acts.{s}.rstd1"), f(1))?,
+                rstd2: gpu.alloc(&format!("acts.{s}.rstd2"), f(1))?,
+                q: gpu.alloc(&format!("acts.{s}.q"), f(h * hd))?,
+                k: gpu.alloc(&format!("acts.{s}.k"), f(kvh * hd))?,
+                v: gpu.alloc(&format!("acts.{s}.v"), f(kvh * hd))?,
+                attn: gpu.alloc(&format!("acts.{s}.attn"), f(h * hd))?,
+                lse: gpu.alloc(&format!("acts.{s}.lse"), f(h))?,
+                gate: gpu.alloc(&format!("acts.{s}.gate"), f(inter))?,
+                up: gpu.alloc(&format!("acts.{s}.up"), f(inter))?,
+                lora_h,
+            });
+        }
+        let chunk_rows = head_rows.clamp(1, m);
+        let chunk = if chunk_rows < m {
+            Some(HeadChunk {
+                h: gpu.alloc("head.h", (chunk_rows * c * 4) as u64)?,
+                targets: gpu.alloc("head.targets", (chunk_rows * 4) as u64)?,
+                dh: gpu.alloc("head.dh", (chunk_rows * c * 4) as u64)?,
+            })
+        } else {
+            None
+        };
+        let grads = if train {
+            let r = lora.map_or(1, |l| l.r);
+            Some(GradBufs {
+                dx: gpu.alloc("grad.dx", f(c))?,
+                dh: gpu.alloc("grad.dh", f(c))?,
+                dattn: gpu.alloc("grad.dattn", f(h * hd))?,
+                dq: gpu.alloc("grad.dq", f(h * hd))?,
+                dk: gpu.alloc("grad.dk", f(kvh * hd))?,
+                dv: gpu.alloc("grad.dv", f(kvh * hd))?,
+                dgate: gpu.alloc("grad.dgate", f(inter))?,
+                dup: gpu.alloc("grad.dup", f(inter))?,
+                dact: gpu.alloc("grad.dact", f(inter))?,
+                dh_scratch: gpu.alloc("grad.lora_dh", f(r))?,
+            })
+        } else {
+            None
+        };
+        Ok(Workspace {
+            rows,
+            train,
+            ids: gpu.alloc("ids", f(1))?,
+            pos: gpu.alloc("positions", f(1))?,
+            targets: gpu.alloc("targets", f(1))?,
+            acts,
+            x_final: gpu.alloc("x_final", f(c))?,
+            hbuf: gpu.alloc("normed", f(c))?,
+            rstd_scratch: gpu.alloc("rstd", f(1))?,
+            act: gpu.alloc("act", f(inter))?,
+            rstdf: gpu.alloc("rstd_final", f(1))?,
+            logits: gpu.alloc("logits", (chunk_rows * v * 4) as u64)?,
+            ce_lse: gpu.alloc("ce.lse", (chunk_rows * 4) as u64)?,
+            ce_loss: gpu.alloc("ce.loss", (chunk_rows * 4) as u64)?,
+            loss_rows: gpu.alloc("loss_rows", f(1))?,
+            chunk_rows,
+            chunk,
+            grads,
+        })
+    }
+
+    /// The logits `[B*T, V]` of the last inference [`LlamaModel::forward_with`].
+    pub fn logits(&self) -> &GpuBuffer {
+        &self.logits
+    }
+
+    /// Reads the summed cross-entropy of the first `m` rows of the last training pass.
+    pub async fn loss_sum(&self, gpu: &Gpu, m: usize) -> Result<f64, ModelError> {
+        let rows = gpu.read::<f32>(&self.loss_rows).await?;
+        Ok(rows.iter().take(m).map(|&l| l as f64).sum())
+    }
+
+    fn set(&self, i: usize) -> &LayerActs {
+        &self.acts[if self.train { i } else { 0 }]
+    }
+
+    /// Where the residual stream goes after layer `i`.
+    fn stream_after(&self, i: usize, n_layers: usize) -> &GpuBuffer {
+        if i + 1 == n_layers {
+            &self.x_final
+        } else {
+            &self.set(i + 1).x
+        }
+    }
+}
+
+fn grads_of(ws: &Workspace) -> Result<&GradBufs, ModelError> {
+    ws.grads
+        .as_ref()
+        .ok_or_else(|| ModelError::Shape("backward needs a training workspace".into()))
+}
+
+impl LlamaModel {
+    /// Records `y (+)= x · Wᵀ (+ bias) (+ scale · (x · Aᵀ) · Bᵀ)` for linear `t` of layer `i`.
     #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
         enc: &mut Encoder,
+        lora: Option<&LoraGpu>,
+        acts: &LayerActs,
         i: usize,
         t: usize,
         x: &GpuBuffer,
@@ -201,7 +433,175 @@ impl LlamaModel {
         if let Some(b) = &lin.bias {
             nn::bias_add_fwd(enc, b, y, m, lin.n_out)?;
         }
+        if let Some((l, p)) = lora.and_then(|l| l.pair(i, t).map(|p| (l, p))) {
+            let h = acts.lora_h[t].as_ref().ok_or_else(|| {
+                ModelError::Shape("workspace was made without these LoRA adapters".into())
+            })?;
+            lora::fwd(enc, x, &p.a, &p.b, h, y, m, p.n_in, p.n_out, l.r, l.scale)?;
+        }
         Ok(())
+    }
+
+    /// Records the backward of linear `t` of layer `i` for the upstream gradient `dy`: writes
+    /// (or adds, with `accumulate`) `dx = dy · W (+ LoRA's share)` and adds the LoRA gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_bwd(
+        &self,
+        enc: &mut Encoder,
+        lora: &LoraGpu,
+        acts: &LayerActs,
+        g: &GradBufs,
+        i: usize,
+        t: usize,
+        x: &GpuBuffer,
+        dy: &GpuBuffer,
+        dx: &GpuBuffer,
+        m: usize,
+        accumulate: bool,
+    ) -> Result<(), ModelError> {
+        let lin = &self.layers[i].linears[t];
+        match &lin.weight {
+            Weight::F32(w) => {
+                nn::matmul_bwd_input(enc, dy, w, dx, m, lin.n_in, lin.n_out, accumulate)?
+            }
+            Weight::Nf4(w) => {
+                nf4::matmul_bwd_input(enc, dy, w, dx, m, lin.n_in, lin.n_out, accumulate)?
+            }
+        }
+        if let Some(p) = lora.pair(i, t) {
+            let h = acts.lora_h[t].as_ref().ok_or_else(|| {
+                ModelError::Shape("workspace was made without these LoRA adapters".into())
+            })?;
+            lora::bwd(
+                enc,
+                x,
+                h,
+                dy,
+                &p.a,
+                &p.b,
+                &p.da,
+                &p.db,
+                dx,
+                &g.dh_scratch,
+                m,
+                p.n_in,
+                p.n_out,
+                lora.r,
+                lora.scale,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn check_batch(
+        &self,
+        ws: &Workspace,
+        n_ids: usize,
+        b: usize,
+        t: usize,
+    ) -> Result<usize, ModelError> {
+        let m = b * t;
+        if n_ids != m || m == 0 {
+            return Err(ModelError::Shape(format!(
+                "forward: {n_ids} ids for B={b} T={t}"
+            )));
+        }
+        if m > ws.rows {
+            return Err(ModelError::Shape(format!(
+                "forward: B*T = {m} tokens exceed the workspace's {}",
+                ws.rows
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Records and submits the decoder up to the final norm (`ws.hbuf` holds the normed final
+    /// hidden states afterwards).
+    fn record_decoder(
+        &self,
+        gpu: &Gpu,
+        ws: &Workspace,
+        lora: Option<&LoraGpu>,
+        ids: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<usize, ModelError> {
+        let cfg = &self.config;
+        let m = self.check_batch(ws, ids.len(), b, t)?;
+        let (c, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
+        let (h, kvh, inter) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.intermediate_size,
+        );
+        gpu.write(&ws.ids, 0, bytemuck::cast_slice(ids));
+        let pos: Vec<u32> = (0..m).map(|i| (i % t) as u32).collect();
+        gpu.write(&ws.pos, 0, bytemuck::cast_slice(&pos));
+        let eps = cfg.rms_norm_eps as f32;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let n_layers = self.layers.len();
+        let mut enc = gpu.encoder();
+        nn::embedding_fwd(&mut enc, &ws.ids, &self.embed, &ws.set(0).x, m, v, c)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let a = ws.set(i);
+            nn::rmsnorm_fwd(
+                &mut enc,
+                &a.x,
+                &layer.input_layernorm,
+                &ws.hbuf,
+                &a.rstd1,
+                m,
+                c,
+                eps,
+            )?;
+            self.linear(&mut enc, lora, a, i, 0, &ws.hbuf, &a.q, m, false)?;
+            self.linear(&mut enc, lora, a, i, 1, &ws.hbuf, &a.k, m, false)?;
+            self.linear(&mut enc, lora, a, i, 2, &ws.hbuf, &a.v, m, false)?;
+            nn::rope_fwd(&mut enc, &a.q, &ws.pos, &self.inv_freq, m, h, hd)?;
+            nn::rope_fwd(&mut enc, &a.k, &ws.pos, &self.inv_freq, m, kvh, hd)?;
+            nn::attention_fwd(
+                &mut enc, &a.q, &a.k, &a.v, &a.attn, &a.lse, b, t, t, h, kvh, hd, scale,
+            )?;
+            // Residual connections: copy the stream, then the projection accumulates into it.
+            enc.copy(&a.x, 0, &a.x2, 0, (m * c * 4) as u64);
+            self.linear(&mut enc, lora, a, i, 3, &a.attn, &a.x2, m, true)?;
+            nn::rmsnorm_fwd(
+                &mut enc,
+                &a.x2,
+                &layer.post_attention_layernorm,
+                &ws.hbuf,
+                &a.rstd2,
+                m,
+                c,
+                eps,
+            )?;
+            self.linear(&mut enc, lora, a, i, 4, &ws.hbuf, &a.gate, m, false)?;
+            self.linear(&mut enc, lora, a, i, 5, &ws.hbuf, &a.up, m, false)?;
+            nn::swiglu_fwd(&mut enc, &a.gate, &a.up, &ws.act, m * inter)?;
+            let next = ws.stream_after(i, n_layers);
+            enc.copy(&a.x2, 0, next, 0, (m * c * 4) as u64);
+            self.linear(&mut enc, lora, a, i, 6, &ws.act, next, m, true)?;
+            // Bound the size of one command buffer (lavapipe and browsers prefer short ones).
+            enc.submit();
+            enc = gpu.encoder();
+        }
+        nn::rmsnorm_fwd(
+            &mut enc,
+            &ws.x_final,
+            &self.norm,
+            &ws.hbuf,
+            &ws.rstdf,
+            m,
+            c,
+            eps,
+        )?;
+        enc.submit();
+        Ok(m)
+    }
+
+    /// The LM head weight `[V, C]` (the embedding when tied).
+    fn head(&self) -> &GpuBuffer {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
     /// Logits `[B*T, V]` of `B` sequences of `T` tokens (`ids` row-major), positions `0..T`.
@@ -212,8 +612,23 @@ impl LlamaModel {
         b: usize,
         t: usize,
     ) -> Result<Vec<f32>, ModelError> {
-        let buf = self.forward(gpu, ids, b, t)?;
-        Ok(gpu.read::<f32>(&buf).await?)
+        self.logits_with(gpu, None, ids, b, t).await
+    }
+
+    /// [`LlamaModel::logits`] with LoRA adapters.
+    pub async fn logits_with(
+        &self,
+        gpu: &Gpu,
+        lora: Option<&LoraGpu>,
+        ids: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        let ws = Workspace::new(gpu, self, lora, (b * t).max(1), false)?;
+        self.forward_with(gpu, &ws, lora, ids, b, t)?;
+        let mut out = gpu.read::<f32>(ws.logits()).await?;
+        out.truncate(b * t * self.config.vocab_size);
+        Ok(out)
     }
 
     /// Records and submits the forward pass; returns the logits buffer `[B*T, V]`.
@@ -224,83 +639,241 @@ impl LlamaModel {
         b: usize,
         t: usize,
     ) -> Result<GpuBuffer, ModelError> {
-        let cfg = &self.config;
-        let m = b * t;
-        if ids.len() != m || m == 0 {
+        let ws = Workspace::new(gpu, self, None, (b * t).max(1), false)?;
+        self.forward_with(gpu, &ws, None, ids, b, t)?;
+        Ok(ws.logits)
+    }
+
+    /// Records and submits the forward pass into an inference workspace (`ws.logits()` holds
+    /// `[B*T, V]` afterwards).
+    pub fn forward_with(
+        &self,
+        gpu: &Gpu,
+        ws: &Workspace,
+        lora: Option<&LoraGpu>,
+        ids: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<(), ModelError> {
+        if ws.train {
+            return Err(ModelError::Shape(
+                "forward_with needs an inference workspace".into(),
+            ));
+        }
+        let m = self.record_decoder(gpu, ws, lora, ids, b, t)?;
+        let (c, v) = (self.config.hidden_size, self.config.vocab_size);
+        let mut enc = gpu.encoder();
+        nn::matmul_fwd(
+            &mut enc,
+            &ws.hbuf,
+            self.head(),
+            &ws.logits,
+            m,
+            c,
+            v,
+            1.0,
+            false,
+        )?;
+        enc.submit();
+        Ok(())
+    }
+
+    /// One forward and backward pass of the causal-LM loss on a batch, recorded and submitted:
+    /// `targets` are per-position (already shifted, see
+    /// [`tinytune_reference::llama::shift_labels`]; -100 = ignored). The LoRA gradients
+    /// **accumulate** into `lora`'s gradient buffers (zero them with [`LoraGpu::zero_grads`] at
+    /// the start of an optimizer step), scaled by `grad_scale` (pass `1 / number of counted
+    /// targets` of the whole optimizer step: the gradient of the mean loss). Per-row losses are in
+    /// `ws.loss_rows` afterwards ([`Workspace::loss_sum`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward(
+        &self,
+        gpu: &Gpu,
+        ws: &Workspace,
+        lora: &LoraGpu,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+        grad_scale: f32,
+    ) -> Result<(), ModelError> {
+        let g = grads_of(ws)?;
+        if targets.len() != ids.len() {
             return Err(ModelError::Shape(format!(
-                "forward: {} ids for B={b} T={t}",
+                "forward_backward: {} targets for {} ids",
+                targets.len(),
                 ids.len()
             )));
         }
+        let cfg = &self.config;
+        let m = self.record_decoder(gpu, ws, Some(lora), ids, b, t)?;
         let (c, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
         let (h, kvh, inter) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
             cfg.intermediate_size,
         );
-        let f = |n: usize| (m * n * 4) as u64;
-        let ids_b = gpu.upload("ids", ids)?;
-        let pos: Vec<u32> = (0..m).map(|i| (i % t) as u32).collect();
-        let pos_b = gpu.upload("positions", &pos)?;
-        let x = gpu.alloc("x", f(c))?;
-        let hbuf = gpu.alloc("normed", f(c))?;
-        let rstd = gpu.alloc("rstd", f(1))?;
-        let q = gpu.alloc("q", f(h * hd))?;
-        let k = gpu.alloc("k", f(kvh * hd))?;
-        let vv = gpu.alloc("v", f(kvh * hd))?;
-        let attn = gpu.alloc("attn", f(h * hd))?;
-        let lse = gpu.alloc("lse", (b * h * t * 4) as u64)?;
-        let gate = gpu.alloc("gate", f(inter))?;
-        let up = gpu.alloc("up", f(inter))?;
-        let act = gpu.alloc("act", f(inter))?;
-        let logits = gpu.alloc("logits", f(v))?;
         let eps = cfg.rms_norm_eps as f32;
-        let scale = 1.0 / (hd as f32).sqrt();
+        gpu.write(&ws.targets, 0, bytemuck::cast_slice(targets));
+        // LM head + cross-entropy (+ its backward) in row chunks; dh = d(normed final hidden).
+        let mut r0 = 0;
+        while r0 < m {
+            let rows = ws.chunk_rows.min(m - r0);
+            let mut enc = gpu.encoder();
+            let (hsrc, tsrc, dst) = match &ws.chunk {
+                None => (&ws.hbuf, &ws.targets, &g.dh),
+                Some(ch) => {
+                    enc.copy(
+                        &ws.hbuf,
+                        (r0 * c * 4) as u64,
+                        &ch.h,
+                        0,
+                        (rows * c * 4) as u64,
+                    );
+                    enc.copy(
+                        &ws.targets,
+                        (r0 * 4) as u64,
+                        &ch.targets,
+                        0,
+                        (rows * 4) as u64,
+                    );
+                    (&ch.h, &ch.targets, &ch.dh)
+                }
+            };
+            nn::matmul_fwd(
+                &mut enc,
+                hsrc,
+                self.head(),
+                &ws.logits,
+                rows,
+                c,
+                v,
+                1.0,
+                false,
+            )?;
+            nn::cross_entropy_fwd(
+                &mut enc,
+                &ws.logits,
+                tsrc,
+                &ws.ce_loss,
+                &ws.ce_lse,
+                rows,
+                v,
+                None,
+            )?;
+            enc.copy(
+                &ws.ce_loss,
+                0,
+                &ws.loss_rows,
+                (r0 * 4) as u64,
+                (rows * 4) as u64,
+            );
+            nn::cross_entropy_bwd(&mut enc, &ws.logits, tsrc, &ws.ce_lse, rows, v, grad_scale)?;
+            nn::matmul_bwd_input(&mut enc, &ws.logits, self.head(), dst, rows, c, v, false)?;
+            if ws.chunk.is_some() {
+                enc.copy(dst, 0, &g.dh, (r0 * c * 4) as u64, (rows * c * 4) as u64);
+            }
+            enc.submit();
+            r0 += rows;
+        }
+        let Some(lowest) = lora.lowest_layer() else {
+            return Ok(());
+        };
         let mut enc = gpu.encoder();
-        nn::embedding_fwd(&mut enc, &ids_b, &self.embed, &x, m, v, c)?;
-        for (i, layer) in self.layers.iter().enumerate() {
+        nn::rmsnorm_bwd(
+            &mut enc,
+            &g.dh,
+            &ws.x_final,
+            &self.norm,
+            &ws.rstdf,
+            &g.dx,
+            m,
+            c,
+            false,
+        )?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        for i in (lowest..self.layers.len()).rev() {
+            let layer = &self.layers[i];
+            let a = ws.set(i);
+            // MLP: x3 = x2 + down(swiglu(gate(h2), up(h2))); g.dx holds dx3.
+            nn::swiglu_fwd(&mut enc, &a.gate, &a.up, &ws.act, m * inter)?;
+            self.linear_bwd(
+                &mut enc, lora, a, g, i, 6, &ws.act, &g.dx, &g.dact, m, false,
+            )?;
+            nn::swiglu_bwd(
+                &mut enc,
+                &g.dact,
+                &a.gate,
+                &a.up,
+                &g.dgate,
+                &g.dup,
+                m * inter,
+            )?;
             nn::rmsnorm_fwd(
                 &mut enc,
-                &x,
-                &layer.input_layernorm,
-                &hbuf,
-                &rstd,
-                m,
-                c,
-                eps,
-            )?;
-            self.linear(&mut enc, i, 0, &hbuf, &q, m, false)?;
-            self.linear(&mut enc, i, 1, &hbuf, &k, m, false)?;
-            self.linear(&mut enc, i, 2, &hbuf, &vv, m, false)?;
-            nn::rope_fwd(&mut enc, &q, &pos_b, &self.inv_freq, m, h, hd)?;
-            nn::rope_fwd(&mut enc, &k, &pos_b, &self.inv_freq, m, kvh, hd)?;
-            nn::attention_fwd(
-                &mut enc, &q, &k, &vv, &attn, &lse, b, t, t, h, kvh, hd, scale,
-            )?;
-            // Residual connections: the projections accumulate straight into the stream.
-            self.linear(&mut enc, i, 3, &attn, &x, m, true)?;
-            nn::rmsnorm_fwd(
-                &mut enc,
-                &x,
+                &a.x2,
                 &layer.post_attention_layernorm,
-                &hbuf,
-                &rstd,
+                &ws.hbuf,
+                &ws.rstd_scratch,
                 m,
                 c,
                 eps,
             )?;
-            self.linear(&mut enc, i, 4, &hbuf, &gate, m, false)?;
-            self.linear(&mut enc, i, 5, &hbuf, &up, m, false)?;
-            nn::swiglu_fwd(&mut enc, &gate, &up, &act, m * inter)?;
-            self.linear(&mut enc, i, 6, &act, &x, m, true)?;
-            // Bound the size of one command buffer (lavapipe and browsers prefer short ones).
+            self.linear_bwd(
+                &mut enc, lora, a, g, i, 4, &ws.hbuf, &g.dgate, &g.dh, m, false,
+            )?;
+            self.linear_bwd(&mut enc, lora, a, g, i, 5, &ws.hbuf, &g.dup, &g.dh, m, true)?;
+            nn::rmsnorm_bwd(
+                &mut enc,
+                &g.dh,
+                &a.x2,
+                &layer.post_attention_layernorm,
+                &a.rstd2,
+                &g.dx,
+                m,
+                c,
+                true,
+            )?;
+            // Attention: x2 = x + o(attn(rope(q(h1)), rope(k(h1)), v(h1))); g.dx holds dx2.
+            self.linear_bwd(
+                &mut enc, lora, a, g, i, 3, &a.attn, &g.dx, &g.dattn, m, false,
+            )?;
+            nn::attention_bwd(
+                &mut enc, &g.dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, &g.dq, &g.dk, &g.dv, b, t,
+                t, h, kvh, hd, scale,
+            )?;
+            nn::rope_bwd(&mut enc, &g.dq, &ws.pos, &self.inv_freq, m, h, hd)?;
+            nn::rope_bwd(&mut enc, &g.dk, &ws.pos, &self.inv_freq, m, kvh, hd)?;
+            nn::rmsnorm_fwd(
+                &mut enc,
+                &a.x,
+                &layer.input_layernorm,
+                &ws.hbuf,
+                &ws.rstd_scratch,
+                m,
+                c,
+                eps,
+            )?;
+            self.linear_bwd(&mut enc, lora, a, g, i, 0, &ws.hbuf, &g.dq, &g.dh, m, false)?;
+            self.linear_bwd(&mut enc, lora, a, g, i, 1, &ws.hbuf, &g.dk, &g.dh, m, true)?;
+            self.linear_bwd(&mut enc, lora, a, g, i, 2, &ws.hbuf, &g.dv, &g.dh, m, true)?;
+            if i > lowest {
+                nn::rmsnorm_bwd(
+                    &mut enc,
+                    &g.dh,
+                    &a.x,
+                    &layer.input_layernorm,
+                    &a.rstd1,
+                    &g.dx,
+                    m,
+                    c,
+                    true,
+                )?;
+            }
             enc.submit();
             enc = gpu.encoder();
         }
-        nn::rmsnorm_fwd(&mut enc, &x, &self.norm, &hbuf, &rstd, m, c, eps)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        nn::matmul_fwd(&mut enc, &hbuf, head, &logits, m, c, v, 1.0, false)?;
         enc.submit();
-        Ok(logits)
+        Ok(())
     }
 }

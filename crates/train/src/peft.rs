@@ -27,6 +27,8 @@ pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 /// The PEFT release whose `adapter_config.json` field set this writer reproduces (written as
 /// `peft_version`, which PEFT only records).
+use tinytune_reference::llama::{Lora as RefLora, LoraPair as RefPair};
+
 pub const PEFT_FORMAT_VERSION: &str = "0.21.2";
 /// Decoded tensors by name: (shape, values as f32).
 pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
@@ -232,6 +234,60 @@ impl LoraWeights {
                 .iter()
                 .zip(&other.pairs)
                 .all(|((ka, a), (kb, b))| ka == kb && a.same_shape(b))
+    }
+
+    /// The model's host form ([`tinytune_reference::llama::Lora`]: per layer one optional pair per
+    /// projection, in [`LoraModule::ALL`] order) for a model of `n_layers` layers.
+    pub fn to_layers(&self, n_layers: usize, scale: f32) -> Result<RefLora> {
+        let r = self.pairs.values().next().map_or(0, |p| p.r);
+        let mut layers: Vec<[Option<RefPair>; 7]> =
+            (0..n_layers).map(|_| Default::default()).collect();
+        for (k, p) in &self.pairs {
+            if p.r != r {
+                return Err(TrainError::Config(format!(
+                    "{}: rank {} differs from the other adapters' {r}",
+                    k.module_path(),
+                    p.r
+                )));
+            }
+            let slot = layers.get_mut(k.layer).ok_or_else(|| {
+                TrainError::Config(format!(
+                    "adapter for layer {} but the model has {n_layers} layers",
+                    k.layer
+                ))
+            })?;
+            slot[k.module.index() as usize] = Some(RefPair {
+                a: p.a.clone(),
+                b: p.b.clone(),
+            });
+        }
+        Ok(RefLora { r, scale, layers })
+    }
+
+    /// From the model's host form; `shapes(layer, module) = (in, out)` of each projection.
+    pub fn from_layers(lora: &RefLora) -> LoraWeights {
+        let mut pairs = BTreeMap::new();
+        for (layer, l) in lora.layers.iter().enumerate() {
+            for (t, p) in l.iter().enumerate() {
+                if let Some(p) = p {
+                    let r = lora.r.max(1);
+                    pairs.insert(
+                        LoraKey {
+                            layer,
+                            module: LoraModule::ALL[t],
+                        },
+                        LoraPair {
+                            r: lora.r,
+                            in_features: p.a.len() / r,
+                            out_features: p.b.len() / r,
+                            a: p.a.clone(),
+                            b: p.b.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        LoraWeights { pairs }
     }
 
     /// Number of trainable parameters.

@@ -1,0 +1,273 @@
+//! LoRA adapters on the device: one `lora_A` `[R, in]` / `lora_B` `[out, R]` pair per adapted
+//! linear layer, their gradients, and the flat layout the optimizer works on.
+//!
+//! Each pair lives in its own buffers (the kernels bind whole buffers), and the trainer's flat
+//! state (params, grads, Adam moments: one layout, one optimizer dispatch) is filled and read back
+//! with buffer copies: [`LoraGpu::copy_grads_to`] after the backward pass, [`LoraGpu::copy_params_from`]
+//! after the update. The flat layout visits layers in order, in each layer the targets in the order
+//! of [`crate::llama::LINEARS`], and for each pair `a` then `b`.
+//!
+//! The host form is [`tinytune_reference::llama::Lora`] (what the CPU reference runs on).
+
+use tinytune_gpu::{Encoder, Gpu, GpuBuffer};
+use tinytune_reference::llama::{Lora, LoraPair};
+
+use crate::llama::{LlamaModel, LINEARS};
+use crate::ModelError;
+
+/// One adapted linear layer on the device.
+pub struct LoraPairGpu {
+    /// `lora_A.weight` `[R, in]`.
+    pub a: GpuBuffer,
+    /// `lora_B.weight` `[out, R]`.
+    pub b: GpuBuffer,
+    /// Gradient of `a` (accumulates over micro-batches until [`LoraGpu::zero_grads`]).
+    pub da: GpuBuffer,
+    /// Gradient of `b`.
+    pub db: GpuBuffer,
+    pub n_in: usize,
+    pub n_out: usize,
+    /// Offset (in f32 elements) of `a` in the flat layout; `b` follows at `offset + R * n_in`.
+    pub offset: usize,
+}
+
+/// LoRA adapters over a [`LlamaModel`]: rank, scale (`alpha / r`, or `alpha / sqrt(r)` with
+/// rsLoRA) and per layer one optional pair per entry of [`LINEARS`].
+pub struct LoraGpu {
+    pub r: usize,
+    pub scale: f32,
+    pub layers: Vec<[Option<LoraPairGpu>; 7]>,
+    /// Total number of trainable parameters (length of the flat layout).
+    pub n_params: usize,
+}
+
+impl LoraGpu {
+    /// Uploads host adapters, checking every pair's shape against the model.
+    pub fn upload(gpu: &Gpu, model: &LlamaModel, lora: &Lora) -> Result<LoraGpu, ModelError> {
+        let n_layers = model.layers.len();
+        if lora.layers.len() != n_layers {
+            return Err(ModelError::Shape(format!(
+                "LoRA adapters for {} layers, the model has {n_layers}",
+                lora.layers.len()
+            )));
+        }
+        if lora.r == 0 {
+            return Err(ModelError::Shape("LoRA rank must be positive".into()));
+        }
+        let r = lora.r;
+        let mut offset = 0usize;
+        let mut layers = Vec::with_capacity(n_layers);
+        for (i, pairs) in lora.layers.iter().enumerate() {
+            let mut out: [Option<LoraPairGpu>; 7] = Default::default();
+            for (t, pair) in pairs.iter().enumerate() {
+                let Some(p) = pair else { continue };
+                let lin = &model.layers[i].linears[t];
+                let (k, n) = (lin.n_in, lin.n_out);
+                let name = format!("layers.{i}.{}", LINEARS[t]);
+                if p.a.len() != r * k || p.b.len() != n * r {
+                    return Err(ModelError::Shape(format!(
+                        "LoRA {name}: lora_A has {} values and lora_B {}, expected [{r}, {k}] and [{n}, {r}]",
+                        p.a.len(),
+                        p.b.len()
+                    )));
+                }
+                out[t] = Some(LoraPairGpu {
+                    a: gpu.upload(&format!("{name}.lora_A"), &p.a)?,
+                    b: gpu.upload(&format!("{name}.lora_B"), &p.b)?,
+                    da: gpu.alloc(&format!("{name}.lora_A.grad"), (r * k * 4) as u64)?,
+                    db: gpu.alloc(&format!("{name}.lora_B.grad"), (n * r * 4) as u64)?,
+                    n_in: k,
+                    n_out: n,
+                    offset,
+                });
+                offset += r * (k + n);
+            }
+            layers.push(out);
+        }
+        Ok(LoraGpu {
+            r,
+            scale: lora.scale,
+            layers,
+            n_params: offset,
+        })
+    }
+
+    /// The pair of linear `t` in layer `i`, if adapted.
+    pub fn pair(&self, i: usize, t: usize) -> Option<&LoraPairGpu> {
+        self.layers.get(i).and_then(|l| l[t].as_ref())
+    }
+
+    /// Every adapted pair with its layer and target index, in flat-layout order.
+    pub fn pairs(&self) -> impl Iterator<Item = (usize, usize, &LoraPairGpu)> {
+        self.layers.iter().enumerate().flat_map(|(i, l)| {
+            l.iter()
+                .enumerate()
+                .filter_map(move |(t, p)| p.as_ref().map(|p| (i, t, p)))
+        })
+    }
+
+    /// The lowest layer with an adapter (the backward pass stops there), `None` without adapters.
+    pub fn lowest_layer(&self) -> Option<usize> {
+        self.pairs().next().map(|(i, _, _)| i)
+    }
+
+    /// Records zeroing every gradient (start of an optimizer step).
+    pub fn zero_grads(&self, enc: &mut Encoder) {
+        for (_, _, p) in self.pairs() {
+            enc.clear(&p.da);
+            enc.clear(&p.db);
+        }
+    }
+
+    fn check_flat(&self, flat: &GpuBuffer) -> Result<(), ModelError> {
+        if flat.len < (self.n_params * 4) as u64 {
+            return Err(ModelError::Shape(format!(
+                "flat LoRA buffer {:?} holds {} bytes, {} parameters need {}",
+                flat.label,
+                flat.len,
+                self.n_params,
+                self.n_params * 4
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records copying every gradient into the flat buffer `flat` (`[n_params]`).
+    pub fn copy_grads_to(&self, enc: &mut Encoder, flat: &GpuBuffer) -> Result<(), ModelError> {
+        self.check_flat(flat)?;
+        for (_, _, p) in self.pairs() {
+            let na = (self.r * p.n_in * 4) as u64;
+            enc.copy(&p.da, 0, flat, (p.offset * 4) as u64, na);
+            enc.copy(
+                &p.db,
+                0,
+                flat,
+                (p.offset * 4) as u64 + na,
+                (p.n_out * self.r * 4) as u64,
+            );
+        }
+        Ok(())
+    }
+
+    /// Records copying every parameter into the flat buffer `flat`.
+    pub fn copy_params_to(&self, enc: &mut Encoder, flat: &GpuBuffer) -> Result<(), ModelError> {
+        self.check_flat(flat)?;
+        for (_, _, p) in self.pairs() {
+            let na = (self.r * p.n_in * 4) as u64;
+            enc.copy(&p.a, 0, flat, (p.offset * 4) as u64, na);
+            enc.copy(
+                &p.b,
+                0,
+                flat,
+                (p.offset * 4) as u64 + na,
+                (p.n_out * self.r * 4) as u64,
+            );
+        }
+        Ok(())
+    }
+
+    /// Records copying the parameters back from the flat buffer (after an optimizer update).
+    pub fn copy_params_from(&self, enc: &mut Encoder, flat: &GpuBuffer) -> Result<(), ModelError> {
+        self.check_flat(flat)?;
+        for (_, _, p) in self.pairs() {
+            let na = (self.r * p.n_in * 4) as u64;
+            enc.copy(flat, (p.offset * 4) as u64, &p.a, 0, na);
+            enc.copy(
+                flat,
+                (p.offset * 4) as u64 + na,
+                &p.b,
+                0,
+                (p.n_out * self.r * 4) as u64,
+            );
+        }
+        Ok(())
+    }
+
+    /// Splits a flat host vector (`[n_params]`, e.g. read back from the optimizer's buffers) into
+    /// the host form.
+    pub fn unflatten(&self, flat: &[f32]) -> Result<Lora, ModelError> {
+        if flat.len() < self.n_params {
+            return Err(ModelError::Shape(format!(
+                "unflatten: {} values for {} LoRA parameters",
+                flat.len(),
+                self.n_params
+            )));
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                let mut out: [Option<LoraPair>; 7] = Default::default();
+                for (t, p) in l.iter().enumerate() {
+                    if let Some(p) = p {
+                        let na = self.r * p.n_in;
+                        let nb = p.n_out * self.r;
+                        out[t] = Some(LoraPair {
+                            a: flat[p.offset..p.offset + na].to_vec(),
+                            b: flat[p.offset + na..p.offset + na + nb].to_vec(),
+                        });
+                    }
+                }
+                out
+            })
+            .collect();
+        Ok(Lora {
+            r: self.r,
+            scale: self.scale,
+            layers,
+        })
+    }
+
+    /// Flattens host adapters of the same layout into `[n_params]`.
+    pub fn flatten(&self, lora: &Lora) -> Result<Vec<f32>, ModelError> {
+        let mut flat = vec![0f32; self.n_params];
+        for (i, t, p) in self.pairs() {
+            let hp = lora
+                .layers
+                .get(i)
+                .and_then(|l| l[t].as_ref())
+                .ok_or_else(|| {
+                    ModelError::Shape(format!("flatten: no pair for layers.{i}.{}", LINEARS[t]))
+                })?;
+            let na = self.r * p.n_in;
+            let nb = p.n_out * self.r;
+            if hp.a.len() != na || hp.b.len() != nb {
+                return Err(ModelError::Shape(format!(
+                    "flatten: layers.{i}.{} has a different shape",
+                    LINEARS[t]
+                )));
+            }
+            flat[p.offset..p.offset + na].copy_from_slice(&hp.a);
+            flat[p.offset + na..p.offset + na + nb].copy_from_slice(&hp.b);
+        }
+        Ok(flat)
+    }
+
+    /// Reads the adapters back to the host.
+    pub async fn download(&self, gpu: &Gpu) -> Result<Lora, ModelError> {
+        let mut flat = vec![0f32; self.n_params];
+        for (_, _, p) in self.pairs() {
+            let na = self.r * p.n_in;
+            let a = gpu.read::<f32>(&p.a).await?;
+            let b = gpu.read::<f32>(&p.b).await?;
+            flat[p.offset..p.offset + na].copy_from_slice(&a[..na]);
+            flat[p.offset + na..p.offset + na + p.n_out * self.r]
+                .copy_from_slice(&b[..p.n_out * self.r]);
+        }
+        self.unflatten(&flat)
+    }
+
+    /// Reads the gradients back to the host (same layout as the adapters).
+    pub async fn download_grads(&self, gpu: &Gpu) -> Result<Lora, ModelError> {
+        let mut flat = vec![0f32; self.n_params];
+        for (_, _, p) in self.pairs() {
+            let na = self.r * p.n_in;
+            let a = gpu.read::<f32>(&p.da).await?;
+            let b = gpu.read::<f32>(&p.db).await?;
+            flat[p.offset..p.offset + na].copy_from_slice(&a[..na]);
+            flat[p.offset + na..p.offset + na + p.n_out * self.r]
+                .copy_from_slice(&b[..p.n_out * self.r]);
+        }
+        self.unflatten(&flat)
+    }
+}

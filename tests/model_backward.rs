@@ -1,0 +1,173 @@
+//! The GPU model's LoRA backward pass (`LlamaModel::forward_backward`): loss and every LoRA gradient
+//! against the reference decoder (f32 and NF4 bases) and against PEFT's step-1 gradients
+//! (`tests/fixtures/hf/*/lora_train.safetensors`), on the tiny Llama, tied Llama-3 and Qwen2 models.
+
+mod common;
+
+use common::hf::{fixture, read_tensors, reference_model};
+use common::{assert_close, gpu};
+use tinytune::model::{LlamaModel, LoraGpu, ModelSource, Quant, Workspace};
+use tinytune::reference::llama::{self, Lora};
+use tinytune::train::{Adapter, LoraWeights};
+
+const MODELS: [&str; 3] = ["llama", "llama_tied_llama3", "qwen2"];
+
+/// Loss vs the reference: |gpu - ref| <= LOSS_ATOL + LOSS_RTOL * |ref|.
+const LOSS_ATOL: f32 = 1e-5;
+const LOSS_RTOL: f32 = 1e-5;
+/// LoRA gradients vs the reference (f32 sums in a different order over a chain of ~30 kernels).
+const GRAD_ATOL: f32 = 1e-5;
+const GRAD_RTOL: f32 = 1e-3;
+/// LoRA gradients vs PEFT's (torch CPU).
+const PEFT_GRAD_ATOL: f32 = 2e-5;
+const PEFT_GRAD_RTOL: f32 = 2e-3;
+
+struct Batch {
+    ids: Vec<u32>,
+    targets: Vec<i32>,
+    b: usize,
+    t: usize,
+}
+
+fn batch(name: &str) -> Batch {
+    let tr = read_tensors(&format!("{name}/lora_train.safetensors"));
+    let (shape, ids) = &tr["input_ids_i32"];
+    let (b, t) = (shape[0], shape[1]);
+    let labels: Vec<i32> = tr["labels_i32"].1.iter().map(|&v| v as i32).collect();
+    Batch {
+        ids: ids.iter().map(|&v| v as u32).collect(),
+        targets: llama::shift_labels(&labels, b, t),
+        b,
+        t,
+    }
+}
+
+fn init_adapter(name: &str, n_layers: usize) -> Lora {
+    let ad = Adapter::load(&fixture(&format!("{name}/lora_init"))).unwrap();
+    ad.weights
+        .to_layers(n_layers, ad.config.scale() as f32)
+        .unwrap()
+}
+
+fn flat_pairs(l: &Lora) -> Vec<(String, Vec<f32>)> {
+    let mut out = Vec::new();
+    for (i, layer) in l.layers.iter().enumerate() {
+        for (t, p) in layer.iter().enumerate() {
+            if let Some(p) = p {
+                out.push((
+                    format!("layers.{i}.{}.lora_A", llama::TARGETS[t]),
+                    p.a.clone(),
+                ));
+                out.push((
+                    format!("layers.{i}.{}.lora_B", llama::TARGETS[t]),
+                    p.b.clone(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// GPU loss and gradients of one batch, with the LM head done in chunks of `head_rows` rows.
+fn gpu_loss_and_grads(
+    model: &LlamaModel,
+    lora: &Lora,
+    bt: &Batch,
+    head_rows: usize,
+) -> (f32, Lora) {
+    let gpu = gpu().unwrap();
+    let lg = LoraGpu::upload(gpu, model, lora).unwrap();
+    let m = bt.b * bt.t;
+    let ws = Workspace::with_head_chunk(gpu, model, Some(&lg), m, true, head_rows).unwrap();
+    let n = bt
+        .targets
+        .iter()
+        .filter(|&&t| t >= 0 && (t as usize) < model.config.vocab_size)
+        .count();
+    let mut enc = gpu.encoder();
+    lg.zero_grads(&mut enc);
+    enc.submit();
+    model
+        .forward_backward(
+            gpu,
+            &ws,
+            &lg,
+            &bt.ids,
+            &bt.targets,
+            bt.b,
+            bt.t,
+            1.0 / n as f32,
+        )
+        .unwrap();
+    let loss = pollster::block_on(ws.loss_sum(gpu, m)).unwrap() / n as f64;
+    let grads = pollster::block_on(lg.download_grads(gpu)).unwrap();
+    (loss as f32, grads)
+}
+
+#[test]
+fn forward_backward_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    for name in MODELS {
+        let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+        let bt = batch(name);
+        for (quant, nf4) in [(Quant::None, false), (Quant::NF4, true)] {
+            let model = LlamaModel::load(gpu, &src, quant).unwrap();
+            let lora = init_adapter(name, model.layers.len());
+            let (d, w) = reference_model(&src, nf4);
+            let (want_loss, want) =
+                llama::loss_and_grads(&d, &w, &lora, &bt.ids, &bt.targets, bt.b, bt.t);
+            // Whole head at once, and in chunks of 3 rows (partial last chunk).
+            for head_rows in [bt.b * bt.t, 3] {
+                let (loss, got) = gpu_loss_and_grads(&model, &lora, &bt, head_rows);
+                let what = format!("{name} nf4={nf4} head_rows={head_rows}");
+                eprintln!("{what}: loss gpu {loss} ref {want_loss}");
+                assert_close(
+                    &format!("{what} loss"),
+                    &[loss],
+                    &[want_loss],
+                    LOSS_ATOL,
+                    LOSS_RTOL,
+                );
+                for ((k, g), (_, r)) in flat_pairs(&got).iter().zip(flat_pairs(&want)) {
+                    assert_close(&format!("{what} grad {k}"), g, &r, GRAD_ATOL, GRAD_RTOL);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_backward_matches_peft_step1_gradients() {
+    let Some(gpu) = gpu() else { return };
+    for name in MODELS {
+        let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+        let model = LlamaModel::load(gpu, &src, Quant::None).unwrap();
+        let bt = batch(name);
+        let lora = init_adapter(name, model.layers.len());
+        let (loss, got) = gpu_loss_and_grads(&model, &lora, &bt, bt.b * bt.t);
+        let tr = read_tensors(&format!("{name}/lora_train.safetensors"));
+        assert_close(
+            &format!("{name} loss vs PEFT"),
+            &[loss],
+            &tr["loss"].1[..1],
+            1e-5,
+            1e-4,
+        );
+        let got = LoraWeights::from_layers(&got);
+        let mut checked = 0;
+        for (key, p) in &got.pairs {
+            for (which, g) in [('A', &p.a), ('B', &p.b)] {
+                let want = &tr[&format!("grad1.{}", key.tensor_name(which))].1;
+                assert_close(
+                    &format!("{name} grad {}", key.tensor_name(which)),
+                    g,
+                    want,
+                    PEFT_GRAD_ATOL,
+                    PEFT_GRAD_RTOL,
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 28, "{name}: every LoRA tensor compared");
+    }
+}
