@@ -182,26 +182,26 @@ impl LlamaModel {
 /// Activations of one decoder layer: kept per layer for the backward pass, or one set shared by
 /// every layer in an inference forward. The normed inputs of the projections and the SwiGLU output
 /// are not kept; the backward pass recomputes them (cheap elementwise kernels).
-struct LayerActs {
+pub(crate) struct LayerActs {
     /// Layer input (residual stream) `[M, C]`.
-    x: GpuBuffer,
+    pub(crate) x: GpuBuffer,
     /// `x + o_proj(attention)` `[M, C]`.
-    x2: GpuBuffer,
-    rstd1: GpuBuffer,
-    rstd2: GpuBuffer,
+    pub(crate) x2: GpuBuffer,
+    pub(crate) rstd1: GpuBuffer,
+    pub(crate) rstd2: GpuBuffer,
     /// After RoPE `[M, H*D]`.
-    q: GpuBuffer,
+    pub(crate) q: GpuBuffer,
     /// After RoPE `[M, KVH*D]`.
-    k: GpuBuffer,
-    v: GpuBuffer,
+    pub(crate) k: GpuBuffer,
+    pub(crate) v: GpuBuffer,
     /// Attention output `[M, H*D]`.
-    attn: GpuBuffer,
+    pub(crate) attn: GpuBuffer,
     /// `[B, H, T]`.
-    lse: GpuBuffer,
-    gate: GpuBuffer,
-    up: GpuBuffer,
+    pub(crate) lse: GpuBuffer,
+    pub(crate) gate: GpuBuffer,
+    pub(crate) up: GpuBuffer,
     /// LoRA `h = x · Aᵀ` `[M, R]` of each adapted linear.
-    lora_h: [Option<GpuBuffer>; 7],
+    pub(crate) lora_h: [Option<GpuBuffer>; 7],
 }
 
 /// Gradient buffers of the backward pass (shared by every layer).
@@ -409,7 +409,7 @@ fn grads_of(ws: &Workspace) -> Result<&GradBufs, ModelError> {
 impl LlamaModel {
     /// Records `y (+)= x · Wᵀ (+ bias) (+ scale · (x · Aᵀ) · Bᵀ)` for linear `t` of layer `i`.
     #[allow(clippy::too_many_arguments)]
-    fn linear(
+    pub(crate) fn linear(
         &self,
         enc: &mut Encoder,
         lora: Option<&LoraGpu>,
@@ -600,7 +600,7 @@ impl LlamaModel {
     }
 
     /// The LM head weight `[V, C]` (the embedding when tied).
-    fn head(&self) -> &GpuBuffer {
+    pub(crate) fn head(&self) -> &GpuBuffer {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
@@ -697,6 +697,37 @@ impl LlamaModel {
         t: usize,
         grad_scale: f32,
     ) -> Result<(), ModelError> {
+        self.train_pass(gpu, ws, lora, ids, targets, b, t, Some(grad_scale))
+    }
+
+    /// The forward half of [`LlamaModel::forward_backward`] (evaluation): per-row losses into
+    /// `ws.loss_rows`, no gradients.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_loss(
+        &self,
+        gpu: &Gpu,
+        ws: &Workspace,
+        lora: &LoraGpu,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+    ) -> Result<(), ModelError> {
+        self.train_pass(gpu, ws, lora, ids, targets, b, t, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn train_pass(
+        &self,
+        gpu: &Gpu,
+        ws: &Workspace,
+        lora: &LoraGpu,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+        grad_scale: Option<f32>,
+    ) -> Result<(), ModelError> {
         let g = grads_of(ws)?;
         if targets.len() != ids.len() {
             return Err(ModelError::Shape(format!(
@@ -768,6 +799,11 @@ impl LlamaModel {
                 (r0 * 4) as u64,
                 (rows * 4) as u64,
             );
+            let Some(grad_scale) = grad_scale else {
+                enc.submit();
+                r0 += rows;
+                continue;
+            };
             nn::cross_entropy_bwd(&mut enc, &ws.logits, tsrc, &ws.ce_lse, rows, v, grad_scale)?;
             nn::matmul_bwd_input(&mut enc, &ws.logits, self.head(), dst, rows, c, v, false)?;
             if ws.chunk.is_some() {
@@ -776,7 +812,7 @@ impl LlamaModel {
             enc.submit();
             r0 += rows;
         }
-        let Some(lowest) = lora.lowest_layer() else {
+        let (Some(lowest), Some(_)) = (lora.lowest_layer(), grad_scale) else {
             return Ok(());
         };
         let mut enc = gpu.encoder();

@@ -63,6 +63,9 @@ pub struct TrainConfig {
     pub seq_len: usize,
     pub text_split: TextSplit,
     pub batch_size: usize,
+    /// Micro-batches of `batch_size` rows per optimizer step (gradient accumulation).
+    pub grad_accum: usize,
+    /// When training ends; `Steps` counts optimizer steps.
     pub stop: Stop,
     pub eval_split: EvalSplit,
     /// Evaluate every this many steps (0: only at the end).
@@ -88,6 +91,7 @@ impl Default for TrainConfig {
             seq_len: 512,
             text_split: TextSplit::Document,
             batch_size: 4,
+            grad_accum: 1,
             stop: Stop::Epochs(1),
             eval_split: EvalSplit::None,
             eval_every: 0,

@@ -12,7 +12,9 @@
 //! browser; the path-based helpers (in [`fsio`] and the `load`/`save` functions that use it) are
 //! native-only (`cfg(not(target_arch = "wasm32"))`).
 //!
-//! The optimizer kernel the trainer will drive is `tinytune_gpu::ops::optim`.
+//! - [`trainer`]: the training loop on the device (LoRA over a frozen f32/NF4 model, AdamW over one
+//!   flat buffer, gradient accumulation, clipping, eval, checkpoints); async only at readback.
+//! - [`model_tok`]: the model's tokenizer as the pipeline's [`Tokenize`].
 
 pub mod chat;
 pub mod checkpoint;
@@ -21,10 +23,12 @@ pub mod data;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fsio;
 pub mod metrics;
+pub mod model_tok;
 pub mod peft;
 pub mod rng;
 pub mod schedule;
 pub mod tokenize;
+pub mod trainer;
 
 pub use chat::{ChatMessage, ChatTemplate, RenderedChat};
 pub use checkpoint::{Checkpoint, OptimizerState, TrainerState};
@@ -34,10 +38,12 @@ pub use data::{
     EvalSplit, Example, Stop, TextSplit, IGNORE_INDEX,
 };
 pub use metrics::{MetricsRecord, MetricsWriter};
+pub use model_tok::ModelTokenizer;
 pub use peft::{Adapter, LoraConfig, LoraKey, LoraModule, LoraPair, LoraWeights, TargetModules};
 pub use rng::Rng;
 pub use schedule::{Schedule, ScheduleKind};
 pub use tokenize::{Tokenize, WithChatTemplate};
+pub use trainer::{upload_adapter, Clock, Start, Trainer};
 
 /// Errors of the train crate. Every variant that comes from a file names it (and, for datasets,
 /// the 1-based line).
@@ -45,6 +51,8 @@ pub use tokenize::{Tokenize, WithChatTemplate};
 pub enum TrainError {
     #[error(transparent)]
     Model(#[from] tinytune_model::ModelError),
+    #[error(transparent)]
+    Gpu(#[from] tinytune_gpu::GpuError),
     /// Reading or writing `path` failed.
     #[error("{path}: {source}")]
     Io {

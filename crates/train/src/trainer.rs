@@ -1,0 +1,482 @@
+//! The training loop: LoRA adapters over a frozen (f32 or NF4) [`LlamaModel`], trained on the
+//! device with AdamW over one flat parameter buffer.
+//!
+//! One optimizer step = `grad_accum` micro-batches of `batch_size` rows: the LoRA gradients of
+//! every micro-batch accumulate, scaled by `1 / (targets in the whole step)` (the gradient of the
+//! token-weighted mean loss, as transformers' Trainer does with `num_items_in_batch`), then one
+//! `optim/grad_norm` + `optim/adamw_step` dispatch updates the flat state (params, grads, Adam
+//! moments share one layout) and the pairs are refreshed from it.
+//!
+//! Batches are trimmed to their longest row (rows are right-padded, so later positions cannot
+//! change earlier ones under the causal mask). Time comes from a caller-provided clock so the same
+//! loop runs in a browser.
+
+use tinytune_gpu::ops::optim::{self, AdamW};
+use tinytune_gpu::{Gpu, GpuBuffer};
+use tinytune_model::{LlamaModel, LoraGpu, Workspace};
+use tinytune_reference::llama::{shift_labels, Lora};
+
+use crate::checkpoint::{Checkpoint, OptimizerState, TrainerState, CHECKPOINT_VERSION};
+use crate::config::TrainConfig;
+use crate::data::{
+    collate, split_eval, BatchIter, BatchPlan, DataPosition, Dataset, Example, Stop,
+};
+use crate::metrics::MetricsRecord;
+use crate::peft::{Adapter, LoraConfig, LoraKey, LoraModule, LoraWeights};
+use crate::schedule::Schedule;
+use crate::{Result, TrainError};
+
+/// How a run starts.
+pub enum Start {
+    /// PEFT's default init of a new adapter (seeded by `config.seed`).
+    Fresh,
+    /// From an existing adapter's weights (`train --adapter DIR`); its config (rank, alpha,
+    /// targets, rsLoRA) replaces the run's LoRA settings.
+    Adapter(Adapter),
+    /// Continue a checkpointed run: same adapter, optimizer state, data order and step count.
+    Resume(Box<Checkpoint>),
+}
+
+/// Seconds on some monotonic clock (`Instant` natively, `performance.now()` in a browser).
+pub type Clock = Box<dyn Fn() -> f64>;
+
+/// The flat optimizer state on the device.
+struct Flat {
+    params: GpuBuffer,
+    grads: GpuBuffer,
+    m: GpuBuffer,
+    v: GpuBuffer,
+    norm: GpuBuffer,
+}
+
+/// A training run in progress.
+pub struct Trainer<'g> {
+    gpu: &'g Gpu,
+    model: &'g LlamaModel,
+    pub config: TrainConfig,
+    pub lora_config: LoraConfig,
+    lora: LoraGpu,
+    ws: Workspace,
+    flat: Flat,
+    pub state: TrainerState,
+    schedule: Schedule,
+    train: Vec<Example>,
+    eval: Vec<Example>,
+    batches: BatchIter,
+    clock: Clock,
+    /// `clock()` at construction minus the elapsed time of a resumed run.
+    t0: f64,
+}
+
+/// Error for an unsupported or inconsistent setting.
+fn cfg_err(msg: impl Into<String>) -> TrainError {
+    TrainError::Config(msg.into())
+}
+
+/// The `(key, in, out)` of every projection `lora` adapts in `model`.
+fn lora_shapes(model: &LlamaModel, targets: &[LoraModule]) -> Vec<(LoraKey, usize, usize)> {
+    let mut out = Vec::new();
+    for (layer, l) in model.layers.iter().enumerate() {
+        for (t, module) in LoraModule::ALL.iter().enumerate() {
+            if targets.contains(module) {
+                let lin = &l.linears[t];
+                out.push((
+                    LoraKey {
+                        layer,
+                        module: *module,
+                    },
+                    lin.n_in,
+                    lin.n_out,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Host LoRA of `weights` for `model`, checking every pair's shape.
+fn host_lora(model: &LlamaModel, weights: &LoraWeights, scale: f64) -> Result<Lora> {
+    for (k, p) in &weights.pairs {
+        let lin = model
+            .layers
+            .get(k.layer)
+            .map(|l| {
+                &l.linears[LoraModule::ALL
+                    .iter()
+                    .position(|m| *m == k.module)
+                    .unwrap_or(0)]
+            })
+            .ok_or_else(|| {
+                cfg_err(format!(
+                    "the adapter has layer {} but the model has {} layers",
+                    k.layer,
+                    model.layers.len()
+                ))
+            })?;
+        if p.in_features != lin.n_in || p.out_features != lin.n_out {
+            return Err(cfg_err(format!(
+                "adapter {} is [{} -> {}], the model's layer is [{} -> {}]: the adapter belongs to another model",
+                k.module_path(),
+                p.in_features,
+                p.out_features,
+                lin.n_in,
+                lin.n_out
+            )));
+        }
+    }
+    weights.to_layers(model.layers.len(), scale as f32)
+}
+
+/// Uploads a PEFT adapter for inference or training.
+pub fn upload_adapter(gpu: &Gpu, model: &LlamaModel, adapter: &Adapter) -> Result<LoraGpu> {
+    let lora = host_lora(model, &adapter.weights, adapter.config.scale())?;
+    Ok(LoraGpu::upload(gpu, model, &lora)?)
+}
+
+/// Input ids and shifted targets of a batch, trimmed to its longest row: `(ids, targets, rows, t)`.
+pub fn trimmed(
+    examples: &[Example],
+    indices: &[usize],
+) -> Result<(Vec<u32>, Vec<i32>, usize, usize)> {
+    let b = collate(examples, indices)?;
+    let t = indices
+        .iter()
+        .map(|&i| examples[i].len)
+        .max()
+        .unwrap_or(0)
+        .clamp(1, b.seq_len);
+    let mut ids = Vec::with_capacity(b.rows * t);
+    let mut labels = Vec::with_capacity(b.rows * t);
+    for r in 0..b.rows {
+        ids.extend_from_slice(&b.input_ids[r * b.seq_len..r * b.seq_len + t]);
+        labels.extend_from_slice(&b.labels[r * b.seq_len..r * b.seq_len + t]);
+    }
+    let targets = shift_labels(&labels, b.rows, t);
+    Ok((ids, targets, b.rows, t))
+}
+
+fn count_targets(targets: &[i32], v: usize) -> usize {
+    targets
+        .iter()
+        .filter(|&&t| t >= 0 && (t as usize) < v)
+        .count()
+}
+
+impl<'g> Trainer<'g> {
+    /// Sets up a run over `data` (split into train/eval by `config.eval_split`).
+    pub fn new(
+        gpu: &'g Gpu,
+        model: &'g LlamaModel,
+        mut config: TrainConfig,
+        data: Dataset,
+        start: Start,
+        clock: Clock,
+    ) -> Result<Trainer<'g>> {
+        if config.grad_accum == 0 || config.batch_size == 0 {
+            return Err(cfg_err(
+                "batch size and gradient accumulation must be at least 1",
+            ));
+        }
+        let (weights, lora_config, opt, resumed) = match start {
+            Start::Fresh => {
+                if config.lora.r == 0 {
+                    return Err(cfg_err("LoRA rank must be at least 1"));
+                }
+                if config.lora.targets.is_empty() {
+                    return Err(cfg_err("no LoRA target modules"));
+                }
+                let w = LoraWeights::init(
+                    lora_shapes(model, &config.lora.targets),
+                    config.lora.r,
+                    config.seed,
+                );
+                (w, config.lora_config(), None, None)
+            }
+            Start::Adapter(a) => {
+                config.lora.r = a.config.r;
+                config.lora.alpha = a.config.lora_alpha;
+                config.lora.use_rslora = a.config.use_rslora;
+                config.lora.targets = LoraModule::ALL
+                    .into_iter()
+                    .filter(|m| a.weights.pairs.keys().any(|k| k.module == *m))
+                    .collect();
+                let mut lc = a.config.clone();
+                lc.lora_dropout = config.lora.dropout;
+                if !config.base_model.is_empty() {
+                    lc.base_model_name_or_path = Some(config.base_model.clone());
+                }
+                (a.weights, lc, None, None)
+            }
+            Start::Resume(ck) => {
+                let ck = *ck;
+                (
+                    ck.adapter.weights,
+                    ck.adapter.config,
+                    Some(ck.optimizer),
+                    Some(ck.state),
+                )
+            }
+        };
+        if config.lora.dropout != 0.0 {
+            return Err(cfg_err(format!(
+                "lora_dropout {} is not supported yet: train with dropout 0",
+                config.lora.dropout
+            )));
+        }
+        let host = host_lora(model, &weights, lora_config.scale())?;
+        let lora = LoraGpu::upload(gpu, model, &host)?;
+        let n = lora.n_params;
+        if n == 0 {
+            return Err(cfg_err("the adapter has no trainable parameters"));
+        }
+        let flat = Flat {
+            params: gpu.alloc("lora.params", (n * 4) as u64)?,
+            grads: gpu.alloc("lora.grads", (n * 4) as u64)?,
+            m: gpu.alloc("adam.exp_avg", (n * 4) as u64)?,
+            v: gpu.alloc("adam.exp_avg_sq", (n * 4) as u64)?,
+            norm: gpu.alloc("grad_norm", 4)?,
+        };
+        let mut enc = gpu.encoder();
+        lora.copy_params_to(&mut enc, &flat.params)?;
+        enc.submit();
+        if let Some(o) = &opt {
+            let m = lora.flatten(&host_lora(model, &o.m, 1.0)?)?;
+            let v = lora.flatten(&host_lora(model, &o.v, 1.0)?)?;
+            gpu.write(&flat.m, 0, bytemuck_f32(&m));
+            gpu.write(&flat.v, 0, bytemuck_f32(&v));
+        }
+
+        // Data: eval split, batch plan over micro-batches, total optimizer steps.
+        let seq_len = data.seq_len;
+        let (train, eval) = split_eval(data.examples, config.eval_split, config.seed)?;
+        if train.is_empty() {
+            return Err(cfg_err("no training examples"));
+        }
+        if config.seq_len != seq_len {
+            config.seq_len = seq_len;
+        }
+        let plan = BatchPlan::new(train.len(), config.batch_size, config.seed)?;
+        let ga = config.grad_accum as u64;
+        let (micro_stop, total_steps) = match config.stop {
+            Stop::Steps(s) => (Stop::Steps(s * ga), s),
+            Stop::Epochs(e) => (
+                Stop::Epochs(e),
+                (e * plan.batches_per_epoch() as u64).div_ceil(ga),
+            ),
+        };
+        if total_steps == 0 {
+            return Err(cfg_err("the run has 0 optimizer steps"));
+        }
+        let schedule = config.schedule(total_steps)?;
+        let state = match resumed {
+            Some(s) => {
+                if s.n_train_examples != train.len() || s.data_seed != config.seed {
+                    return Err(cfg_err(format!(
+                        "the checkpoint was trained on {} examples with seed {}, now {} with seed {}: \
+                         the data order cannot be resumed (use the same data, eval split and seed)",
+                        s.n_train_examples,
+                        s.data_seed,
+                        train.len(),
+                        config.seed
+                    )));
+                }
+                s
+            }
+            None => TrainerState {
+                version: CHECKPOINT_VERSION,
+                global_step: 0,
+                position: DataPosition::default(),
+                rng_state: 0,
+                data_seed: config.seed,
+                n_train_examples: train.len(),
+                total_steps,
+                tokens_seen: 0,
+                elapsed_s: 0.0,
+                last_lr: 0.0,
+                best_eval_loss: None,
+            },
+        };
+        let batches = plan.iter(state.position, state.global_step * ga, micro_stop)?;
+        let rows = config.batch_size * seq_len;
+        let ws = Workspace::new(gpu, model, Some(&lora), rows, true)?;
+        let t0 = clock() - state.elapsed_s;
+        Ok(Trainer {
+            gpu,
+            model,
+            config,
+            lora_config,
+            lora,
+            ws,
+            flat,
+            state,
+            schedule,
+            train,
+            eval,
+            batches,
+            clock,
+            t0,
+        })
+    }
+
+    /// Optimizer steps of the whole run.
+    pub fn total_steps(&self) -> u64 {
+        self.state.total_steps
+    }
+
+    /// Number of trainable parameters.
+    pub fn n_params(&self) -> usize {
+        self.lora.n_params
+    }
+
+    /// Training and eval example counts.
+    pub fn n_examples(&self) -> (usize, usize) {
+        (self.train.len(), self.eval.len())
+    }
+
+    /// The adapters on the device (for generation during or after training).
+    pub fn lora(&self) -> &LoraGpu {
+        &self.lora
+    }
+
+    /// Runs one optimizer step; `None` when the run is over.
+    pub async fn step(&mut self) -> Result<Option<MetricsRecord>> {
+        let gpu = self.gpu;
+        let v = self.model.config.vocab_size;
+        let mut micro = Vec::new();
+        for _ in 0..self.config.grad_accum {
+            match self.batches.next() {
+                Some(ix) => micro.push(trimmed(&self.train, &ix)?),
+                None => break,
+            }
+        }
+        if micro.is_empty() {
+            return Ok(None);
+        }
+        let total: usize = micro.iter().map(|m| count_targets(&m.1, v)).sum();
+        let scale = 1.0 / total.max(1) as f32;
+        let mut enc = gpu.encoder();
+        self.lora.zero_grads(&mut enc);
+        enc.submit();
+        let mut loss_sum = 0.0;
+        let mut tokens = 0u64;
+        for (ids, targets, b, t) in &micro {
+            self.model
+                .forward_backward(gpu, &self.ws, &self.lora, ids, targets, *b, *t, scale)?;
+            loss_sum += self.ws.loss_sum(gpu, b * t).await?;
+            tokens += ids.len() as u64;
+        }
+        let step = self.state.global_step + 1;
+        let lr = self.schedule.lr(self.state.global_step);
+        let cfg = AdamW {
+            lr,
+            beta1: self.config.adamw.beta1,
+            beta2: self.config.adamw.beta2,
+            eps: self.config.adamw.eps,
+            weight_decay: self.config.adamw.weight_decay,
+        };
+        let n = self.lora.n_params;
+        let f = &self.flat;
+        let mut enc = gpu.encoder();
+        self.lora.copy_grads_to(&mut enc, &f.grads)?;
+        optim::grad_norm(&mut enc, &f.grads, n, &f.norm)?;
+        let clip = (self.config.max_grad_norm > 0.0)
+            .then_some((self.config.max_grad_norm as f32, &f.norm));
+        optim::adamw_step(
+            &mut enc,
+            &f.params,
+            &f.grads,
+            &f.m,
+            &f.v,
+            n,
+            step as u32,
+            &cfg,
+            clip,
+        )?;
+        self.lora.copy_params_from(&mut enc, &f.params)?;
+        enc.submit();
+        let grad_norm = gpu.read::<f32>(&f.norm).await?[0] as f64;
+        let now = (self.clock)();
+        let elapsed = now - self.t0;
+        let step_time = elapsed - self.state.elapsed_s;
+        self.state.global_step = step;
+        self.state.position = self.batches.position();
+        self.state.tokens_seen += tokens;
+        self.state.elapsed_s = elapsed;
+        self.state.last_lr = lr;
+        Ok(Some(MetricsRecord {
+            step,
+            loss: loss_sum / total.max(1) as f64,
+            lr,
+            grad_norm,
+            tokens_per_s: if step_time > 0.0 {
+                tokens as f64 / step_time
+            } else {
+                0.0
+            },
+            elapsed_s: elapsed,
+            eval_loss: None,
+            eval_ppl: None,
+        }))
+    }
+
+    /// Mean loss over the held-out examples (`None` without an eval split).
+    pub async fn evaluate(&mut self) -> Result<Option<f64>> {
+        if self.eval.is_empty() {
+            return Ok(None);
+        }
+        let loss = self.loss_on(&self.eval).await?;
+        if self.state.best_eval_loss.is_none_or(|b| loss < b) {
+            self.state.best_eval_loss = Some(loss);
+        }
+        // Evaluation time is not training time.
+        self.t0 = (self.clock)() - self.state.elapsed_s;
+        Ok(Some(loss))
+    }
+
+    /// Token-weighted mean loss of the current adapters over `examples`.
+    pub async fn loss_on(&self, examples: &[Example]) -> Result<f64> {
+        let gpu = self.gpu;
+        let v = self.model.config.vocab_size;
+        let plan = BatchPlan::sequential(examples.len(), self.config.batch_size)?;
+        let (mut sum, mut count) = (0.0, 0usize);
+        for ix in plan.iter(DataPosition::default(), 0, Stop::Epochs(1))? {
+            let (ids, targets, b, t) = trimmed(examples, &ix)?;
+            self.model
+                .forward_loss(gpu, &self.ws, &self.lora, &ids, &targets, b, t)?;
+            sum += self.ws.loss_sum(gpu, b * t).await?;
+            count += count_targets(&targets, v);
+        }
+        Ok(sum / count.max(1) as f64)
+    }
+
+    async fn read_weights(&self, buf: &GpuBuffer) -> Result<LoraWeights> {
+        let flat = self.gpu.read::<f32>(buf).await?;
+        Ok(LoraWeights::from_layers(&self.lora.unflatten(&flat)?))
+    }
+
+    /// The current adapter in PEFT's layout.
+    pub async fn adapter(&self) -> Result<Adapter> {
+        Ok(Adapter {
+            config: self.lora_config.clone(),
+            weights: self.read_weights(&self.flat.params).await?,
+        })
+    }
+
+    /// Everything needed to resume the run.
+    pub async fn checkpoint(&self) -> Result<Checkpoint> {
+        Ok(Checkpoint {
+            adapter: self.adapter().await?,
+            optimizer: OptimizerState {
+                step: self.state.global_step,
+                m: self.read_weights(&self.flat.m).await?,
+                v: self.read_weights(&self.flat.v).await?,
+            },
+            state: self.state.clone(),
+            config: self.config.clone(),
+        })
+    }
+}
+
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}

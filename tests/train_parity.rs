@@ -1,0 +1,218 @@
+//! The trainer against PEFT: 3 AdamW steps (clipping, weight decay) from the same initial adapter
+//! on the same batch (`tests/fixtures/hf/*/lora_train.safetensors`, f32 base, and
+//! `*/nf4/lora_train.safetensors`, PEFT + bitsandbytes QLoRA): losses, gradient norms and the
+//! adapter after every step. Also checkpoint/resume: 1 + 2 steps equal 3 steps.
+
+mod common;
+
+use common::hf::{fixture, read_tensors};
+use common::{assert_close, gpu};
+use tinytune::model::{LlamaModel, ModelSource, Quant};
+use tinytune::train::{
+    AdamWConfig, Adapter, DataStats, Dataset, Example, ScheduleKind, Start, Stop, TrainConfig,
+    Trainer,
+};
+
+const MODELS: [&str; 3] = ["llama", "llama_tied_llama3", "qwen2"];
+
+/// Loss vs PEFT: |ours - peft| <= LOSS_ATOL + LOSS_RTOL * |peft| (the issue asks 1e-4 relative).
+const LOSS_ATOL: f32 = 0.0;
+const LOSS_RTOL: f32 = 1e-4;
+/// Gradient norm before clipping.
+const NORM_RTOL: f32 = 1e-4;
+/// LoRA weights after each step (the issue asks 1e-3 relative), per tensor:
+/// `||ours - peft|| <= W_RTOL * ||peft||`. Not elementwise: AdamW's update `m / (sqrt(v) + eps)`
+/// is ill-conditioned where a gradient is near `eps` (qwen2's k_proj has a step-1 gradient of
+/// 3.8e-8, whose update then depends on its last bits), while the tensor as a whole is stable.
+const W_RTOL: f64 = 1e-3;
+
+/// `||a - b|| / ||b||`.
+fn rel_norm(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (d / n.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+fn dataset(rel: &str) -> Dataset {
+    let tr = read_tensors(rel);
+    let (shape, ids) = &tr["input_ids_i32"];
+    let (b, t) = (shape[0], shape[1]);
+    let labels = &tr["labels_i32"].1;
+    let examples = (0..b)
+        .map(|r| Example {
+            input_ids: ids[r * t..(r + 1) * t].iter().map(|&v| v as u32).collect(),
+            labels: labels[r * t..(r + 1) * t]
+                .iter()
+                .map(|&v| v as i32)
+                .collect(),
+            len: t,
+        })
+        .collect();
+    Dataset {
+        seq_len: t,
+        examples,
+        stats: DataStats::default(),
+    }
+}
+
+/// The fixture recipe: constant lr 1e-2, AdamW (0.9, 0.999, 1e-8, wd 0.01), clip 1.0, the whole
+/// batch every step.
+fn recipe(steps: u64) -> TrainConfig {
+    TrainConfig {
+        batch_size: 2,
+        stop: Stop::Steps(steps),
+        lr: 1e-2,
+        schedule: ScheduleKind::Constant,
+        max_grad_norm: 1.0,
+        adamw: AdamWConfig {
+            weight_decay: 0.01,
+            ..AdamWConfig::default()
+        },
+        ..TrainConfig::default()
+    }
+}
+
+fn check_run(name: &str, quant: Quant, train_rel: &str) {
+    let gpu = gpu().unwrap();
+    let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+    let model = LlamaModel::load(gpu, &src, quant).unwrap();
+    let init = Adapter::load(&fixture(&format!("{name}/lora_init"))).unwrap();
+    let want = read_tensors(train_rel);
+    let mut tr = Trainer::new(
+        gpu,
+        &model,
+        recipe(3),
+        dataset(train_rel),
+        Start::Adapter(init),
+        Box::new(|| 0.0),
+    )
+    .unwrap();
+    assert_eq!(tr.total_steps(), 3);
+    for k in 1..=3u64 {
+        let rec = pollster::block_on(tr.step()).unwrap().expect("a step");
+        let what = format!("{train_rel} step {k}");
+        eprintln!(
+            "{what}: loss {} (peft {}), grad_norm {} (peft {})",
+            rec.loss,
+            want["loss"].1[k as usize - 1],
+            rec.grad_norm,
+            want["grad_norm"].1[k as usize - 1]
+        );
+        assert_close(
+            &format!("{what} loss"),
+            &[rec.loss as f32],
+            &want["loss"].1[k as usize - 1..k as usize],
+            LOSS_ATOL,
+            LOSS_RTOL,
+        );
+        assert_close(
+            &format!("{what} grad_norm"),
+            &[rec.grad_norm as f32],
+            &want["grad_norm"].1[k as usize - 1..k as usize],
+            0.0,
+            NORM_RTOL,
+        );
+        let ad = pollster::block_on(tr.adapter()).unwrap();
+        assert_eq!(ad.weights.pairs.len(), 14 * model.layers.len() / 2);
+        let mut worst = (0.0, String::new());
+        for (key, p) in &ad.weights.pairs {
+            for (which, got) in [('A', &p.a), ('B', &p.b)] {
+                let name = format!("step{k}.{}", key.tensor_name(which));
+                let e = rel_norm(got, &want[&name].1);
+                if e > worst.0 {
+                    worst = (e, name);
+                }
+            }
+        }
+        eprintln!(
+            "{what}: worst adapter tensor ||d||/||peft|| = {:.2e} ({})",
+            worst.0, worst.1
+        );
+        assert!(
+            worst.0 <= W_RTOL,
+            "{what}: {} differs from PEFT by {:.2e} relative",
+            worst.1,
+            worst.0
+        );
+    }
+    assert!(
+        pollster::block_on(tr.step()).unwrap().is_none(),
+        "3 steps only"
+    );
+}
+
+#[test]
+fn three_adamw_steps_match_peft_f32() {
+    if gpu().is_none() {
+        return;
+    }
+    for name in MODELS {
+        check_run(name, Quant::None, &format!("{name}/lora_train.safetensors"));
+    }
+}
+
+#[test]
+fn three_adamw_steps_match_peft_qlora_nf4() {
+    if gpu().is_none() {
+        return;
+    }
+    for name in MODELS {
+        check_run(
+            name,
+            Quant::NF4,
+            &format!("{name}/nf4/lora_train.safetensors"),
+        );
+    }
+}
+
+#[test]
+fn checkpoint_resume_continues_the_same_run() {
+    let Some(gpu) = gpu() else { return };
+    let name = "qwen2";
+    let rel = format!("{name}/lora_train.safetensors");
+    let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+    let model = LlamaModel::load(gpu, &src, Quant::NF4).unwrap();
+    let init = || Adapter::load(&fixture(&format!("{name}/lora_init"))).unwrap();
+    let run = |start: Start, steps: u64| {
+        Trainer::new(
+            gpu,
+            &model,
+            recipe(steps),
+            dataset(&rel),
+            start,
+            Box::new(|| 0.0),
+        )
+        .unwrap()
+    };
+    let mut full = run(Start::Adapter(init()), 3);
+    let mut losses = Vec::new();
+    while let Some(r) = pollster::block_on(full.step()).unwrap() {
+        losses.push(r.loss);
+    }
+    let mut first = run(Start::Adapter(init()), 3);
+    let r1 = pollster::block_on(first.step()).unwrap().unwrap();
+    let ck = pollster::block_on(first.checkpoint()).unwrap();
+    // Through the files, as `--resume` reads them.
+    let dir = std::env::temp_dir().join(format!("tinytune-resume-{}", std::process::id()));
+    ck.save(&dir).unwrap();
+    let ck = tinytune::train::Checkpoint::load(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(ck.state.global_step, 1);
+    let mut second = run(Start::Resume(Box::new(ck)), 3);
+    let mut resumed = vec![r1.loss];
+    while let Some(r) = pollster::block_on(second.step()).unwrap() {
+        resumed.push(r.loss);
+        assert_eq!(r.step, resumed.len() as u64);
+    }
+    assert_eq!(resumed.len(), 3);
+    for (a, b) in losses.iter().zip(&resumed) {
+        assert_eq!(
+            a, b,
+            "resumed losses are bit-identical: {losses:?} vs {resumed:?}"
+        );
+    }
+    let fa = pollster::block_on(full.adapter()).unwrap();
+    let sa = pollster::block_on(second.adapter()).unwrap();
+    assert_eq!(fa.weights, sa.weights, "same final adapter");
+}
