@@ -18,7 +18,7 @@ struct Cli {
     /// [default: $WGPU_ADAPTER_NAME, else the high-performance adapter wgpu picks;
     /// WGPU_BACKEND restricts the backends, e.g. WGPU_BACKEND=vulkan].
     #[arg(long, global = true, value_name = "NAME")]
-    adapter: Option<String>,
+    gpu: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,9 +57,9 @@ fn main() -> ExitCode {
     }));
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Info => info::run(cli.adapter.clone()),
-        Command::Quantize(args) => quantize::run(args, cli.adapter.clone()),
-        Command::Logits(args) => logits::run(args, cli.adapter.clone()),
+        Command::Info => info::run(cli.gpu.clone()),
+        Command::Quantize(args) => quantize::run(args, cli.gpu.clone()),
+        Command::Logits(args) => logits::run(args, cli.gpu.clone()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
