@@ -2,6 +2,7 @@
 //!
 //! Errors print as one line `error: <message>` on stderr and exit with status 1.
 
+mod generate;
 mod info;
 mod logits;
 mod pyrepr;
@@ -38,6 +39,9 @@ enum Command {
     /// Run the forward pass of a model (HF folder or GGUF) on token ids or a prompt and write the
     /// f32 logits [T, V] to a safetensors file (for debugging and parity checks).
     Logits(logits::LogitsArgs),
+    /// Generate text after a prompt with a KV cache (greedy or sampled), optionally with a PEFT
+    /// LoRA adapter, streaming it to stdout; the speed goes to stderr.
+    Generate(generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Info => info::run(cli.gpu.clone()),
         Command::Quantize(args) => quantize::run(args, cli.gpu.clone()),
         Command::Logits(args) => logits::run(args, cli.gpu.clone()),
+        Command::Generate(args) => generate::run(args, cli.gpu.clone()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

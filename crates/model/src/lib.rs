@@ -1,5 +1,5 @@
 //! Llama-family models for tinytune: config, weight loading, tokenizer (this layer), and later the
-//! forward/backward pass on the GPU, LoRA and generation.
+//! forward/backward pass on the GPU, LoRA and generation ([`KvDecoder`], [`sampling`]).
 //!
 //! # Loading a model
 //! [`ModelSource::open`] takes either a Hugging Face folder (`config.json` + `model.safetensors` or
@@ -22,10 +22,12 @@
 pub mod bytes;
 pub mod config;
 pub mod dtype;
+pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod lora;
 pub mod safetensors;
+pub mod sampling;
 pub mod source;
 pub mod tokenizer;
 
@@ -34,12 +36,14 @@ pub use bytes::MmapBytes;
 pub use bytes::{ByteSource, ChunkedBytes, MemBytes};
 pub use config::{LlamaConfig, ModelType, RopeScaling, TokenIds};
 pub use dtype::GgmlType;
+pub use generate::{stop_ids, GenerateOptions, Generated, KvDecoder, StopReason, TextStream};
 pub use gguf::{
     config_from_gguf, gguf_to_hf_name, hf_to_gguf_name, GgufFile, GgufTensorInfo, GgufValue,
 };
 pub use llama::{LlamaModel, Quant, Workspace};
 pub use lora::{LoraGpu, LoraPairGpu};
 pub use safetensors::{SafetensorsFile, StDtype, StTensorInfo};
+pub use sampling::{Sampler, SamplingParams};
 pub use source::{unpermute_qk_rows, HfParts, HostTensor, ModelSource, SourceFormat, TensorMeta};
 pub use tokenizer::Tokenizer;
 

@@ -1,0 +1,485 @@
+//! Text generation with a KV cache: [`KvDecoder`] runs the decoder of a [`LlamaModel`] (with or
+//! without LoRA adapters) incrementally, keeping every layer's keys and values on the device, and
+//! [`KvDecoder::generate`] samples token after token ([`crate::sampling`]) until an end-of-sequence
+//! id, `max_new_tokens`, or the cache's capacity, handing each token to a streaming callback.
+//! [`TextStream`] turns the token stream back into text piece by piece.
+//!
+//! # How a step runs
+//! [`KvDecoder::feed`] takes `n` new tokens at positions `len..len+n` (the prompt in chunks of up
+//! to [`KvDecoder::chunk`] rows, then one token per decoding step). Per layer it runs the same
+//! kernels as [`LlamaModel::forward_with`] (the shared `LlamaModel::linear`, so NF4 / f32 bases and
+//! LoRA behave identically), with three differences: RoPE reads the absolute positions, the keys
+//! (after RoPE) and values of the new rows are appended to the layer's cache with buffer copies, and
+//! attention runs the new queries against the whole cache (`Tq = n`, `Tk = len + n`: the kernel
+//! aligns the queries to the end of the keys, so query `i` sees keys `<= len + i`). Only the last
+//! row goes through the final norm and the LM head, and one row of logits (`V` floats) is read
+//! back.
+
+use tinytune_gpu::ops::nn;
+use tinytune_gpu::{Gpu, GpuBuffer};
+
+use crate::llama::{LayerActs, LlamaModel};
+use crate::lora::LoraGpu;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::Tokenizer;
+use crate::{ModelError, Result};
+
+/// Largest number of prompt rows one prefill pass runs by default (bounds the activations).
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+
+/// An incremental decoder over one sequence (batch size 1) with per-layer K/V caches.
+pub struct KvDecoder<'a> {
+    gpu: &'a Gpu,
+    model: &'a LlamaModel,
+    lora: Option<&'a LoraGpu>,
+    /// Per layer `[max_len, KVH*D]` keys (after RoPE) and values.
+    kcache: Vec<GpuBuffer>,
+    vcache: Vec<GpuBuffer>,
+    /// Activations of up to `chunk` rows, shared by every layer.
+    acts: LayerActs,
+    ids: GpuBuffer,
+    pos: GpuBuffer,
+    hbuf: GpuBuffer,
+    act: GpuBuffer,
+    x_final: GpuBuffer,
+    /// The last row's residual stream `[C]`, its norm, and its logits `[V]`.
+    last_x: GpuBuffer,
+    last_h: GpuBuffer,
+    last_rstd: GpuBuffer,
+    logits: GpuBuffer,
+    max_len: usize,
+    chunk: usize,
+    len: usize,
+}
+
+impl<'a> KvDecoder<'a> {
+    /// A decoder whose caches hold `max_len` positions (at most the model's
+    /// `max_position_embeddings`), running prompts in chunks of up to [`DEFAULT_PREFILL_CHUNK`]
+    /// rows. `lora` must be the adapters every later call uses.
+    pub fn new(
+        gpu: &'a Gpu,
+        model: &'a LlamaModel,
+        lora: Option<&'a LoraGpu>,
+        max_len: usize,
+    ) -> Result<KvDecoder<'a>> {
+        KvDecoder::with_chunk(gpu, model, lora, max_len, DEFAULT_PREFILL_CHUNK)
+    }
+
+    /// [`KvDecoder::new`] with prompts run in chunks of up to `chunk` rows.
+    pub fn with_chunk(
+        gpu: &'a Gpu,
+        model: &'a LlamaModel,
+        lora: Option<&'a LoraGpu>,
+        max_len: usize,
+        chunk: usize,
+    ) -> Result<KvDecoder<'a>> {
+        let cfg = &model.config;
+        if max_len == 0 {
+            return Err(ModelError::Shape("KV cache of 0 positions".into()));
+        }
+        if max_len > cfg.max_position_embeddings {
+            return Err(ModelError::Shape(format!(
+                "a KV cache of {max_len} positions exceeds the model's max_position_embeddings ({})",
+                cfg.max_position_embeddings
+            )));
+        }
+        let m = chunk.clamp(1, max_len);
+        let (c, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
+        let (h, kvh, inter) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.intermediate_size,
+        );
+        let f = |rows: usize, n: usize| (rows * n * 4) as u64;
+        let mut kcache = Vec::with_capacity(model.layers.len());
+        let mut vcache = Vec::with_capacity(model.layers.len());
+        for i in 0..model.layers.len() {
+            kcache.push(gpu.alloc(&format!("kv.{i}.k"), f(max_len, kvh * hd))?);
+            vcache.push(gpu.alloc(&format!("kv.{i}.v"), f(max_len, kvh * hd))?);
+        }
+        let mut lora_h: [Option<GpuBuffer>; 7] = Default::default();
+        if let Some(l) = lora {
+            for (t, slot) in lora_h.iter_mut().enumerate() {
+                if l.layers.iter().any(|p| p[t].is_some()) {
+                    *slot = Some(gpu.alloc(&format!("dec.lora_h.{t}"), f(m, l.r))?);
+                }
+            }
+        }
+        let acts = LayerActs {
+            x: gpu.alloc("dec.x", f(m, c))?,
+            x2: gpu.alloc("dec.x2", f(m, c))?,
+            rstd1: gpu.alloc("dec.rstd1", f(m, 1))?,
+            rstd2: gpu.alloc("dec.rstd2", f(m, 1))?,
+            q: gpu.alloc("dec.q", f(m, h * hd))?,
+            k: gpu.alloc("dec.k", f(m, kvh * hd))?,
+            v: gpu.alloc("dec.v", f(m, kvh * hd))?,
+            attn: gpu.alloc("dec.attn", f(m, h * hd))?,
+            lse: gpu.alloc("dec.lse", f(m, h))?,
+            gate: gpu.alloc("dec.gate", f(m, inter))?,
+            up: gpu.alloc("dec.up", f(m, inter))?,
+            lora_h,
+        };
+        Ok(KvDecoder {
+            gpu,
+            model,
+            lora,
+            kcache,
+            vcache,
+            acts,
+            ids: gpu.alloc("dec.ids", f(m, 1))?,
+            pos: gpu.alloc("dec.positions", f(m, 1))?,
+            hbuf: gpu.alloc("dec.normed", f(m, c))?,
+            act: gpu.alloc("dec.act", f(m, inter))?,
+            x_final: gpu.alloc("dec.x_final", f(m, c))?,
+            last_x: gpu.alloc("dec.last_x", f(1, c))?,
+            last_h: gpu.alloc("dec.last_h", f(1, c))?,
+            last_rstd: gpu.alloc("dec.last_rstd", 4)?,
+            logits: gpu.alloc("dec.logits", f(1, v))?,
+            max_len,
+            chunk: m,
+            len: 0,
+        })
+    }
+
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions the caches hold.
+    pub fn capacity(&self) -> usize {
+        self.max_len
+    }
+
+    /// Most rows one pass runs.
+    pub fn chunk(&self) -> usize {
+        self.chunk
+    }
+
+    /// Forgets the cached positions (the next [`KvDecoder::feed`] starts at position 0).
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends `ids` at positions `len..len + ids.len()` and returns the logits `[V]` of the last
+    /// one (the distribution of the token after it). Errors if the caches would overflow or an id
+    /// is outside the vocabulary.
+    pub async fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            return Err(ModelError::Shape("feed: no tokens".into()));
+        }
+        let v = self.model.config.vocab_size;
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= v) {
+            return Err(ModelError::Shape(format!(
+                "token id {bad} is outside the vocabulary ({v} tokens)"
+            )));
+        }
+        if self.len + ids.len() > self.max_len {
+            return Err(ModelError::Shape(format!(
+                "{} positions exceed the KV cache's {} (cached {}, {} new; the model's \
+                 max_position_embeddings is {})",
+                self.len + ids.len(),
+                self.max_len,
+                self.len,
+                ids.len(),
+                self.model.config.max_position_embeddings
+            )));
+        }
+        for part in ids.chunks(self.chunk) {
+            self.record_pass(part)?;
+            self.len += part.len();
+        }
+        let mut out = self.gpu.read::<f32>(&self.logits).await?;
+        out.truncate(v);
+        Ok(out)
+    }
+
+    /// Records and submits one pass over `ids` (at most `chunk` rows) at positions `len..`: the
+    /// decoder layers, then the final norm and LM head of the last row into `self.logits`.
+    fn record_pass(&self, ids: &[u32]) -> Result<()> {
+        let (gpu, model, lora, a) = (self.gpu, self.model, self.lora, &self.acts);
+        let cfg = &model.config;
+        let m = ids.len();
+        let p0 = self.len;
+        let tk = p0 + m;
+        let (c, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
+        let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let inter = cfg.intermediate_size;
+        let kvw = (kvh * hd * 4) as u64;
+        gpu.write(&self.ids, 0, bytemuck::cast_slice(ids));
+        let pos: Vec<u32> = (p0..tk).map(|p| p as u32).collect();
+        gpu.write(&self.pos, 0, bytemuck::cast_slice(&pos));
+        let eps = cfg.rms_norm_eps as f32;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let n_layers = model.layers.len();
+        let mut enc = gpu.encoder();
+        nn::embedding_fwd(&mut enc, &self.ids, &model.embed, &a.x, m, v, c)?;
+        for (i, layer) in model.layers.iter().enumerate() {
+            nn::rmsnorm_fwd(
+                &mut enc,
+                &a.x,
+                &layer.input_layernorm,
+                &self.hbuf,
+                &a.rstd1,
+                m,
+                c,
+                eps,
+            )?;
+            model.linear(&mut enc, lora, a, i, 0, &self.hbuf, &a.q, m, false)?;
+            model.linear(&mut enc, lora, a, i, 1, &self.hbuf, &a.k, m, false)?;
+            model.linear(&mut enc, lora, a, i, 2, &self.hbuf, &a.v, m, false)?;
+            nn::rope_fwd(&mut enc, &a.q, &self.pos, &model.inv_freq, m, h, hd)?;
+            nn::rope_fwd(&mut enc, &a.k, &self.pos, &model.inv_freq, m, kvh, hd)?;
+            let (kc, vc) = (&self.kcache[i], &self.vcache[i]);
+            enc.copy(&a.k, 0, kc, p0 as u64 * kvw, m as u64 * kvw);
+            enc.copy(&a.v, 0, vc, p0 as u64 * kvw, m as u64 * kvw);
+            nn::attention_fwd(
+                &mut enc, &a.q, kc, vc, &a.attn, &a.lse, 1, m, tk, h, kvh, hd, scale,
+            )?;
+            enc.copy(&a.x, 0, &a.x2, 0, (m * c * 4) as u64);
+            model.linear(&mut enc, lora, a, i, 3, &a.attn, &a.x2, m, true)?;
+            nn::rmsnorm_fwd(
+                &mut enc,
+                &a.x2,
+                &layer.post_attention_layernorm,
+                &self.hbuf,
+                &a.rstd2,
+                m,
+                c,
+                eps,
+            )?;
+            model.linear(&mut enc, lora, a, i, 4, &self.hbuf, &a.gate, m, false)?;
+            model.linear(&mut enc, lora, a, i, 5, &self.hbuf, &a.up, m, false)?;
+            nn::swiglu_fwd(&mut enc, &a.gate, &a.up, &self.act, m * inter)?;
+            let next = if i + 1 == n_layers {
+                &self.x_final
+            } else {
+                &a.x
+            };
+            enc.copy(&a.x2, 0, next, 0, (m * c * 4) as u64);
+            model.linear(&mut enc, lora, a, i, 6, &self.act, next, m, true)?;
+            // Prompt chunks: bound the size of one command buffer, as the full forward does.
+            if m > 1 {
+                enc.submit();
+                enc = gpu.encoder();
+            }
+        }
+        enc.copy(
+            &self.x_final,
+            ((m - 1) * c * 4) as u64,
+            &self.last_x,
+            0,
+            (c * 4) as u64,
+        );
+        nn::rmsnorm_fwd(
+            &mut enc,
+            &self.last_x,
+            &model.norm,
+            &self.last_h,
+            &self.last_rstd,
+            1,
+            c,
+            eps,
+        )?;
+        nn::matmul_fwd(
+            &mut enc,
+            &self.last_h,
+            model.head(),
+            &self.logits,
+            1,
+            c,
+            v,
+            1.0,
+            false,
+        )?;
+        enc.submit();
+        Ok(())
+    }
+
+    /// Generates after `prompt` from an empty cache (the cache is reset first): samples with
+    /// `opts.sampling`, calls `on_token` with every generated token as soon as it is chosen (an
+    /// end-of-sequence token included; return `false` to stop), and stops at a stop id, after
+    /// `opts.max_new_tokens` tokens, or when prompt + generated tokens reach
+    /// [`KvDecoder::capacity`]. Errors if the prompt is empty or does not fit.
+    pub async fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Generated> {
+        let mut sampler = Sampler::new(opts.sampling.clone())?;
+        if prompt.is_empty() {
+            return Err(ModelError::Shape("generate: empty prompt".into()));
+        }
+        if prompt.len() > self.max_len {
+            return Err(ModelError::Shape(format!(
+                "the prompt's {} tokens exceed the KV cache's {} positions",
+                prompt.len(),
+                self.max_len
+            )));
+        }
+        self.reset();
+        let mut out = Generated {
+            tokens: Vec::new(),
+            stop: StopReason::MaxNewTokens,
+        };
+        if opts.max_new_tokens == 0 {
+            return Ok(out);
+        }
+        if prompt.len() == self.max_len {
+            out.stop = StopReason::MaxLength;
+            return Ok(out);
+        }
+        let mut seen = prompt.to_vec();
+        let mut logits = self.feed(prompt).await?;
+        loop {
+            let tok = sampler.sample(&logits, &seen);
+            seen.push(tok);
+            out.tokens.push(tok);
+            let go_on = on_token(tok);
+            if opts.stop_ids.contains(&tok) {
+                out.stop = StopReason::Eos;
+                break;
+            }
+            if !go_on {
+                out.stop = StopReason::Callback;
+                break;
+            }
+            if out.tokens.len() >= opts.max_new_tokens {
+                out.stop = StopReason::MaxNewTokens;
+                break;
+            }
+            // Like transformers' max_length: prompt + generated <= capacity (the last token is
+            // never fed, so the cache's last slot stays unused).
+            if seen.len() >= self.max_len {
+                out.stop = StopReason::MaxLength;
+                break;
+            }
+            logits = self.feed(&[tok]).await?;
+        }
+        Ok(out)
+    }
+}
+
+/// What [`KvDecoder::generate`] does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateOptions {
+    /// Most tokens to generate.
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation stops after any of these (see [`stop_ids`]).
+    pub stop_ids: Vec<u32>,
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop id was generated (it is the last token).
+    Eos,
+    /// `max_new_tokens` were generated.
+    MaxNewTokens,
+    /// The KV cache is full.
+    MaxLength,
+    /// The callback returned `false`.
+    Callback,
+}
+
+/// The result of [`KvDecoder::generate`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generated {
+    /// The generated tokens (the stop id last, if one ended it).
+    pub tokens: Vec<u32>,
+    pub stop: StopReason,
+}
+
+/// End-of-sequence ids of a model: the config's `eos_token_id` (one id or a list) and the
+/// tokenizer's EOS token, deduplicated.
+pub fn stop_ids(model: &LlamaModel, tok: Option<&Tokenizer>) -> Vec<u32> {
+    let mut ids = model.config.eos_token_ids();
+    if let Some(e) = tok.and_then(Tokenizer::eos_id) {
+        ids.push(e);
+    }
+    let mut out = Vec::new();
+    for id in ids {
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
+}
+
+/// Incremental detokenization: text pieces of a token stream that are only released once they
+/// are complete, so characters split over several tokens (multi-byte UTF-8 in byte-level BPE) come
+/// out whole. Decodes a small window of recent tokens per step (the prefix/read offsets of
+/// transformers' `TextStreamer` and TGI), so words that the decoder joins differently in context
+/// (leading spaces) come out as in a full decode.
+pub struct TextStream<'t> {
+    tok: &'t Tokenizer,
+    skip_special: bool,
+    ids: Vec<u32>,
+    prefix: usize,
+    read: usize,
+}
+
+impl<'t> TextStream<'t> {
+    /// A stream; `skip_special` drops special tokens (EOS, chat markers) from the text.
+    pub fn new(tok: &'t Tokenizer, skip_special: bool) -> TextStream<'t> {
+        TextStream {
+            tok,
+            skip_special,
+            ids: Vec::new(),
+            prefix: 0,
+            read: 0,
+        }
+    }
+
+    /// Adds a token; returns the new text it completes (empty while a character is incomplete).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let before = self
+            .tok
+            .decode(&self.ids[self.prefix..self.read], self.skip_special)?;
+        let now = self
+            .tok
+            .decode(&self.ids[self.prefix..], self.skip_special)?;
+        if now.len() > before.len() && !now.ends_with('\u{FFFD}') {
+            // `now` extends `before` (the window's start is decoded alike); if a decoder ever
+            // rewrote the overlap, the bytes past `before`'s length are still the new text.
+            let piece = match now.strip_prefix(&before) {
+                Some(rest) => rest,
+                None => match now.get(before.len()..) {
+                    Some(rest) => rest,
+                    None => return Ok(String::new()),
+                },
+            };
+            let piece = piece.to_string();
+            self.prefix = self.read;
+            self.read = self.ids.len();
+            Ok(piece)
+        } else {
+            Ok(String::new())
+        }
+    }
+
+    /// The text still held back (an incomplete character at the end: with U+FFFD for the
+    /// missing bytes); call once after the last token.
+    pub fn finish(&mut self) -> Result<String> {
+        let before = self
+            .tok
+            .decode(&self.ids[self.prefix..self.read], self.skip_special)?;
+        let now = self
+            .tok
+            .decode(&self.ids[self.prefix..], self.skip_special)?;
+        self.prefix = self.ids.len();
+        self.read = self.ids.len();
+        Ok(match now.strip_prefix(&before) {
+            Some(rest) => rest.to_string(),
+            None => String::new(),
+        })
+    }
+}
