@@ -7,6 +7,7 @@ mod info;
 mod logits;
 mod pyrepr;
 mod quantize;
+mod train;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,11 @@ enum Command {
     /// Generate text after a prompt with a KV cache (greedy or sampled), optionally with a PEFT
     /// LoRA adapter, streaming it to stdout; the speed goes to stderr.
     Generate(generate::GenerateArgs),
+    /// Fine-tune LoRA adapters (QLoRA with the default --quant nf4) on .txt / .jsonl data; writes
+    /// a PEFT adapter, metrics.jsonl and resumable checkpoints to --output-dir.
+    Train(Box<train::TrainArgs>),
+    /// Loss and perplexity of a model (+ optional PEFT adapter) on .txt / .jsonl data.
+    Eval(train::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +71,8 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize::run(args, cli.gpu.clone()),
         Command::Logits(args) => logits::run(args, cli.gpu.clone()),
         Command::Generate(args) => generate::run(args, cli.gpu.clone()),
+        Command::Train(args) => train::run_train(args, cli.gpu.clone()),
+        Command::Eval(args) => train::run_eval(args, cli.gpu.clone()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -218,8 +218,10 @@ struct GradBufs {
     dh_scratch: GpuBuffer,
 }
 
-/// Row chunking of the LM head + cross-entropy in training (the logits of all rows at once would
-/// not fit one binding for large vocabularies): copies of the chunk's rows.
+/// The LM head + cross-entropy of a training pass runs only on the rows that carry a target (for
+/// chat data most positions are prompt), gathered in chunks (the logits of all rows at once would
+/// not fit one binding for large vocabularies): the chunk's rows of the normed hidden states, their
+/// targets, and the gradient before it is scattered back.
 struct HeadChunk {
     h: GpuBuffer,
     targets: GpuBuffer,
@@ -233,7 +235,6 @@ pub struct Workspace {
     train: bool,
     ids: GpuBuffer,
     pos: GpuBuffer,
-    targets: GpuBuffer,
     acts: Vec<LayerActs>,
     x_final: GpuBuffer,
     hbuf: GpuBuffer,
@@ -249,6 +250,44 @@ pub struct Workspace {
     chunk_rows: usize,
     chunk: Option<HeadChunk>,
     grads: Option<GradBufs>,
+}
+
+/// A run of consecutive rows: `len` rows from `src` of the full batch to `dst` of a chunk.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    src: usize,
+    dst: usize,
+    len: usize,
+}
+
+/// Splits the rows with a valid target into chunks of at most `chunk_rows` rows, each a list of
+/// segments of consecutive rows.
+fn head_chunks(targets: &[i32], v: usize, chunk_rows: usize) -> Vec<Vec<Segment>> {
+    let mut chunks: Vec<Vec<Segment>> = Vec::new();
+    let mut fill = chunk_rows; // rows in the current chunk; full forces a new chunk
+    let mut prev: Option<usize> = None;
+    for (r, &t) in targets.iter().enumerate() {
+        if !(t >= 0 && (t as usize) < v) {
+            continue;
+        }
+        if fill == chunk_rows {
+            chunks.push(Vec::new());
+            fill = 0;
+            prev = None;
+        }
+        let segs = chunks.last_mut().expect("a chunk was pushed");
+        match (segs.last_mut(), prev) {
+            (Some(seg), Some(p)) if p + 1 == r => seg.len += 1,
+            _ => segs.push(Segment {
+                src: r,
+                dst: fill,
+                len: 1,
+            }),
+        }
+        prev = Some(r);
+        fill += 1;
+    }
+    chunks
 }
 
 /// Bytes of the logits chunk a training pass uses at most.
@@ -327,7 +366,7 @@ impl Workspace {
             });
         }
         let chunk_rows = head_rows.clamp(1, m);
-        let chunk = if chunk_rows < m {
+        let chunk = if train {
             Some(HeadChunk {
                 h: gpu.alloc("head.h", (chunk_rows * c * 4) as u64)?,
                 targets: gpu.alloc("head.targets", (chunk_rows * 4) as u64)?,
@@ -358,7 +397,6 @@ impl Workspace {
             train,
             ids: gpu.alloc("ids", f(1))?,
             pos: gpu.alloc("positions", f(1))?,
-            targets: gpu.alloc("targets", f(1))?,
             acts,
             x_final: gpu.alloc("x_final", f(c))?,
             hbuf: gpu.alloc("normed", f(c))?,
@@ -697,7 +735,7 @@ impl LlamaModel {
         t: usize,
         grad_scale: f32,
     ) -> Result<(), ModelError> {
-        self.train_pass(gpu, ws, lora, ids, targets, b, t, Some(grad_scale))
+        self.train_pass(gpu, ws, Some(lora), ids, targets, b, t, Some(grad_scale))
     }
 
     /// The forward half of [`LlamaModel::forward_backward`] (evaluation): per-row losses into
@@ -707,7 +745,7 @@ impl LlamaModel {
         &self,
         gpu: &Gpu,
         ws: &Workspace,
-        lora: &LoraGpu,
+        lora: Option<&LoraGpu>,
         ids: &[u32],
         targets: &[i32],
         b: usize,
@@ -721,7 +759,7 @@ impl LlamaModel {
         &self,
         gpu: &Gpu,
         ws: &Workspace,
-        lora: &LoraGpu,
+        lora: Option<&LoraGpu>,
         ids: &[u32],
         targets: &[i32],
         b: usize,
@@ -737,7 +775,7 @@ impl LlamaModel {
             )));
         }
         let cfg = &self.config;
-        let m = self.record_decoder(gpu, ws, Some(lora), ids, b, t)?;
+        let m = self.record_decoder(gpu, ws, lora, ids, b, t)?;
         let (c, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
         let (h, kvh, inter) = (
             cfg.num_attention_heads,
@@ -745,35 +783,37 @@ impl LlamaModel {
             cfg.intermediate_size,
         );
         let eps = cfg.rms_norm_eps as f32;
-        gpu.write(&ws.targets, 0, bytemuck::cast_slice(targets));
-        // LM head + cross-entropy (+ its backward) in row chunks; dh = d(normed final hidden).
-        let mut r0 = 0;
-        while r0 < m {
-            let rows = ws.chunk_rows.min(m - r0);
+        // LM head + cross-entropy (+ its backward) on the rows with a target, gathered in chunks;
+        // dh = d(normed final hidden), zero on the other rows.
+        let ch = ws
+            .chunk
+            .as_ref()
+            .ok_or_else(|| ModelError::Shape("training workspace without head buffers".into()))?;
+        let mut enc = gpu.encoder();
+        enc.clear(&ws.loss_rows);
+        enc.clear(&g.dh);
+        enc.submit();
+        let row_bytes = (c * 4) as u64;
+        for segs in head_chunks(targets, v, ws.chunk_rows) {
+            let rows: usize = segs.iter().map(|s| s.len).sum();
+            let mut tc = Vec::with_capacity(rows);
+            for sg in &segs {
+                tc.extend_from_slice(&targets[sg.src..sg.src + sg.len]);
+            }
+            gpu.write(&ch.targets, 0, bytemuck::cast_slice(&tc));
             let mut enc = gpu.encoder();
-            let (hsrc, tsrc, dst) = match &ws.chunk {
-                None => (&ws.hbuf, &ws.targets, &g.dh),
-                Some(ch) => {
-                    enc.copy(
-                        &ws.hbuf,
-                        (r0 * c * 4) as u64,
-                        &ch.h,
-                        0,
-                        (rows * c * 4) as u64,
-                    );
-                    enc.copy(
-                        &ws.targets,
-                        (r0 * 4) as u64,
-                        &ch.targets,
-                        0,
-                        (rows * 4) as u64,
-                    );
-                    (&ch.h, &ch.targets, &ch.dh)
-                }
-            };
+            for sg in &segs {
+                enc.copy(
+                    &ws.hbuf,
+                    sg.src as u64 * row_bytes,
+                    &ch.h,
+                    sg.dst as u64 * row_bytes,
+                    sg.len as u64 * row_bytes,
+                );
+            }
             nn::matmul_fwd(
                 &mut enc,
-                hsrc,
+                &ch.h,
                 self.head(),
                 &ws.logits,
                 rows,
@@ -785,34 +825,49 @@ impl LlamaModel {
             nn::cross_entropy_fwd(
                 &mut enc,
                 &ws.logits,
-                tsrc,
+                &ch.targets,
                 &ws.ce_loss,
                 &ws.ce_lse,
                 rows,
                 v,
                 None,
             )?;
-            enc.copy(
-                &ws.ce_loss,
-                0,
-                &ws.loss_rows,
-                (r0 * 4) as u64,
-                (rows * 4) as u64,
-            );
-            let Some(grad_scale) = grad_scale else {
-                enc.submit();
-                r0 += rows;
-                continue;
-            };
-            nn::cross_entropy_bwd(&mut enc, &ws.logits, tsrc, &ws.ce_lse, rows, v, grad_scale)?;
-            nn::matmul_bwd_input(&mut enc, &ws.logits, self.head(), dst, rows, c, v, false)?;
-            if ws.chunk.is_some() {
-                enc.copy(dst, 0, &g.dh, (r0 * c * 4) as u64, (rows * c * 4) as u64);
+            for sg in &segs {
+                enc.copy(
+                    &ws.ce_loss,
+                    (sg.dst * 4) as u64,
+                    &ws.loss_rows,
+                    (sg.src * 4) as u64,
+                    (sg.len * 4) as u64,
+                );
+            }
+            if let Some(grad_scale) = grad_scale {
+                nn::cross_entropy_bwd(
+                    &mut enc,
+                    &ws.logits,
+                    &ch.targets,
+                    &ws.ce_lse,
+                    rows,
+                    v,
+                    grad_scale,
+                )?;
+                nn::matmul_bwd_input(&mut enc, &ws.logits, self.head(), &ch.dh, rows, c, v, false)?;
+                for sg in &segs {
+                    enc.copy(
+                        &ch.dh,
+                        sg.dst as u64 * row_bytes,
+                        &g.dh,
+                        sg.src as u64 * row_bytes,
+                        sg.len as u64 * row_bytes,
+                    );
+                }
             }
             enc.submit();
-            r0 += rows;
         }
-        let (Some(lowest), Some(_)) = (lora.lowest_layer(), grad_scale) else {
+        let (Some(lora), Some(_)) = (lora, grad_scale) else {
+            return Ok(());
+        };
+        let Some(lowest) = lora.lowest_layer() else {
             return Ok(());
         };
         let mut enc = gpu.encoder();

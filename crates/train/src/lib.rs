@@ -43,7 +43,7 @@ pub use peft::{Adapter, LoraConfig, LoraKey, LoraModule, LoraPair, LoraWeights, 
 pub use rng::Rng;
 pub use schedule::{Schedule, ScheduleKind};
 pub use tokenize::{Tokenize, WithChatTemplate};
-pub use trainer::{upload_adapter, Clock, Start, Trainer};
+pub use trainer::{evaluate, upload_adapter, Clock, Start, Trainer};
 
 /// Errors of the train crate. Every variant that comes from a file names it (and, for datasets,
 /// the 1-based line).

@@ -323,6 +323,16 @@ impl<'g> Trainer<'g> {
         self.state.total_steps
     }
 
+    /// Sets the warmup (e.g. from a ratio of [`Trainer::total_steps`]) before the first step.
+    pub fn set_warmup_steps(&mut self, warmup_steps: u64) -> Result<()> {
+        if self.state.global_step > 0 {
+            return Err(cfg_err("the warmup can only change before the first step"));
+        }
+        self.config.warmup_steps = warmup_steps;
+        self.schedule = self.config.schedule(self.state.total_steps)?;
+        Ok(())
+    }
+
     /// Number of trainable parameters.
     pub fn n_params(&self) -> usize {
         self.lora.n_params
@@ -435,17 +445,15 @@ impl<'g> Trainer<'g> {
 
     /// Token-weighted mean loss of the current adapters over `examples`.
     pub async fn loss_on(&self, examples: &[Example]) -> Result<f64> {
-        let gpu = self.gpu;
-        let v = self.model.config.vocab_size;
-        let plan = BatchPlan::sequential(examples.len(), self.config.batch_size)?;
-        let (mut sum, mut count) = (0.0, 0usize);
-        for ix in plan.iter(DataPosition::default(), 0, Stop::Epochs(1))? {
-            let (ids, targets, b, t) = trimmed(examples, &ix)?;
-            self.model
-                .forward_loss(gpu, &self.ws, &self.lora, &ids, &targets, b, t)?;
-            sum += self.ws.loss_sum(gpu, b * t).await?;
-            count += count_targets(&targets, v);
-        }
+        let (sum, count) = loss_sum(
+            self.gpu,
+            self.model,
+            &self.ws,
+            Some(&self.lora),
+            examples,
+            self.config.batch_size,
+        )
+        .await?;
         Ok(sum / count.max(1) as f64)
     }
 
@@ -475,6 +483,45 @@ impl<'g> Trainer<'g> {
             config: self.config.clone(),
         })
     }
+}
+
+/// Summed loss and number of targets of `model` (with `lora` when given) over `examples`, in
+/// sequential batches of `batch_size` rows, using a training workspace `ws`.
+pub async fn loss_sum(
+    gpu: &Gpu,
+    model: &LlamaModel,
+    ws: &Workspace,
+    lora: Option<&LoraGpu>,
+    examples: &[Example],
+    batch_size: usize,
+) -> Result<(f64, usize)> {
+    let v = model.config.vocab_size;
+    let plan = BatchPlan::sequential(examples.len(), batch_size)?;
+    let (mut sum, mut count) = (0.0, 0usize);
+    for ix in plan.iter(DataPosition::default(), 0, Stop::Epochs(1))? {
+        let (ids, targets, b, t) = trimmed(examples, &ix)?;
+        model.forward_loss(gpu, ws, lora, &ids, &targets, b, t)?;
+        sum += ws.loss_sum(gpu, b * t).await?;
+        count += count_targets(&targets, v);
+    }
+    Ok((sum, count))
+}
+
+/// Evaluates `model` (+ `lora`) on a dataset: `(mean loss, targets)`.
+pub async fn evaluate(
+    gpu: &Gpu,
+    model: &LlamaModel,
+    lora: Option<&LoraGpu>,
+    data: &Dataset,
+    batch_size: usize,
+) -> Result<(f64, usize)> {
+    if data.examples.is_empty() {
+        return Err(cfg_err("no examples to evaluate"));
+    }
+    let bs = batch_size.max(1);
+    let ws = Workspace::new(gpu, model, lora, bs * data.seq_len, true)?;
+    let (sum, count) = loss_sum(gpu, model, &ws, lora, &data.examples, bs).await?;
+    Ok((sum / count.max(1) as f64, count))
 }
 
 fn bytemuck_f32(v: &[f32]) -> &[u8] {
