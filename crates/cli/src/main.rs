@@ -4,6 +4,7 @@
 
 mod info;
 mod logits;
+mod merge;
 mod pyrepr;
 mod quantize;
 
@@ -38,6 +39,9 @@ enum Command {
     /// Run the forward pass of a model (HF folder or GGUF) on token ids or a prompt and write the
     /// f32 logits [T, V] to a safetensors file (for debugging and parity checks).
     Logits(logits::LogitsArgs),
+    /// Merge a PEFT LoRA adapter into its base model (HF folder or GGUF) and write a Hugging Face
+    /// model folder (config.json, model.safetensors, tokenizer files) that loads without PEFT.
+    Merge(merge::MergeArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Info => info::run(cli.adapter.clone()),
         Command::Quantize(args) => quantize::run(args, cli.adapter.clone()),
         Command::Logits(args) => logits::run(args, cli.adapter.clone()),
+        Command::Merge(args) => merge::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
