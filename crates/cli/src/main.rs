@@ -35,6 +35,11 @@ enum Command {
     /// with double quantization NAME.nested_absmax and NAME.nested_quant_map, and
     /// NAME.quant_state.bitsandbytes__nf4 (the JSON of the other fields). Other tensors and the
     /// file's __metadata__ are copied unchanged.
+    ///
+    /// Given a model folder (IN) and an output folder (OUT), writes a pre-quantized checkpoint that
+    /// transformers loads with bitsandbytes: the decoder's linear layers as NF4 with double
+    /// quantization, every other tensor kept, and config.json with transformers'
+    /// quantization_config; tokenizer files are copied.
     Quantize(quantize::QuantizeArgs),
     /// Run the forward pass of a model (HF folder or GGUF) on token ids or a prompt and write the
     /// f32 logits [T, V] to a safetensors file (for debugging and parity checks).
