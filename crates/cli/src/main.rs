@@ -5,6 +5,7 @@
 mod generate;
 mod info;
 mod logits;
+mod merge;
 mod pyrepr;
 mod quantize;
 mod train;
@@ -36,6 +37,11 @@ enum Command {
     /// with double quantization NAME.nested_absmax and NAME.nested_quant_map, and
     /// NAME.quant_state.bitsandbytes__nf4 (the JSON of the other fields). Other tensors and the
     /// file's __metadata__ are copied unchanged.
+    ///
+    /// Given a model folder (IN) and an output folder (OUT), writes a pre-quantized checkpoint that
+    /// transformers loads with bitsandbytes: the decoder's linear layers as NF4 with double
+    /// quantization, every other tensor kept, and config.json with transformers'
+    /// quantization_config; tokenizer files are copied.
     Quantize(quantize::QuantizeArgs),
     /// Run the forward pass of a model (HF folder or GGUF) on token ids or a prompt and write the
     /// f32 logits [T, V] to a safetensors file (for debugging and parity checks).
@@ -48,6 +54,9 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Loss and perplexity of a model (+ optional PEFT adapter) on .txt / .jsonl data.
     Eval(train::EvalArgs),
+    /// Merge a PEFT LoRA adapter into its base model (HF folder or GGUF) and write a Hugging Face
+    /// model folder (config.json, model.safetensors, tokenizer files) that loads without PEFT.
+    Merge(merge::MergeArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +82,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args, cli.gpu.clone()),
         Command::Train(args) => train::run_train(args, cli.gpu.clone()),
         Command::Eval(args) => train::run_eval(args, cli.gpu.clone()),
+        Command::Merge(args) => merge::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,12 @@
 //! the GPU computes, are laid out last, with an upper bound on their length), each tensor is written
 //! at its offset as soon as it is computed, and the final header (padded with spaces, as the
 //! safetensors format allows) is written last.
+//!
+//! Given a model folder, `tinytune quantize MODEL_DIR OUT_DIR` writes what transformers'
+//! `save_pretrained` writes for that model loaded with `BitsAndBytesConfig(load_in_4bit=True,
+//! bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)`: each weight file (or shard) is
+//! quantized as above, restricted to the decoder's linear weights, after converting the float
+//! tensors to the dtype `config.json` declares; `config.json` gains `quantization_config`.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -35,10 +41,13 @@ pub const QUANT_STATE_SUFFIX: &str = ".quant_state.bitsandbytes__nf4";
 /// Arguments of `tinytune quantize`.
 #[derive(clap::Args, Debug)]
 pub struct QuantizeArgs {
-    /// Input safetensors file (F32, F16 or BF16 2-D tensors are quantized; others are copied).
+    /// Input safetensors file (F32, F16 or BF16 2-D tensors are quantized; others are copied), or
+    /// a Hugging Face model folder (config.json + model.safetensors or a sharded index): then only
+    /// the decoder's linear weights are quantized and OUT is a bitsandbytes 4-bit model folder.
     #[arg(value_name = "IN")]
     pub input: PathBuf,
-    /// Output safetensors file; written to a temporary file next to it, then renamed.
+    /// Output safetensors file, or output folder when IN is a folder (created if missing); each
+    /// file is written to a temporary file next to it, then renamed.
     #[arg(value_name = "OUT")]
     pub output: PathBuf,
     /// NF4 block size: a power of two in 32..=4096.
@@ -81,17 +90,113 @@ struct Item {
     quantize: Option<(usize, usize)>,
 }
 
+/// Which tensors of a file are quantized.
+enum Select<'a> {
+    /// Every 2-D F32/F16/BF16 tensor.
+    All,
+    /// Only these (validated: each must exist and be quantizable).
+    Names(&'a [String]),
+    /// The decoder's linear layer weights, `model.layers.*.{self_attn,mlp}.*_proj.weight`: what
+    /// transformers' bitsandbytes integration turns into `Linear4bit` in a Llama-family model.
+    DecoderLinears,
+}
+
+/// One safetensors file to quantize.
+struct FileJob<'a> {
+    input: &'a Path,
+    output: &'a Path,
+    select: Select<'a>,
+    /// Convert every F32/F16/BF16 tensor to this dtype first (quantized ones before quantizing).
+    cast: Option<Dtype>,
+    block: usize,
+    double_quant: bool,
+    dequantize: bool,
+}
+
+/// What [`quantize_file`] wrote.
+struct FileSummary {
+    nquant: usize,
+    ncopied: usize,
+    bytes_in: usize,
+    bytes_out: u64,
+    /// Every output tensor name.
+    names: Vec<String>,
+    /// Bytes of tensor data (without the header).
+    data_bytes: u64,
+}
+
 /// Runs `tinytune quantize`.
 pub fn run(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
     let block = args.block_size;
     if !valid_block_size(block) {
         bail!("--block-size {block} is not a power of two in 32..=4096");
     }
+    if args.input.is_dir() {
+        return run_dir(args, adapter);
+    }
     let double_quant = !args.no_double_quant;
-    let inp = args.input.display().to_string();
     let out = args.output.display().to_string();
+    let select = if args.tensors.is_empty() {
+        Select::All
+    } else {
+        Select::Names(&args.tensors)
+    };
+    let job = FileJob {
+        input: &args.input,
+        output: &args.output,
+        select,
+        cast: None,
+        block,
+        double_quant,
+        dequantize: args.dequantize,
+    };
+    let mut gpu = GpuSlot::new(adapter, args.max_buffer_bytes);
+    let s = quantize_file(&job, &mut gpu)?;
+    let what = if args.dequantize {
+        "replaced by dequant(quant(x)) as F32"
+    } else if double_quant {
+        "quantized to NF4 with double quantization"
+    } else {
+        "quantized to NF4"
+    };
+    println!(
+        "{out}: {} tensor(s) {what} (block size {block}), {} copied; {} -> {} bytes",
+        s.nquant, s.ncopied, s.bytes_in, s.bytes_out
+    );
+    Ok(())
+}
 
-    let file = File::open(&args.input).with_context(|| format!("cannot open {inp}"))?;
+/// The GPU, opened on first use.
+struct GpuSlot {
+    adapter: Option<String>,
+    max_buffer_bytes: Option<u64>,
+    gpu: Option<Gpu>,
+}
+
+impl GpuSlot {
+    fn new(adapter: Option<String>, max_buffer_bytes: Option<u64>) -> GpuSlot {
+        GpuSlot {
+            adapter,
+            max_buffer_bytes,
+            gpu: None,
+        }
+    }
+
+    fn get(&mut self) -> Result<&Gpu> {
+        if self.gpu.is_none() {
+            self.gpu = Some(open_gpu(self.adapter.clone(), self.max_buffer_bytes)?);
+        }
+        Ok(self.gpu.as_ref().expect("opened"))
+    }
+}
+
+/// Quantizes one safetensors file into another (temporary file next to the output, then rename).
+fn quantize_file(job: &FileJob, gpu_slot: &mut GpuSlot) -> Result<FileSummary> {
+    let (block, double_quant) = (job.block, job.double_quant);
+    let inp = job.input.display().to_string();
+    let out = job.output.display().to_string();
+
+    let file = File::open(job.input).with_context(|| format!("cannot open {inp}"))?;
     if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
         bail!("{inp} is a directory, not a safetensors file");
     }
@@ -102,8 +207,8 @@ pub fn run(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
         .map_err(|e| anyhow!("{inp} is not a valid safetensors file: {e}"))?;
     let data = &mmap[8 + header_len..];
 
-    let items = plan(&meta, &args.tensors, &inp)?;
-    let (mut fixed, mut blobs) = outputs(&items, block, double_quant, args.dequantize, &inp)?;
+    let items = plan(&meta, &job.select, &inp)?;
+    let (mut fixed, mut blobs) = outputs(&items, job, &inp)?;
 
     // safetensors' own order (larger dtypes first, then by name) keeps every tensor aligned; the
     // quant-state blobs (U8, any length) go last because their length is known only at the end.
@@ -120,7 +225,7 @@ pub fn run(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
     let reserve = bound_header.len().next_multiple_of(8);
     let data_start = 8 + reserve as u64;
 
-    let (out_dir, tmp_prefix) = temp_location(&args.output)?;
+    let (out_dir, tmp_prefix) = temp_location(job.output)?;
     let tmp = tempfile::Builder::new()
         .prefix(&tmp_prefix)
         .suffix(".tmp")
@@ -142,7 +247,7 @@ pub fn run(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
 
     let nquant = items.iter().filter(|i| i.quantize.is_some()).count();
     let gpu = if nquant > 0 {
-        Some(open_gpu(adapter, args.max_buffer_bytes)?)
+        Some(gpu_slot.get()?)
     } else {
         None
     };
@@ -171,11 +276,15 @@ pub fn run(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
         let name = item.name.as_str();
         let bytes = &data[item.info.data_offsets.0..item.info.data_offsets.1];
         pb.set_message(name.to_string());
-        match (item.quantize, gpu.as_ref()) {
+        let cast = out_dtype(item.info.dtype, job.cast);
+        match (item.quantize, gpu) {
             (Some((rows, cols)), Some(gpu)) => {
                 let ctx = || format!("cannot quantize tensor {name:?} of {inp}");
-                let x = to_f32(item.info.dtype, bytes).with_context(ctx)?;
-                if args.dequantize {
+                let mut x = to_f32(item.info.dtype, bytes).with_context(ctx)?;
+                if cast != item.info.dtype {
+                    round_to(cast, &mut x);
+                }
+                if job.dequantize {
                     let y = gpu_roundtrip(gpu, name, &x, block, double_quant).with_context(ctx)?;
                     put(name, bytemuck::cast_slice(&y))?;
                 } else {
@@ -200,10 +309,15 @@ pub fn run(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
                             Some(d.offset)
                         }
                     };
-                    let dtype = torch_dtype_name(item.info.dtype).unwrap_or("float32");
+                    let dtype = torch_dtype_name(cast).unwrap_or("float32");
                     let json = quant_state_json(dtype, block, rows, cols, offset);
                     blob_data.push((format!("{name}{QUANT_STATE_SUFFIX}"), json.into_bytes()));
                 }
+            }
+            _ if cast != item.info.dtype => {
+                let ctx = || format!("cannot convert tensor {name:?} of {inp}");
+                let x = to_f32(item.info.dtype, bytes).with_context(ctx)?;
+                put(name, &from_f32(cast, &x).with_context(ctx)?)?;
             }
             _ => put(name, bytes)?,
         }
@@ -245,26 +359,263 @@ pub fn run(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
         std::fs::set_permissions(&tmp_path, std::fs::Permissions::from_mode(0o644))
             .map_err(werr)?;
     }
-    tmp.persist(&args.output)
+    tmp.persist(job.output)
         .map_err(|e| anyhow!("cannot rename {} to {out}: {}", tmp_path.display(), e.error))?;
 
-    let what = if args.dequantize {
-        "replaced by dequant(quant(x)) as F32"
-    } else if double_quant {
-        "quantized to NF4 with double quantization"
+    let mut names: Vec<String> = fixed.iter().map(|e| e.name.clone()).collect();
+    names.extend(actual.iter().map(|b| b.0.clone()));
+    Ok(FileSummary {
+        nquant,
+        ncopied: items.len() - nquant,
+        bytes_in: mmap.len(),
+        bytes_out: pos,
+        names,
+        data_bytes: pos - data_start,
+    })
+}
+
+/// `quantization_config` exactly as transformers 5.24 writes it to `config.json` for a model loaded
+/// with `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+/// bnb_4bit_use_double_quant=...)` (compute dtype left at its default, float32).
+pub fn bnb_quantization_config(double_quant: bool) -> serde_json::Value {
+    serde_json::json!({
+        "_load_in_4bit": true,
+        "_load_in_8bit": false,
+        "bnb_4bit_compute_dtype": "float32",
+        "bnb_4bit_quant_storage": "uint8",
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": double_quant,
+        "llm_int8_enable_fp32_cpu_offload": false,
+        "llm_int8_has_fp16_weight": false,
+        "llm_int8_skip_modules": null,
+        "llm_int8_threshold": 6.0,
+        "load_in_4bit": true,
+        "load_in_8bit": false,
+        "quant_method": "bitsandbytes"
+    })
+}
+
+/// `tinytune quantize MODEL_DIR OUT_DIR`: a pre-quantized bitsandbytes-4bit checkpoint.
+///
+/// Mirrors `AutoModelForCausalLM.from_pretrained(MODEL_DIR, quantization_config=BitsAndBytesConfig(
+/// load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True))` followed by
+/// `save_pretrained(OUT_DIR)`: float tensors take the dtype `config.json` declares (what
+/// transformers' default `dtype="auto"` loads), the decoder's linear weights are quantized from
+/// those values, everything else (embeddings, norms, biases, lm_head) is kept, and `config.json`
+/// gains transformers' `quantization_config`. Shards stay shards (the index lists the new names).
+fn run_dir(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
+    let inp_dir = &args.input;
+    let out_dir = &args.output;
+    let (inp, out) = (inp_dir.display().to_string(), out_dir.display().to_string());
+    if args.dequantize || !args.tensors.is_empty() || args.block_size != DEFAULT_BLOCK {
+        bail!(
+            "--dequantize, --tensor and --block-size apply to a safetensors file; a model folder \
+             ({inp}) is always quantized like transformers' BitsAndBytesConfig (block size 64, the \
+             decoder's linear layers)"
+        );
+    }
+    let double_quant = !args.no_double_quant;
+    let cfg_path = inp_dir.join("config.json");
+    let cfg_text = std::fs::read_to_string(&cfg_path).with_context(|| {
+        format!("{inp} is a folder but not a model folder: cannot read its config.json")
+    })?;
+    let mut config: serde_json::Value = serde_json::from_str(&cfg_text)
+        .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?;
+    let obj = config
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("{} is not a JSON object", cfg_path.display()))?;
+    if obj.contains_key("quantization_config") {
+        bail!(
+            "{} already has a quantization_config: {inp} is already quantized",
+            cfg_path.display()
+        );
+    }
+    let cast = ["dtype", "torch_dtype"]
+        .iter()
+        .find_map(|k| obj.get(*k).and_then(serde_json::Value::as_str))
+        .and_then(|d| match d {
+            "float32" => Some(Dtype::F32),
+            "float16" => Some(Dtype::F16),
+            "bfloat16" => Some(Dtype::BF16),
+            _ => None,
+        });
+
+    // The weight files: one model.safetensors or the shards of an index.
+    let index_name = "model.safetensors.index.json";
+    let mut index: Option<serde_json::Value> = None;
+    let files: Vec<String> = if inp_dir.join("model.safetensors").is_file() {
+        vec!["model.safetensors".into()]
+    } else if inp_dir.join(index_name).is_file() {
+        let p = inp_dir.join(index_name);
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", p.display()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(serde_json::Value::as_object)
+            .ok_or_else(|| anyhow!("{} has no weight_map object", p.display()))?;
+        let mut files = std::collections::BTreeSet::new();
+        for (k, f) in map {
+            let f = f
+                .as_str()
+                .filter(|f| !f.contains('/') && !f.contains('\\') && *f != "..")
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{}: weight_map[{k:?}] is not a plain file name",
+                        p.display()
+                    )
+                })?;
+            files.insert(f.to_string());
+        }
+        index = Some(v);
+        files.into_iter().collect()
     } else {
-        "quantized to NF4"
+        bail!("{inp} has no model.safetensors or {index_name}");
     };
+
+    if out_dir.is_file() {
+        bail!("{out} is a file; OUT_DIR must be a folder for a model folder input");
+    }
+    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create folder {out}"))?;
+    if let (Ok(a), Ok(b)) = (inp_dir.canonicalize(), out_dir.canonicalize()) {
+        if a == b {
+            bail!("OUT_DIR {out} is the model folder itself; choose another folder");
+        }
+    }
+
+    let mut gpu = GpuSlot::new(adapter, args.max_buffer_bytes);
+    let (mut nquant, mut ncopied, mut bytes_in, mut bytes_out, mut data_bytes) =
+        (0, 0, 0usize, 0u64, 0u64);
+    let mut weight_map = serde_json::Map::new();
+    for f in &files {
+        let job = FileJob {
+            input: &inp_dir.join(f),
+            output: &out_dir.join(f),
+            select: Select::DecoderLinears,
+            cast,
+            block: DEFAULT_BLOCK,
+            double_quant,
+            dequantize: false,
+        };
+        let s = quantize_file(&job, &mut gpu)?;
+        nquant += s.nquant;
+        ncopied += s.ncopied;
+        bytes_in += s.bytes_in;
+        bytes_out += s.bytes_out;
+        data_bytes += s.data_bytes;
+        for n in s.names {
+            weight_map.insert(n, serde_json::Value::String(f.clone()));
+        }
+    }
+    if nquant == 0 {
+        eprintln!(
+            "warning: {inp} has no model.layers.*.{{self_attn,mlp}}.*_proj.weight tensor; nothing \
+             was quantized"
+        );
+    }
+    if let Some(mut v) = index {
+        if let Some(o) = v.as_object_mut() {
+            o.insert("weight_map".into(), serde_json::Value::Object(weight_map));
+            let meta = o.entry("metadata").or_insert_with(|| serde_json::json!({}));
+            if let Some(m) = meta.as_object_mut() {
+                m.insert("total_size".into(), serde_json::json!(data_bytes));
+            }
+        }
+        let text = serde_json::to_string_pretty(&v).context("serializing the index")? + "\n";
+        crate::merge::write_file(&out_dir.join(index_name), text.as_bytes())?;
+    }
+    for name in crate::merge::COPIED_FILES {
+        let p = inp_dir.join(name);
+        if p.is_file() {
+            let bytes =
+                std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+            crate::merge::write_file(&out_dir.join(name), &bytes)?;
+        }
+    }
+    // config.json last: its presence marks a complete folder.
+    obj.insert(
+        "quantization_config".into(),
+        bnb_quantization_config(double_quant),
+    );
+    let text = serde_json::to_string_pretty(&config).context("serializing config.json")? + "\n";
+    crate::merge::write_file(&out_dir.join("config.json"), text.as_bytes())?;
     println!(
-        "{out}: {nquant} tensor(s) {what} (block size {block}), {} copied; {} -> {pos} bytes",
-        items.len() - nquant,
-        mmap.len()
+        "{out}: bitsandbytes 4-bit checkpoint of {inp}: {nquant} linear weight(s) quantized to NF4 \
+         (block size 64{}), {ncopied} tensor(s) kept{}; {bytes_in} -> {bytes_out} bytes",
+        if double_quant { ", double quant" } else { "" },
+        match cast {
+            Some(d) => format!(" as {}", torch_dtype_name(d).unwrap_or("?")),
+            None => String::new(),
+        }
     );
     Ok(())
 }
 
+/// Whether `name` is a decoder linear weight transformers quantizes:
+/// `model.layers.<i>.{self_attn,mlp}.<x>_proj.weight`.
+pub fn is_decoder_linear(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("model.layers.") else {
+        return false;
+    };
+    let Some((layer, rest)) = rest.split_once('.') else {
+        return false;
+    };
+    if layer.is_empty() || !layer.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let Some((block, rest)) = rest.split_once('.') else {
+        return false;
+    };
+    let Some(proj) = rest.strip_suffix(".weight") else {
+        return false;
+    };
+    matches!(block, "self_attn" | "mlp") && proj.ends_with("_proj") && !proj.contains('.')
+}
+
+/// The dtype a tensor is written (and quantized) in: `cast` for float tensors, else its own.
+fn out_dtype(stored: Dtype, cast: Option<Dtype>) -> Dtype {
+    match cast {
+        Some(c) if torch_dtype_name(stored).is_some() => c,
+        _ => stored,
+    }
+}
+
+/// Rounds f32 values to `dtype` in place (round to nearest even, as torch's `.to(dtype)`).
+fn round_to(dtype: Dtype, x: &mut [f32]) {
+    match dtype {
+        Dtype::F16 => x
+            .iter_mut()
+            .for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+        Dtype::BF16 => x
+            .iter_mut()
+            .for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+        _ => {}
+    }
+}
+
+/// Little-endian bytes of `x` as F32/F16/BF16 (round to nearest even).
+fn from_f32(dtype: Dtype, x: &[f32]) -> Result<Vec<u8>> {
+    Ok(match dtype {
+        Dtype::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Dtype::F16 => x
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        Dtype::BF16 => x
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        other => bail!("cannot convert to dtype {other}"),
+    })
+}
+
 /// Decides which tensors are quantized; validates `--tensor` names.
-fn plan(meta: &Metadata, wanted: &[String], inp: &str) -> Result<Vec<Item>> {
+fn plan(meta: &Metadata, select: &Select, inp: &str) -> Result<Vec<Item>> {
+    let wanted: &[String] = match select {
+        Select::Names(n) => n,
+        _ => &[],
+    };
     let infos = meta.tensors();
     let quantizable = |info: &TensorInfo| {
         info.shape.len() == 2
@@ -299,7 +650,11 @@ fn plan(meta: &Metadata, wanted: &[String], inp: &str) -> Result<Vec<Item>> {
         .into_iter()
         .filter_map(|name| {
             let info = (*infos.get(&name)?).clone();
-            let selected = only.as_ref().is_none_or(|o| o.contains(name.as_str()));
+            let selected = match select {
+                Select::All => true,
+                Select::Names(_) => only.as_ref().is_some_and(|o| o.contains(name.as_str())),
+                Select::DecoderLinears => is_decoder_linear(&name),
+            };
             let quantize = (selected && quantizable(&info)).then(|| (info.shape[0], info.shape[1]));
             Some(Item {
                 name,
@@ -311,13 +666,8 @@ fn plan(meta: &Metadata, wanted: &[String], inp: &str) -> Result<Vec<Item>> {
 }
 
 /// The output tensors of known size, and the quant-state blobs with an upper bound of their length.
-fn outputs(
-    items: &[Item],
-    block: usize,
-    double_quant: bool,
-    dequantize: bool,
-    inp: &str,
-) -> Result<(Vec<Entry>, Vec<Blob>)> {
+fn outputs(items: &[Item], job: &FileJob, inp: &str) -> Result<(Vec<Entry>, Vec<Blob>)> {
+    let (block, double_quant, dequantize) = (job.block, job.double_quant, job.dequantize);
     let mut fixed = Vec::new();
     let mut blobs = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
@@ -337,11 +687,17 @@ fn outputs(
         let Some((rows, cols)) = item.quantize else {
             claim(name, name)?;
             let (s, e) = item.info.data_offsets;
+            let dtype = out_dtype(item.info.dtype, job.cast);
+            let len = if dtype == item.info.dtype {
+                e - s
+            } else {
+                item.info.shape.iter().product::<usize>() * dtype.bitsize() / 8
+            };
             fixed.push(Entry {
                 name: name.into(),
-                dtype: item.info.dtype,
+                dtype,
                 shape: item.info.shape.clone(),
-                len: e - s,
+                len,
             });
             continue;
         };
@@ -386,7 +742,7 @@ fn outputs(
         add(".quant_map", Dtype::F32, NF4.len(), vec![NF4.len()])?;
         let blob = format!("{name}{QUANT_STATE_SUFFIX}");
         claim(&blob, name)?;
-        let dtype = torch_dtype_name(item.info.dtype).unwrap_or("float32");
+        let dtype = torch_dtype_name(out_dtype(item.info.dtype, job.cast)).unwrap_or("float32");
         let bound = if double_quant {
             quant_state_json(dtype, block, rows, cols, Some(0.0)).len() - "0.0".len()
                 + MAX_FLOAT_REPR
