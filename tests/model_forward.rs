@@ -157,3 +157,27 @@ fn smollm2_gguf_logits_match_transformers() {
     );
     assert!(worst <= 2e-3, "last position logits differ by {worst}");
 }
+
+/// A PEFT-written adapter (r = 2, alpha = 3) on the f32 base gives PEFT's logits.
+#[test]
+fn model_logits_with_peft_adapter_match_peft() {
+    let Some(gpu) = gpu() else { return };
+    for name in MODELS {
+        let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+        let model = LlamaModel::load(gpu, &src, Quant::None).unwrap();
+        let adapter =
+            tinytune::train::Adapter::load(&fixture(&format!("{name}/adapter"))).unwrap();
+        let lora = tinytune::train::upload_adapter(gpu, &model, &adapter).unwrap();
+        let rel = format!("{name}/adapter_logits.safetensors");
+        let (ids, b, t) = ids_of(&rel);
+        let got = pollster::block_on(model.logits_with(gpu, Some(&lora), &ids, b, t)).unwrap();
+        let want = &read_tensors(&rel)["logits"].1;
+        assert_close(
+            &format!("{name} logits with a PEFT adapter vs PEFT"),
+            &got,
+            want,
+            LOGITS_ATOL,
+            LOGITS_RTOL,
+        );
+    }
+}

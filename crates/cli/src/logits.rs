@@ -31,6 +31,9 @@ pub struct LogitsArgs {
     /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a .gguf file.
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
+    /// PEFT LoRA adapter folder applied on top of the model [default: none].
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
     /// Storage of the base model's linear layers [default: nf4].
     #[arg(long, value_enum, default_value_t = QuantArg::Nf4)]
     pub quant: QuantArg,
@@ -76,7 +79,15 @@ pub fn run(args: &LogitsArgs, adapter: Option<String>) -> Result<()> {
     })?;
     let model = LlamaModel::load(&gpu, &src, args.quant.quant())
         .with_context(|| format!("cannot load {}", args.model.display()))?;
-    let logits = pollster::block_on(model.logits(&gpu, &ids, 1, ids.len()))?;
+    let lora = match &args.adapter {
+        Some(dir) => Some(tinytune_train::upload_adapter(
+            &gpu,
+            &model,
+            &tinytune_train::Adapter::load(dir)?,
+        )?),
+        None => None,
+    };
+    let logits = pollster::block_on(model.logits_with(&gpu, lora.as_ref(), &ids, 1, ids.len()))?;
     let t = ids.len();
     let ids_i32: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
     let tensors = [

@@ -83,9 +83,9 @@ pub struct TrainArgs {
     /// Start from this PEFT adapter's weights (and its r / alpha / targets) instead of a fresh init.
     #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     pub adapter: Option<PathBuf>,
-    /// Continue a run from a checkpoint folder, or with no value from the newest
-    /// OUTPUT_DIR/checkpoint-<step> (same data, seed and eval split needed).
-    #[arg(long, value_name = "CKPT", num_args = 0..=1, default_missing_value = "")]
+    /// Continue a run from a checkpoint folder, or with no value (or `latest`) from the newest
+    /// OUTPUT_DIR/checkpoint-<step>; the run's saved settings are used (same data needed).
+    #[arg(long, value_name = "CKPT", num_args = 0..=1, default_missing_value = "latest")]
     pub resume: Option<PathBuf>,
     /// LoRA rank [default: 8].
     #[arg(long, default_value_t = 8)]
@@ -101,6 +101,11 @@ pub struct TrainArgs {
     /// [default: all-linear = q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj].
     #[arg(long, value_delimiter = ',', default_value = "all-linear")]
     pub target_modules: Vec<String>,
+    /// Adapt only these layers (PEFT's layers_to_transform): comma-separated indices, or a range
+    /// like 20-29, or top:N for the last N layers. The backward pass stops at the lowest adapted
+    /// layer, so adapting only the top layers is faster [default: every layer].
+    #[arg(long, value_name = "LAYERS")]
+    pub layers_to_transform: Option<String>,
     /// rsLoRA scaling alpha / sqrt(r) [default: off].
     #[arg(long)]
     pub use_rslora: bool,
@@ -171,6 +176,45 @@ fn parse_targets(list: &[String]) -> Result<Vec<LoraModule>> {
                 "unknown target module {name:?} (expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear)"
             ),
         }
+    }
+    Ok(out)
+}
+
+/// Parses `--layers-to-transform`: `3,5,7`, `20-29` (inclusive) or `top:N`, against `n_layers`.
+fn parse_layers(spec: &str, n_layers: usize) -> Result<Vec<usize>> {
+    let bad =
+        || anyhow::anyhow!("--layers-to-transform {spec:?}: expected e.g. 3,5,7 or 20-29 or top:8");
+    let mut out = Vec::new();
+    if let Some(n) = spec.strip_prefix("top:") {
+        let n: usize = n.trim().parse().map_err(|_| bad())?;
+        if n == 0 || n > n_layers {
+            bail!("--layers-to-transform top:{n}: the model has {n_layers} layers");
+        }
+        return Ok((n_layers - n..n_layers).collect());
+    }
+    for part in spec.split(',') {
+        let part = part.trim();
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    if let Some(l) = out.iter().find(|&&l| l >= n_layers) {
+        bail!(
+            "--layers-to-transform names layer {l}, the model has {n_layers} layers (0..{})",
+            n_layers - 1
+        );
     }
     Ok(out)
 }
@@ -311,11 +355,15 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
             dropout: args.lora_dropout,
             targets: parse_targets(&args.target_modules)?,
             use_rslora: args.use_rslora,
+            layers_to_transform: match &args.layers_to_transform {
+                Some(spec) => Some(parse_layers(spec, src.config().num_hidden_layers)?),
+                None => None,
+            },
         },
     };
     let start = match (&args.resume, &args.adapter) {
         (Some(p), _) => {
-            let dir = if p.as_os_str().is_empty() {
+            let dir = if p.as_os_str() == "latest" && !p.exists() {
                 newest_checkpoint(&args.output_dir)?
             } else {
                 p.clone()

@@ -37,6 +37,9 @@ pub struct LoraHyper {
     pub dropout: f64,
     pub targets: Vec<LoraModule>,
     pub use_rslora: bool,
+    /// Adapt only these layers (PEFT's `layers_to_transform`; `None`: every layer). The backward
+    /// pass stops at the lowest adapted layer, so adapting only the top layers trains faster.
+    pub layers_to_transform: Option<Vec<usize>>,
 }
 
 impl Default for LoraHyper {
@@ -47,6 +50,7 @@ impl Default for LoraHyper {
             dropout: 0.0,
             targets: LoraModule::ALL.to_vec(),
             use_rslora: false,
+            layers_to_transform: None,
         }
     }
 }
@@ -139,6 +143,7 @@ impl TrainConfig {
         let mut c = LoraConfig::new(self.lora.r, self.lora.alpha, &self.lora.targets);
         c.lora_dropout = self.lora.dropout;
         c.use_rslora = self.lora.use_rslora;
+        c.layers_to_transform = self.lora.layers_to_transform.clone();
         if !self.base_model.is_empty() {
             c.base_model_name_or_path = Some(self.base_model.clone());
         }

@@ -74,9 +74,16 @@ fn cfg_err(msg: impl Into<String>) -> TrainError {
 }
 
 /// The `(key, in, out)` of every projection `lora` adapts in `model`.
-fn lora_shapes(model: &LlamaModel, targets: &[LoraModule]) -> Vec<(LoraKey, usize, usize)> {
+fn lora_shapes(
+    model: &LlamaModel,
+    targets: &[LoraModule],
+    layers: Option<&[usize]>,
+) -> Vec<(LoraKey, usize, usize)> {
     let mut out = Vec::new();
     for (layer, l) in model.layers.iter().enumerate() {
+        if layers.is_some_and(|ls| !ls.contains(&layer)) {
+            continue;
+        }
         for (t, module) in LoraModule::ALL.iter().enumerate() {
             if targets.contains(module) {
                 let lin = &l.linears[t];
@@ -133,11 +140,19 @@ pub fn upload_adapter(gpu: &Gpu, model: &LlamaModel, adapter: &Adapter) -> Resul
     Ok(LoraGpu::upload(gpu, model, &lora)?)
 }
 
-/// Input ids and shifted targets of a batch, trimmed to its longest row: `(ids, targets, rows, t)`.
-pub fn trimmed(
-    examples: &[Example],
-    indices: &[usize],
-) -> Result<(Vec<u32>, Vec<i32>, usize, usize)> {
+/// A batch ready for the model: trimmed to its longest row, targets shifted.
+pub struct ModelBatch {
+    pub ids: Vec<u32>,
+    /// Per-position targets (already shifted; -100 = ignored).
+    pub targets: Vec<i32>,
+    pub rows: usize,
+    pub t: usize,
+    /// Real (non-padding) tokens.
+    pub n_tokens: usize,
+}
+
+/// The examples `indices` as a [`ModelBatch`].
+pub fn trimmed(examples: &[Example], indices: &[usize]) -> Result<ModelBatch> {
     let b = collate(examples, indices)?;
     let t = indices
         .iter()
@@ -152,7 +167,13 @@ pub fn trimmed(
         labels.extend_from_slice(&b.labels[r * b.seq_len..r * b.seq_len + t]);
     }
     let targets = shift_labels(&labels, b.rows, t);
-    Ok((ids, targets, b.rows, t))
+    Ok(ModelBatch {
+        ids,
+        targets,
+        rows: b.rows,
+        t,
+        n_tokens: b.n_tokens,
+    })
 }
 
 fn count_targets(targets: &[i32], v: usize) -> usize {
@@ -185,8 +206,24 @@ impl<'g> Trainer<'g> {
                 if config.lora.targets.is_empty() {
                     return Err(cfg_err("no LoRA target modules"));
                 }
+                if let Some(ls) = &config.lora.layers_to_transform {
+                    let n = model.layers.len();
+                    if let Some(bad) = ls.iter().find(|&&l| l >= n) {
+                        return Err(cfg_err(format!(
+                            "layers_to_transform names layer {bad}, the model has {n} layers (0..{})",
+                            n - 1
+                        )));
+                    }
+                    if ls.is_empty() {
+                        return Err(cfg_err("layers_to_transform is empty"));
+                    }
+                }
                 let w = LoraWeights::init(
-                    lora_shapes(model, &config.lora.targets),
+                    lora_shapes(
+                        model,
+                        &config.lora.targets,
+                        config.lora.layers_to_transform.as_deref(),
+                    ),
                     config.lora.r,
                     config.seed,
                 );
@@ -196,6 +233,7 @@ impl<'g> Trainer<'g> {
                 config.lora.r = a.config.r;
                 config.lora.alpha = a.config.lora_alpha;
                 config.lora.use_rslora = a.config.use_rslora;
+                config.lora.layers_to_transform = a.config.layers_to_transform.clone();
                 config.lora.targets = LoraModule::ALL
                     .into_iter()
                     .filter(|m| a.weights.pairs.keys().any(|k| k.module == *m))
@@ -362,18 +400,26 @@ impl<'g> Trainer<'g> {
         if micro.is_empty() {
             return Ok(None);
         }
-        let total: usize = micro.iter().map(|m| count_targets(&m.1, v)).sum();
+        let total: usize = micro.iter().map(|m| count_targets(&m.targets, v)).sum();
         let scale = 1.0 / total.max(1) as f32;
         let mut enc = gpu.encoder();
         self.lora.zero_grads(&mut enc);
         enc.submit();
         let mut loss_sum = 0.0;
         let mut tokens = 0u64;
-        for (ids, targets, b, t) in &micro {
-            self.model
-                .forward_backward(gpu, &self.ws, &self.lora, ids, targets, *b, *t, scale)?;
-            loss_sum += self.ws.loss_sum(gpu, b * t).await?;
-            tokens += ids.len() as u64;
+        for mb in &micro {
+            self.model.forward_backward(
+                gpu,
+                &self.ws,
+                &self.lora,
+                &mb.ids,
+                &mb.targets,
+                mb.rows,
+                mb.t,
+                scale,
+            )?;
+            loss_sum += self.ws.loss_sum(gpu, mb.rows * mb.t).await?;
+            tokens += mb.n_tokens as u64;
         }
         let step = self.state.global_step + 1;
         let lr = self.schedule.lr(self.state.global_step);
@@ -499,10 +545,10 @@ pub async fn loss_sum(
     let plan = BatchPlan::sequential(examples.len(), batch_size)?;
     let (mut sum, mut count) = (0.0, 0usize);
     for ix in plan.iter(DataPosition::default(), 0, Stop::Epochs(1))? {
-        let (ids, targets, b, t) = trimmed(examples, &ix)?;
-        model.forward_loss(gpu, ws, lora, &ids, &targets, b, t)?;
-        sum += ws.loss_sum(gpu, b * t).await?;
-        count += count_targets(&targets, v);
+        let mb = trimmed(examples, &ix)?;
+        model.forward_loss(gpu, ws, lora, &mb.ids, &mb.targets, mb.rows, mb.t)?;
+        sum += ws.loss_sum(gpu, mb.rows * mb.t).await?;
+        count += count_targets(&mb.targets, v);
     }
     Ok((sum, count))
 }

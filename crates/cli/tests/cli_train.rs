@@ -1,0 +1,267 @@
+//! `tinytune train` / `eval` / `generate --adapter` end to end on the tiny Llama fixture (HF folder
+//! with a tokenizer and chat template): the loss falls, the adapter is in PEFT's layout, checkpoints
+//! resume bit-identically, and bad input gives one-line errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model() -> PathBuf {
+    root().join("tests/fixtures/model/llama_hf")
+}
+
+fn tinytune(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tinytune"))
+        .args(args)
+        .output()
+        .expect("cannot run the tinytune binary")
+}
+
+fn ok(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "tinytune failed: {err}");
+    err
+}
+
+fn have_gpu() -> bool {
+    let o = tinytune(&["info"]);
+    if !o.status.success() {
+        if std::env::var("TINYTUNE_REQUIRE_GPU").as_deref() == Ok("1") {
+            panic!("TINYTUNE_REQUIRE_GPU=1 but `tinytune info` failed");
+        }
+        eprintln!("SKIPPED: no GPU adapter");
+        return false;
+    }
+    true
+}
+
+/// A chat dataset with one repeated behaviour (the answer always starts with "Arr!").
+fn write_data(dir: &Path) -> PathBuf {
+    let mut text = String::new();
+    for i in 0..12 {
+        text.push_str(&format!(
+            "{{\"messages\":[{{\"role\":\"user\",\"content\":\"Question number {i}?\"}},{{\"role\":\"assistant\",\"content\":\"Arr! Answer {i}.\"}}]}}\n"
+        ));
+    }
+    let p = dir.join("data.jsonl");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn train_args<'a>(data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "train",
+        "--data",
+        data,
+        "--output-dir",
+        out,
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--num-steps",
+        "6",
+        "--learning-rate",
+        "1e-2",
+        "--lora-r",
+        "4",
+        "--eval-split",
+        "2",
+        "--save-every",
+        "3",
+        "--log-steps",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+#[test]
+fn train_saves_a_peft_adapter_and_resumes_bit_identically() {
+    if !have_gpu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path());
+    let (data, m) = (data.to_str().unwrap(), model());
+    let m = m.to_str().unwrap();
+    let out = tmp.path().join("run");
+    let out_s = out.to_str().unwrap();
+    let mut args = train_args(data, out_s, &["--model", m]);
+    args.extend_from_slice(&["--lr-scheduler", "constant"]);
+    let log = ok(&tinytune(&args));
+    assert!(log.contains("step 6/6"), "{log}");
+
+    // PEFT layout at the top of the output dir.
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["task_type"], "CAUSAL_LM");
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["bias"], "none");
+    let st = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    // 2 layers x 7 projections x (A, B).
+    assert_eq!(st.len(), 28);
+    let a = st
+        .tensor("base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight")
+        .unwrap();
+    assert_eq!(a.shape(), &[4, 64]);
+
+    // The loss falls and metrics carry every field; eval at the end.
+    let recs = metrics(&out);
+    assert_eq!(recs.len(), 6);
+    let first = recs[0]["loss"].as_f64().unwrap();
+    let last = recs[5]["loss"].as_f64().unwrap();
+    assert!(last < first * 0.8, "loss {first} -> {last}");
+    for k in [
+        "step",
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "elapsed_s",
+    ] {
+        assert!(recs[5].get(k).is_some(), "metrics lack {k}: {}", recs[5]);
+    }
+    assert!(recs[5]["eval_loss"].as_f64().is_some());
+    assert!(out.join("checkpoint-3").is_dir() && out.join("checkpoint-6").is_dir());
+
+    // Resume from step 3 in a copy: steps 4..6 repeat exactly.
+    let out2 = tmp.path().join("resumed");
+    std::fs::create_dir_all(&out2).unwrap();
+    let ck = out2.join("checkpoint-3");
+    std::fs::create_dir_all(&ck).unwrap();
+    for e in std::fs::read_dir(out.join("checkpoint-3")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), ck.join(e.file_name())).unwrap();
+    }
+    let first3: String = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .take(3)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(out2.join("metrics.jsonl"), first3).unwrap();
+    let out2_s = out2.to_str().unwrap();
+    let mut args = train_args(data, out2_s, &["--model", m, "--resume"]);
+    args.extend_from_slice(&["--lr-scheduler", "constant"]);
+    let log = ok(&tinytune(&args));
+    assert!(log.contains("resuming from"), "{log}");
+    let again = metrics(&out2);
+    assert_eq!(again.len(), 6);
+    for (a, b) in recs.iter().zip(&again) {
+        assert_eq!(a["loss"], b["loss"], "step {}", a["step"]);
+        assert_eq!(a["grad_norm"], b["grad_norm"], "step {}", a["step"]);
+    }
+    assert_eq!(
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(out2.join("adapter_model.safetensors")).unwrap(),
+        "resumed run ends with the same adapter"
+    );
+
+    // eval: the adapter lowers the loss on its training data.
+    let eval = |extra: &[&str]| -> f64 {
+        let mut a = vec!["eval", "--model", m, "--data", data, "--seq-len", "32"];
+        a.extend_from_slice(extra);
+        let o = tinytune(&a);
+        ok(&o);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["eval_loss"].as_f64().unwrap()
+    };
+    let base = eval(&[]);
+    let tuned = eval(&["--adapter", out_s]);
+    assert!(
+        tuned < base * 0.8,
+        "eval loss base {base} vs adapter {tuned}"
+    );
+
+    // generate --adapter loads it.
+    let o = tinytune(&[
+        "generate",
+        "--model",
+        m,
+        "--adapter",
+        out_s,
+        "--prompt",
+        "Question number 3?",
+        "--max-new-tokens",
+        "4",
+    ]);
+    ok(&o);
+
+    // train --adapter continues from its weights: its first loss is the trained adapter's.
+    let out3 = tmp.path().join("cont");
+    let out3_s = out3.to_str().unwrap();
+    let args = train_args(data, out3_s, &["--model", m, "--adapter", out_s]);
+    ok(&tinytune(&args));
+    let cont = metrics(&out3);
+    assert!(
+        cont[0]["loss"].as_f64().unwrap() < first * 0.8,
+        "continued run starts from the adapter: {} vs fresh {first}",
+        cont[0]["loss"]
+    );
+}
+
+#[test]
+fn train_errors_are_one_line() {
+    if !have_gpu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"text\": oops}\n").unwrap();
+    let good = write_data(tmp.path());
+    let m = model();
+    let m = m.to_str().unwrap();
+    let out = tmp.path().join("o");
+    for (extra, needle) in [
+        (vec!["--data", bad.to_str().unwrap()], "bad.jsonl:2"),
+        (
+            vec!["--data", "/nonexistent/data.jsonl"],
+            "/nonexistent/data.jsonl",
+        ),
+        (
+            vec![
+                "--data",
+                good.to_str().unwrap(),
+                "--target-modules",
+                "qq_proj",
+            ],
+            "qq_proj",
+        ),
+        (
+            vec!["--data", good.to_str().unwrap(), "--lora-dropout", "0.1"],
+            "dropout",
+        ),
+        (
+            vec![
+                "--data",
+                good.to_str().unwrap(),
+                "--layers-to-transform",
+                "7",
+            ],
+            "layer 7",
+        ),
+    ] {
+        let mut a = vec!["train", "--model", m, "--output-dir", out.to_str().unwrap()];
+        a.extend_from_slice(&extra);
+        let o = tinytune(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra:?} succeeded");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{extra:?}: {err}");
+        assert!(errors[0].contains(needle), "{extra:?}: {err}");
+    }
+}
