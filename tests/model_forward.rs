@@ -165,8 +165,7 @@ fn model_logits_with_peft_adapter_match_peft() {
     for name in MODELS {
         let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
         let model = LlamaModel::load(gpu, &src, Quant::None).unwrap();
-        let adapter =
-            tinytune::train::Adapter::load(&fixture(&format!("{name}/adapter"))).unwrap();
+        let adapter = tinytune::train::Adapter::load(&fixture(&format!("{name}/adapter"))).unwrap();
         let lora = tinytune::train::upload_adapter(gpu, &model, &adapter).unwrap();
         let rel = format!("{name}/adapter_logits.safetensors");
         let (ids, b, t) = ids_of(&rel);

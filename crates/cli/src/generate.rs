@@ -18,7 +18,8 @@ use crate::logits::QuantArg;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a .gguf file.
+    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a .gguf file
+    /// [required].
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
     /// Storage of the base model's linear layers [default: nf4].
@@ -32,11 +33,12 @@ pub struct GenerateArgs {
     /// --ids is required].
     #[arg(long, conflicts_with_all = ["prompt_file", "ids"], required_unless_present_any = ["prompt_file", "ids"])]
     pub prompt: Option<String>,
-    /// Read the prompt from a file (UTF-8) instead.
+    /// Read the prompt from a file (UTF-8) instead [one of --prompt, --prompt-file or --ids is
+    /// required].
     #[arg(long, value_name = "FILE", conflicts_with = "ids")]
     pub prompt_file: Option<PathBuf>,
     /// Comma-separated prompt token ids, fed as-is (for models without a tokenizer; the output is
-    /// then token ids too).
+    /// then token ids too) [one of --prompt, --prompt-file or --ids is required].
     #[arg(long, value_delimiter = ',')]
     pub ids: Option<Vec<u32>>,
     /// System message of the chat [default: none, the template's own default if it has one].

@@ -28,7 +28,8 @@ impl QuantArg {
 
 #[derive(Args, Debug)]
 pub struct LogitsArgs {
-    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a .gguf file.
+    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a .gguf file
+    /// [required].
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
     /// PEFT LoRA adapter folder applied on top of the model [default: none].
@@ -45,10 +46,11 @@ pub struct LogitsArgs {
         required_unless_present = "prompt"
     )]
     pub ids: Option<Vec<u32>>,
-    /// Text to tokenize with the model's tokenizer (no special tokens added) [one of --ids or --prompt].
+    /// Text to tokenize with the model's tokenizer (no special tokens added) [one of --ids or --prompt is required].
     #[arg(long)]
     pub prompt: Option<String>,
-    /// Output safetensors file: `logits` F32 [T, V] and `input_ids` I32 [T]; written atomically.
+    /// Output safetensors file: `logits` F32 [T, V] and `input_ids` I32 [T]; written atomically
+    /// [required].
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 }

@@ -85,14 +85,15 @@ impl OutDtype {
 #[derive(Args, Debug)]
 pub struct MergeArgs {
     /// Base model: a Hugging Face folder (config.json + model.safetensors or a sharded index) or a
-    /// .gguf file (llama / qwen2).
+    /// .gguf file (llama / qwen2) [required].
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
-    /// PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) trained on MODEL.
+    /// PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) trained on MODEL
+    /// [required].
     #[arg(long, value_name = "DIR")]
     pub adapter: String,
     /// Output folder (created if missing): config.json, model.safetensors and the tokenizer files.
-    /// Existing files of those names are replaced; the source model is never overwritten.
+    /// Existing files of those names are replaced; the source model is never overwritten [required].
     #[arg(long, value_name = "DIR")]
     pub output_dir: PathBuf,
     /// Element type of every written tensor (the merge itself is computed in f32).

@@ -49,7 +49,8 @@ impl TextSplitArg {
 /// Model and data options shared by `train` and `eval`.
 #[derive(Args, Debug)]
 pub struct DataArgs {
-    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a .gguf file.
+    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a .gguf file
+    /// [required].
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
     /// Storage of the frozen base's linear layers: nf4 = QLoRA (bitsandbytes NF4, block 64,
@@ -58,7 +59,7 @@ pub struct DataArgs {
     pub quant: QuantArg,
     /// Dataset file(s), repeatable: .txt (plain text), or .jsonl with {"text"},
     /// {"prompt","completion"} or {"messages":[{"role","content"}...]} records (chat records go
-    /// through the model's chat template; only assistant tokens carry loss).
+    /// through the model's chat template; only assistant tokens carry loss) [required].
     #[arg(long, value_name = "FILE", required = true)]
     pub data: Vec<PathBuf>,
     /// Tokens per example: longer records are truncated, text is packed into blocks of this size
@@ -80,11 +81,13 @@ pub struct TrainArgs {
     /// Where the adapter, metrics.jsonl and checkpoint-<step>/ folders go [default: tinytune-out].
     #[arg(long, value_name = "DIR", default_value = "tinytune-out")]
     pub output_dir: PathBuf,
-    /// Start from this PEFT adapter's weights (and its r / alpha / targets) instead of a fresh init.
+    /// Start from this PEFT adapter's weights (and its r / alpha / targets) instead of a fresh init
+    /// [default: none, PEFT's init seeded by --seed].
     #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     pub adapter: Option<PathBuf>,
     /// Continue a run from a checkpoint folder, or with no value (or `latest`) from the newest
-    /// OUTPUT_DIR/checkpoint-<step>; the run's saved settings are used (same data needed).
+    /// OUTPUT_DIR/checkpoint-<step>; the run's saved settings are used (same data needed)
+    /// [default: off, a new run].
     #[arg(long, value_name = "CKPT", num_args = 0..=1, default_missing_value = "latest")]
     pub resume: Option<PathBuf>,
     /// LoRA rank [default: 8].

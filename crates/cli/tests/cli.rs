@@ -553,32 +553,38 @@ fn info_lists_adapter_features_and_limits() {
 
 #[test]
 fn help_documents_every_flag_with_its_default() {
-    let o = tinytune(&["quantize", "--help"]);
-    assert!(o.status.success());
-    let text = String::from_utf8(o.stdout).unwrap();
-    for flag in [
-        "--block-size",
-        "--no-double-quant",
-        "--dequantize",
-        "--tensor",
-        "--max-buffer-bytes",
-        "--adapter",
+    // Every flag of every subcommand states its default, or that it is required.
+    for sub in [
+        "quantize", "logits", "train", "eval", "generate", "merge", "info",
     ] {
-        let line = text
-            .lines()
-            .find(|l| l.trim_start().starts_with(flag))
-            .unwrap_or_else(|| panic!("{flag} undocumented"));
-        // Long help wraps: the flag's paragraph runs to the next flag.
-        let start = text.find(line).unwrap();
-        let para: String = text[start..]
-            .lines()
-            .take_while(|l| l == &line || !l.trim_start().starts_with("--"))
-            .collect();
-        assert!(
-            para.contains("default"),
-            "{flag} does not state its default: {para}"
-        );
+        let o = tinytune(&[sub, "--help"]);
+        assert!(o.status.success(), "{sub} --help");
+        let text = String::from_utf8(o.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            let is_flag = t.starts_with("--") || (t.starts_with('-') && t.contains(", --"));
+            if !is_flag || t.contains("--help") || t.contains("--version") {
+                continue;
+            }
+            // Long help wraps: the flag's paragraph runs to the next flag.
+            let para: String = std::iter::once(line)
+                .chain(lines[i + 1..].iter().take_while(|l| {
+                    let l = l.trim_start();
+                    !(l.starts_with("--") || (l.starts_with('-') && l.contains(", --")))
+                }))
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                para.contains("default") || para.contains("required"),
+                "`tinytune {sub}`: {t} states neither its default nor that it is required: {para}"
+            );
+        }
     }
+    let o = tinytune(&["quantize", "--help"]);
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains("--gpu"));
     assert!(text.contains("[default: 64]"));
     let v = tinytune(&["--version"]);
     assert!(
