@@ -425,6 +425,11 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     let resumed_at = (trainer.state.global_step > 0).then_some(trainer.state.global_step);
     let mut metrics = MetricsWriter::open(&args.output_dir.join("metrics.jsonl"), resumed_at)?;
 
+    if n_eval > 0 && trainer.state.global_step == 0 {
+        if let Some(l) = pollster::block_on(trainer.evaluate())? {
+            eprintln!("eval before training: loss {l:.4} ppl {:.2}", l.exp());
+        }
+    }
     let total = trainer.total_steps();
     let bar = if std::io::stderr().is_terminal() && !args.log_steps {
         let b = ProgressBar::new(total);
