@@ -132,55 +132,45 @@ impl LoraGpu {
         Ok(())
     }
 
-    /// Records copying every gradient into the flat buffer `flat` (`[n_params]`).
-    pub fn copy_grads_to(&self, enc: &mut Encoder, flat: &GpuBuffer) -> Result<(), ModelError> {
+    /// Records, for every pair, a copy between its two buffers (picked by `pick`: `(a, b)` or the
+    /// gradients) and their place in the flat buffer; `to_flat` sets the direction.
+    fn copy_flat(
+        &self,
+        enc: &mut Encoder,
+        flat: &GpuBuffer,
+        to_flat: bool,
+        pick: impl Fn(&LoraPairGpu) -> (&GpuBuffer, &GpuBuffer),
+    ) -> Result<(), ModelError> {
         self.check_flat(flat)?;
         for (_, _, p) in self.pairs() {
             let na = (self.r * p.n_in * 4) as u64;
-            enc.copy(&p.da, 0, flat, (p.offset * 4) as u64, na);
-            enc.copy(
-                &p.db,
-                0,
-                flat,
-                (p.offset * 4) as u64 + na,
-                (p.n_out * self.r * 4) as u64,
-            );
+            let nb = (p.n_out * self.r * 4) as u64;
+            let off = (p.offset * 4) as u64;
+            let (a, b) = pick(p);
+            for (buf, at, n) in [(a, off, na), (b, off + na, nb)] {
+                if to_flat {
+                    enc.copy(buf, 0, flat, at, n);
+                } else {
+                    enc.copy(flat, at, buf, 0, n);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Records copying every gradient into the flat buffer `flat` (`[n_params]`).
+    pub fn copy_grads_to(&self, enc: &mut Encoder, flat: &GpuBuffer) -> Result<(), ModelError> {
+        self.copy_flat(enc, flat, true, |p| (&p.da, &p.db))
     }
 
     /// Records copying every parameter into the flat buffer `flat`.
     pub fn copy_params_to(&self, enc: &mut Encoder, flat: &GpuBuffer) -> Result<(), ModelError> {
-        self.check_flat(flat)?;
-        for (_, _, p) in self.pairs() {
-            let na = (self.r * p.n_in * 4) as u64;
-            enc.copy(&p.a, 0, flat, (p.offset * 4) as u64, na);
-            enc.copy(
-                &p.b,
-                0,
-                flat,
-                (p.offset * 4) as u64 + na,
-                (p.n_out * self.r * 4) as u64,
-            );
-        }
-        Ok(())
+        self.copy_flat(enc, flat, true, |p| (&p.a, &p.b))
     }
 
     /// Records copying the parameters back from the flat buffer (after an optimizer update).
     pub fn copy_params_from(&self, enc: &mut Encoder, flat: &GpuBuffer) -> Result<(), ModelError> {
-        self.check_flat(flat)?;
-        for (_, _, p) in self.pairs() {
-            let na = (self.r * p.n_in * 4) as u64;
-            enc.copy(flat, (p.offset * 4) as u64, &p.a, 0, na);
-            enc.copy(
-                flat,
-                (p.offset * 4) as u64 + na,
-                &p.b,
-                0,
-                (p.n_out * self.r * 4) as u64,
-            );
-        }
-        Ok(())
+        self.copy_flat(enc, flat, false, |p| (&p.a, &p.b))
     }
 
     /// Splits a flat host vector (`[n_params]`, e.g. read back from the optimizer's buffers) into
@@ -245,28 +235,28 @@ impl LoraGpu {
 
     /// Reads the adapters back to the host.
     pub async fn download(&self, gpu: &Gpu) -> Result<Lora, ModelError> {
-        let mut flat = vec![0f32; self.n_params];
-        for (_, _, p) in self.pairs() {
-            let na = self.r * p.n_in;
-            let a = gpu.read::<f32>(&p.a).await?;
-            let b = gpu.read::<f32>(&p.b).await?;
-            flat[p.offset..p.offset + na].copy_from_slice(&a[..na]);
-            flat[p.offset + na..p.offset + na + p.n_out * self.r]
-                .copy_from_slice(&b[..p.n_out * self.r]);
-        }
-        self.unflatten(&flat)
+        self.read_pairs(gpu, |p| (&p.a, &p.b)).await
     }
 
     /// Reads the gradients back to the host (same layout as the adapters).
     pub async fn download_grads(&self, gpu: &Gpu) -> Result<Lora, ModelError> {
+        self.read_pairs(gpu, |p| (&p.da, &p.db)).await
+    }
+
+    async fn read_pairs(
+        &self,
+        gpu: &Gpu,
+        pick: impl Fn(&LoraPairGpu) -> (&GpuBuffer, &GpuBuffer),
+    ) -> Result<Lora, ModelError> {
         let mut flat = vec![0f32; self.n_params];
         for (_, _, p) in self.pairs() {
             let na = self.r * p.n_in;
-            let a = gpu.read::<f32>(&p.da).await?;
-            let b = gpu.read::<f32>(&p.db).await?;
+            let nb = p.n_out * self.r;
+            let (a, b) = pick(p);
+            let a = gpu.read::<f32>(a).await?;
+            let b = gpu.read::<f32>(b).await?;
             flat[p.offset..p.offset + na].copy_from_slice(&a[..na]);
-            flat[p.offset + na..p.offset + na + p.n_out * self.r]
-                .copy_from_slice(&b[..p.n_out * self.r]);
+            flat[p.offset + na..p.offset + na + nb].copy_from_slice(&b[..nb]);
         }
         self.unflatten(&flat)
     }
