@@ -36,6 +36,7 @@ shaders!(
     "nn/cross_entropy_fwd",
     "nn/cross_entropy_bwd",
     "nn/add_fwd",
+    "nn/dropout_fwd",
     "nn/attention_fwd",
     "nn/attention_bwd",
     "nn/bias_add_fwd",
