@@ -7,7 +7,7 @@ mod common;
 use common::hf::{fixture, read_tensors, reference_model};
 use common::{assert_close, gpu};
 use tinytune::model::{LlamaModel, LoraGpu, ModelSource, Quant, Workspace};
-use tinytune::reference::llama::{self, Lora};
+use tinytune::reference::llama::{self, Lora, LoraDropout};
 use tinytune::train::{Adapter, LoraWeights};
 
 const MODELS: [&str; 3] = ["llama", "llama_tied_llama3", "qwen2"];
@@ -74,6 +74,7 @@ fn gpu_loss_and_grads(
     lora: &Lora,
     bt: &Batch,
     head_rows: usize,
+    dropout: Option<LoraDropout>,
 ) -> (f32, Lora) {
     let gpu = gpu().unwrap();
     let lg = LoraGpu::upload(gpu, model, lora).unwrap();
@@ -97,6 +98,7 @@ fn gpu_loss_and_grads(
             bt.b,
             bt.t,
             1.0 / n as f32,
+            dropout,
         )
         .unwrap();
     let loss = pollster::block_on(ws.loss_sum(gpu, m)).unwrap() / n as f64;
@@ -114,12 +116,21 @@ fn forward_backward_matches_reference() {
             let model = LlamaModel::load(gpu, &src, quant).unwrap();
             let lora = init_adapter(name, model.layers.len());
             let (d, w) = reference_model(&src, nf4);
-            let (want_loss, want) =
-                llama::loss_and_grads(&d, &w, &lora, &bt.ids, &bt.targets, bt.b, bt.t);
-            // Whole head at once, and in chunks of 3 rows (partial last chunk).
-            for head_rows in [bt.b * bt.t, 3] {
-                let (loss, got) = gpu_loss_and_grads(&model, &lora, &bt, head_rows);
-                let what = format!("{name} nf4={nf4} head_rows={head_rows}");
+            // Whole head at once, and in chunks of 3 rows (partial last chunk); with LoRA dropout.
+            let drop = Some(LoraDropout { p: 0.25, seed: 9 });
+            for (head_rows, drop) in [(bt.b * bt.t, None), (3, None), (bt.b * bt.t, drop)] {
+                let (want_loss, want) = llama::loss_and_grads_with(
+                    &d,
+                    &w,
+                    &lora,
+                    &bt.ids,
+                    &bt.targets,
+                    bt.b,
+                    bt.t,
+                    drop,
+                );
+                let (loss, got) = gpu_loss_and_grads(&model, &lora, &bt, head_rows, drop);
+                let what = format!("{name} nf4={nf4} head_rows={head_rows} dropout={drop:?}");
                 eprintln!("{what}: loss gpu {loss} ref {want_loss}");
                 assert_close(
                     &format!("{what} loss"),
@@ -144,7 +155,7 @@ fn forward_backward_matches_peft_step1_gradients() {
         let model = LlamaModel::load(gpu, &src, Quant::None).unwrap();
         let bt = batch(name);
         let lora = init_adapter(name, model.layers.len());
-        let (loss, got) = gpu_loss_and_grads(&model, &lora, &bt, bt.b * bt.t);
+        let (loss, got) = gpu_loss_and_grads(&model, &lora, &bt, bt.b * bt.t, None);
         let tr = read_tensors(&format!("{name}/lora_train.safetensors"));
         assert_close(
             &format!("{name} loss vs PEFT"),

@@ -62,7 +62,10 @@ fn lora_for(d: &Dims, rng: &mut Rng, r: usize) -> Lora {
 
 #[test]
 fn reference_llama_grads_match_finite_differences() {
-    for &(tied, bias) in &[(false, false), (true, true)] {
+    // The last case trains with LoRA dropout (fixed masks: the loss is a smooth function of the
+    // adapters, so finite differences still apply).
+    for &(tied, bias, p) in &[(false, false, 0.0), (true, true, 0.0), (false, true, 0.3)] {
+        let drop = (p > 0.0).then_some(llama::LoraDropout { p, seed: 77 });
         let mut rng = Rng::new(if tied { 11 } else { 5 });
         let (d, w) = tiny(&mut rng, tied, bias);
         let lora = lora_for(&d, &mut rng, 3);
@@ -71,8 +74,17 @@ fn reference_llama_grads_match_finite_differences() {
         let mut labels: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
         labels[3] = -100;
         let targets = llama::shift_labels(&labels, b, t);
-        let (loss, grads) = llama::loss_and_grads(&d, &w, &lora, &ids, &targets, b, t);
-        assert!((loss - llama::loss(&d, &w, Some(&lora), &ids, &targets, b, t)).abs() < 1e-6);
+        let (loss, grads) = llama::loss_and_grads_with(&d, &w, &lora, &ids, &targets, b, t, drop);
+        assert!(
+            (loss - llama::loss_with(&d, &w, Some(&lora), &ids, &targets, b, t, drop)).abs() < 1e-6
+        );
+        if drop.is_some() {
+            let plain = llama::loss(&d, &w, Some(&lora), &ids, &targets, b, t);
+            assert!(
+                (loss - plain).abs() > 1e-4,
+                "dropout changes the loss: {loss} vs {plain}"
+            );
+        }
         let eps = 1e-2f32;
         let mut checked = 0;
         for li in 0..d.layers {
@@ -87,7 +99,7 @@ fn reference_llama_grads_match_finite_differences() {
                             let p = l2.layers[li][ti].as_mut().unwrap();
                             let v = if which == 0 { &mut p.a } else { &mut p.b };
                             v[idx] += delta;
-                            llama::loss(&d, &w, Some(&l2), &ids, &targets, b, t) as f64
+                            llama::loss_with(&d, &w, Some(&l2), &ids, &targets, b, t, drop) as f64
                         };
                         let fd = ((f(eps) - f(-eps)) / (2.0 * eps as f64)) as f32;
                         let an = if which == 0 { g.a[idx] } else { g.b[idx] };

@@ -174,16 +174,11 @@ fn checkpoint_resume_continues_the_same_run() {
     let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
     let model = LlamaModel::load(gpu, &src, Quant::NF4).unwrap();
     let init = || Adapter::load(&fixture(&format!("{name}/lora_init"))).unwrap();
+    // With LoRA dropout: the masks come from the trainer's RNG, which the checkpoint carries.
     let run = |start: Start, steps: u64| {
-        Trainer::new(
-            gpu,
-            &model,
-            recipe(steps),
-            dataset(&rel),
-            start,
-            Box::new(|| 0.0),
-        )
-        .unwrap()
+        let mut cfg = recipe(steps);
+        cfg.lora.dropout = 0.1;
+        Trainer::new(gpu, &model, cfg, dataset(&rel), start, Box::new(|| 0.0)).unwrap()
     };
     let mut full = run(Start::Adapter(init()), 3);
     let mut losses = Vec::new();

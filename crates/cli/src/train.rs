@@ -97,7 +97,7 @@ pub struct TrainArgs {
     /// [default: 16].
     #[arg(long, default_value_t = 16.0)]
     pub lora_alpha: f64,
-    /// LoRA dropout (only 0 is supported for now) [default: 0].
+    /// LoRA dropout on each adapter's input during training (PEFT's lora_dropout) [default: 0].
     #[arg(long, default_value_t = 0.0)]
     pub lora_dropout: f64,
     /// Modules to adapt, PEFT names separated by commas, or all-linear

@@ -241,8 +241,8 @@ fn train_errors_are_one_line() {
             "qq_proj",
         ),
         (
-            vec!["--data", good.to_str().unwrap(), "--lora-dropout", "0.1"],
-            "dropout",
+            vec!["--data", good.to_str().unwrap(), "--lora-dropout", "1.5"],
+            "lora_dropout",
         ),
         (
             vec![

@@ -18,7 +18,7 @@
 use tinytune_gpu::ops::nn;
 use tinytune_gpu::{Gpu, GpuBuffer};
 
-use crate::llama::{LayerActs, LlamaModel};
+use crate::llama::{LayerActs, LayerScratch, LlamaModel};
 use crate::lora::LoraGpu;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
@@ -209,7 +209,6 @@ impl<'a> KvDecoder<'a> {
         let tk = p0 + m;
         let (c, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
         let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let inter = cfg.intermediate_size;
         let kvw = (kvh * hd * 4) as u64;
         gpu.write(&self.ids, 0, bytemuck::cast_slice(ids));
         let pos: Vec<u32> = (p0..tk).map(|p| p as u32).collect();
@@ -219,50 +218,26 @@ impl<'a> KvDecoder<'a> {
         let n_layers = model.layers.len();
         let mut enc = gpu.encoder();
         nn::embedding_fwd(&mut enc, &self.ids, &model.embed, &a.x, m, v, c)?;
-        for (i, layer) in model.layers.iter().enumerate() {
-            nn::rmsnorm_fwd(
-                &mut enc,
-                &a.x,
-                &layer.input_layernorm,
-                &self.hbuf,
-                &a.rstd1,
-                m,
-                c,
-                eps,
-            )?;
-            model.linear(&mut enc, lora, a, i, 0, &self.hbuf, &a.q, m, false)?;
-            model.linear(&mut enc, lora, a, i, 1, &self.hbuf, &a.k, m, false)?;
-            model.linear(&mut enc, lora, a, i, 2, &self.hbuf, &a.v, m, false)?;
-            nn::rope_fwd(&mut enc, &a.q, &self.pos, &model.inv_freq, m, h, hd)?;
-            nn::rope_fwd(&mut enc, &a.k, &self.pos, &model.inv_freq, m, kvh, hd)?;
-            let (kc, vc) = (&self.kcache[i], &self.vcache[i]);
-            enc.copy(&a.k, 0, kc, p0 as u64 * kvw, m as u64 * kvw);
-            enc.copy(&a.v, 0, vc, p0 as u64 * kvw, m as u64 * kvw);
-            nn::attention_fwd(
-                &mut enc, &a.q, kc, vc, &a.attn, &a.lse, 1, m, tk, h, kvh, hd, scale,
-            )?;
-            enc.copy(&a.x, 0, &a.x2, 0, (m * c * 4) as u64);
-            model.linear(&mut enc, lora, a, i, 3, &a.attn, &a.x2, m, true)?;
-            nn::rmsnorm_fwd(
-                &mut enc,
-                &a.x2,
-                &layer.post_attention_layernorm,
-                &self.hbuf,
-                &a.rstd2,
-                m,
-                c,
-                eps,
-            )?;
-            model.linear(&mut enc, lora, a, i, 4, &self.hbuf, &a.gate, m, false)?;
-            model.linear(&mut enc, lora, a, i, 5, &self.hbuf, &a.up, m, false)?;
-            nn::swiglu_fwd(&mut enc, &a.gate, &a.up, &self.act, m * inter)?;
+        let scratch = LayerScratch {
+            hbuf: &self.hbuf,
+            act: &self.act,
+            pos: &self.pos,
+            drop: None,
+        };
+        for i in 0..n_layers {
             let next = if i + 1 == n_layers {
                 &self.x_final
             } else {
                 &a.x
             };
-            enc.copy(&a.x2, 0, next, 0, (m * c * 4) as u64);
-            model.linear(&mut enc, lora, a, i, 6, &self.act, next, m, true)?;
+            let (kc, vc) = (&self.kcache[i], &self.vcache[i]);
+            model.record_layer(&mut enc, lora, a, i, &scratch, next, m, |enc, a| {
+                enc.copy(&a.k, 0, kc, p0 as u64 * kvw, m as u64 * kvw);
+                enc.copy(&a.v, 0, vc, p0 as u64 * kvw, m as u64 * kvw);
+                Ok(nn::attention_fwd(
+                    enc, &a.q, kc, vc, &a.attn, &a.lse, 1, m, tk, h, kvh, hd, scale,
+                )?)
+            })?;
             // Prompt chunks: bound the size of one command buffer, as the full forward does.
             if m > 1 {
                 enc.submit();

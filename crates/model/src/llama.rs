@@ -6,6 +6,8 @@
 
 use tinytune_gpu::ops::{lora, nf4, nn};
 use tinytune_gpu::{Encoder, Gpu, GpuBuffer};
+use tinytune_reference::llama::lora_dropout_seed;
+pub use tinytune_reference::llama::LoraDropout;
 use tinytune_reference::nn::{rope_inv_freq, Llama3Scaling};
 
 use crate::lora::LoraGpu;
@@ -204,6 +206,15 @@ pub(crate) struct LayerActs {
     pub(crate) lora_h: [Option<GpuBuffer>; 7],
 }
 
+/// Shared buffers of a layer's forward: the normed input, the SwiGLU output, the positions, and
+/// the LoRA dropout with its scratch (training only).
+pub(crate) struct LayerScratch<'a> {
+    pub(crate) hbuf: &'a GpuBuffer,
+    pub(crate) act: &'a GpuBuffer,
+    pub(crate) pos: &'a GpuBuffer,
+    pub(crate) drop: Option<(LoraDropout, &'a GpuBuffer)>,
+}
+
 /// Gradient buffers of the backward pass (shared by every layer).
 struct GradBufs {
     dx: GpuBuffer,
@@ -250,6 +261,9 @@ pub struct Workspace {
     chunk_rows: usize,
     chunk: Option<HeadChunk>,
     grads: Option<GradBufs>,
+    /// LoRA dropout scratch `[M, max in]`: the dropped input and its gradient (training only).
+    xd: Option<GpuBuffer>,
+    dxd: Option<GpuBuffer>,
 }
 
 /// A run of consecutive rows: `len` rows from `src` of the full batch to `dst` of a chunk.
@@ -392,7 +406,18 @@ impl Workspace {
         } else {
             None
         };
+        let max_in = c.max(inter).max(h * hd);
+        let (xd, dxd) = if train {
+            (
+                Some(gpu.alloc("lora.dropout.x", f(max_in))?),
+                Some(gpu.alloc("lora.dropout.dx", f(max_in))?),
+            )
+        } else {
+            (None, None)
+        };
         Ok(Workspace {
+            xd,
+            dxd,
             rows,
             train,
             ids: gpu.alloc("ids", f(1))?,
@@ -447,7 +472,7 @@ fn grads_of(ws: &Workspace) -> Result<&GradBufs, ModelError> {
 impl LlamaModel {
     /// Records `y (+)= x · Wᵀ (+ bias) (+ scale · (x · Aᵀ) · Bᵀ)` for linear `t` of layer `i`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn linear(
+    fn linear_drop(
         &self,
         enc: &mut Encoder,
         lora: Option<&LoraGpu>,
@@ -458,6 +483,7 @@ impl LlamaModel {
         y: &GpuBuffer,
         m: usize,
         accumulate: bool,
+        drop: Option<(LoraDropout, &GpuBuffer)>,
     ) -> Result<(), ModelError> {
         let lin = &self.layers[i].linears[t];
         match &lin.weight {
@@ -475,6 +501,14 @@ impl LlamaModel {
             let h = acts.lora_h[t].as_ref().ok_or_else(|| {
                 ModelError::Shape("workspace was made without these LoRA adapters".into())
             })?;
+            let x = match drop {
+                Some((d, xd)) => {
+                    let seed = lora_dropout_seed(d.seed, i, t);
+                    nn::dropout_fwd(enc, x, xd, m * p.n_in, d.p, seed)?;
+                    xd
+                }
+                None => x,
+            };
             lora::fwd(enc, x, &p.a, &p.b, h, y, m, p.n_in, p.n_out, l.r, l.scale)?;
         }
         Ok(())
@@ -496,6 +530,7 @@ impl LlamaModel {
         dx: &GpuBuffer,
         m: usize,
         accumulate: bool,
+        drop: Option<(LoraDropout, &GpuBuffer, &GpuBuffer)>,
     ) -> Result<(), ModelError> {
         let lin = &self.layers[i].linears[t];
         match &lin.weight {
@@ -510,16 +545,27 @@ impl LlamaModel {
             let h = acts.lora_h[t].as_ref().ok_or_else(|| {
                 ModelError::Shape("workspace was made without these LoRA adapters".into())
             })?;
+            // With dropout, the branch saw xd = dropout(x): recompute it, take the branch's
+            // gradient w.r.t. xd into `dxd`, and route it back through the same mask.
+            let (x_in, dx_out, mask) = match drop {
+                Some((d, xd, dxd)) => {
+                    let seed = lora_dropout_seed(d.seed, i, t);
+                    nn::dropout_fwd(enc, x, xd, m * p.n_in, d.p, seed)?;
+                    enc.clear(dxd);
+                    (xd, dxd, Some((d.p, seed)))
+                }
+                None => (x, dx, None),
+            };
             lora::bwd(
                 enc,
-                x,
+                x_in,
                 h,
                 dy,
                 &p.a,
                 &p.b,
                 &p.da,
                 &p.db,
-                dx,
+                dx_out,
                 &g.dh_scratch,
                 m,
                 p.n_in,
@@ -527,6 +573,9 @@ impl LlamaModel {
                 lora.r,
                 lora.scale,
             )?;
+            if let Some((pd, seed)) = mask {
+                nn::dropout_bwd(enc, dx_out, dx, m * p.n_in, pd, seed)?;
+            }
         }
         Ok(())
     }
@@ -553,8 +602,65 @@ impl LlamaModel {
         Ok(m)
     }
 
+    /// Records decoder layer `i` on the rows of `a`: from the stream `a.x` to `next` (which may be
+    /// `a.x` itself), the attention recorded by `attend` once q, k (after RoPE) and v are ready.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record_layer(
+        &self,
+        enc: &mut Encoder,
+        lora: Option<&LoraGpu>,
+        a: &LayerActs,
+        i: usize,
+        s: &LayerScratch,
+        next: &GpuBuffer,
+        m: usize,
+        attend: impl FnOnce(&mut Encoder, &LayerActs) -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
+        let cfg = &self.config;
+        let (c, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+        let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let eps = cfg.rms_norm_eps as f32;
+        let layer = &self.layers[i];
+        let drop = s.drop;
+        nn::rmsnorm_fwd(
+            enc,
+            &a.x,
+            &layer.input_layernorm,
+            s.hbuf,
+            &a.rstd1,
+            m,
+            c,
+            eps,
+        )?;
+        self.linear_drop(enc, lora, a, i, 0, s.hbuf, &a.q, m, false, drop)?;
+        self.linear_drop(enc, lora, a, i, 1, s.hbuf, &a.k, m, false, drop)?;
+        self.linear_drop(enc, lora, a, i, 2, s.hbuf, &a.v, m, false, drop)?;
+        nn::rope_fwd(enc, &a.q, s.pos, &self.inv_freq, m, h, hd)?;
+        nn::rope_fwd(enc, &a.k, s.pos, &self.inv_freq, m, kvh, hd)?;
+        attend(enc, a)?;
+        // Residual connections: copy the stream, then the projection accumulates into it.
+        enc.copy(&a.x, 0, &a.x2, 0, (m * c * 4) as u64);
+        self.linear_drop(enc, lora, a, i, 3, &a.attn, &a.x2, m, true, drop)?;
+        nn::rmsnorm_fwd(
+            enc,
+            &a.x2,
+            &layer.post_attention_layernorm,
+            s.hbuf,
+            &a.rstd2,
+            m,
+            c,
+            eps,
+        )?;
+        self.linear_drop(enc, lora, a, i, 4, s.hbuf, &a.gate, m, false, drop)?;
+        self.linear_drop(enc, lora, a, i, 5, s.hbuf, &a.up, m, false, drop)?;
+        nn::swiglu_fwd(enc, &a.gate, &a.up, s.act, m * inter)?;
+        enc.copy(&a.x2, 0, next, 0, (m * c * 4) as u64);
+        self.linear_drop(enc, lora, a, i, 6, s.act, next, m, true, drop)
+    }
+
     /// Records and submits the decoder up to the final norm (`ws.hbuf` holds the normed final
     /// hidden states afterwards).
+    #[allow(clippy::too_many_arguments)]
     fn record_decoder(
         &self,
         gpu: &Gpu,
@@ -563,15 +669,12 @@ impl LlamaModel {
         ids: &[u32],
         b: usize,
         t: usize,
+        drop: Option<LoraDropout>,
     ) -> Result<usize, ModelError> {
         let cfg = &self.config;
         let m = self.check_batch(ws, ids.len(), b, t)?;
         let (c, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
-        let (h, kvh, inter) = (
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.intermediate_size,
-        );
+        let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         gpu.write(&ws.ids, 0, bytemuck::cast_slice(ids));
         let pos: Vec<u32> = (0..m).map(|i| (i % t) as u32).collect();
         gpu.write(&ws.pos, 0, bytemuck::cast_slice(&pos));
@@ -580,45 +683,22 @@ impl LlamaModel {
         let n_layers = self.layers.len();
         let mut enc = gpu.encoder();
         nn::embedding_fwd(&mut enc, &ws.ids, &self.embed, &ws.set(0).x, m, v, c)?;
-        for (i, layer) in self.layers.iter().enumerate() {
+        let scratch = LayerScratch {
+            hbuf: &ws.hbuf,
+            act: &ws.act,
+            pos: &ws.pos,
+            drop: drop
+                .and_then(|d| (d.p > 0.0).then_some(d))
+                .zip(ws.xd.as_ref()),
+        };
+        for i in 0..n_layers {
             let a = ws.set(i);
-            nn::rmsnorm_fwd(
-                &mut enc,
-                &a.x,
-                &layer.input_layernorm,
-                &ws.hbuf,
-                &a.rstd1,
-                m,
-                c,
-                eps,
-            )?;
-            self.linear(&mut enc, lora, a, i, 0, &ws.hbuf, &a.q, m, false)?;
-            self.linear(&mut enc, lora, a, i, 1, &ws.hbuf, &a.k, m, false)?;
-            self.linear(&mut enc, lora, a, i, 2, &ws.hbuf, &a.v, m, false)?;
-            nn::rope_fwd(&mut enc, &a.q, &ws.pos, &self.inv_freq, m, h, hd)?;
-            nn::rope_fwd(&mut enc, &a.k, &ws.pos, &self.inv_freq, m, kvh, hd)?;
-            nn::attention_fwd(
-                &mut enc, &a.q, &a.k, &a.v, &a.attn, &a.lse, b, t, t, h, kvh, hd, scale,
-            )?;
-            // Residual connections: copy the stream, then the projection accumulates into it.
-            enc.copy(&a.x, 0, &a.x2, 0, (m * c * 4) as u64);
-            self.linear(&mut enc, lora, a, i, 3, &a.attn, &a.x2, m, true)?;
-            nn::rmsnorm_fwd(
-                &mut enc,
-                &a.x2,
-                &layer.post_attention_layernorm,
-                &ws.hbuf,
-                &a.rstd2,
-                m,
-                c,
-                eps,
-            )?;
-            self.linear(&mut enc, lora, a, i, 4, &ws.hbuf, &a.gate, m, false)?;
-            self.linear(&mut enc, lora, a, i, 5, &ws.hbuf, &a.up, m, false)?;
-            nn::swiglu_fwd(&mut enc, &a.gate, &a.up, &ws.act, m * inter)?;
             let next = ws.stream_after(i, n_layers);
-            enc.copy(&a.x2, 0, next, 0, (m * c * 4) as u64);
-            self.linear(&mut enc, lora, a, i, 6, &ws.act, next, m, true)?;
+            self.record_layer(&mut enc, lora, a, i, &scratch, next, m, |enc, a| {
+                Ok(nn::attention_fwd(
+                    enc, &a.q, &a.k, &a.v, &a.attn, &a.lse, b, t, t, h, kvh, hd, scale,
+                )?)
+            })?;
             // Bound the size of one command buffer (lavapipe and browsers prefer short ones).
             enc.submit();
             enc = gpu.encoder();
@@ -698,7 +778,7 @@ impl LlamaModel {
                 "forward_with needs an inference workspace".into(),
             ));
         }
-        let m = self.record_decoder(gpu, ws, lora, ids, b, t)?;
+        let m = self.record_decoder(gpu, ws, lora, ids, b, t, None)?;
         let (c, v) = (self.config.hidden_size, self.config.vocab_size);
         let mut enc = gpu.encoder();
         nn::matmul_fwd(
@@ -721,7 +801,8 @@ impl LlamaModel {
     /// [`tinytune_reference::llama::shift_labels`]; -100 = ignored). The LoRA gradients
     /// **accumulate** into `lora`'s gradient buffers (zero them with [`LoraGpu::zero_grads`] at
     /// the start of an optimizer step), scaled by `grad_scale` (pass `1 / number of counted
-    /// targets` of the whole optimizer step: the gradient of the mean loss). Per-row losses are in
+    /// targets` of the whole optimizer step: the gradient of the mean loss), with LoRA dropout when
+    /// `dropout` is given (training mode; the masks follow from its seed). Per-row losses are in
     /// `ws.loss_rows` afterwards ([`Workspace::loss_sum`]).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_backward(
@@ -734,8 +815,19 @@ impl LlamaModel {
         b: usize,
         t: usize,
         grad_scale: f32,
+        dropout: Option<LoraDropout>,
     ) -> Result<(), ModelError> {
-        self.train_pass(gpu, ws, Some(lora), ids, targets, b, t, Some(grad_scale))
+        self.train_pass(
+            gpu,
+            ws,
+            Some(lora),
+            ids,
+            targets,
+            b,
+            t,
+            Some(grad_scale),
+            dropout,
+        )
     }
 
     /// The forward half of [`LlamaModel::forward_backward`] (evaluation): per-row losses into
@@ -751,7 +843,7 @@ impl LlamaModel {
         b: usize,
         t: usize,
     ) -> Result<(), ModelError> {
-        self.train_pass(gpu, ws, lora, ids, targets, b, t, None)
+        self.train_pass(gpu, ws, lora, ids, targets, b, t, None, None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -765,6 +857,7 @@ impl LlamaModel {
         b: usize,
         t: usize,
         grad_scale: Option<f32>,
+        drop: Option<LoraDropout>,
     ) -> Result<(), ModelError> {
         let g = grads_of(ws)?;
         if targets.len() != ids.len() {
@@ -775,7 +868,8 @@ impl LlamaModel {
             )));
         }
         let cfg = &self.config;
-        let m = self.record_decoder(gpu, ws, lora, ids, b, t)?;
+        let drop = drop.filter(|d| d.p > 0.0);
+        let m = self.record_decoder(gpu, ws, lora, ids, b, t, drop)?;
         let (c, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
         let (h, kvh, inter) = (
             cfg.num_attention_heads,
@@ -870,6 +964,10 @@ impl LlamaModel {
         let Some(lowest) = lora.lowest_layer() else {
             return Ok(());
         };
+        let bd = match (drop, &ws.xd, &ws.dxd) {
+            (Some(d), Some(xd), Some(dxd)) => Some((d, xd, dxd)),
+            _ => None,
+        };
         let mut enc = gpu.encoder();
         nn::rmsnorm_bwd(
             &mut enc,
@@ -889,7 +987,7 @@ impl LlamaModel {
             // MLP: x3 = x2 + down(swiglu(gate(h2), up(h2))); g.dx holds dx3.
             nn::swiglu_fwd(&mut enc, &a.gate, &a.up, &ws.act, m * inter)?;
             self.linear_bwd(
-                &mut enc, lora, a, g, i, 6, &ws.act, &g.dx, &g.dact, m, false,
+                &mut enc, lora, a, g, i, 6, &ws.act, &g.dx, &g.dact, m, false, bd,
             )?;
             nn::swiglu_bwd(
                 &mut enc,
@@ -911,9 +1009,11 @@ impl LlamaModel {
                 eps,
             )?;
             self.linear_bwd(
-                &mut enc, lora, a, g, i, 4, &ws.hbuf, &g.dgate, &g.dh, m, false,
+                &mut enc, lora, a, g, i, 4, &ws.hbuf, &g.dgate, &g.dh, m, false, bd,
             )?;
-            self.linear_bwd(&mut enc, lora, a, g, i, 5, &ws.hbuf, &g.dup, &g.dh, m, true)?;
+            self.linear_bwd(
+                &mut enc, lora, a, g, i, 5, &ws.hbuf, &g.dup, &g.dh, m, true, bd,
+            )?;
             nn::rmsnorm_bwd(
                 &mut enc,
                 &g.dh,
@@ -927,7 +1027,7 @@ impl LlamaModel {
             )?;
             // Attention: x2 = x + o(attn(rope(q(h1)), rope(k(h1)), v(h1))); g.dx holds dx2.
             self.linear_bwd(
-                &mut enc, lora, a, g, i, 3, &a.attn, &g.dx, &g.dattn, m, false,
+                &mut enc, lora, a, g, i, 3, &a.attn, &g.dx, &g.dattn, m, false, bd,
             )?;
             nn::attention_bwd(
                 &mut enc, &g.dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, &g.dq, &g.dk, &g.dv, b, t,
@@ -945,9 +1045,15 @@ impl LlamaModel {
                 c,
                 eps,
             )?;
-            self.linear_bwd(&mut enc, lora, a, g, i, 0, &ws.hbuf, &g.dq, &g.dh, m, false)?;
-            self.linear_bwd(&mut enc, lora, a, g, i, 1, &ws.hbuf, &g.dk, &g.dh, m, true)?;
-            self.linear_bwd(&mut enc, lora, a, g, i, 2, &ws.hbuf, &g.dv, &g.dh, m, true)?;
+            self.linear_bwd(
+                &mut enc, lora, a, g, i, 0, &ws.hbuf, &g.dq, &g.dh, m, false, bd,
+            )?;
+            self.linear_bwd(
+                &mut enc, lora, a, g, i, 1, &ws.hbuf, &g.dk, &g.dh, m, true, bd,
+            )?;
+            self.linear_bwd(
+                &mut enc, lora, a, g, i, 2, &ws.hbuf, &g.dv, &g.dh, m, true, bd,
+            )?;
             if i > lowest {
                 nn::rmsnorm_bwd(
                     &mut enc,

@@ -112,6 +112,29 @@ pub struct Lora {
     pub layers: Vec<LayerLora>,
 }
 
+/// LoRA dropout (PEFT's `lora_dropout`, training only): the input of each adapter's branch is
+/// dropped with probability `p` and scaled by `1/(1-p)` ([`nn::dropout_fwd`]); each adapted linear
+/// of each layer draws its own mask from [`lora_dropout_seed`]`(seed, layer, target)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoraDropout {
+    pub p: f32,
+    pub seed: u64,
+}
+
+/// The mask seed of linear `target` (index into [`TARGETS`]) of layer `layer`.
+pub fn lora_dropout_seed(seed: u64, layer: usize, target: usize) -> u64 {
+    let mut z = seed ^ ((layer * 7 + target) as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The dropout of one adapter: `(p, mask seed)` when `drop` is on.
+fn adapter_drop(drop: Option<LoraDropout>, layer: usize, target: usize) -> Option<(f32, u64)> {
+    drop.filter(|d| d.p > 0.0)
+        .map(|d| (d.p, lora_dropout_seed(d.seed, layer, target)))
+}
+
 /// Shifts Hugging Face labels (aligned with `input_ids`) to per-position targets, as
 /// `LlamaForCausalLM` does: position `t` predicts `labels[t+1]`; the last position of each
 /// sequence gets -100 (ignored).
@@ -142,6 +165,7 @@ fn linear(
     n: usize,
     r: usize,
     scale: f32,
+    drop: Option<(f32, u64)>,
 ) -> (Vec<f32>, Vec<f32>) {
     let mut y = nn::matmul_fwd(x, &lin.w, m, k, n);
     if let Some(bias) = &lin.bias {
@@ -153,6 +177,14 @@ fn linear(
     }
     let mut h = Vec::new();
     if let Some(p) = pair {
+        let xd;
+        let x = match drop {
+            Some((pd, seed)) => {
+                xd = nn::dropout_fwd(x, pd, seed);
+                &xd[..]
+            }
+            None => x,
+        };
         let (hh, dy) = lora::fwd(x, &p.a, &p.b, m, k, n, r, scale);
         for (v, d) in y.iter_mut().zip(&dy) {
             *v += d;
@@ -200,6 +232,7 @@ fn run_forward(
     ids: &[u32],
     b: usize,
     t: usize,
+    drop: Option<LoraDropout>,
 ) -> Forward {
     let m = b * t;
     assert_eq!(ids.len(), m, "forward: ids length");
@@ -222,6 +255,7 @@ fn run_forward(
                 n_out,
                 r,
                 scale,
+                adapter_drop(drop, li, ti),
             );
             lora_h[ti] = h;
             y
@@ -287,7 +321,7 @@ pub fn forward(
     b: usize,
     t: usize,
 ) -> Vec<f32> {
-    run_forward(d, w, lora, ids, b, t).logits
+    run_forward(d, w, lora, ids, b, t, None).logits
 }
 
 /// Mean cross-entropy over the non-ignored `targets` (already shifted, see [`shift_labels`]).
@@ -300,7 +334,22 @@ pub fn loss(
     b: usize,
     t: usize,
 ) -> f32 {
-    let f = run_forward(d, w, lora, ids, b, t);
+    loss_with(d, w, lora, ids, targets, b, t, None)
+}
+
+/// [`loss`] with LoRA dropout (training mode).
+#[allow(clippy::too_many_arguments)]
+pub fn loss_with(
+    d: &Dims,
+    w: &Weights,
+    lora: Option<&Lora>,
+    ids: &[u32],
+    targets: &[i32],
+    b: usize,
+    t: usize,
+    drop: Option<LoraDropout>,
+) -> f32 {
+    let f = run_forward(d, w, lora, ids, b, t, drop);
     mean_loss(
         &nn::cross_entropy_fwd(&f.logits, targets, b * t, d.vocab).loss_rows,
         targets,
@@ -333,10 +382,25 @@ pub fn loss_and_grads(
     b: usize,
     t: usize,
 ) -> (f32, Lora) {
+    loss_and_grads_with(d, w, lora, ids, targets, b, t, None)
+}
+
+/// [`loss_and_grads`] with LoRA dropout (training mode).
+#[allow(clippy::too_many_arguments)]
+pub fn loss_and_grads_with(
+    d: &Dims,
+    w: &Weights,
+    lora: &Lora,
+    ids: &[u32],
+    targets: &[i32],
+    b: usize,
+    t: usize,
+    drop: Option<LoraDropout>,
+) -> (f32, Lora) {
     let m = b * t;
     let (c, hd, v) = (d.hidden, d.head_dim, d.vocab);
     let (r, scale) = (lora.r, lora.scale);
-    let f = run_forward(d, w, Some(lora), ids, b, t);
+    let f = run_forward(d, w, Some(lora), ids, b, t, drop);
     let ce = nn::cross_entropy_fwd(&f.logits, targets, m, v);
     let nvalid = targets
         .iter()
@@ -376,7 +440,16 @@ pub fn loss_and_grads(
             let (k_in, n_out) = d.target_shape(ti);
             let mut dinput = nn::matmul_bwd_input(dy, &layer.linears[ti].w, m, k_in, n_out);
             if let Some(p) = pair(Some(lora), li, ti) {
-                let lg = lora::bwd(
+                let dropped = adapter_drop(drop, li, ti);
+                let xd;
+                let input = match dropped {
+                    Some((pd, seed)) => {
+                        xd = nn::dropout_fwd(input, pd, seed);
+                        &xd[..]
+                    }
+                    None => input,
+                };
+                let mut lg = lora::bwd(
                     input,
                     &cache.lora_h[ti],
                     dy,
@@ -388,6 +461,9 @@ pub fn loss_and_grads(
                     r,
                     scale,
                 );
+                if let Some((pd, seed)) = dropped {
+                    lg.dx = nn::dropout_bwd(&lg.dx, pd, seed);
+                }
                 acc(&mut dinput, &lg.dx);
                 let gp = g[ti].as_mut().expect("grad slot for an adapter");
                 acc(&mut gp.a, &lg.da);

@@ -13,6 +13,7 @@
 
 use tinytune_gpu::ops::optim::{self, AdamW};
 use tinytune_gpu::{Gpu, GpuBuffer};
+use tinytune_model::llama::LoraDropout;
 use tinytune_model::{LlamaModel, LoraGpu, Workspace};
 use tinytune_reference::llama::{shift_labels, Lora};
 
@@ -23,6 +24,7 @@ use crate::data::{
 };
 use crate::metrics::MetricsRecord;
 use crate::peft::{Adapter, LoraConfig, LoraKey, LoraModule, LoraWeights};
+use crate::rng::Rng;
 use crate::schedule::Schedule;
 use crate::{Result, TrainError};
 
@@ -255,9 +257,9 @@ impl<'g> Trainer<'g> {
                 )
             }
         };
-        if config.lora.dropout != 0.0 {
+        if !(0.0..1.0).contains(&config.lora.dropout) {
             return Err(cfg_err(format!(
-                "lora_dropout {} is not supported yet: train with dropout 0",
+                "lora_dropout must be in [0, 1), got {}",
                 config.lora.dropout
             )));
         }
@@ -324,7 +326,7 @@ impl<'g> Trainer<'g> {
                 version: CHECKPOINT_VERSION,
                 global_step: 0,
                 position: DataPosition::default(),
-                rng_state: 0,
+                rng_state: crate::rng::mix64(config.seed ^ 0x6C6F_7261_5F64_726F),
                 data_seed: config.seed,
                 n_train_examples: train.len(),
                 total_steps,
@@ -407,7 +409,16 @@ impl<'g> Trainer<'g> {
         enc.submit();
         let mut loss_sum = 0.0;
         let mut tokens = 0u64;
+        let p = self.config.lora.dropout as f32;
         for mb in &micro {
+            // One mask seed per micro-batch from the trainer's RNG (saved in checkpoints, so a
+            // resumed run draws the same masks).
+            let dropout = (p > 0.0).then(|| {
+                let mut rng = Rng::from_state(self.state.rng_state);
+                let seed = rng.next_u64();
+                self.state.rng_state = rng.state();
+                LoraDropout { p, seed }
+            });
             self.model.forward_backward(
                 gpu,
                 &self.ws,
@@ -417,6 +428,7 @@ impl<'g> Trainer<'g> {
                 mb.rows,
                 mb.t,
                 scale,
+                dropout,
             )?;
             loss_sum += self.ws.loss_sum(gpu, mb.rows * mb.t).await?;
             tokens += mb.n_tokens as u64;
