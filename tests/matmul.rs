@@ -319,3 +319,275 @@ fn matmul_shape_mismatch_is_an_error() {
         "nf4 bwd block 48",
     );
 }
+
+/// Sentinel for the elements of a strided output outside the written band (a NaN with a payload,
+/// compared by bits): a kernel that touched them would not leave these bits.
+const SENTINEL: u32 = 0x7fc0_1234;
+
+/// Compares a `[m rows of stride ld, columns col0..col0 + n]` band of `got` with `want` (`atol` /
+/// `rtol`), and every element outside the band bit-exactly.
+#[allow(clippy::too_many_arguments)]
+fn assert_band(
+    name: &str,
+    got: &[f32],
+    want: &[f32],
+    m: usize,
+    n: usize,
+    ld: usize,
+    col0: usize,
+    atol: f32,
+    rtol: f32,
+) {
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    let in_band = |i: usize| i / ld < m && (col0..col0 + n).contains(&(i % ld));
+    let (mut g, mut w) = (Vec::new(), Vec::new());
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        if in_band(i) {
+            g.push(a);
+            w.push(b);
+        } else {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{name}: element {i} outside the band"
+            );
+        }
+    }
+    assert_close(name, &g, &w, atol, rtol);
+}
+
+/// (M, K, N, ld, col0) for the strided kernels: M = 1, the band at the right edge (col0 + N = ld),
+/// a band of one column, col0 = 0 with a wider stride, ld = N (plain), several workgroups.
+const STRIDED: &[(usize, usize, usize, usize, usize)] = &[
+    (1, 64, 37, 100, 50),
+    (3, 7, 5, 12, 7),
+    (8, 16, 8, 9, 0),
+    (13, 100, 29, 40, 3),
+    (17, 129, 40, 41, 1),
+    (9, 576, 24, 24, 0),
+    (5, 33, 1, 7, 4),
+    (70, 33, 131, 300, 150),
+];
+
+#[test]
+fn matmul_fwd_strided_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    for (i, &(m, k, n, ldy, col0)) in STRIDED.iter().enumerate() {
+        for (alpha, accumulate) in [(1.0, false), (-0.75, true)] {
+            let mut rng = Rng::new(1000 + i as u64);
+            let x = rng.vec(m * k, 1.0);
+            let w = rng.vec(n * k, 0.5);
+            // The whole [M, ldy] matrix plus a tail: band values random, the rest sentinels.
+            let len = m * ldy + 3;
+            let band = rng.vec(len, 1.0);
+            let y0: Vec<f32> = (0..len)
+                .map(|j| {
+                    if j / ldy < m && (col0..col0 + n).contains(&(j % ldy)) {
+                        band[j]
+                    } else {
+                        f32::from_bits(SENTINEL)
+                    }
+                })
+                .collect();
+            let xb = gpu.upload("x", &x).unwrap();
+            let wb = gpu.upload("w", &w).unwrap();
+            let yb = gpu.upload("y", &y0).unwrap();
+            let mut enc = gpu.encoder();
+            nn::matmul_fwd_strided(
+                &mut enc, &xb, &wb, &yb, m, k, n, ldy, col0, alpha, accumulate,
+            )
+            .unwrap();
+            enc.submit();
+            let got = gpu.read_blocking::<f32>(&yb).unwrap();
+            let mut want = y0.clone();
+            rnn::matmul_fwd_strided(&x, &w, &mut want, m, k, n, ldy, col0, alpha, accumulate);
+            let name = format!(
+                "nn/matmul_fwd m={m} k={k} n={n} ldy={ldy} col0={col0} alpha={alpha} acc={accumulate}"
+            );
+            assert_band(&name, &got, &want, m, n, ldy, col0, atol(k), MATMUL_RTOL);
+        }
+    }
+
+    // The band must fit its stride, and y must reach the band's last element; the exact length does.
+    let (m, k, n, ldy, col0) = (3, 8, 5, 11, 6);
+    let x = gpu.alloc("x", (m * k * 4) as u64).unwrap();
+    let w = gpu.alloc("w", (n * k * 4) as u64).unwrap();
+    let exact = (m - 1) * ldy + col0 + n;
+    let y = gpu.alloc("y", (exact * 4) as u64).unwrap();
+    let short = gpu.alloc("y_short", ((exact - 1) * 4) as u64).unwrap();
+    let mut enc = gpu.encoder();
+    is_shape_err(
+        nn::matmul_fwd_strided(&mut enc, &x, &w, &short, m, k, n, ldy, col0, 1.0, false),
+        "nn fwd strided y short by one",
+    );
+    is_shape_err(
+        nn::matmul_fwd_strided(&mut enc, &x, &w, &y, m, k, n, ldy, col0 + 1, 1.0, false),
+        "nn fwd strided band over the stride",
+    );
+    is_shape_err(
+        nn::matmul_fwd_strided(&mut enc, &x, &w, &y, m, k, n, 4, 0, 1.0, false),
+        "nn fwd strided ldy < n",
+    );
+    nn::matmul_fwd_strided(&mut enc, &x, &w, &y, m, k, n, ldy, col0, 1.0, true).unwrap();
+    enc.submit();
+    gpu.sync().unwrap();
+}
+
+#[test]
+fn matmul_bwd_input_strided_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    for (i, &(m, k, n, lddy, col0)) in STRIDED.iter().enumerate() {
+        for accumulate in [false, true] {
+            let mut rng = Rng::new(1100 + i as u64);
+            let w = rng.vec(n * k, 0.5);
+            let dx0 = rng.vec(m * k, 1.0);
+            // dy outside its band is NaN: a kernel reading it would give a non-finite dx.
+            let len = m * lddy + 3;
+            let vals = rng.vec(len, 1.0);
+            let dy: Vec<f32> = (0..len)
+                .map(|j| {
+                    if j / lddy < m && (col0..col0 + n).contains(&(j % lddy)) {
+                        vals[j]
+                    } else {
+                        f32::from_bits(SENTINEL)
+                    }
+                })
+                .collect();
+            let dyb = gpu.upload("dy", &dy).unwrap();
+            let wb = gpu.upload("w", &w).unwrap();
+            let dxb = gpu.upload("dx", &dx0).unwrap();
+            let mut enc = gpu.encoder();
+            nn::matmul_bwd_input_strided(
+                &mut enc, &dyb, &wb, &dxb, m, k, n, lddy, col0, accumulate,
+            )
+            .unwrap();
+            enc.submit();
+            let got = gpu.read_blocking::<f32>(&dxb).unwrap();
+            let mut want = dx0.clone();
+            rnn::matmul_bwd_input_strided(&dy, &w, &mut want, m, k, n, lddy, col0, accumulate);
+            assert_close(
+                &format!(
+                    "nn/matmul_bwd_input m={m} k={k} n={n} lddy={lddy} col0={col0} acc={accumulate}"
+                ),
+                &got,
+                &want,
+                atol(n),
+                MATMUL_RTOL,
+            );
+        }
+    }
+
+    let (m, k, n, lddy, col0) = (3, 8, 5, 11, 6);
+    let exact = (m - 1) * lddy + col0 + n;
+    let dy = gpu.alloc("dy", (exact * 4) as u64).unwrap();
+    let short = gpu.alloc("dy_short", ((exact - 1) * 4) as u64).unwrap();
+    let w = gpu.alloc("w", (n * k * 4) as u64).unwrap();
+    let dx = gpu.alloc("dx", (m * k * 4) as u64).unwrap();
+    let mut enc = gpu.encoder();
+    is_shape_err(
+        nn::matmul_bwd_input_strided(&mut enc, &short, &w, &dx, m, k, n, lddy, col0, false),
+        "nn bwd strided dy short by one",
+    );
+    is_shape_err(
+        nn::matmul_bwd_input_strided(&mut enc, &dy, &w, &dx, m, k, n, lddy, col0 + 1, false),
+        "nn bwd strided band over the stride",
+    );
+    is_shape_err(
+        nn::matmul_bwd_input_strided(&mut enc, &dy, &w, &dy, m, k, n, lddy, col0, false),
+        "nn bwd strided dx aliases dy",
+    );
+    nn::matmul_bwd_input_strided(&mut enc, &dy, &w, &dx, m, k, n, lddy, col0, true).unwrap();
+    enc.submit();
+    gpu.sync().unwrap();
+}
+
+/// An LM head `w[V, C]` stored as 3 uneven row chunks (vocab chunks): the strided forward per chunk
+/// into one logits buffer equals the whole-w forward bit for bit (each logit is the same k-ordered
+/// sum in the same pipeline), and the strided input gradient accumulated over the chunks equals the
+/// whole-w one within the matmul tolerance over V terms (the chunks' partial sums add in another
+/// order).
+#[test]
+fn vocab_chunked_head_equals_whole() {
+    let Some(gpu) = gpu() else { return };
+    let (v, c) = (203, 72);
+    let chunks = [(0, 61), (61, 150), (150, 203)];
+    for (case, m) in [1usize, 40].into_iter().enumerate() {
+        let mut rng = Rng::new(1200 + case as u64);
+        let w = rng.vec(v * c, 0.5);
+        let x = rng.vec(m * c, 1.0);
+        let y0 = rng.vec(m * v, 1.0);
+        let dlogits = rng.vec(m * v, 1.0);
+        let xb = gpu.upload("x", &x).unwrap();
+        let wb = gpu.upload("w", &w).unwrap();
+        let dyb = gpu.upload("dlogits", &dlogits).unwrap();
+        let wcb: Vec<_> = chunks
+            .iter()
+            .map(|&(a, b)| gpu.upload("w_chunk", &w[a * c..b * c]).unwrap())
+            .collect();
+
+        for (alpha, accumulate) in [(1.0, false), (0.5, true)] {
+            let whole = gpu.upload("logits", &y0).unwrap();
+            let chunked = gpu.upload("logits_chunked", &y0).unwrap();
+            let mut enc = gpu.encoder();
+            nn::matmul_fwd(&mut enc, &xb, &wb, &whole, m, c, v, alpha, accumulate).unwrap();
+            for (&(a, b), wc) in chunks.iter().zip(&wcb) {
+                nn::matmul_fwd_strided(
+                    &mut enc,
+                    &xb,
+                    wc,
+                    &chunked,
+                    m,
+                    c,
+                    b - a,
+                    v,
+                    a,
+                    alpha,
+                    accumulate,
+                )
+                .unwrap();
+            }
+            enc.submit();
+            let got = gpu.read_blocking::<f32>(&chunked).unwrap();
+            let want = gpu.read_blocking::<f32>(&whole).unwrap();
+            let bits = |s: &[f32]| s.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(&got) == bits(&want),
+                "chunked LM head m={m} alpha={alpha} acc={accumulate}: logits differ from the whole head"
+            );
+            let reference = expected(&rnn::matmul_fwd(&x, &w, m, c, v), &y0, alpha, accumulate);
+            assert_close(
+                &format!("nn/matmul_fwd chunked head m={m}"),
+                &got,
+                &reference,
+                atol(c),
+                MATMUL_RTOL,
+            );
+        }
+
+        let dx_whole = gpu.alloc("dx", (m * c * 4) as u64).unwrap();
+        let dx_chunked = gpu.upload("dx_chunked", &vec![f32::NAN; m * c]).unwrap();
+        let mut enc = gpu.encoder();
+        nn::matmul_bwd_input(&mut enc, &dyb, &wb, &dx_whole, m, c, v, false).unwrap();
+        for (j, (&(a, b), wc)) in chunks.iter().zip(&wcb).enumerate() {
+            nn::matmul_bwd_input_strided(&mut enc, &dyb, wc, &dx_chunked, m, c, b - a, v, a, j > 0)
+                .unwrap();
+        }
+        enc.submit();
+        let got = gpu.read_blocking::<f32>(&dx_chunked).unwrap();
+        let want = gpu.read_blocking::<f32>(&dx_whole).unwrap();
+        assert_close(
+            &format!("nn/matmul_bwd_input chunked head vs whole m={m}"),
+            &got,
+            &want,
+            atol(v),
+            MATMUL_RTOL,
+        );
+        assert_close(
+            &format!("nn/matmul_bwd_input chunked head vs reference m={m}"),
+            &got,
+            &rnn::matmul_bwd_input(&dlogits, &w, m, c, v),
+            atol(v),
+            MATMUL_RTOL,
+        );
+    }
+}

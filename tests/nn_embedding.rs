@@ -80,3 +80,87 @@ fn nn_embedding_launcher_rejects_bad_shapes() {
     enc.submit();
     gpu.sync().unwrap();
 }
+
+/// The vocab-chunk lookup (`nn::embedding_fwd_rows`): each chunk copies its ids' rows, writes zeros
+/// for ids >= V and leaves other rows unchanged (bit-exact against the reference, starting from a
+/// NaN-filled x); 3 uneven chunks run in turn give the whole-table lookup bit for bit.
+#[test]
+fn embedding_fwd_rows_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // (M, V, C, chunks as [row0, row0 + rows)): a chunk of one row, C = 1, C = 576, ids of every
+    // chunk, repeated ids.
+    type Case = (usize, usize, usize, &'static [(usize, usize)]);
+    let cases: &[Case] = &[
+        (1, 37, 13, &[(0, 20), (20, 21), (21, 37)]),
+        (9, 5, 67, &[(0, 1), (1, 4), (4, 5)]),
+        (50, 37, 1, &[(0, 12), (12, 30), (30, 37)]),
+        (7, 101, 576, &[(0, 50), (50, 51), (51, 101)]),
+    ];
+    for (si, &(m, v, c, chunks)) in cases.iter().enumerate() {
+        let mut rng = Rng::new(180 + si as u64);
+        let table = rng.vec(v * c, 1.0);
+        let mut ids: Vec<u32> = (0..m).map(|_| (rng.next_u64() % v as u64) as u32).collect();
+        if m > 3 {
+            ids[0] = (v - 1) as u32;
+            ids[1] = v as u32;
+            ids[2] = u32::MAX;
+            ids[m - 1] = 0;
+        }
+        let idb = gpu.upload("ids", &ids).unwrap();
+        let x0 = vec![f32::NAN; m * c];
+        let chunked = gpu.upload("x_chunked", &x0).unwrap();
+        let mut want_chunked = x0.clone();
+        for &(a, b) in chunks {
+            let part = &table[a * c..b * c];
+            let tb = gpu.upload("table_chunk", part).unwrap();
+            // One chunk alone, into a fresh NaN x.
+            let xb = gpu.upload("x", &x0).unwrap();
+            let mut enc = gpu.encoder();
+            nn::embedding_fwd_rows(&mut enc, &idb, &tb, &xb, m, v, a, b - a, c).unwrap();
+            nn::embedding_fwd_rows(&mut enc, &idb, &tb, &chunked, m, v, a, b - a, c).unwrap();
+            enc.submit();
+            let got = gpu.read_blocking::<f32>(&xb).unwrap();
+            let mut want = x0.clone();
+            rnn::embedding_fwd_rows(&ids, part, &mut want, m, v, a, b - a, c);
+            rnn::embedding_fwd_rows(&ids, part, &mut want_chunked, m, v, a, b - a, c);
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "nn/embedding_fwd rows m={m} v={v} c={c} chunk {a}..{b}"
+            );
+        }
+        // All chunks: the whole lookup, bit for bit.
+        let got = gpu.read_blocking::<f32>(&chunked).unwrap();
+        let whole = rnn::embedding_fwd(&ids, &table, m, v, c);
+        assert_eq!(bits(&want_chunked), bits(&whole), "reference chunks");
+        assert_eq!(
+            bits(&got),
+            bits(&whole),
+            "nn/embedding_fwd chunked m={m} v={v} c={c}"
+        );
+    }
+
+    // A chunk must lie in the vocabulary and the buffer must hold its rows.
+    let (m, v, c) = (4, 10, 6);
+    let ids = gpu.alloc("ids", (m * 4) as u64).unwrap();
+    let table = gpu.alloc("table", (4 * c * 4) as u64).unwrap();
+    let x = gpu.alloc("x", (m * c * 4) as u64).unwrap();
+    let is_shape = |e: Result<(), GpuError>| matches!(e, Err(GpuError::Shape { .. }));
+    let mut enc = gpu.encoder();
+    assert!(
+        is_shape(nn::embedding_fwd_rows(
+            &mut enc, &ids, &table, &x, m, v, 7, 4, c
+        )),
+        "chunk past the vocabulary"
+    );
+    assert!(
+        is_shape(nn::embedding_fwd_rows(
+            &mut enc, &ids, &table, &x, m, v, 0, 5, c
+        )),
+        "short table chunk"
+    );
+    assert!(nn::embedding_fwd_rows(&mut enc, &ids, &table, &x, m, v, 6, 4, c).is_ok());
+    enc.submit();
+    gpu.sync().unwrap();
+}

@@ -7,6 +7,11 @@
 // multiply-adds. In the last k tile the lanes beyond K read a clamped (valid) column and are not
 // stored; out-of-range rows read a clamped row of dy and are not stored. Tiles are numbered k-tile
 // fastest over a 1-D grid (wid.x + wid.y * nwg.x).
+//
+// dy may be a column band of a wider matrix: dy(row, n) is read from dy[row * lddy + col0 + n]
+// (lddy = N, col0 = 0 for a plain [M,N] dy), so that a weight split into row chunks (vocab chunks
+// of an LM head) takes its chunk's columns of the full logits gradient; with ACCUMULATE the chunks
+// sum into one dx. Only the dy row offsets depend on lddy / col0; the inner loop is the same.
 
 override ACCUMULATE: bool = false;  // dx += dy·w instead of dx = dy·w
 override ROWS: u32 = 8u;            // rows of dx per invocation, 1..=8
@@ -18,13 +23,13 @@ struct Params {
     n: u32,
     ntk: u32,     // ceil(k / 8): k tiles
     ntiles: u32,  // ceil(m / ROWS) * ntk
+    lddy: u32,    // row stride of dy (>= col0 + n)
+    col0: u32,    // column of dy holding this product's n = 0
     _p0: u32,
-    _p1: u32,
-    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> dy: array<f32>;        // (M, N)
+@group(0) @binding(1) var<storage, read> dy: array<f32>;        // (M, lddy), columns col0..col0+N
 @group(0) @binding(2) var<storage, read> w: array<f32>;         // (N, K)
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;  // (M, K)
 
@@ -59,7 +64,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     var yo: array<u32, 8>;
     for (var i = 0u; i < ROWS; i++) {
-        yo[i] = min(r0 + i, p.m - 1u) * N;
+        yo[i] = min(r0 + i, p.m - 1u) * p.lddy + p.col0;
     }
     var acc: array<vec4<f32>, 16>;
     for (var i = 0u; i < 2u * ROWS; i++) {

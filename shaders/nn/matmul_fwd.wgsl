@@ -1,5 +1,10 @@
 // Dense f32 matmul in torch Linear layout: y[M,N] (+)= alpha * x[M,K] · w[N,K]ᵀ.
 //
+// The output may be a column band of a wider matrix: element (row, col) is stored at
+// y[row * ldy + col0 + col] (ldy = n, col0 = 0 for a plain [M,N] output), so that a weight split
+// into row chunks (vocab chunks of an LM head) writes each chunk's columns of the full logits.
+// Only the store address depends on ldy / col0; columns outside [col0, col0 + n) are not touched.
+//
 // Register blocking without shared memory (fast on lavapipe, where storage loads inside loops are
 // the cost and barriers are expensive): each invocation owns a tile of ROWS rows × 8 columns of y,
 // kept as 2 vec4 accumulators per row, and walks K one value at a time as an outer product: per k
@@ -18,18 +23,18 @@ struct Params {
     alpha: f32,
     ntn: u32,     // ceil(n / 8): column tiles
     ntiles: u32,  // ceil(m / ROWS) * ntn
-    _p0: u32,
-    _p1: u32,
+    ldy: u32,     // row stride of y (>= col0 + n)
+    col0: u32,    // column of y where this product's column 0 goes
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;         // (M, K)
 @group(0) @binding(2) var<storage, read> w: array<f32>;         // (N, K)
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;   // (M, N)
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;   // (M, ldy), columns col0..col0+N
 
 fn store(row: u32, col: u32, v: f32) {
     if (col < p.n) {
-        let i = row * p.n + col;
+        let i = row * p.ldy + p.col0 + col;
         var r = p.alpha * v;
         if (ACCUMULATE) {
             r += y[i];

@@ -1,7 +1,7 @@
 //! Dense f32 launchers: `shaders/nn/*.wgsl`.
 
 use crate::device::{Encoder, GpuBuffer};
-use crate::error::Result;
+use crate::error::{shape_err, Result};
 use crate::ops::{check_distinct, check_f32, check_u32, f, groups_for, mul};
 
 /// Column tile of the matmul kernels: each invocation owns 8 output columns.
@@ -31,6 +31,7 @@ pub(crate) fn wg_for(rows: usize) -> usize {
 
 /// `y[M,N] = alpha * x[M,K] · w[N,K]ᵀ`, or with `accumulate` `y += alpha * x · wᵀ`
 /// (`nn/matmul_fwd`). `w` is stored like a torch `Linear` weight `[out, in]`; all f32 row-major.
+/// The same as [`matmul_fwd_strided`] with `ldy = n`, `col0 = 0`.
 ///
 /// Errors with [`crate::GpuError::Shape`] if a buffer is smaller than its shape or a shape
 /// overflows u32 indexing. `m == 0` or `n == 0` records nothing; `k == 0` writes (or adds) zeros.
@@ -46,11 +47,37 @@ pub fn matmul_fwd(
     alpha: f32,
     accumulate: bool,
 ) -> Result<()> {
+    matmul_fwd_strided(enc, x, w, y, m, k, n, n, 0, alpha, accumulate)
+}
+
+/// [`matmul_fwd`] into a column band of a wider output: element `(row, col)` of the `[M,N]` product
+/// goes to `y[row * ldy + col0 + col]`; the other elements of `y` are not touched. With the LM
+/// head's weight `[V, C]` split into row chunks (vocab chunks, each under the storage-binding
+/// limit), chunk `j` holding vocabulary rows `[v0, v0 + n)` writes its logits with `ldy = V`,
+/// `col0 = v0`.
+///
+/// Errors with [`crate::GpuError::Shape`] if `col0 + n > ldy`, if `y` holds fewer than
+/// `(m - 1) * ldy + col0 + n` f32 (for `m > 0`), if `x` or `w` is smaller than its shape, or if an
+/// index overflows u32. `m == 0` or `n == 0` records nothing; `k == 0` writes (or adds) zeros.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_fwd_strided(
+    enc: &mut Encoder,
+    x: &GpuBuffer,
+    w: &GpuBuffer,
+    y: &GpuBuffer,
+    m: usize,
+    k: usize,
+    n: usize,
+    ldy: usize,
+    col0: usize,
+    alpha: f32,
+    accumulate: bool,
+) -> Result<()> {
     const K: &str = "nn/matmul_fwd";
-    check_u32(K, &[("x", mul(m, k)), ("w", mul(n, k)), ("y", mul(m, n))])?;
+    let y_len = check_band(K, "y", y, m, n, ldy, col0)?;
+    check_u32(K, &[("x", mul(m, k)), ("w", mul(n, k)), ("y", y_len)])?;
     check_f32(K, "x", x, &[m, k])?;
     check_f32(K, "w", w, &[n, k])?;
-    check_f32(K, "y", y, &[m, n])?;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -76,8 +103,8 @@ pub fn matmul_fwd(
         f(alpha),
         ntn as u32,
         ntiles as u32,
-        0,
-        0,
+        ldy as u32,
+        col0 as u32,
     ];
     enc.dispatch(
         &kern,
@@ -87,9 +114,49 @@ pub fn matmul_fwd(
     )
 }
 
+/// Checks a column band `[m rows, columns col0..col0 + n]` of a row-major matrix with row stride
+/// `ld` held in `buf`: `col0 + n <= ld` and `buf` holds the `(m - 1) * ld + col0 + n` f32 the band
+/// reaches (0 for `m == 0`). Returns that element count.
+fn check_band(
+    kernel: &str,
+    what: &str,
+    buf: &GpuBuffer,
+    m: usize,
+    n: usize,
+    ld: usize,
+    col0: usize,
+) -> Result<u64> {
+    let end = col0 as u64 + n as u64;
+    if end > ld as u64 {
+        return Err(shape_err(
+            kernel,
+            format!("{what}: columns {col0}..{end} do not fit in its row stride {ld}"),
+        ));
+    }
+    let need = if m == 0 {
+        0
+    } else {
+        (m as u64 - 1) * ld as u64 + end
+    };
+    if buf.len < need.saturating_mul(4) {
+        return Err(shape_err(
+            kernel,
+            format!(
+                "{what} ({m} rows of stride {ld}, columns {col0}..{end}) f32 needs {} bytes, \
+                 buffer {:?} holds {}",
+                need.saturating_mul(4),
+                buf.label,
+                buf.len
+            ),
+        ));
+    }
+    Ok(need)
+}
+
 /// `dx[M,K] = dy[M,N] · w[N,K]`, or with `accumulate` `dx += dy · w` (`nn/matmul_bwd_input`): the
 /// input gradient of [`matmul_fwd`] with `alpha = 1`. `w` is stored like a torch `Linear` weight
-/// `[out, in]` = `[n, k]`; all f32 row-major. No weight gradient.
+/// `[out, in]` = `[n, k]`; all f32 row-major. No weight gradient. The same as
+/// [`matmul_bwd_input_strided`] with `lddy = n`, `col0 = 0`.
 ///
 /// Errors with [`crate::GpuError::Shape`] if a buffer is smaller than its shape or a shape
 /// overflows u32 indexing, or if `dx` is also bound as `dy` or `w`. `m == 0` or `k == 0` records
@@ -105,9 +172,35 @@ pub fn matmul_bwd_input(
     n: usize,
     accumulate: bool,
 ) -> Result<()> {
+    matmul_bwd_input_strided(enc, dy, w, dx, m, k, n, n, 0, accumulate)
+}
+
+/// [`matmul_bwd_input`] reading `dy` from a column band of a wider matrix: `dy(row, j)` is
+/// `dy[row * lddy + col0 + j]` for `j < n`. With the LM head's weight `[V, C]` split into row chunks
+/// (vocab chunks), chunk `j` holding vocabulary rows `[v0, v0 + n)` takes its share of the full
+/// logits gradient with `lddy = V`, `col0 = v0`; the first chunk with `accumulate = false`, the
+/// others with `accumulate = true`, sums `dx` over the chunks.
+///
+/// Errors with [`crate::GpuError::Shape`] if `col0 + n > lddy`, if `dy` holds fewer than
+/// `(m - 1) * lddy + col0 + n` f32 (for `m > 0`), if `w` or `dx` is smaller than its shape, if an
+/// index overflows u32, or if `dx` is also bound as `dy` or `w`. `m == 0` or `k == 0` records
+/// nothing; `n == 0` writes (or adds) zeros.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_bwd_input_strided(
+    enc: &mut Encoder,
+    dy: &GpuBuffer,
+    w: &GpuBuffer,
+    dx: &GpuBuffer,
+    m: usize,
+    k: usize,
+    n: usize,
+    lddy: usize,
+    col0: usize,
+    accumulate: bool,
+) -> Result<()> {
     const K: &str = "nn/matmul_bwd_input";
-    check_u32(K, &[("dy", mul(m, n)), ("w", mul(n, k)), ("dx", mul(m, k))])?;
-    check_f32(K, "dy", dy, &[m, n])?;
+    let dy_len = check_band(K, "dy", dy, m, n, lddy, col0)?;
+    check_u32(K, &[("dy", dy_len), ("w", mul(n, k)), ("dx", mul(m, k))])?;
     check_f32(K, "w", w, &[n, k])?;
     check_f32(K, "dx", dx, &[m, k])?;
     check_distinct(K, &[("dx", dx)], &[("dy", dy), ("w", w)])?;
@@ -135,8 +228,8 @@ pub fn matmul_bwd_input(
         n as u32,
         ntk as u32,
         ntiles as u32,
-        0,
-        0,
+        lddy as u32,
+        col0 as u32,
         0,
     ];
     enc.dispatch(
