@@ -180,3 +180,31 @@ fn model_logits_with_peft_adapter_match_peft() {
         );
     }
 }
+
+/// The embedding and LM head stored in vocab chunks (as large-vocabulary models need, one binding
+/// each) give the logits of the whole tables: untied and tied heads, f32 and NF4.
+#[test]
+fn vocab_chunked_tables_match_whole() {
+    let Some(gpu) = gpu() else { return };
+    for name in MODELS {
+        let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+        for quant in [Quant::None, Quant::NF4] {
+            let whole = LlamaModel::load(gpu, &src, quant).unwrap();
+            let opts = tinytune::model::LoadOptions {
+                vocab_chunk_rows: Some(50),
+            };
+            let chunked = LlamaModel::load_with(gpu, &src, quant, &opts).unwrap();
+            assert_eq!(
+                chunked.embed.chunks.len(),
+                whole.config.vocab_size.div_ceil(50)
+            );
+            let (ids, b, t) = ids_of(&format!("{name}/logits.safetensors"));
+            let want = pollster::block_on(whole.logits(gpu, &ids, b, t)).unwrap();
+            let got = pollster::block_on(chunked.logits(gpu, &ids, b, t)).unwrap();
+            assert_eq!(
+                got, want,
+                "{name} {quant:?}: chunked logits are the same numbers"
+            );
+        }
+    }
+}

@@ -207,7 +207,7 @@ impl<'a> KvDecoder<'a> {
         let m = ids.len();
         let p0 = self.len;
         let tk = p0 + m;
-        let (c, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
+        let (c, hd) = (cfg.hidden_size, cfg.head_dim);
         let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let kvw = (kvh * hd * 4) as u64;
         gpu.write(&self.ids, 0, bytemuck::cast_slice(ids));
@@ -217,7 +217,7 @@ impl<'a> KvDecoder<'a> {
         let scale = 1.0 / (hd as f32).sqrt();
         let n_layers = model.layers.len();
         let mut enc = gpu.encoder();
-        nn::embedding_fwd(&mut enc, &self.ids, &model.embed, &a.x, m, v, c)?;
+        model.embed.embed(&mut enc, &self.ids, &a.x, m)?;
         let scratch = LayerScratch {
             hbuf: &self.hbuf,
             act: &self.act,
@@ -261,17 +261,9 @@ impl<'a> KvDecoder<'a> {
             c,
             eps,
         )?;
-        nn::matmul_fwd(
-            &mut enc,
-            &self.last_h,
-            model.head(),
-            &self.logits,
-            1,
-            c,
-            v,
-            1.0,
-            false,
-        )?;
+        model
+            .head()
+            .head_fwd(&mut enc, &self.last_h, &self.logits, 1)?;
         enc.submit();
         Ok(())
     }

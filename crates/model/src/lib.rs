@@ -30,6 +30,7 @@ pub mod safetensors;
 pub mod sampling;
 pub mod source;
 pub mod tokenizer;
+pub mod vocab;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use bytes::MmapBytes;
@@ -40,12 +41,13 @@ pub use generate::{stop_ids, GenerateOptions, Generated, KvDecoder, StopReason, 
 pub use gguf::{
     config_from_gguf, gguf_to_hf_name, hf_to_gguf_name, GgufFile, GgufTensorInfo, GgufValue,
 };
-pub use llama::{LlamaModel, Quant, Workspace};
+pub use llama::{LlamaModel, LoadOptions, Quant, Workspace};
 pub use lora::{LoraGpu, LoraPairGpu};
 pub use safetensors::{SafetensorsFile, StDtype, StTensorInfo};
 pub use sampling::{Sampler, SamplingParams};
 pub use source::{unpermute_qk_rows, HfParts, HostTensor, ModelSource, SourceFormat, TensorMeta};
 pub use tokenizer::Tokenizer;
+pub use vocab::{VocabChunk, VocabTable};
 
 use tinytune_gpu::ops::nf4::Nf4Weight;
 use tinytune_gpu::GpuBuffer;

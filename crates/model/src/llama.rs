@@ -11,6 +11,7 @@ pub use tinytune_reference::llama::LoraDropout;
 use tinytune_reference::nn::{rope_inv_freq, Llama3Scaling};
 
 use crate::lora::LoraGpu;
+use crate::vocab::VocabTable;
 use crate::{LlamaConfig, ModelError, ModelSource, RopeScaling, Weight};
 
 /// How the frozen linear layers of the decoder are stored on the device.
@@ -51,15 +52,23 @@ pub struct Layer {
     pub post_attention_layernorm: GpuBuffer,
 }
 
+/// Options of [`LlamaModel::load_with`].
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Rows per chunk of the embedding / LM head (default: as many as one binding holds).
+    pub vocab_chunk_rows: Option<usize>,
+}
+
 /// A loaded model.
 pub struct LlamaModel {
     pub config: LlamaConfig,
     pub quant: Quant,
-    pub embed: GpuBuffer,
+    /// Token embedding `[V, C]`, in row chunks that each fit one binding.
+    pub embed: VocabTable,
     pub layers: Vec<Layer>,
     pub norm: GpuBuffer,
     /// `None` when tied to `embed`.
-    pub lm_head: Option<GpuBuffer>,
+    pub lm_head: Option<VocabTable>,
     /// RoPE inverse frequencies `[head_dim / 2]` (with llama3 scaling when configured).
     pub inv_freq: GpuBuffer,
     /// Host copy of `inv_freq`.
@@ -99,7 +108,34 @@ impl LlamaModel {
     /// Loads every tensor of `src` to the device one at a time, quantizing the decoder's linear
     /// layers on the GPU when `quant` asks for it (the f32 copy of each is dropped right after).
     pub fn load(gpu: &Gpu, src: &ModelSource, quant: Quant) -> Result<LlamaModel, ModelError> {
+        LlamaModel::load_with(gpu, src, quant, &LoadOptions::default())
+    }
+
+    /// [`LlamaModel::load`] with options.
+    pub fn load_with(
+        gpu: &Gpu,
+        src: &ModelSource,
+        quant: Quant,
+        opts: &LoadOptions,
+    ) -> Result<LlamaModel, ModelError> {
         let cfg = src.config().clone();
+        let table = |name: &str| -> Result<VocabTable, ModelError> {
+            let t = src.load(name)?;
+            if t.shape.len() != 2 {
+                return Err(ModelError::Shape(format!(
+                    "{name}: shape {:?}, expected [V, C]",
+                    t.shape
+                )));
+            }
+            VocabTable::upload(
+                gpu,
+                name,
+                &t.data,
+                t.shape[0],
+                t.shape[1],
+                opts.vocab_chunk_rows,
+            )
+        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let linears = (0..7)
@@ -165,11 +201,11 @@ impl LlamaModel {
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(upload(gpu, src, "lm_head.weight")?)
+            Some(table("lm_head.weight")?)
         };
         let inv_freq_host = config_inv_freq(&cfg);
         Ok(LlamaModel {
-            embed: upload(gpu, src, "model.embed_tokens.weight")?,
+            embed: table("model.embed_tokens.weight")?,
             layers,
             norm: upload(gpu, src, "model.norm.weight")?,
             lm_head,
@@ -673,7 +709,7 @@ impl LlamaModel {
     ) -> Result<usize, ModelError> {
         let cfg = &self.config;
         let m = self.check_batch(ws, ids.len(), b, t)?;
-        let (c, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
+        let (c, hd) = (cfg.hidden_size, cfg.head_dim);
         let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         gpu.write(&ws.ids, 0, bytemuck::cast_slice(ids));
         let pos: Vec<u32> = (0..m).map(|i| (i % t) as u32).collect();
@@ -682,7 +718,7 @@ impl LlamaModel {
         let scale = 1.0 / (hd as f32).sqrt();
         let n_layers = self.layers.len();
         let mut enc = gpu.encoder();
-        nn::embedding_fwd(&mut enc, &ws.ids, &self.embed, &ws.set(0).x, m, v, c)?;
+        self.embed.embed(&mut enc, &ws.ids, &ws.set(0).x, m)?;
         let scratch = LayerScratch {
             hbuf: &ws.hbuf,
             act: &ws.act,
@@ -718,7 +754,7 @@ impl LlamaModel {
     }
 
     /// The LM head weight `[V, C]` (the embedding when tied).
-    pub(crate) fn head(&self) -> &GpuBuffer {
+    pub(crate) fn head(&self) -> &VocabTable {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
@@ -779,19 +815,8 @@ impl LlamaModel {
             ));
         }
         let m = self.record_decoder(gpu, ws, lora, ids, b, t, None)?;
-        let (c, v) = (self.config.hidden_size, self.config.vocab_size);
         let mut enc = gpu.encoder();
-        nn::matmul_fwd(
-            &mut enc,
-            &ws.hbuf,
-            self.head(),
-            &ws.logits,
-            m,
-            c,
-            v,
-            1.0,
-            false,
-        )?;
+        self.head().head_fwd(&mut enc, &ws.hbuf, &ws.logits, m)?;
         enc.submit();
         Ok(())
     }
@@ -905,17 +930,7 @@ impl LlamaModel {
                     sg.len as u64 * row_bytes,
                 );
             }
-            nn::matmul_fwd(
-                &mut enc,
-                &ch.h,
-                self.head(),
-                &ws.logits,
-                rows,
-                c,
-                v,
-                1.0,
-                false,
-            )?;
+            self.head().head_fwd(&mut enc, &ch.h, &ws.logits, rows)?;
             nn::cross_entropy_fwd(
                 &mut enc,
                 &ws.logits,
@@ -945,7 +960,7 @@ impl LlamaModel {
                     v,
                     grad_scale,
                 )?;
-                nn::matmul_bwd_input(&mut enc, &ws.logits, self.head(), &ch.dh, rows, c, v, false)?;
+                self.head().head_bwd(&mut enc, &ws.logits, &ch.dh, rows)?;
                 for sg in &segs {
                     enc.copy(
                         &ch.dh,
