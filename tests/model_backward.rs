@@ -205,3 +205,37 @@ fn forward_backward_with_vocab_chunks_matches_whole() {
         }
     }
 }
+
+/// Gradient checkpointing (activations recomputed per layer in the backward pass) gives the very
+/// same loss and gradients, with and without LoRA dropout.
+#[test]
+fn gradient_checkpointing_matches_stored_activations() {
+    let Some(gpu) = gpu() else { return };
+    for name in MODELS {
+        let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+        let bt = batch(name);
+        let model = LlamaModel::load(gpu, &src, Quant::NF4).unwrap();
+        let lora = init_adapter(name, model.layers.len());
+        let lg = LoraGpu::upload(gpu, &model, &lora).unwrap();
+        let m = bt.b * bt.t;
+        for drop in [None, Some(LoraDropout { p: 0.2, seed: 3 })] {
+            let mut results = Vec::new();
+            for ws in [
+                Workspace::new(gpu, &model, Some(&lg), m, true).unwrap(),
+                Workspace::checkpointed(gpu, &model, Some(&lg), m).unwrap(),
+            ] {
+                let mut enc = gpu.encoder();
+                lg.zero_grads(&mut enc);
+                enc.submit();
+                model
+                    .forward_backward(gpu, &ws, &lg, &bt.ids, &bt.targets, bt.b, bt.t, 0.1, drop)
+                    .unwrap();
+                let loss = pollster::block_on(ws.loss_sum(gpu, m)).unwrap();
+                let grads = pollster::block_on(lg.download_grads(gpu)).unwrap();
+                results.push((loss, grads));
+            }
+            assert_eq!(results[0].0, results[1].0, "{name} {drop:?}: loss");
+            assert_eq!(results[0].1, results[1].1, "{name} {drop:?}: gradients");
+        }
+    }
+}

@@ -136,6 +136,11 @@ pub struct TrainArgs {
     /// Clip the global gradient norm to this (0: off) [default: 1.0].
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
+    /// Recompute each layer's activations during the backward pass instead of storing them all:
+    /// activation memory of one layer instead of every layer, for about one more forward pass of
+    /// compute (transformers' gradient_checkpointing) [default: off].
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// AdamW weight decay [default: 0].
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
@@ -348,6 +353,7 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         schedule: ScheduleKind::parse(&args.lr_scheduler)?,
         warmup_steps: args.warmup_steps,
         max_grad_norm: args.max_grad_norm,
+        gradient_checkpointing: args.gradient_checkpointing,
         adamw: AdamWConfig {
             weight_decay: args.weight_decay,
             ..AdamWConfig::default()

@@ -170,6 +170,16 @@ fn train_saves_a_peft_adapter_and_resumes_bit_identically() {
         "resumed run ends with the same adapter"
     );
 
+    // --gradient-checkpointing: the same run, the same numbers.
+    let out4 = tmp.path().join("ckpt");
+    let out4_s = out4.to_str().unwrap();
+    let mut args = train_args(data, out4_s, &["--model", m, "--gradient-checkpointing"]);
+    args.extend_from_slice(&["--lr-scheduler", "constant"]);
+    ok(&tinytune(&args));
+    for (a, b) in recs.iter().zip(&metrics(&out4)) {
+        assert_eq!(a["loss"], b["loss"], "checkpointed step {}", a["step"]);
+    }
+
     // eval: the adapter lowers the loss on its training data.
     let eval = |extra: &[&str]| -> f64 {
         let mut a = vec!["eval", "--model", m, "--data", data, "--seq-len", "32"];

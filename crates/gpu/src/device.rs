@@ -55,7 +55,9 @@ pub struct Kernel {
 }
 
 /// A storage buffer on the device. Sizes are in bytes; `len` is the logical length in bytes
-/// before rounding up to the 4-byte granularity storage buffers need.
+/// before rounding up to the 4-byte granularity storage buffers need. Cloning clones the handle
+/// (the same device memory).
+#[derive(Clone)]
 pub struct GpuBuffer {
     pub label: String,
     pub raw: wgpu::Buffer,

@@ -220,6 +220,7 @@ impl LlamaModel {
 /// Activations of one decoder layer: kept per layer for the backward pass, or one set shared by
 /// every layer in an inference forward. The normed inputs of the projections and the SwiGLU output
 /// are not kept; the backward pass recomputes them (cheap elementwise kernels).
+#[derive(Clone)]
 pub(crate) struct LayerActs {
     /// Layer input (residual stream) `[M, C]`.
     pub(crate) x: GpuBuffer,
@@ -280,6 +281,8 @@ pub struct Workspace {
     /// Capacity in rows (`B*T`).
     pub rows: usize,
     train: bool,
+    /// Gradient checkpointing: layers share their activation buffers (see [`Workspace::checkpointed`]).
+    checkpoint: bool,
     ids: GpuBuffer,
     pos: GpuBuffer,
     acts: Vec<LayerActs>,
@@ -359,7 +362,21 @@ impl Workspace {
         } else {
             rows
         };
-        Workspace::with_head_chunk(gpu, model, lora, rows, train, head_rows)
+        Workspace::build(gpu, model, lora, rows, train, false, head_rows)
+    }
+
+    /// A training workspace with gradient checkpointing: only each layer's input is kept; the
+    /// backward pass recomputes a layer's activations (one more forward of the adapted layers)
+    /// just before its backward, so activation memory is one layer's instead of all of them.
+    pub fn checkpointed(
+        gpu: &Gpu,
+        model: &LlamaModel,
+        lora: Option<&LoraGpu>,
+        rows: usize,
+    ) -> Result<Workspace, ModelError> {
+        let v = model.config.vocab_size;
+        let head_rows = (HEAD_CHUNK_BYTES / (v * 4)).clamp(1, rows.max(1));
+        Workspace::build(gpu, model, lora, rows, true, true, head_rows)
     }
 
     /// [`Workspace::new`] with the LM head + cross-entropy of a training pass done in chunks of
@@ -370,6 +387,18 @@ impl Workspace {
         lora: Option<&LoraGpu>,
         rows: usize,
         train: bool,
+        head_rows: usize,
+    ) -> Result<Workspace, ModelError> {
+        Workspace::build(gpu, model, lora, rows, train, false, head_rows)
+    }
+
+    fn build(
+        gpu: &Gpu,
+        model: &LlamaModel,
+        lora: Option<&LoraGpu>,
+        rows: usize,
+        train: bool,
+        checkpoint: bool,
         head_rows: usize,
     ) -> Result<Workspace, ModelError> {
         let cfg = &model.config;
@@ -384,13 +413,19 @@ impl Workspace {
             cfg.intermediate_size,
         );
         let f = |n: usize| (m * n * 4) as u64;
-        let n_sets = if train { model.layers.len() } else { 1 };
+        // One set per layer when training (with checkpointing the sets share every buffer but
+        // the layer input `x`), one shared set for inference.
+        let n_sets = if train && !checkpoint {
+            model.layers.len()
+        } else {
+            1
+        };
         let mut acts = Vec::with_capacity(n_sets);
         for s in 0..n_sets {
             let mut lora_h: [Option<GpuBuffer>; 7] = Default::default();
             if let Some(l) = lora {
                 for (t, slot) in lora_h.iter_mut().enumerate() {
-                    let used = if train {
+                    let used = if train && !checkpoint {
                         l.pair(s, t).is_some()
                     } else {
                         l.layers.iter().any(|p| p[t].is_some())
@@ -414,6 +449,15 @@ impl Workspace {
                 up: gpu.alloc(&format!("acts.{s}.up"), f(inter))?,
                 lora_h,
             });
+        }
+        if train && checkpoint {
+            let base = acts[0].clone();
+            for s in 1..model.layers.len() {
+                acts.push(LayerActs {
+                    x: gpu.alloc(&format!("acts.{s}.x"), f(c))?,
+                    ..base.clone()
+                });
+            }
         }
         let chunk_rows = head_rows.clamp(1, m);
         let chunk = if train {
@@ -456,6 +500,7 @@ impl Workspace {
             dxd,
             rows,
             train,
+            checkpoint,
             ids: gpu.alloc("ids", f(1))?,
             pos: gpu.alloc("positions", f(1))?,
             acts,
@@ -996,9 +1041,26 @@ impl LlamaModel {
             false,
         )?;
         let scale = 1.0 / (hd as f32).sqrt();
-        for i in (lowest..self.layers.len()).rev() {
+        let scratch = LayerScratch {
+            hbuf: &ws.hbuf,
+            act: &ws.act,
+            pos: &ws.pos,
+            drop: drop.zip(ws.xd.as_ref()),
+        };
+        let n_layers = self.layers.len();
+        for i in (lowest..n_layers).rev() {
             let layer = &self.layers[i];
             let a = ws.set(i);
+            if ws.checkpoint {
+                // Recompute this layer's activations from its saved input (same masks); its
+                // output overwrites the next layer's input, which is no longer needed.
+                let next = ws.stream_after(i, n_layers);
+                self.record_layer(&mut enc, Some(lora), a, i, &scratch, next, m, |enc, a| {
+                    Ok(nn::attention_fwd(
+                        enc, &a.q, &a.k, &a.v, &a.attn, &a.lse, b, t, t, h, kvh, hd, scale,
+                    )?)
+                })?;
+            }
             // MLP: x3 = x2 + down(swiglu(gate(h2), up(h2))); g.dx holds dx3.
             nn::swiglu_fwd(&mut enc, &a.gate, &a.up, &ws.act, m * inter)?;
             self.linear_bwd(

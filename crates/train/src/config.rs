@@ -81,6 +81,9 @@ pub struct TrainConfig {
     pub lr: f64,
     pub schedule: ScheduleKind,
     pub warmup_steps: u64,
+    /// Recompute each layer's activations in the backward pass instead of keeping them all
+    /// (transformers' `gradient_checkpointing`): less memory, about one more forward of compute.
+    pub gradient_checkpointing: bool,
     /// Gradient clipping by global norm (0: off).
     pub max_grad_norm: f64,
     pub adamw: AdamWConfig,
@@ -105,6 +108,7 @@ impl Default for TrainConfig {
             schedule: ScheduleKind::Linear,
             warmup_steps: 0,
             max_grad_norm: 1.0,
+            gradient_checkpointing: false,
             adamw: AdamWConfig::default(),
             lora: LoraHyper::default(),
         }

@@ -338,7 +338,11 @@ impl<'g> Trainer<'g> {
         };
         let batches = plan.iter(state.position, state.global_step * ga, micro_stop)?;
         let rows = config.batch_size * seq_len;
-        let ws = Workspace::new(gpu, model, Some(&lora), rows, true)?;
+        let ws = if config.gradient_checkpointing {
+            Workspace::checkpointed(gpu, model, Some(&lora), rows)?
+        } else {
+            Workspace::new(gpu, model, Some(&lora), rows, true)?
+        };
         let t0 = clock() - state.elapsed_s;
         Ok(Trainer {
             gpu,
