@@ -6,9 +6,13 @@
 //! The GPU test needs an adapter (run with `WGPU_BACKEND=vulkan XDG_RUNTIME_DIR=/tmp`); without one
 //! it is skipped with a message unless `TINYTUNE_REQUIRE_GPU=1`.
 
+mod common;
+
+use common::{assert_fails, root, tinytune};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -22,19 +26,8 @@ const F32_ATOL: f32 = 1e-6;
 const LOGITS_ATOL: f32 = 2e-4;
 const LOGITS_RTOL: f32 = 1e-4;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn fixture(rel: &str) -> PathBuf {
     root().join("tests/fixtures/hf").join(rel)
-}
-
-fn tinytune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tinytune"))
-        .args(args)
-        .output()
-        .expect("cannot run the tinytune binary")
 }
 
 fn merge(model: &str, out: &Path, extra: &[&str]) -> Output {
@@ -291,19 +284,6 @@ fn merged_model_reproduces_peft_adapter_logits() {
             );
         }
         eprintln!("{model}: max |merged logits - PEFT adapter logits| = {worst:e}");
-    }
-}
-
-/// A failing run: exit status 1, one `error: ` line mentioning every string of `mentions`.
-fn assert_fails(args: &[&str], mentions: &[&str]) {
-    let o = tinytune(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "tinytune {args:?}: {err}");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "tinytune {args:?}: {err:?}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    for m in mentions {
-        assert!(lines[0].contains(m), "{err:?} does not mention {m:?}");
     }
 }
 

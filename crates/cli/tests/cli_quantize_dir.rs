@@ -7,49 +7,18 @@
 //! without one they are skipped with a message unless `TINYTUNE_REQUIRE_GPU=1`. The error cases
 //! always run.
 
+mod common;
+
+use common::{assert_fails, have_gpu, root, tinytune};
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use tinytune_reference::nf4::{Absmax, Nf4Tensor, DYNAMIC_MAP, NF4};
 
 const QS: &str = ".quant_state.bitsandbytes__nf4";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn tinytune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tinytune"))
-        .args(args)
-        .output()
-        .expect("cannot run the tinytune binary")
-}
-
-fn have_gpu() -> bool {
-    static OK: OnceLock<Result<(), String>> = OnceLock::new();
-    let r = OK.get_or_init(|| {
-        let o = tinytune(&["info"]);
-        if o.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&o.stderr).into_owned())
-        }
-    });
-    match r {
-        Ok(()) => true,
-        Err(e) => {
-            if std::env::var("TINYTUNE_REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("TINYTUNE_REQUIRE_GPU=1 but `tinytune info` failed: {e}");
-            }
-            eprintln!("SKIPPED: no GPU adapter ({})", e.trim());
-            false
-        }
-    }
-}
 
 fn quantize_ok(inp: &Path, out: &Path) {
     let o = tinytune(&["quantize", inp.to_str().unwrap(), out.to_str().unwrap()]);
@@ -290,18 +259,6 @@ fn quantize_model_folder_follows_config_dtype() {
     let got = read_raw(&out.join("model.safetensors"));
     assert_eq!(check_tensors(&got, &src, "bfloat16"), 14);
     assert_eq!(json(&out.join("config.json"))["dtype"], "bfloat16");
-}
-
-fn assert_fails(args: &[&str], mentions: &[&str]) {
-    let o = tinytune(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "tinytune {args:?}: {err}");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "tinytune {args:?}: {err:?}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    for m in mentions {
-        assert!(lines[0].contains(m), "{err:?} does not mention {m:?}");
-    }
 }
 
 #[test]

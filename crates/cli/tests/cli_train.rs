@@ -2,40 +2,21 @@
 //! with a tokenizer and chat template): the loss falls, the adapter is in PEFT's layout, checkpoints
 //! resume bit-identically, and bad input gives one-line errors.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::{have_gpu, root, tinytune};
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 fn model() -> PathBuf {
     root().join("tests/fixtures/model/llama_hf")
-}
-
-fn tinytune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tinytune"))
-        .args(args)
-        .output()
-        .expect("cannot run the tinytune binary")
 }
 
 fn ok(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "tinytune failed: {err}");
     err
-}
-
-fn have_gpu() -> bool {
-    let o = tinytune(&["info"]);
-    if !o.status.success() {
-        if std::env::var("TINYTUNE_REQUIRE_GPU").as_deref() == Ok("1") {
-            panic!("TINYTUNE_REQUIRE_GPU=1 but `tinytune info` failed");
-        }
-        eprintln!("SKIPPED: no GPU adapter");
-        return false;
-    }
-    true
 }
 
 /// A chat dataset with one repeated behaviour (the answer always starts with "Arr!").
