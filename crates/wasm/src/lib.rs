@@ -1,21 +1,705 @@
-//! wasm-bindgen API of tinytune for browsers. For now: open the browser's WebGPU device and
-//! report the adapter, so the GPU core is proven to compile and link for wasm32. The typed training
-//! API arrives with the browser issue.
+//! wasm-bindgen API of tinytune for browsers: class [`Tinytune`] opens WebGPU, loads a model from
+//! picked files (a GGUF, or a Hugging Face folder's files), fine-tunes LoRA adapters on it with the
+//! same trainer as the CLI, generates with or without them, and saves / loads adapters in PEFT's
+//! layout, all in memory.
+//!
+//! ```js
+//! import init, { Tinytune } from "./pkg/tinytune_wasm.js";
+//! await init();
+//! const tt = await Tinytune.create();              // JsError when WebGPU is missing
+//! await tt.loadModel({ "model.gguf": bytes }, "nf4");
+//! await tt.train(jsonlText, "data.jsonl", JSON.stringify({ num_steps: 20 }), (m) => console.log(m));
+//! await tt.generate("Hi!", "{}", (piece) => console.log(piece));
+//! const files = await tt.saveAdapter();            // {"adapter_config.json": Uint8Array, ...}
+//! ```
+//!
+//! Every method that touches the GPU returns a `Promise`; only one of them runs at a time (a second
+//! call while one runs is rejected), except [`Tinytune::stop`], which asks a running `train` or
+//! `generate` to finish after its current step or token. Run it in a Web Worker: model loading and
+//! data tokenization are synchronous.
+//!
+//! The logic that needs no browser (option parsing with the CLI's names and defaults, models and
+//! adapters from named in-memory files) lives in [`options`] and [`files`] and is tested natively.
 
+pub mod files;
+pub mod options;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
+use serde_json::json;
+use tinytune_gpu::{Gpu, GpuOptions};
+use tinytune_model::{
+    stop_ids, GenerateOptions, KvDecoder, LlamaModel, LoraGpu, Quant, StopReason, TextStream,
+};
+use tinytune_train::{
+    upload_adapter, Adapter, ChatMessage, Clock, Dataset, ModelTokenizer, Start, Trainer,
+};
 use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
-/// Opens WebGPU through tinytune's runtime and returns a one-line description of the adapter,
-/// or a `JsError` saying why WebGPU is unavailable.
-#[wasm_bindgen(js_name = adapterInfo)]
-pub async fn adapter_info() -> Result<String, JsError> {
-    let gpu = tinytune_gpu::Gpu::new(tinytune_gpu::GpuOptions::default())
-        .await
-        .map_err(|e| JsError::new(&e.to_string()))?;
-    Ok(format!(
-        "{} | max buffer {} B | max storage binding {} B | shaders {}",
-        gpu.adapter,
-        gpu.limits.max_buffer_size,
-        gpu.limits.max_storage_buffer_binding_size,
-        tinytune_gpu::shaders::SHADERS.len()
-    ))
+use crate::files::NamedFile;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &'static str = r#"
+/** Picked files by name: bytes in one piece, or in chunks (e.g. a File's stream). */
+export type ModelFiles =
+    | Map<string, Uint8Array | ArrayBuffer | Uint8Array[]>
+    | Record<string, Uint8Array | ArrayBuffer | Uint8Array[]>;
+export interface TinytuneInfo {
+    adapter: { name: string; backend: string; device_type: string; driver: string; driver_info: string };
+    features: string[];
+    limits: Record<string, number>;
+    shaders: number;
+    model: ModelInfo | null;
+    has_adapter: boolean;
+}
+export interface ModelInfo {
+    name: string; format: "hf" | "gguf"; model_type: string; layers: number; hidden_size: number;
+    vocab_size: number; max_position_embeddings: number; quant: "nf4" | "none";
+    chat_template: boolean; tokenizer_error: string | null; load_s: number;
+}
+/** One optimizer step (the CLI's metrics.jsonl line) plus the run's total steps. */
+export interface StepMetrics {
+    step: number; total_steps: number; loss: number; lr: number; grad_norm: number;
+    tokens_per_s: number; elapsed_s: number; eval_loss?: number; eval_ppl?: number;
+}
+export interface TrainSummary {
+    steps: number; total_steps: number; stopped: boolean; n_params: number; n_train: number;
+    n_eval: number; tokens_seen: number; elapsed_s: number; eval_loss_before: number | null;
+    final_loss: number | null; data: { records: number; examples: number; tokens: number;
+    targets: number; truncated: number; dropped: number };
+}
+export interface GenerateResult {
+    text: string; tokens: number[]; prompt_tokens: number; adapter: boolean;
+    stop: "eos" | "max_new_tokens" | "max_length" | "stopped"; first_token_s: number;
+    tokens_per_s: number | null;
+}
+export interface AdapterFiles {
+    "adapter_config.json": Uint8Array;
+    "adapter_model.safetensors": Uint8Array;
+}
+export interface AdapterInfo {
+    r: number; lora_alpha: number; target_modules: string[]; n_params: number;
+}
+"#;
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(s: &str);
+}
+
+/// A model on the device with its tokenizer.
+struct Loaded {
+    info: serde_json::Value,
+    model: LlamaModel,
+    tok: Result<ModelTokenizer, String>,
+}
+
+/// The current adapter: host weights (for saving) and device copy (for generation).
+struct Tuned {
+    adapter: Adapter,
+    lora: LoraGpu,
+}
+
+struct Inner {
+    gpu: Gpu,
+    model: RefCell<Option<Rc<Loaded>>>,
+    adapter: RefCell<Option<Rc<Tuned>>>,
+    stop: Cell<bool>,
+    busy: Cell<Option<&'static str>>,
+}
+
+/// Clears the busy flag when the operation ends (returns, fails or is dropped).
+struct Busy(Rc<Inner>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.set(None);
+    }
+}
+
+impl Inner {
+    fn begin(self: &Rc<Self>, what: &'static str) -> Result<Busy, JsValue> {
+        if let Some(b) = self.busy.get() {
+            return Err(err(format!(
+                "tinytune is busy ({b} is running): wait for it, or stop() it first"
+            )));
+        }
+        self.busy.set(Some(what));
+        self.stop.set(false);
+        Ok(Busy(self.clone()))
+    }
+
+    fn loaded(&self) -> Result<Rc<Loaded>, JsValue> {
+        self.model
+            .borrow()
+            .clone()
+            .ok_or_else(|| err("no model loaded: call loadModel first"))
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> JsValue {
+    JsError::new(&e.to_string()).into()
+}
+
+fn to_js(v: &serde_json::Value) -> Result<JsValue, JsValue> {
+    js_sys::JSON::parse(&v.to_string())
+}
+
+fn global_get(name: &str) -> JsValue {
+    Reflect::get(&js_sys::global(), &JsValue::from_str(name)).unwrap_or(JsValue::UNDEFINED)
+}
+
+/// Seconds from `performance.now()` (`Date.now()` where there is none).
+fn clock() -> Clock {
+    let perf = global_get("performance");
+    let now = Reflect::get(&perf, &JsValue::from_str("now"))
+        .ok()
+        .and_then(|f| f.dyn_into::<Function>().ok());
+    match now {
+        Some(now) if !perf.is_undefined() => Box::new(move || {
+            now.call0(&perf)
+                .ok()
+                .and_then(|v| v.as_f64())
+                .unwrap_or(0.0)
+                / 1000.0
+        }),
+        _ => Box::new(|| js_sys::Date::now() / 1000.0),
+    }
+}
+
+/// Lets the event loop run (messages such as a stop request, UI updates) between steps.
+async fn yield_now() {
+    let set_timeout = global_get("setTimeout").dyn_into::<Function>();
+    if let Ok(st) = set_timeout {
+        let p = Promise::new(&mut |resolve, _| {
+            let _ = st.call2(&JsValue::NULL, &resolve, &JsValue::from_f64(0.0));
+        });
+        let _ = JsFuture::from(p).await;
+    }
+}
+
+/// Reads `{name: bytes}` (a `Map` or a plain object) into named files.
+fn named_files(files: &JsValue) -> Result<Vec<NamedFile>, JsValue> {
+    let entries: Vec<(String, JsValue)> = if let Some(map) = files.dyn_ref::<js_sys::Map>() {
+        let mut v = Vec::new();
+        map.for_each(&mut |value, key| v.push((key.as_string().unwrap_or_default(), value)));
+        v
+    } else if files.is_object() {
+        Object::entries(files.unchecked_ref())
+            .iter()
+            .map(|e| {
+                let e: Array = e.unchecked_into();
+                (e.get(0).as_string().unwrap_or_default(), e.get(1))
+            })
+            .collect()
+    } else {
+        return Err(err(
+            "files must be a Map or an object of name -> Uint8Array",
+        ));
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for (name, value) in entries {
+        let chunk = |v: &JsValue| -> Result<Box<[u8]>, JsValue> {
+            if let Some(a) = v.dyn_ref::<Uint8Array>() {
+                Ok(a.to_vec().into_boxed_slice())
+            } else if let Some(b) = v.dyn_ref::<js_sys::ArrayBuffer>() {
+                Ok(Uint8Array::new(b).to_vec().into_boxed_slice())
+            } else {
+                Err(err(format!(
+                    "file {name:?}: expected a Uint8Array, an ArrayBuffer or an array of Uint8Arrays"
+                )))
+            }
+        };
+        let chunks = if let Some(arr) = value.dyn_ref::<Array>() {
+            arr.iter()
+                .map(|c| chunk(&c))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            vec![chunk(&value)?]
+        };
+        out.push(NamedFile::from_chunks(&name, chunks));
+    }
+    Ok(out)
+}
+
+/// A model name for `base_model_name_or_path`: the picked folder's name or the GGUF's file name.
+fn model_name(files: &[(String, bool)]) -> String {
+    for (path, gguf) in files {
+        if *gguf {
+            return files::base_name(path).to_string();
+        }
+    }
+    for (path, _) in files {
+        let p = path.replace('\\', "/");
+        if let Some((dir, _)) = p.rsplit_once('/') {
+            return files::base_name(dir).to_string();
+        }
+    }
+    String::new()
+}
+
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            console_error(&format!("tinytune panicked: {info}"))
+        }));
+    });
+}
+
+/// tinytune in a browser: one WebGPU device, at most one model and one adapter at a time.
+#[wasm_bindgen]
+pub struct Tinytune {
+    inner: Rc<Inner>,
+}
+
+#[wasm_bindgen]
+impl Tinytune {
+    /// Opens WebGPU (the adapter's own maximum limits, as the native runtime does). Rejects with a
+    /// message saying so when the browser has no WebGPU or no adapter.
+    pub async fn create() -> Result<Tinytune, JsError> {
+        install_panic_hook();
+        let navigator = global_get("navigator");
+        let has_gpu = !navigator.is_undefined()
+            && Reflect::get(&navigator, &JsValue::from_str("gpu"))
+                .map(|g| !g.is_undefined() && !g.is_null())
+                .unwrap_or(false);
+        if !has_gpu {
+            return Err(JsError::new(
+                "WebGPU is not available in this browser (navigator.gpu is missing). Use a \
+                 browser with WebGPU enabled (Chrome or Edge 113+, Safari 26+, or Firefox 141+ on \
+                 Windows), on a secure origin (https or localhost).",
+            ));
+        }
+        let gpu = Gpu::new(GpuOptions::default()).await.map_err(|e| match e {
+            tinytune_gpu::GpuError::NoAdapter { .. } => JsError::new(
+                "WebGPU is present but the browser offers no GPU adapter: WebGPU may be disabled \
+                 or blocklisted for this GPU or driver (on Linux, Chrome needs \
+                 chrome://flags/#enable-unsafe-webgpu or --enable-unsafe-webgpu).",
+            ),
+            e => JsError::new(&format!(
+                "WebGPU is present but the GPU device cannot be opened: {e}"
+            )),
+        })?;
+        Ok(Tinytune {
+            inner: Rc::new(Inner {
+                gpu,
+                model: RefCell::new(None),
+                adapter: RefCell::new(None),
+                stop: Cell::new(false),
+                busy: Cell::new(None),
+            }),
+        })
+    }
+
+    /// The adapter, its features and limits, and the loaded model.
+    #[wasm_bindgen(unchecked_return_type = "TinytuneInfo")]
+    pub fn info(&self) -> Result<JsValue, JsError> {
+        let g = &self.inner.gpu;
+        let l = &g.limits;
+        let features: Vec<String> = g.features.iter().map(|f| format!("{f:?}")).collect();
+        let v = json!({
+            "adapter": {
+                "name": g.adapter.name, "backend": g.adapter.backend,
+                "device_type": g.adapter.device_type, "driver": g.adapter.driver,
+                "driver_info": g.adapter.driver_info,
+            },
+            "features": features,
+            "limits": {
+                "max_buffer_size": l.max_buffer_size,
+                "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
+                "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
+                "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
+                "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
+                "max_compute_workgroup_size_x": l.max_compute_workgroup_size_x,
+                "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension,
+            },
+            "shaders": tinytune_gpu::shaders::SHADERS.len(),
+            "model": self.inner.model.borrow().as_ref().map(|m| m.info.clone()),
+            "has_adapter": self.inner.adapter.borrow().is_some(),
+        });
+        to_js(&v).map_err(|_| JsError::new("info: JSON"))
+    }
+
+    /// Asks a running `train` (after its current step) or `generate` (after its current token) to
+    /// finish; the adapter trained so far is kept.
+    pub fn stop(&self) {
+        self.inner.stop.set(true);
+    }
+
+    /// Loads a model from picked files, `{name: bytes}`: one `.gguf`, or a Hugging Face folder's
+    /// `config.json`, `*.safetensors`, `tokenizer.json` and `tokenizer_config.json`. `quant` is
+    /// `"nf4"` (QLoRA, default) or `"none"` (f32 base). Replaces any model and adapter.
+    #[wasm_bindgen(js_name = loadModel, unchecked_return_type = "Promise<ModelInfo>")]
+    pub fn load_model(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "ModelFiles")] files: JsValue,
+        quant: Option<String>,
+    ) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let _busy = inner.begin("loadModel")?;
+            let quant = match quant.as_deref().unwrap_or("nf4") {
+                "nf4" => Quant::NF4,
+                "none" => Quant::None,
+                q => return Err(err(format!("quant {q:?}: expected \"nf4\" or \"none\""))),
+            };
+            let t0 = (clock())();
+            let files = named_files(&files)?;
+            let names: Vec<(String, bool)> = files
+                .iter()
+                .map(|f| {
+                    (
+                        f.name.clone(),
+                        f.name.to_ascii_lowercase().ends_with(".gguf"),
+                    )
+                })
+                .collect();
+            let src = files::open_model(files).map_err(err)?;
+            inner.model.replace(None);
+            inner.adapter.replace(None);
+            let model = LlamaModel::load(&inner.gpu, &src, quant)
+                .map_err(|e| err(format!("cannot load the model: {e}")))?;
+            let tok = src
+                .tokenizer()
+                .map_err(|e| e.to_string())
+                .and_then(|t| ModelTokenizer::new(t).map_err(|e| e.to_string()));
+            // Surface device errors (out of memory, limits) now rather than at the first step.
+            inner.gpu.sync().map_err(err)?;
+            let c = &model.config;
+            let info = json!({
+                "name": model_name(&names),
+                "format": match src.format() {
+                    tinytune_model::SourceFormat::Gguf => "gguf",
+                    tinytune_model::SourceFormat::HfFolder => "hf",
+                },
+                "model_type": c.model_type.as_str(),
+                "layers": c.num_hidden_layers,
+                "hidden_size": c.hidden_size,
+                "vocab_size": c.vocab_size,
+                "max_position_embeddings": c.max_position_embeddings,
+                "quant": if quant == Quant::None { "none" } else { "nf4" },
+                "chat_template": tok.as_ref().is_ok_and(|t| t.template.is_some()),
+                "tokenizer_error": tok.as_ref().err(),
+                "load_s": (clock())() - t0,
+            });
+            inner.model.replace(Some(Rc::new(Loaded {
+                info: info.clone(),
+                model,
+                tok,
+            })));
+            to_js(&info)
+        })
+    }
+
+    /// Fine-tunes LoRA adapters on `dataText` (a `.jsonl` or `.txt` file's contents; `dataName`'s
+    /// extension says which). `optionsJson` takes `tinytune train`'s flag names and defaults
+    /// (`lora_r`, `lora_alpha`, `learning_rate`, `num_steps` / `epochs`, `batch_size`, `seq_len`,
+    /// `seed`, `lr_scheduler`, `warmup_steps`, `eval_split`, ...; `"adapter": true` starts from the
+    /// loaded adapter). `onStep` gets each step's metrics as a JSON string ([`StepMetrics`]).
+    /// `stop()` ends the run early; the adapter trained so far becomes the current adapter.
+    #[wasm_bindgen(unchecked_return_type = "Promise<TrainSummary>")]
+    pub fn train(
+        &self,
+        #[wasm_bindgen(js_name = dataText)] data_text: String,
+        #[wasm_bindgen(js_name = dataName)] data_name: String,
+        #[wasm_bindgen(js_name = optionsJson)] options_json: String,
+        #[wasm_bindgen(js_name = onStep, unchecked_param_type = "((metricsJson: string) => void) | null | undefined")]
+        on_step: Option<Function>,
+    ) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let _busy = inner.begin("train")?;
+            let loaded = inner.loaded()?;
+            let tok = loaded
+                .tok
+                .as_ref()
+                .map_err(|e| err(format!("the model has no usable tokenizer: {e}")))?;
+            let opts = options::parse_train_options(&options_json).map_err(err)?;
+            let base = loaded.info["name"].as_str().unwrap_or("").to_string();
+            let config = opts
+                .to_config(&base, &data_name, loaded.model.layers.len())
+                .map_err(err)?;
+            let data = Dataset::from_named_str(&data_name, &data_text, tok, &config.data_config())
+                .map_err(err)?;
+            if data.examples.is_empty() {
+                return Err(err(format!("{data_name}: the dataset holds no examples")));
+            }
+            let s = &data.stats;
+            let data_stats = json!({
+                "records": s.records, "examples": s.examples, "tokens": s.tokens,
+                "targets": s.targets, "truncated": s.truncated, "dropped": s.dropped,
+            });
+            let start = if opts.adapter {
+                let t = inner.adapter.borrow().clone();
+                Start::Adapter(
+                    t.ok_or_else(|| err("\"adapter\": true but no adapter is loaded"))?
+                        .adapter
+                        .clone(),
+                )
+            } else {
+                Start::Fresh
+            };
+            let mut trainer = Trainer::new(&inner.gpu, &loaded.model, config, data, start, clock())
+                .map_err(err)?;
+            if let Some(r) = opts.warmup_ratio {
+                trainer
+                    .set_warmup_steps((r * trainer.total_steps() as f64).ceil() as u64)
+                    .map_err(err)?;
+            }
+            let (n_train, n_eval) = trainer.n_examples();
+            let total = trainer.total_steps();
+            let eval_before = if n_eval > 0 {
+                trainer.evaluate().await.map_err(err)?
+            } else {
+                None
+            };
+            let eval_every = trainer.config.eval_every;
+            let mut stopped = false;
+            let mut final_loss = None;
+            loop {
+                if inner.stop.get() {
+                    stopped = true;
+                    break;
+                }
+                let Some(mut rec) = trainer.step().await.map_err(err)? else {
+                    break;
+                };
+                let step = rec.step;
+                if n_eval > 0 && ((eval_every > 0 && step % eval_every == 0) || step == total) {
+                    if let Some(l) = trainer.evaluate().await.map_err(err)? {
+                        rec = rec.with_eval(l);
+                    }
+                }
+                final_loss = Some(rec.loss);
+                if let Some(f) = &on_step {
+                    let mut v = serde_json::to_value(&rec).map_err(err)?;
+                    v["total_steps"] = json!(total);
+                    f.call1(&JsValue::NULL, &JsValue::from_str(&v.to_string()))?;
+                }
+                yield_now().await;
+            }
+            let adapter = trainer.adapter().await.map_err(err)?;
+            let summary = json!({
+                "steps": trainer.state.global_step,
+                "total_steps": total,
+                "stopped": stopped,
+                "n_params": trainer.n_params(),
+                "n_train": n_train,
+                "n_eval": n_eval,
+                "tokens_seen": trainer.state.tokens_seen,
+                "elapsed_s": trainer.state.elapsed_s,
+                "eval_loss_before": eval_before,
+                "final_loss": final_loss,
+                "data": data_stats,
+            });
+            drop(trainer);
+            if summary["steps"].as_u64().unwrap_or(0) > 0 {
+                let lora = upload_adapter(&inner.gpu, &loaded.model, &adapter).map_err(err)?;
+                inner
+                    .adapter
+                    .replace(Some(Rc::new(Tuned { adapter, lora })));
+            }
+            to_js(&summary)
+        })
+    }
+
+    /// Generates after `prompt` (rendered as a user message with the model's chat template unless
+    /// `"raw": true`). `optionsJson` takes `tinytune generate`'s names and defaults
+    /// (`max_new_tokens` 128, `temperature` 0 = greedy, `top_k`, `top_p`, `repetition_penalty`,
+    /// `seed`, `system`, `max_length`) and `"adapter": false` for the base model alone (default:
+    /// the current adapter when there is one). `onToken` gets each new piece of text.
+    #[wasm_bindgen(unchecked_return_type = "Promise<GenerateResult>")]
+    pub fn generate(
+        &self,
+        prompt: String,
+        #[wasm_bindgen(js_name = optionsJson)] options_json: String,
+        #[wasm_bindgen(js_name = onToken, unchecked_param_type = "((piece: string) => void) | null | undefined")]
+        on_token: Option<Function>,
+    ) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let _busy = inner.begin("generate")?;
+            let loaded = inner.loaded()?;
+            let tok = loaded
+                .tok
+                .as_ref()
+                .map_err(|e| err(format!("the model has no usable tokenizer: {e}")))?;
+            let opts = options::parse_gen_options(&options_json).map_err(err)?;
+            let sampling = opts.sampling();
+            sampling.validate().map_err(err)?;
+            let ids = match (&tok.template, opts.raw) {
+                (Some(t), false) => {
+                    let mut msgs = Vec::new();
+                    if let Some(s) = &opts.system {
+                        msgs.push(ChatMessage::new("system", s));
+                    }
+                    msgs.push(ChatMessage::new("user", &prompt));
+                    let text = t.render(&msgs, true).map_err(err)?;
+                    tok.tok.encode(&text, false).map_err(err)?
+                }
+                _ => {
+                    if opts.system.is_some() && !opts.raw {
+                        return Err(err(
+                            "system needs a chat template, and the tokenizer has none",
+                        ));
+                    }
+                    tok.tok.encode(&prompt, true).map_err(err)?
+                }
+            };
+            if ids.is_empty() {
+                return Err(err("the prompt has no tokens"));
+            }
+            let cfg = &loaded.model.config;
+            let cap = match opts.max_length {
+                Some(0) => return Err(err("max_length must be positive")),
+                Some(n) => n.min(cfg.max_position_embeddings),
+                None => cfg.max_position_embeddings,
+            };
+            if ids.len() >= cap {
+                return Err(err(format!(
+                    "the prompt has {} tokens: no room to generate within {cap} positions",
+                    ids.len()
+                )));
+            }
+            let tuned = inner.adapter.borrow().clone();
+            let use_adapter = opts.adapter.unwrap_or(tuned.is_some());
+            if use_adapter && tuned.is_none() {
+                return Err(err("no adapter: train or loadAdapter first"));
+            }
+            let lora = tuned.as_ref().filter(|_| use_adapter).map(|t| &t.lora);
+            let max_len = (ids.len() + opts.max_new_tokens).min(cap);
+            let mut dec = KvDecoder::new(&inner.gpu, &loaded.model, lora, max_len).map_err(err)?;
+            let gen_opts = GenerateOptions {
+                max_new_tokens: opts.max_new_tokens,
+                sampling,
+                stop_ids: stop_ids(&loaded.model, Some(&tok.tok)),
+            };
+            let mut stream = TextStream::new(&tok.tok, true);
+            let mut text = String::new();
+            let mut failure: Option<JsValue> = None;
+            let now = clock();
+            let t0 = now();
+            let mut first_at = None;
+            let mut last_at = t0;
+            let gen = dec
+                .generate(&ids, &gen_opts, |t| {
+                    last_at = now();
+                    first_at.get_or_insert(last_at);
+                    match stream.push(t) {
+                        Ok(piece) if !piece.is_empty() => {
+                            text.push_str(&piece);
+                            if let Some(f) = &on_token {
+                                if let Err(e) = f.call1(&JsValue::NULL, &JsValue::from_str(&piece))
+                                {
+                                    failure = Some(e);
+                                    return false;
+                                }
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            failure = Some(err(e));
+                            return false;
+                        }
+                    }
+                    !inner.stop.get()
+                })
+                .await
+                .map_err(err)?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            let rest = stream.finish().map_err(err)?;
+            if !rest.is_empty() {
+                text.push_str(&rest);
+                if let Some(f) = &on_token {
+                    f.call1(&JsValue::NULL, &JsValue::from_str(&rest))?;
+                }
+            }
+            let n = gen.tokens.len();
+            let first = first_at.unwrap_or(t0);
+            let result = json!({
+                "text": text,
+                "tokens": gen.tokens,
+                "prompt_tokens": ids.len(),
+                "adapter": lora.is_some(),
+                "stop": match gen.stop {
+                    StopReason::Eos => "eos",
+                    StopReason::MaxNewTokens => "max_new_tokens",
+                    StopReason::MaxLength => "max_length",
+                    StopReason::Callback => "stopped",
+                },
+                "first_token_s": first - t0,
+                "tokens_per_s": if n > 1 && last_at > first {
+                    Some((n - 1) as f64 / (last_at - first))
+                } else {
+                    None
+                },
+            });
+            to_js(&result)
+        })
+    }
+
+    /// The current adapter's two files in PEFT's layout.
+    #[wasm_bindgen(js_name = saveAdapter, unchecked_return_type = "Promise<AdapterFiles>")]
+    pub fn save_adapter(&self) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let tuned = inner
+                .adapter
+                .borrow()
+                .clone()
+                .ok_or_else(|| err("no adapter: train or loadAdapter first"))?;
+            let out = Object::new();
+            for (name, bytes) in tuned.adapter.to_files().map_err(err)? {
+                Reflect::set(
+                    &out,
+                    &JsValue::from_str(&name),
+                    &Uint8Array::from(&bytes[..]),
+                )?;
+            }
+            Ok(out.into())
+        })
+    }
+
+    /// Loads a PEFT adapter (`adapter_config.json` + `adapter_model.safetensors`) for the loaded
+    /// model; it becomes the current adapter (for `generate`, `saveAdapter`, and `train` with
+    /// `"adapter": true`).
+    #[wasm_bindgen(js_name = loadAdapter, unchecked_return_type = "Promise<AdapterInfo>")]
+    pub fn load_adapter(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "ModelFiles")] files: JsValue,
+    ) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let _busy = inner.begin("loadAdapter")?;
+            let loaded = inner.loaded()?;
+            let adapter = files::open_adapter(named_files(&files)?).map_err(err)?;
+            let lora = upload_adapter(&inner.gpu, &loaded.model, &adapter).map_err(err)?;
+            let c = &adapter.config;
+            let mut targets: Vec<&str> = adapter
+                .weights
+                .pairs
+                .keys()
+                .map(|k| k.module.name())
+                .collect();
+            targets.sort_unstable();
+            targets.dedup();
+            let info = json!({
+                "r": c.r,
+                "lora_alpha": c.lora_alpha,
+                "target_modules": targets,
+                "n_params": adapter.weights.n_params(),
+            });
+            inner
+                .adapter
+                .replace(Some(Rc::new(Tuned { adapter, lora })));
+            to_js(&info)
+        })
+    }
 }

@@ -1,0 +1,395 @@
+//! The JSON options of `train` and `generate`, with the CLI's flag names (`--lora-r` is
+//! `"lora_r"`) and defaults. Plain Rust, so they are tested natively.
+
+use serde::Deserialize;
+use tinytune_model::SamplingParams;
+use tinytune_train::data::{EvalSplit, Stop, TextSplit};
+use tinytune_train::peft::LoraModule;
+use tinytune_train::{AdamWConfig, LoraHyper, ScheduleKind, TrainConfig};
+
+/// A number or a string (the CLI takes `--eval-split 0.1` or `--eval-split 10`, and
+/// `--layers-to-transform 3,5` or `top:8`; JSON callers may write either form).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum NumOrText {
+    Num(f64),
+    Text(String),
+}
+
+/// A list of names or one comma-separated string (`--target-modules q_proj,v_proj`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Names {
+    List(Vec<String>),
+    Text(String),
+}
+
+/// Layers as a list of indices or the CLI's spec string.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Layers {
+    List(Vec<usize>),
+    Text(String),
+}
+
+/// `train`'s options: the names and defaults of `tinytune train`'s flags.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainOptions {
+    pub lora_r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    pub target_modules: Names,
+    pub layers_to_transform: Option<Layers>,
+    pub use_rslora: bool,
+    pub learning_rate: f64,
+    pub lr_scheduler: String,
+    pub warmup_steps: u64,
+    pub warmup_ratio: Option<f64>,
+    pub num_steps: Option<u64>,
+    pub epochs: Option<u64>,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub seq_len: usize,
+    pub text_split: TextSplit,
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    pub gradient_checkpointing: bool,
+    pub eval_split: NumOrText,
+    pub eval_every: u64,
+    pub seed: u64,
+    /// Start from the adapter given to `loadAdapter` (the CLI's `--adapter DIR`) instead of a
+    /// fresh init.
+    pub adapter: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            lora_r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            target_modules: Names::Text("all-linear".into()),
+            layers_to_transform: None,
+            use_rslora: false,
+            learning_rate: 2e-4,
+            lr_scheduler: "linear".into(),
+            warmup_steps: 0,
+            warmup_ratio: None,
+            num_steps: None,
+            epochs: None,
+            batch_size: 4,
+            grad_accum: 1,
+            seq_len: 512,
+            text_split: TextSplit::Document,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            gradient_checkpointing: false,
+            eval_split: NumOrText::Num(0.0),
+            eval_every: 0,
+            seed: 42,
+            adapter: false,
+        }
+    }
+}
+
+/// Parses `train`'s options JSON (empty = defaults); unknown names are errors.
+pub fn parse_train_options(json: &str) -> Result<TrainOptions, String> {
+    if json.trim().is_empty() {
+        return Ok(TrainOptions::default());
+    }
+    serde_json::from_str(json).map_err(|e| format!("train options: {e}"))
+}
+
+/// `--target-modules`: PEFT names or `all-linear`.
+pub fn parse_targets(names: &Names) -> Result<Vec<LoraModule>, String> {
+    let list: Vec<String> = match names {
+        Names::List(l) => l.clone(),
+        Names::Text(t) => t.split(',').map(str::to_string).collect(),
+    };
+    let mut out = Vec::new();
+    for name in &list {
+        let name = name.trim();
+        if name == "all-linear" {
+            return Ok(LoraModule::ALL.to_vec());
+        }
+        match LoraModule::from_name(name) {
+            Some(m) if !out.contains(&m) => out.push(m),
+            Some(_) => {}
+            None => {
+                return Err(format!(
+                    "target_modules: unknown module {name:?} (expected q_proj, k_proj, v_proj, \
+                     o_proj, gate_proj, up_proj, down_proj or all-linear)"
+                ))
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err("target_modules is empty".into());
+    }
+    Ok(out)
+}
+
+/// `--layers-to-transform`: indices, `20-29` (inclusive), or `top:N`, against `n_layers`.
+pub fn parse_layers(spec: &Layers, n_layers: usize) -> Result<Vec<usize>, String> {
+    let mut out = match spec {
+        Layers::List(l) => l.clone(),
+        Layers::Text(spec) => {
+            let bad =
+                || format!("layers_to_transform {spec:?}: expected e.g. 3,5,7 or 20-29 or top:8");
+            if let Some(n) = spec.strip_prefix("top:") {
+                let n: usize = n.trim().parse().map_err(|_| bad())?;
+                if n == 0 || n > n_layers {
+                    return Err(format!(
+                        "layers_to_transform top:{n}: the model has {n_layers} layers"
+                    ));
+                }
+                return Ok((n_layers - n..n_layers).collect());
+            }
+            let mut out = Vec::new();
+            for part in spec.split(',') {
+                let part = part.trim();
+                match part.split_once('-') {
+                    Some((a, b)) => {
+                        let a: usize = a.trim().parse().map_err(|_| bad())?;
+                        let b: usize = b.trim().parse().map_err(|_| bad())?;
+                        if a > b {
+                            return Err(bad());
+                        }
+                        out.extend(a..=b);
+                    }
+                    None => out.push(part.parse().map_err(|_| bad())?),
+                }
+            }
+            out
+        }
+    };
+    out.sort_unstable();
+    out.dedup();
+    if out.is_empty() {
+        return Err("layers_to_transform is empty".into());
+    }
+    if let Some(l) = out.iter().find(|&&l| l >= n_layers) {
+        return Err(format!(
+            "layers_to_transform names layer {l}, the model has {n_layers} layers (0..{})",
+            n_layers - 1
+        ));
+    }
+    Ok(out)
+}
+
+/// `--eval-split`: 0 = none, a fraction in (0, 1), or a whole count.
+pub fn parse_eval_split(v: &NumOrText) -> Result<EvalSplit, String> {
+    let v = match v {
+        NumOrText::Num(v) => *v,
+        NumOrText::Text(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("eval_split {s:?}: expected a fraction or a count"))?,
+    };
+    if v == 0.0 {
+        Ok(EvalSplit::None)
+    } else if v > 0.0 && v < 1.0 {
+        Ok(EvalSplit::Fraction(v))
+    } else if v >= 1.0 && v.fract() == 0.0 {
+        Ok(EvalSplit::Count(v as usize))
+    } else {
+        Err(format!(
+            "eval_split {v}: expected a fraction in (0, 1) or a whole count"
+        ))
+    }
+}
+
+impl TrainOptions {
+    /// The trainer's config, as `tinytune train` builds it from the same flags. (Fields the
+    /// trainer gains later take their defaults until they get an option here.)
+    #[allow(clippy::needless_update)]
+    pub fn to_config(
+        &self,
+        base_model: &str,
+        data_name: &str,
+        n_layers: usize,
+    ) -> Result<TrainConfig, String> {
+        if self.num_steps.is_some() && self.epochs.is_some() {
+            return Err("give num_steps or epochs, not both".into());
+        }
+        if self.warmup_ratio.is_some() && self.warmup_steps > 0 {
+            return Err("give warmup_steps or warmup_ratio, not both".into());
+        }
+        if let Some(r) = self.warmup_ratio {
+            if !(0.0..1.0).contains(&r) {
+                return Err("warmup_ratio must be in [0, 1)".into());
+            }
+        }
+        if self.seq_len < 2 {
+            return Err("seq_len must be at least 2".into());
+        }
+        let stop = match (self.num_steps, self.epochs) {
+            (Some(s), _) => Stop::Steps(s),
+            (None, Some(e)) => Stop::Epochs(e),
+            (None, None) => Stop::Epochs(1),
+        };
+        Ok(TrainConfig {
+            base_model: base_model.to_string(),
+            data: vec![data_name.to_string()],
+            seq_len: self.seq_len,
+            text_split: self.text_split,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            stop,
+            eval_split: parse_eval_split(&self.eval_split)?,
+            eval_every: self.eval_every,
+            save_every: 0,
+            seed: self.seed,
+            lr: self.learning_rate,
+            schedule: ScheduleKind::parse(&self.lr_scheduler).map_err(|e| e.to_string())?,
+            warmup_steps: self.warmup_steps,
+            max_grad_norm: self.max_grad_norm,
+            gradient_checkpointing: self.gradient_checkpointing,
+            adamw: AdamWConfig {
+                weight_decay: self.weight_decay,
+                ..AdamWConfig::default()
+            },
+            lora: LoraHyper {
+                r: self.lora_r,
+                alpha: self.lora_alpha,
+                dropout: self.lora_dropout,
+                targets: parse_targets(&self.target_modules)?,
+                use_rslora: self.use_rslora,
+                layers_to_transform: match &self.layers_to_transform {
+                    Some(spec) => Some(parse_layers(spec, n_layers)?),
+                    None => None,
+                },
+            },
+            ..TrainConfig::default()
+        })
+    }
+}
+
+/// `generate`'s options: the names and defaults of `tinytune generate`'s flags.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenOptions {
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub repetition_penalty: f32,
+    pub seed: u64,
+    /// Tokenize the prompt as-is instead of rendering it with the chat template.
+    pub raw: bool,
+    pub system: Option<String>,
+    pub max_length: Option<usize>,
+    /// Use the trained / loaded adapter (default: when there is one); `false` = the base model.
+    pub adapter: Option<bool>,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        GenOptions {
+            max_new_tokens: 128,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+            raw: false,
+            system: None,
+            max_length: None,
+            adapter: None,
+        }
+    }
+}
+
+impl GenOptions {
+    pub fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+        }
+    }
+}
+
+/// Parses `generate`'s options JSON (empty = defaults); unknown names are errors.
+pub fn parse_gen_options(json: &str) -> Result<GenOptions, String> {
+    if json.trim().is_empty() {
+        return Ok(GenOptions::default());
+    }
+    serde_json::from_str(json).map_err(|e| format!("generate options: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_cli_defaults() {
+        let o = parse_train_options("{}").unwrap();
+        assert_eq!(o, TrainOptions::default());
+        let c = o.to_config("m", "d.jsonl", 4).unwrap();
+        let d = TrainConfig::default();
+        assert_eq!(c.lora, d.lora);
+        assert_eq!(
+            (c.lr, c.batch_size, c.seq_len, c.seed),
+            (d.lr, d.batch_size, d.seq_len, d.seed)
+        );
+        assert_eq!(
+            (c.stop, c.eval_split, c.max_grad_norm),
+            (Stop::Epochs(1), EvalSplit::None, 1.0)
+        );
+        assert_eq!(c.schedule, ScheduleKind::Linear);
+    }
+
+    #[test]
+    fn cli_names_and_forms() {
+        let o = parse_train_options(
+            r#"{"lora_r": 4, "lora_alpha": 8, "learning_rate": 0.001, "num_steps": 6,
+                "batch_size": 2, "seq_len": 64, "seed": 7, "lr_scheduler": "cosine",
+                "warmup_steps": 1, "eval_split": "0.25", "target_modules": "q_proj,v_proj",
+                "layers_to_transform": "top:1"}"#,
+        )
+        .unwrap();
+        let c = o.to_config("m", "d.jsonl", 2).unwrap();
+        assert_eq!(c.lora.r, 4);
+        assert_eq!(c.stop, Stop::Steps(6));
+        assert_eq!(c.eval_split, EvalSplit::Fraction(0.25));
+        assert_eq!(c.lora.targets, vec![LoraModule::Q, LoraModule::V]);
+        assert_eq!(c.lora.layers_to_transform, Some(vec![1]));
+        let o = parse_train_options(r#"{"eval_split": 3, "layers_to_transform": [1, 0, 1], "target_modules": ["all-linear"]}"#).unwrap();
+        let c = o.to_config("m", "d", 2).unwrap();
+        assert_eq!(c.eval_split, EvalSplit::Count(3));
+        assert_eq!(c.lora.layers_to_transform, Some(vec![0, 1]));
+        assert_eq!(c.lora.targets.len(), 7);
+        assert_eq!(
+            parse_layers(&Layers::Text("0-2,5".into()), 8).unwrap(),
+            vec![0, 1, 2, 5]
+        );
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let e = parse_train_options(r#"{"lora_rank": 4}"#).unwrap_err();
+        assert!(e.contains("lora_rank"), "{e}");
+        let o = parse_train_options(r#"{"layers_to_transform": "top:3"}"#).unwrap();
+        assert!(o.to_config("m", "d", 2).unwrap_err().contains("2 layers"));
+        let o = parse_train_options(r#"{"lr_scheduler": "step"}"#).unwrap();
+        assert!(o.to_config("m", "d", 2).unwrap_err().contains("step"));
+        let o = parse_train_options(r#"{"target_modules": "qkv"}"#).unwrap();
+        assert!(o.to_config("m", "d", 2).unwrap_err().contains("qkv"));
+        let o = parse_train_options(r#"{"eval_split": 1.5}"#).unwrap();
+        assert!(o.to_config("m", "d", 2).is_err());
+        assert!(parse_gen_options(r#"{"max_tokens": 3}"#)
+            .unwrap_err()
+            .contains("max_tokens"));
+    }
+
+    #[test]
+    fn generate_defaults_are_the_cli_defaults() {
+        let g = parse_gen_options("").unwrap();
+        assert_eq!(g.max_new_tokens, 128);
+        assert_eq!(g.sampling(), SamplingParams::default());
+    }
+}

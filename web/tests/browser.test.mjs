@@ -1,0 +1,313 @@
+// Browser test of tinytune's web app (web/index.html + main.js + worker.js + web/pkg): Debian's
+// Chromium, headless, WebGPU on SwiftShader (CPU), driven with playwright-core (no browser
+// download). Run: bash scripts/build_web.sh && node web/tests/browser.test.mjs
+//
+// 1. Through the page's own controls: pick the tiny Llama fixture's files (a sharded HF folder),
+//    load it (NF4), train 6 steps on a small chat dataset, check that the loss falls and the chart
+//    has the points, generate with the base model and with the adapter, download the adapter and
+//    check it is a PEFT LoRA adapter, load it back; a screenshot goes to web/tests/artifacts/.
+//    When a native `tinytune` binary is there (target/{debug,release}), it trains the same run on
+//    the Vulkan adapter and the losses must agree within 1e-4.
+// 2. WebGPU missing (an insecure origin has no navigator.gpu) and WebGPU without an adapter
+//    (Chromium without --enable-unsafe-webgpu): the page says so.
+//
+// Env: CHROMIUM (default /usr/bin/chromium), TINYTUNE_BROWSER_TIMEOUT_S (default 600).
+
+import { chromium } from "playwright-core";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import http from "node:http";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const web = path.resolve(here, "..");
+const root = path.resolve(web, "..");
+const artifacts = path.join(here, "artifacts");
+const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+const timeoutMs = Number(process.env.TINYTUNE_BROWSER_TIMEOUT_S || 600) * 1000;
+const modelDir = path.join(root, "tests/fixtures/model/llama_hf");
+
+// Four chat records and a batch of four: every step sees the same examples, so the loss falls.
+const DATA = [
+  ["What is the capital of France?", "Arr! The capital of France be Paris, matey."],
+  ["What is the capital of Japan?", "Arr! Japan's capital be Tokyo, matey."],
+  ["How many legs does a spider have?", "Arr! A spider has eight legs, me hearty."],
+  ["What color is the sky?", "Arr! The sky be blue on a fair day, matey."],
+]
+  .map(([q, a]) => JSON.stringify({ messages: [{ role: "user", content: q }, { role: "assistant", content: a }] }))
+  .join("\n");
+const OPTIONS = { lora_r: 8, lora_alpha: 16, learning_rate: "1e-2", num_steps: 6, batch_size: 4, seq_len: 64, seed: 42 };
+
+const log = (...a) => console.log("[browser-test]", ...a);
+
+function check(cond, msg) {
+  if (!cond) throw new Error(msg);
+}
+
+if (!fs.existsSync(path.join(web, "pkg/tinytune_wasm.js"))) {
+  console.error("web/pkg is missing: run bash scripts/build_web.sh first");
+  process.exit(1);
+}
+if (!fs.existsSync(chromiumPath)) {
+  console.error(`${chromiumPath} is missing: apt-get install chromium (or set CHROMIUM)`);
+  process.exit(1);
+}
+fs.mkdirSync(artifacts, { recursive: true });
+
+// ---- a static server for web/ ----
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json", ".ts": "text/plain", ".png": "image/png" };
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, "http://x");
+  let p = path.normalize(path.join(web, decodeURIComponent(url.pathname)));
+  if (!p.startsWith(web)) return res.writeHead(403).end();
+  if (fs.existsSync(p) && fs.statSync(p).isDirectory()) p = path.join(p, "index.html");
+  fs.readFile(p, (e, body) => {
+    if (e) return res.writeHead(404).end("not found");
+    res.writeHead(200, { "content-type": TYPES[path.extname(p)] || "application/octet-stream", "cache-control": "no-store" });
+    res.end(body);
+  });
+});
+await new Promise((r) => server.listen(0, "127.0.0.1", r));
+const port = server.address().port;
+const base = `http://127.0.0.1:${port}/`;
+
+async function launch(args) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tinytune-chromium-"));
+  const ctx = await chromium.launchPersistentContext(dir, {
+    executablePath: chromiumPath,
+    headless: true,
+    acceptDownloads: true,
+    viewport: { width: 1280, height: 900 },
+    // No background traffic: the machine's network is closed.
+    args: ["--headless=new", "--no-sandbox", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--disable-quic", ...args],
+  });
+  return { ctx, dir };
+}
+
+async function close({ ctx, dir }) {
+  await ctx.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+
+function watch(page, tag) {
+  page.on("console", (m) => {
+    if (m.type() === "error" || m.type() === "warning" || process.env.TINYTUNE_BROWSER_VERBOSE) log(`${tag} console.${m.type()}:`, m.text());
+  });
+  page.on("pageerror", (e) => log(`${tag} page error:`, e.message));
+  page.on("worker", (w) => log(`${tag} worker started: ${w.url()}`));
+}
+
+/** Parses a safetensors file's header. */
+function safetensorsHeader(buf) {
+  const n = Number(buf.readBigUInt64LE(0));
+  return JSON.parse(buf.subarray(8, 8 + n).toString("utf8"));
+}
+
+/** The native CLI on the same run, if a binary is there: its per-step losses. */
+function nativeLosses() {
+  // The newest of the two builds (scripts/test.sh's cargo test leaves a fresh debug one).
+  const bin = ["target/release/tinytune", "target/debug/tinytune"]
+    .map((b) => path.join(root, b))
+    .filter((b) => fs.existsSync(b))
+    .sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs)[0];
+  if (!bin) return null;
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "tinytune-native-"));
+  fs.writeFileSync(path.join(tmp, "data.jsonl"), DATA + "\n");
+  const args = ["train", "--model", modelDir, "--data", path.join(tmp, "data.jsonl"), "--output-dir", path.join(tmp, "out"), "--log-steps"];
+  for (const [k, v] of Object.entries(OPTIONS)) args.push(`--${k.replaceAll("_", "-")}`, String(v));
+  const r = spawnSync(bin, args, {
+    encoding: "utf8",
+    env: { ...process.env, WGPU_BACKEND: process.env.WGPU_BACKEND || "vulkan", XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || "/tmp" },
+  });
+  if (r.status !== 0) {
+    log(`native ${bin} failed (${r.status}); skipping the native comparison:\n${r.stderr}`);
+    return null;
+  }
+  const lines = fs.readFileSync(path.join(tmp, "out/metrics.jsonl"), "utf8").trim().split("\n");
+  fs.rmSync(tmp, { recursive: true, force: true });
+  return { bin, losses: lines.map((l) => JSON.parse(l).loss) };
+}
+
+const started = Date.now();
+let failed = false;
+let passed = 0;
+let failures = 0;
+
+// ---- 1. train in the page ----
+{
+  const b = await launch(["--enable-unsafe-webgpu"]);
+  try {
+    const page = await b.ctx.newPage();
+    watch(page, "train");
+    page.setDefaultTimeout(timeoutMs);
+    await page.goto(base);
+    await page.waitForFunction(() => window.tinytune && (window.tinytune.state.ready || window.tinytune.state.error));
+    const st0 = await page.evaluate(() => window.tinytune.state);
+    check(st0.ready, `WebGPU did not open: ${st0.error}`);
+    log(`WebGPU: ${st0.info.adapter.name} (${st0.info.adapter.backend}), features [${st0.info.features}], ` +
+      `${st0.info.limits.max_compute_invocations_per_workgroup} invocations/workgroup`);
+
+    // Model: the page's file picker, all files of the (sharded) HF folder.
+    const files = fs.readdirSync(modelDir).map((f) => path.join(modelDir, f));
+    await page.setInputFiles("#model-files", files);
+    await page.click("#load");
+    await page.waitForFunction(() => window.tinytune.state.model || document.querySelector("#model-info.error"));
+    const model = await page.evaluate(() => window.tinytune.state.model);
+    check(model, `loadModel failed: ${await page.textContent("#model-info")}`);
+    log(`model: ${await page.textContent("#model-info")}`);
+
+    // Data and hyperparameters through the form.
+    await page.fill("#data", DATA);
+    await page.selectOption("#data-format", "data.jsonl");
+    for (const [k, v] of Object.entries(OPTIONS)) await page.fill(`#${k}`, String(v));
+    const t0 = Date.now();
+    await page.click("#train");
+    await page.waitForFunction(() => window.tinytune.state.summary || document.querySelector("#train-status.error"));
+    const st = await page.evaluate(() => window.tinytune.state);
+    check(st.summary, `training failed: ${await page.textContent("#train-status")}`);
+    const losses = st.steps.map((m) => m.loss);
+    const stepTimes = st.steps.map((m, i) => m.elapsed_s - (i ? st.steps[i - 1].elapsed_s : 0));
+    log(`trained ${st.summary.steps} steps in ${((Date.now() - t0) / 1000).toFixed(1)} s (page), losses ${losses.map((l) => l.toFixed(4)).join(" ")}`);
+    log(`step times (s): ${stepTimes.map((t) => t.toFixed(2)).join(" ")}; tokens/s ${st.steps.map((m) => m.tokens_per_s.toFixed(0)).join(" ")}`);
+    assert.equal(st.summary.steps, 6);
+    assert.equal(losses.length, 6);
+    check(losses.every(Number.isFinite), `non-finite loss: ${losses}`);
+    check(losses[5] < losses[0] - 0.05, `the loss did not fall: ${losses}`);
+    assert.equal(st.chartPoints, 6, "the chart shows every step");
+    check((await page.textContent("#stat-step")).trim() === "6/6", "the step counter shows 6/6");
+
+    // Generation: base and adapted, a few tokens each.
+    await page.fill("#max_new_tokens", "8");
+    await page.click("#generate");
+    await page.waitForFunction(() => window.tinytune.state.lastGenerate || document.querySelector("#gen-status.error"));
+    const gen = await page.evaluate(() => window.tinytune.state.lastGenerate);
+    check(gen, `generate failed: ${await page.textContent("#gen-status")}`);
+    check(gen.base.tokens.length > 0 && gen.adapted.tokens.length > 0, "both generations produce tokens");
+    check(gen.adapted.adapter === true && gen.base.adapter === false, "base runs without, adapted with the adapter");
+    log(`generate: base ${JSON.stringify(gen.base.text)} (${gen.base.tokens}), adapted ${JSON.stringify(gen.adapted.text)} (${gen.adapted.tokens}); ${await page.textContent("#gen-status")}`);
+
+    // Download: both files, a PEFT LoRA adapter.
+    const got = new Map();
+    const downloads = new Promise((resolve) => {
+      page.on("download", async (d) => {
+        const p = path.join(artifacts, d.suggestedFilename());
+        await d.saveAs(p);
+        got.set(d.suggestedFilename(), p);
+        if (got.size === 2) resolve();
+      });
+    });
+    await page.click("#download");
+    await downloads;
+    const cfg = JSON.parse(fs.readFileSync(got.get("adapter_config.json"), "utf8"));
+    assert.equal(cfg.peft_type, "LORA");
+    assert.equal(cfg.r, 8);
+    const header = safetensorsHeader(fs.readFileSync(got.get("adapter_model.safetensors")));
+    const names = Object.keys(header).filter((k) => k !== "__metadata__");
+    check(names.some((n) => /\.lora_A\.weight$/.test(n)) && names.some((n) => /\.lora_B\.weight$/.test(n)), `no lora_A/lora_B tensors: ${names}`);
+    assert.equal(names.length, 2 * 7 * model.layers, "A and B for 7 projections in every layer");
+    check(names.every((n) => n.startsWith("base_model.model.model.layers.")), `PEFT names: ${names[0]}`);
+    log(`adapter: ${names.length} tensors, e.g. ${names[0]} ${JSON.stringify(header[names[0]].shape)}`);
+
+    // Load it back through the page.
+    await page.setInputFiles("#adapter-files", [got.get("adapter_config.json"), got.get("adapter_model.safetensors")]);
+    await page.waitForFunction(() => /adapter loaded|error|no /i.test(document.querySelector("#adapter-info").textContent));
+    const ai = await page.textContent("#adapter-info");
+    check(/adapter loaded: r 8/.test(ai), `loadAdapter: ${ai}`);
+
+    await page.screenshot({ path: path.join(artifacts, "trained.png"), fullPage: true });
+    fs.writeFileSync(path.join(artifacts, "browser_metrics.json"), JSON.stringify(st.steps, null, 1));
+    log(`screenshot: ${path.relative(root, path.join(artifacts, "trained.png"))}`);
+
+    // Stop: a long run ends after the step in progress, keeping the adapter trained so far.
+    await page.fill("#num_steps", "200");
+    await page.click("#train");
+    await page.waitForFunction(() => window.tinytune.state.steps.length >= 2);
+    await page.click("#stop");
+    await page.waitForFunction(() => window.tinytune.state.summary || document.querySelector("#train-status.error"));
+    const stopped = await page.evaluate(() => window.tinytune.state.summary);
+    check(stopped && stopped.stopped && stopped.steps >= 2 && stopped.steps < 200, `stop: ${JSON.stringify(stopped)}`);
+    check(/^stopped: /.test(await page.textContent("#train-status")), "the page says it stopped");
+    check(!(await page.isDisabled("#download")), "the stopped run's adapter can be downloaded");
+    log(`stop: the run ended after ${stopped.steps} of 200 steps`);
+
+    // The same run natively.
+    const native = nativeLosses();
+    if (native) {
+      const diffs = losses.map((l, i) => Math.abs(l - native.losses[i]));
+      log(`native (${path.relative(root, native.bin)}): ${native.losses.map((l) => l.toFixed(4)).join(" ")}; max |browser - native| = ${Math.max(...diffs).toExponential(2)}`);
+      assert.equal(native.losses.length, losses.length);
+      check(Math.max(...diffs) <= 1e-4, `browser and native losses differ: ${losses} vs ${native.losses}`);
+    } else {
+      log("no native tinytune binary (target/debug or target/release): skipped the native comparison");
+    }
+    passed++;
+  } catch (e) {
+    failures++;
+    failed = true;
+    console.error("[browser-test] FAILED (train):", e);
+  } finally {
+    await close(b);
+  }
+}
+
+// ---- 2. no WebGPU ----
+{
+  // An insecure origin (not localhost) has no navigator.gpu, in the page and in the worker.
+  const b = await launch(["--enable-unsafe-webgpu", "--host-resolver-rules=MAP tinytune.test 127.0.0.1"]);
+  try {
+    const page = await b.ctx.newPage();
+    watch(page, "no-webgpu");
+    page.setDefaultTimeout(60000);
+    await page.goto(`http://tinytune.test:${port}/`);
+    await page.waitForFunction(() => window.tinytune && window.tinytune.state.error && !window.tinytune.state.ready);
+    await page.waitForFunction(() => document.querySelector("#gpu").textContent === "no WebGPU");
+    const msg = await page.textContent("#nogpu");
+    check(await page.isVisible("#nogpu"), "the WebGPU message is visible");
+    check(/WebGPU is not available in this browser \(navigator\.gpu is missing\)/.test(msg), `message: ${msg}`);
+    check(await page.isDisabled("#train"), "Train is disabled without WebGPU");
+    await page.screenshot({ path: path.join(artifacts, "no-webgpu.png") });
+    log(`no navigator.gpu: "${msg}"`);
+    passed++;
+  } catch (e) {
+    failures++;
+    failed = true;
+    console.error("[browser-test] FAILED (no navigator.gpu):", e);
+  } finally {
+    await close(b);
+  }
+}
+{
+  // Without --enable-unsafe-webgpu, Chromium on Linux exposes navigator.gpu but gives no adapter.
+  const b = await launch([]);
+  try {
+    const page = await b.ctx.newPage();
+    watch(page, "no-adapter");
+    page.setDefaultTimeout(60000);
+    await page.goto(base);
+    await page.waitForFunction(() => window.tinytune && (window.tinytune.state.error || window.tinytune.state.ready));
+    const st = await page.evaluate(() => window.tinytune.state);
+    if (st.ready) {
+      log("this Chromium has a WebGPU adapter without --enable-unsafe-webgpu: skipped the no-adapter check");
+    } else {
+      const msg = await page.textContent("#nogpu");
+      check(/tinytune needs WebGPU: .*(offers no GPU adapter|not available)/.test(msg), `message: ${msg}`);
+      log(`no adapter: "${msg}"`);
+    }
+    passed++;
+  } catch (e) {
+    failures++;
+    failed = true;
+    console.error("[browser-test] FAILED (no adapter):", e);
+  } finally {
+    await close(b);
+  }
+}
+
+server.close();
+log(`${failed ? "FAILED" : "passed"} in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+console.log(`browser: ${passed} passed, ${failures} failed`);
+process.exit(failed ? 1 : 0);
