@@ -239,3 +239,66 @@ fn gradient_checkpointing_matches_stored_activations() {
         }
     }
 }
+
+/// LoRA only on the top layers of a deeper model (5 layers, adapters on 3 and 4): the layers
+/// below the lowest adapter share one activation set in the workspace; loss and gradients still
+/// equal the reference's.
+#[test]
+fn top_layer_adapters_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let name = "llama";
+    let tmp = std::env::temp_dir().join(format!("tinytune-deep-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    // A 5-layer model made of the fixture's two layers, alternating.
+    let dir = fixture(&format!("{name}/model"));
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let layers = 5;
+    cfg["num_hidden_layers"] = layers.into();
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView)> = Vec::new();
+    for (n, view) in st.tensors() {
+        match n.strip_prefix("model.layers.") {
+            Some(rest) => {
+                let (l, tail) = rest.split_once('.').unwrap();
+                let l: usize = l.parse().unwrap();
+                for i in (0..layers).filter(|i| i % 2 == l) {
+                    tensors.push((format!("model.layers.{i}.{tail}"), view.clone()));
+                }
+            }
+            None => tensors.push((n.to_string(), view)),
+        }
+    }
+    let out = safetensors::serialize(tensors, None).unwrap();
+    std::fs::write(tmp.join("model.safetensors"), out).unwrap();
+
+    let src = ModelSource::open(&tmp).unwrap();
+    let model = LlamaModel::load(gpu, &src, Quant::None).unwrap();
+    let (d, w) = reference_model(&src, false);
+    let init = init_adapter(name, 2);
+    let mut lora = Lora {
+        r: init.r,
+        scale: init.scale,
+        layers: (0..layers).map(|_| Default::default()).collect(),
+    };
+    lora.layers[3] = init.layers[1].clone();
+    lora.layers[4] = init.layers[0].clone();
+    let bt = batch(name);
+    let (want_loss, want) = llama::loss_and_grads(&d, &w, &lora, &bt.ids, &bt.targets, bt.b, bt.t);
+    let (loss, got) = gpu_loss_and_grads(&model, &lora, &bt, bt.b * bt.t, None);
+    std::fs::remove_dir_all(&tmp).ok();
+    assert_close(
+        "top-layer adapters loss",
+        &[loss],
+        &[want_loss],
+        LOSS_ATOL,
+        LOSS_RTOL,
+    );
+    let (g, r) = (flat_pairs(&got), flat_pairs(&want));
+    assert_eq!(g.len(), 28);
+    for ((k, g), (_, r)) in g.iter().zip(r) {
+        assert_close(&format!("top-layer grad {k}"), g, &r, GRAD_ATOL, GRAD_RTOL);
+    }
+}

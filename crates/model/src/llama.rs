@@ -420,8 +420,19 @@ impl Workspace {
         } else {
             1
         };
-        let mut acts = Vec::with_capacity(n_sets);
+        // Below the lowest adapted layer nothing is kept for the backward pass (it stops there):
+        // those layers share one set, the stream included (a layer may write its own input).
+        let lowest = if train && !checkpoint {
+            lora.and_then(|l| l.lowest_layer()).unwrap_or(0)
+        } else {
+            0
+        };
+        let mut acts: Vec<LayerActs> = Vec::with_capacity(n_sets);
         for s in 0..n_sets {
+            if s > 0 && s < lowest {
+                acts.push(acts[0].clone());
+                continue;
+            }
             let mut lora_h: [Option<GpuBuffer>; 7] = Default::default();
             if let Some(l) = lora {
                 for (t, slot) in lora_h.iter_mut().enumerate() {
