@@ -26,6 +26,7 @@ pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod lora;
+pub mod prompt;
 pub mod safetensors;
 pub mod sampling;
 pub mod source;
@@ -43,6 +44,7 @@ pub use gguf::{
 };
 pub use llama::{LlamaModel, LoadOptions, Quant, Workspace};
 pub use lora::{LoraGpu, LoraPairGpu};
+pub use prompt::PromptGpu;
 pub use safetensors::{SafetensorsFile, StDtype, StTensorInfo};
 pub use sampling::{Sampler, SamplingParams};
 pub use source::{unpermute_qk_rows, HfParts, HostTensor, ModelSource, SourceFormat, TensorMeta};

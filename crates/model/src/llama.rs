@@ -11,6 +11,7 @@ pub use tinytune_reference::llama::LoraDropout;
 use tinytune_reference::nn::{rope_inv_freq, Llama3Scaling};
 
 use crate::lora::LoraGpu;
+use crate::prompt::PromptGpu;
 use crate::vocab::VocabTable;
 use crate::{LlamaConfig, ModelError, ModelSource, RopeScaling, Weight};
 
@@ -612,7 +613,7 @@ impl LlamaModel {
     fn linear_bwd(
         &self,
         enc: &mut Encoder,
-        lora: &LoraGpu,
+        lora: Option<&LoraGpu>,
         acts: &LayerActs,
         g: &GradBufs,
         i: usize,
@@ -633,7 +634,7 @@ impl LlamaModel {
                 nf4::matmul_bwd_input(enc, dy, w, dx, m, lin.n_in, lin.n_out, accumulate)?
             }
         }
-        if let Some(p) = lora.pair(i, t) {
+        if let Some((lora, p)) = lora.and_then(|l| l.pair(i, t).map(|p| (l, p))) {
             let h = acts.lora_h[t].as_ref().ok_or_else(|| {
                 ModelError::Shape("workspace was made without these LoRA adapters".into())
             })?;
@@ -762,6 +763,7 @@ impl LlamaModel {
         b: usize,
         t: usize,
         drop: Option<LoraDropout>,
+        prompt: Option<&PromptGpu>,
     ) -> Result<usize, ModelError> {
         let cfg = &self.config;
         let m = self.check_batch(ws, ids.len(), b, t)?;
@@ -775,6 +777,13 @@ impl LlamaModel {
         let n_layers = self.layers.len();
         let mut enc = gpu.encoder();
         self.embed.embed(&mut enc, &ws.ids, &ws.set(0).x, m)?;
+        if let Some(pr) = prompt {
+            // The first P positions of each sequence are the virtual tokens.
+            for s in 0..b {
+                let at = (s * t * c * 4) as u64;
+                enc.copy(&pr.emb, 0, &ws.set(0).x, at, (pr.p * c * 4) as u64);
+            }
+        }
         let scratch = LayerScratch {
             hbuf: &ws.hbuf,
             act: &ws.act,
@@ -870,7 +879,7 @@ impl LlamaModel {
                 "forward_with needs an inference workspace".into(),
             ));
         }
-        let m = self.record_decoder(gpu, ws, lora, ids, b, t, None)?;
+        let m = self.record_decoder(gpu, ws, lora, ids, b, t, None, None)?;
         let mut enc = gpu.encoder();
         self.head().head_fwd(&mut enc, &ws.hbuf, &ws.logits, m)?;
         enc.submit();
@@ -908,6 +917,55 @@ impl LlamaModel {
             t,
             Some(grad_scale),
             dropout,
+            None,
+        )
+    }
+
+    /// Prompt tuning's forward and backward pass: `ids` are `B` sequences of `T` real tokens;
+    /// the model runs on `P + T` positions per sequence (the virtual tokens first, as PEFT does),
+    /// `targets` are per position over those `P + T` (see
+    /// [`tinytune_reference::llama::prompt_targets`]). The gradient of the prompt embeddings
+    /// accumulates into `prompt.grad`, scaled by `grad_scale`; `ws` needs `B * (P + T)` rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_prompt(
+        &self,
+        gpu: &Gpu,
+        ws: &Workspace,
+        prompt: &PromptGpu,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+        grad_scale: f32,
+    ) -> Result<(), ModelError> {
+        if ids.len() != b * t || prompt.c != self.config.hidden_size {
+            return Err(ModelError::Shape(format!(
+                "forward_backward_prompt: {} ids for B={b} T={t}, prompt width {} for hidden {}",
+                ids.len(),
+                prompt.c,
+                self.config.hidden_size
+            )));
+        }
+        let tp = prompt.p + t;
+        // Virtual positions get an out-of-vocabulary id (the embedding writes zeros there) and are
+        // then overwritten by the prompt rows.
+        let v = self.config.vocab_size as u32;
+        let mut full = Vec::with_capacity(b * tp);
+        for s in 0..b {
+            full.extend(std::iter::repeat_n(v, prompt.p));
+            full.extend_from_slice(&ids[s * t..(s + 1) * t]);
+        }
+        self.train_pass(
+            gpu,
+            ws,
+            None,
+            &full,
+            targets,
+            b,
+            tp,
+            Some(grad_scale),
+            None,
+            Some(prompt),
         )
     }
 
@@ -924,7 +982,7 @@ impl LlamaModel {
         b: usize,
         t: usize,
     ) -> Result<(), ModelError> {
-        self.train_pass(gpu, ws, lora, ids, targets, b, t, None, None)
+        self.train_pass(gpu, ws, lora, ids, targets, b, t, None, None, None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -939,6 +997,7 @@ impl LlamaModel {
         t: usize,
         grad_scale: Option<f32>,
         drop: Option<LoraDropout>,
+        prompt: Option<&PromptGpu>,
     ) -> Result<(), ModelError> {
         let g = grads_of(ws)?;
         if targets.len() != ids.len() {
@@ -950,7 +1009,7 @@ impl LlamaModel {
         }
         let cfg = &self.config;
         let drop = drop.filter(|d| d.p > 0.0);
-        let m = self.record_decoder(gpu, ws, lora, ids, b, t, drop)?;
+        let m = self.record_decoder(gpu, ws, lora, ids, b, t, drop, prompt)?;
         let (c, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
         let (h, kvh, inter) = (
             cfg.num_attention_heads,
@@ -1029,11 +1088,15 @@ impl LlamaModel {
             }
             enc.submit();
         }
-        let (Some(lora), Some(_)) = (lora, grad_scale) else {
+        if grad_scale.is_none() {
             return Ok(());
-        };
-        let Some(lowest) = lora.lowest_layer() else {
-            return Ok(());
+        }
+        // The backward pass runs down to the lowest adapter, or through every layer to the
+        // input embeddings for prompt tuning.
+        let lowest = match (prompt, lora.and_then(|l| l.lowest_layer())) {
+            (Some(_), _) => 0,
+            (None, Some(l)) => l,
+            (None, None) => return Ok(()),
         };
         let bd = match (drop, &ws.xd, &ws.dxd) {
             (Some(d), Some(xd), Some(dxd)) => Some((d, xd, dxd)),
@@ -1066,7 +1129,7 @@ impl LlamaModel {
                 // Recompute this layer's activations from its saved input (same masks); its
                 // output overwrites the next layer's input, which is no longer needed.
                 let next = ws.stream_after(i, n_layers);
-                self.record_layer(&mut enc, Some(lora), a, i, &scratch, next, m, |enc, a| {
+                self.record_layer(&mut enc, lora, a, i, &scratch, next, m, |enc, a| {
                     Ok(nn::attention_fwd(
                         enc, &a.q, &a.k, &a.v, &a.attn, &a.lse, b, t, t, h, kvh, hd, scale,
                     )?)
@@ -1142,7 +1205,7 @@ impl LlamaModel {
             self.linear_bwd(
                 &mut enc, lora, a, g, i, 2, &ws.hbuf, &g.dv, &g.dh, m, true, bd,
             )?;
-            if i > lowest {
+            if i > lowest || prompt.is_some() {
                 nn::rmsnorm_bwd(
                     &mut enc,
                     &g.dh,
@@ -1157,6 +1220,15 @@ impl LlamaModel {
             }
             enc.submit();
             enc = gpu.encoder();
+        }
+        // Prompt tuning: g.dx is the gradient of the decoder input; each sequence's first P rows
+        // belong to the virtual tokens.
+        if let Some(pr) = prompt {
+            let bytes = (pr.p * c * 4) as u64;
+            for s in 0..b {
+                enc.copy(&g.dx, (s * t * c * 4) as u64, &pr.scratch, 0, bytes);
+                nn::add_fwd(&mut enc, &pr.scratch, &pr.grad, pr.p * c, 1.0)?;
+            }
         }
         enc.submit();
         Ok(())

@@ -225,6 +225,7 @@ fn pair(lora: Option<&Lora>, layer: usize, t: usize) -> Option<&LoraPair> {
         .and_then(|p| p[t].as_ref())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_forward(
     d: &Dims,
     w: &Weights,
@@ -233,13 +234,22 @@ fn run_forward(
     b: usize,
     t: usize,
     drop: Option<LoraDropout>,
+    x0: Option<Vec<f32>>,
 ) -> Forward {
     let m = b * t;
-    assert_eq!(ids.len(), m, "forward: ids length");
     let (c, hd) = (d.hidden, d.head_dim);
     let (r, scale) = lora.map_or((0, 0.0), |l| (l.r, l.scale));
     let pos = positions(b, t);
-    let mut x = nn::embedding_fwd(ids, &w.embed, m, d.vocab, c);
+    let mut x = match x0 {
+        Some(x) => {
+            assert_eq!(x.len(), m * c, "forward: input embeddings length");
+            x
+        }
+        None => {
+            assert_eq!(ids.len(), m, "forward: ids length");
+            nn::embedding_fwd(ids, &w.embed, m, d.vocab, c)
+        }
+    };
     let mut caches = Vec::with_capacity(d.layers);
     for (li, layer) in w.layers.iter().enumerate() {
         let (h1, rstd1) = nn::rmsnorm_fwd(&x, &layer.input_layernorm, m, c, d.eps);
@@ -321,7 +331,7 @@ pub fn forward(
     b: usize,
     t: usize,
 ) -> Vec<f32> {
-    run_forward(d, w, lora, ids, b, t, None).logits
+    run_forward(d, w, lora, ids, b, t, None, None).logits
 }
 
 /// Mean cross-entropy over the non-ignored `targets` (already shifted, see [`shift_labels`]).
@@ -349,7 +359,7 @@ pub fn loss_with(
     t: usize,
     drop: Option<LoraDropout>,
 ) -> f32 {
-    let f = run_forward(d, w, lora, ids, b, t, drop);
+    let f = run_forward(d, w, lora, ids, b, t, drop, None);
     mean_loss(
         &nn::cross_entropy_fwd(&f.logits, targets, b * t, d.vocab).loss_rows,
         targets,
@@ -397,10 +407,28 @@ pub fn loss_and_grads_with(
     t: usize,
     drop: Option<LoraDropout>,
 ) -> (f32, Lora) {
+    let (loss, grads, _) = loss_grads_dx(d, w, lora, None, ids, targets, b, t, drop);
+    (loss, grads)
+}
+
+/// The loss, the LoRA gradients and the gradient of the decoder's input `x0` (`[B*T, C]`; the
+/// embedding output, or `x0` when given instead of embedding `ids`).
+#[allow(clippy::too_many_arguments)]
+fn loss_grads_dx(
+    d: &Dims,
+    w: &Weights,
+    lora: &Lora,
+    x0: Option<Vec<f32>>,
+    ids: &[u32],
+    targets: &[i32],
+    b: usize,
+    t: usize,
+    drop: Option<LoraDropout>,
+) -> (f32, Lora, Vec<f32>) {
     let m = b * t;
     let (c, hd, v) = (d.hidden, d.head_dim, d.vocab);
     let (r, scale) = (lora.r, lora.scale);
-    let f = run_forward(d, w, Some(lora), ids, b, t, drop);
+    let f = run_forward(d, w, Some(lora), ids, b, t, drop, x0);
     let ce = nn::cross_entropy_fwd(&f.logits, targets, m, v);
     let nvalid = targets
         .iter()
@@ -424,7 +452,7 @@ pub fn loss_and_grads_with(
             .collect(),
     };
     if nvalid == 0 {
-        return (loss, grads);
+        return (loss, grads, vec![0.0; m * c]);
     }
     let dlogits = nn::cross_entropy_bwd(&f.logits, targets, &ce.lse, m, v, 1.0 / nvalid as f32);
     let head = w.lm_head.as_ref().unwrap_or(&w.embed);
@@ -515,5 +543,66 @@ pub fn loss_and_grads_with(
         );
         dx = dxl;
     }
-    (loss, grads)
+    (loss, grads, dx)
+}
+
+/// Prompt tuning (PEFT `PROMPT_TUNING`): the decoder input of each sequence is the `P` trainable
+/// virtual token embeddings `prompt` (`[P, C]`) followed by the embeddings of its `T` ids;
+/// `[B*(P+T), C]`.
+pub fn prompt_inputs(
+    d: &Dims,
+    w: &Weights,
+    prompt: &[f32],
+    ids: &[u32],
+    b: usize,
+    t: usize,
+) -> Vec<f32> {
+    let c = d.hidden;
+    let p = prompt.len() / c;
+    let emb = nn::embedding_fwd(ids, &w.embed, b * t, d.vocab, c);
+    let mut x = Vec::with_capacity(b * (p + t) * c);
+    for s in 0..b {
+        x.extend_from_slice(prompt);
+        x.extend_from_slice(&emb[s * t * c..(s + 1) * t * c]);
+    }
+    x
+}
+
+/// Per-position targets over `P+T` positions from Hugging Face labels `[B, T]` (unshifted), as
+/// PEFT builds them: `-100` for the virtual tokens, then the labels, shifted by [`shift_labels`].
+pub fn prompt_targets(labels: &[i32], b: usize, t: usize, p: usize) -> Vec<i32> {
+    let mut full = Vec::with_capacity(b * (p + t));
+    for s in 0..b {
+        full.extend(std::iter::repeat_n(-100, p));
+        full.extend_from_slice(&labels[s * t..(s + 1) * t]);
+    }
+    shift_labels(&full, b, p + t)
+}
+
+/// Prompt tuning's loss and the gradient of the prompt embeddings `[P, C]` (summed over the batch),
+/// for a frozen model without adapters; `targets` from [`prompt_targets`].
+pub fn prompt_loss_and_grad(
+    d: &Dims,
+    w: &Weights,
+    prompt: &[f32],
+    ids: &[u32],
+    targets: &[i32],
+    b: usize,
+    t: usize,
+) -> (f32, Vec<f32>) {
+    let c = d.hidden;
+    let p = prompt.len() / c;
+    let tp = p + t;
+    let none = Lora {
+        r: 0,
+        scale: 0.0,
+        layers: (0..d.layers).map(|_| Default::default()).collect(),
+    };
+    let x0 = prompt_inputs(d, w, prompt, ids, b, t);
+    let (loss, _, dx) = loss_grads_dx(d, w, &none, Some(x0), &[], targets, b, tp, None);
+    let mut grad = vec![0f32; p * c];
+    for s in 0..b {
+        acc(&mut grad, &dx[s * tp * c..(s * tp + p) * c]);
+    }
+    (loss, grad)
 }

@@ -1,0 +1,128 @@
+//! Prompt tuning (PEFT `PROMPT_TUNING`): trainable virtual token embeddings prepended to every
+//! sequence. The reference decoder's loss and prompt gradient against PEFT's
+//! (`tests/fixtures/hf/*/prompt_tuning/`, from `gen_prompt_tuning_fixture.py`).
+
+mod common;
+
+use common::hf::{fixture, read_tensors, reference_model};
+use common::{assert_close, gpu};
+use tinytune::model::{LlamaModel, ModelSource, PromptGpu, Quant, Workspace};
+use tinytune::reference::llama;
+
+const MODELS: [&str; 2] = ["llama", "qwen2"];
+
+/// Loss vs PEFT: |ours - peft| <= LOSS_ATOL + LOSS_RTOL * |peft|.
+const LOSS_ATOL: f32 = 1e-6;
+const LOSS_RTOL: f32 = 1e-5;
+/// Prompt gradient vs PEFT's (torch CPU).
+const GRAD_ATOL: f32 = 1e-6;
+const GRAD_RTOL: f32 = 1e-3;
+
+#[test]
+fn reference_prompt_tuning_matches_peft() {
+    for name in MODELS {
+        let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+        let (d, w) = reference_model(&src, false);
+        let fx = read_tensors(&format!("{name}/prompt_tuning/prompt_tuning.safetensors"));
+        let (shape, ids) = &fx["input_ids_i32"];
+        let (b, t) = (shape[0], shape[1]);
+        let ids: Vec<u32> = ids.iter().map(|&v| v as u32).collect();
+        let labels: Vec<i32> = fx["labels_i32"].1.iter().map(|&v| v as i32).collect();
+        let prompt = &fx["init"].1;
+        let p = fx["init"].0[0];
+        // The saved adapter holds the same initial prompt.
+        let saved = read_tensors(&format!(
+            "{name}/prompt_tuning/init/adapter_model.safetensors"
+        ));
+        assert_eq!(&saved["prompt_embeddings"].1, prompt);
+        // Logits of [prompt; embed(ids)].
+        let x0 = llama::prompt_inputs(&d, &w, prompt, &ids, b, t);
+        assert_eq!(x0.len(), b * (p + t) * d.hidden);
+        let targets = llama::prompt_targets(&labels, b, t, p);
+        let (loss, grad) = llama::prompt_loss_and_grad(&d, &w, prompt, &ids, &targets, b, t);
+        eprintln!("{name}: loss {loss} (peft {})", fx["loss"].1[0]);
+        assert_close(
+            &format!("{name} prompt-tuning loss"),
+            &[loss],
+            &fx["loss"].1[..1],
+            LOSS_ATOL,
+            LOSS_RTOL,
+        );
+        assert_close(
+            &format!("{name} prompt gradient"),
+            &grad,
+            &fx["grad1"].1,
+            GRAD_ATOL,
+            GRAD_RTOL,
+        );
+    }
+}
+
+/// GPU prompt tuning (`LlamaModel::forward_backward_prompt`): loss and prompt gradient against the
+/// reference (f32 and NF4 bases) and against PEFT's (f32).
+#[test]
+fn gpu_prompt_tuning_matches_reference_and_peft() {
+    let Some(gpu) = gpu() else { return };
+    for name in MODELS {
+        let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+        let fx = read_tensors(&format!("{name}/prompt_tuning/prompt_tuning.safetensors"));
+        let (shape, ids) = &fx["input_ids_i32"];
+        let (b, t) = (shape[0], shape[1]);
+        let ids: Vec<u32> = ids.iter().map(|&v| v as u32).collect();
+        let labels: Vec<i32> = fx["labels_i32"].1.iter().map(|&v| v as i32).collect();
+        let prompt = &fx["init"].1;
+        let p = fx["init"].0[0];
+        let targets = llama::prompt_targets(&labels, b, t, p);
+        let n = targets.iter().filter(|&&x| x >= 0).count();
+        for (quant, nf4) in [(Quant::None, false), (Quant::NF4, true)] {
+            let model = LlamaModel::load(gpu, &src, quant).unwrap();
+            let c = model.config.hidden_size;
+            let pg = PromptGpu::upload(gpu, prompt, p, c).unwrap();
+            let ws = Workspace::new(gpu, &model, None, b * (p + t), true).unwrap();
+            let mut enc = gpu.encoder();
+            pg.zero_grad(&mut enc);
+            enc.submit();
+            model
+                .forward_backward_prompt(gpu, &ws, &pg, &ids, &targets, b, t, 1.0 / n as f32)
+                .unwrap();
+            let loss =
+                (pollster::block_on(ws.loss_sum(gpu, b * (p + t))).unwrap() / n as f64) as f32;
+            let grad = pollster::block_on(pg.download_grad(gpu)).unwrap();
+            let (d, w) = reference_model(&src, nf4);
+            let (want_loss, want) =
+                llama::prompt_loss_and_grad(&d, &w, prompt, &ids, &targets, b, t);
+            let what = format!("{name} nf4={nf4}");
+            eprintln!("{what}: loss gpu {loss} ref {want_loss}");
+            assert_close(
+                &format!("{what} loss"),
+                &[loss],
+                &[want_loss],
+                LOSS_ATOL,
+                LOSS_RTOL,
+            );
+            assert_close(
+                &format!("{what} prompt grad"),
+                &grad,
+                &want,
+                GRAD_ATOL,
+                GRAD_RTOL,
+            );
+            if !nf4 {
+                assert_close(
+                    &format!("{what} loss vs PEFT"),
+                    &[loss],
+                    &fx["loss"].1[..1],
+                    LOSS_ATOL,
+                    LOSS_RTOL,
+                );
+                assert_close(
+                    &format!("{what} grad vs PEFT"),
+                    &grad,
+                    &fx["grad1"].1,
+                    GRAD_ATOL,
+                    GRAD_RTOL,
+                );
+            }
+        }
+    }
+}
