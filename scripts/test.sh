@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The test command of README.md: sets up (scripts/setup.sh), runs every test of the workspace on the
-# Vulkan adapter (lavapipe on a machine without a GPU; a missing adapter fails the run), then checks
-# that the browser crate builds for wasm32.
+# Vulkan adapter (lavapipe on a machine without a GPU; a missing adapter fails the run), then builds
+# the browser app (scripts/build_web.sh) and runs its test in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --browser
 export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 export TINYTUNE_REQUIRE_GPU=1
@@ -16,5 +16,8 @@ if [ -z "${TINYTUNE_SMOLLM2_GGUF:-}" ]; then
 fi
 cargo fmt --all --check
 cargo test --workspace
-cargo build -p tinytune-wasm --target wasm32-unknown-unknown
+bash scripts/build_web.sh
 echo "wasm: tinytune-wasm builds for wasm32-unknown-unknown"
+# The browser app end to end in headless Chromium (WebGPU on SwiftShader): load, train, generate,
+# download the adapter; the losses must match the native CLI's (target/debug/tinytune, just built).
+node web/tests/browser.test.mjs
