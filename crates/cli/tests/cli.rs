@@ -5,49 +5,21 @@
 //! without one they are skipped with a message unless `TINYTUNE_REQUIRE_GPU=1`. The error cases
 //! that fail before the GPU is opened always run.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Output;
 
+use common::{have_gpu, tinytune};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use tinytune_reference::nf4::{Absmax, Nf4Tensor, DYNAMIC_MAP, NESTED_BLOCK, NF4};
 
 const QS: &str = ".quant_state.bitsandbytes__nf4";
 
-fn tinytune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tinytune"))
-        .args(args)
-        .output()
-        .expect("cannot run the tinytune binary")
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Whether `tinytune info` finds a device; `TINYTUNE_REQUIRE_GPU=1` turns a missing one into a failure.
-fn have_gpu() -> bool {
-    static OK: OnceLock<Result<(), String>> = OnceLock::new();
-    let r = OK.get_or_init(|| {
-        let o = tinytune(&["info"]);
-        if o.status.success() {
-            Ok(())
-        } else {
-            Err(stderr(&o))
-        }
-    });
-    match r {
-        Ok(()) => true,
-        Err(e) => {
-            if std::env::var("TINYTUNE_REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("TINYTUNE_REQUIRE_GPU=1 but `tinytune info` failed: {e}");
-            }
-            eprintln!("SKIPPED: no GPU adapter ({})", e.trim());
-            false
-        }
-    }
 }
 
 /// SplitMix64, for reproducible test data.

@@ -347,6 +347,11 @@ fn head_chunks(targets: &[i32], v: usize, chunk_rows: usize) -> Vec<Vec<Segment>
 /// Bytes of the logits chunk a training pass uses at most.
 const HEAD_CHUNK_BYTES: usize = 64 << 20;
 
+/// Rows of the training head's chunks: as many as [`HEAD_CHUNK_BYTES`] of logits hold.
+fn default_head_rows(model: &LlamaModel, rows: usize) -> usize {
+    (HEAD_CHUNK_BYTES / (model.config.vocab_size * 4)).clamp(1, rows.max(1))
+}
+
 impl Workspace {
     /// Buffers for `rows` tokens (`B*T`) of `model`, with room for the LoRA `h` of `lora`'s
     /// pairs; `train` keeps every layer's activations and allocates the gradient buffers.
@@ -357,9 +362,8 @@ impl Workspace {
         rows: usize,
         train: bool,
     ) -> Result<Workspace, ModelError> {
-        let v = model.config.vocab_size;
         let head_rows = if train {
-            (HEAD_CHUNK_BYTES / (v * 4)).clamp(1, rows.max(1))
+            default_head_rows(model, rows)
         } else {
             rows
         };
@@ -375,8 +379,7 @@ impl Workspace {
         lora: Option<&LoraGpu>,
         rows: usize,
     ) -> Result<Workspace, ModelError> {
-        let v = model.config.vocab_size;
-        let head_rows = (HEAD_CHUNK_BYTES / (v * 4)).clamp(1, rows.max(1));
+        let head_rows = default_head_rows(model, rows);
         Workspace::build(gpu, model, lora, rows, true, true, head_rows)
     }
 

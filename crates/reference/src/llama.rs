@@ -135,6 +135,14 @@ fn adapter_drop(drop: Option<LoraDropout>, layer: usize, target: usize) -> Optio
         .map(|d| (d.p, lora_dropout_seed(d.seed, layer, target)))
 }
 
+/// The input of an adapter's branch: `x`, or `dropout(x)` with the adapter's `(p, seed)`.
+fn dropped(x: &[f32], drop: Option<(f32, u64)>) -> std::borrow::Cow<'_, [f32]> {
+    match drop {
+        Some((p, seed)) => std::borrow::Cow::Owned(nn::dropout_fwd(x, p, seed)),
+        None => std::borrow::Cow::Borrowed(x),
+    }
+}
+
 /// Shifts Hugging Face labels (aligned with `input_ids`) to per-position targets, as
 /// `LlamaForCausalLM` does: position `t` predicts `labels[t+1]`; the last position of each
 /// sequence gets -100 (ignored).
@@ -177,15 +185,8 @@ fn linear(
     }
     let mut h = Vec::new();
     if let Some(p) = pair {
-        let xd;
-        let x = match drop {
-            Some((pd, seed)) => {
-                xd = nn::dropout_fwd(x, pd, seed);
-                &xd[..]
-            }
-            None => x,
-        };
-        let (hh, dy) = lora::fwd(x, &p.a, &p.b, m, k, n, r, scale);
+        let x = dropped(x, drop);
+        let (hh, dy) = lora::fwd(&x, &p.a, &p.b, m, k, n, r, scale);
         for (v, d) in y.iter_mut().zip(&dy) {
             *v += d;
         }
@@ -468,17 +469,10 @@ fn loss_grads_dx(
             let (k_in, n_out) = d.target_shape(ti);
             let mut dinput = nn::matmul_bwd_input(dy, &layer.linears[ti].w, m, k_in, n_out);
             if let Some(p) = pair(Some(lora), li, ti) {
-                let dropped = adapter_drop(drop, li, ti);
-                let xd;
-                let input = match dropped {
-                    Some((pd, seed)) => {
-                        xd = nn::dropout_fwd(input, pd, seed);
-                        &xd[..]
-                    }
-                    None => input,
-                };
+                let mask = adapter_drop(drop, li, ti);
+                let input = dropped(input, mask);
                 let mut lg = lora::bwd(
-                    input,
+                    &input,
                     &cache.lora_h[ti],
                     dy,
                     &p.a,
@@ -489,7 +483,7 @@ fn loss_grads_dx(
                     r,
                     scale,
                 );
-                if let Some((pd, seed)) = dropped {
+                if let Some((pd, seed)) = mask {
                     lg.dx = nn::dropout_bwd(&lg.dx, pd, seed);
                 }
                 acc(&mut dinput, &lg.dx);
