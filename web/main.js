@@ -187,7 +187,7 @@ listeners.step.push(({ metrics }) => {
   const m = metrics;
   $("stat-step").textContent = `${m.step}/${m.total_steps}`;
   $("stat-loss").textContent = m.loss.toFixed(4);
-  $("stat-tps").textContent = m.tokens_per_s.toFixed(0);
+  $("stat-tps").textContent = m.tokens_per_s.toFixed(m.tokens_per_s < 10 ? 1 : 0);
   const prev = state.steps.length > 1 ? state.steps[state.steps.length - 2].elapsed_s : 0;
   $("stat-sps").textContent = (m.elapsed_s - prev).toFixed(2);
   drawChart();
