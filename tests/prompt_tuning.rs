@@ -126,3 +126,32 @@ fn gpu_prompt_tuning_matches_reference_and_peft() {
         }
     }
 }
+
+/// PEFT's saved prompt-tuning adapter reads back as its embeddings, and tinytune writes the very same
+/// two files; bad configs are errors naming the file.
+#[test]
+fn prompt_adapter_files_round_trip_with_peft() {
+    use tinytune::train::{PromptAdapter, TrainError};
+    for name in MODELS {
+        let dir = fixture(&format!("{name}/prompt_tuning/init"));
+        let ad = PromptAdapter::load(&dir).unwrap();
+        let fx = read_tensors(&format!("{name}/prompt_tuning/prompt_tuning.safetensors"));
+        assert_eq!(ad.embeddings, fx["init"].1);
+        assert_eq!(ad.config.num_virtual_tokens, 4);
+        assert_eq!(ad.config.token_dim, 64);
+        for (file, bytes) in ad.to_files().unwrap() {
+            let want = std::fs::read(dir.join(&file)).unwrap();
+            assert!(bytes == want, "{name}: {file} differs from PEFT's");
+        }
+        // A LoRA config is not a prompt-tuning adapter.
+        let lora = fixture(&format!("{name}/lora_init"));
+        let cfg = std::fs::read(lora.join("adapter_config.json")).unwrap();
+        let st = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+        match PromptAdapter::from_bytes(&cfg, &st, "x") {
+            Err(TrainError::Adapter { file, msg }) => {
+                assert!(file.ends_with("adapter_config.json") && msg.contains("PROMPT_TUNING"));
+            }
+            other => panic!("expected an adapter error, got {other:?}"),
+        }
+    }
+}

@@ -25,6 +25,7 @@ pub mod fsio;
 pub mod metrics;
 pub mod model_tok;
 pub mod peft;
+pub mod prompt;
 pub mod rng;
 pub mod schedule;
 pub mod tokenize;
@@ -40,6 +41,7 @@ pub use data::{
 pub use metrics::{MetricsRecord, MetricsWriter};
 pub use model_tok::ModelTokenizer;
 pub use peft::{Adapter, LoraConfig, LoraKey, LoraModule, LoraPair, LoraWeights, TargetModules};
+pub use prompt::{PromptAdapter, PromptTuningConfig};
 pub use rng::Rng;
 pub use schedule::{Schedule, ScheduleKind};
 pub use tokenize::{Tokenize, WithChatTemplate};
