@@ -20,7 +20,7 @@ use tinytune_train::metrics::MetricsWriter;
 use tinytune_train::peft::{Adapter, LoraModule};
 use tinytune_train::{
     evaluate, upload_adapter, AdamWConfig, Checkpoint, Dataset, LoraHyper, ModelTokenizer,
-    ScheduleKind, Start, TrainConfig, Trainer,
+    PromptAdapter, PromptStart, ScheduleKind, Start, TrainConfig, Trainer,
 };
 
 use crate::logits::QuantArg;
@@ -44,6 +44,24 @@ impl TextSplitArg {
             TextSplitArg::Paragraphs => TextSplit::Paragraphs,
         }
     }
+}
+
+/// The PEFT method `train` trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PeftArg {
+    /// LoRA adapters on the linear layers.
+    Lora,
+    /// Trainable virtual token embeddings (PEFT PROMPT_TUNING).
+    PromptTuning,
+}
+
+/// Prompt tuning's initialisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PromptInitArg {
+    /// N(0, 1).
+    Random,
+    /// The embeddings of --prompt-tuning-init-text.
+    Text,
 }
 
 /// Model and data options shared by `train` and `eval`.
@@ -90,6 +108,21 @@ pub struct TrainArgs {
     /// [default: off, a new run].
     #[arg(long, value_name = "CKPT", num_args = 0..=1, default_missing_value = "latest")]
     pub resume: Option<PathBuf>,
+    /// What to train: lora (LoRA adapters; QLoRA with --quant nf4) or prompt-tuning (PEFT's
+    /// PROMPT_TUNING: --num-virtual-tokens trainable embeddings prepended to every sequence)
+    /// [default: lora].
+    #[arg(long, value_enum, default_value_t = PeftArg::Lora)]
+    pub peft: PeftArg,
+    /// Prompt tuning: number of virtual tokens [default: 20].
+    #[arg(long, default_value_t = 20)]
+    pub num_virtual_tokens: usize,
+    /// Prompt tuning: initialise the virtual tokens from N(0, 1) (random) or from the embeddings of
+    /// --prompt-tuning-init-text (text), as PEFT does [default: random].
+    #[arg(long, value_enum, default_value_t = PromptInitArg::Random)]
+    pub prompt_tuning_init: PromptInitArg,
+    /// Prompt tuning: the init text for --prompt-tuning-init text [default: none].
+    #[arg(long, value_name = "TEXT")]
+    pub prompt_tuning_init_text: Option<String>,
     /// LoRA rank [default: 8].
     #[arg(long, default_value_t = 8)]
     pub lora_r: usize,
@@ -388,9 +421,38 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
             config = ck.config.clone();
             Start::Resume(Box::new(ck))
         }
+        (None, Some(a)) if args.peft == PeftArg::PromptTuning => {
+            Start::Prompt(PromptStart::Adapter(PromptAdapter::load(a)?))
+        }
         (None, Some(a)) => Start::Adapter(Adapter::load(a)?),
+        (None, None) if args.peft == PeftArg::PromptTuning => {
+            let p = args.num_virtual_tokens;
+            Start::Prompt(match args.prompt_tuning_init {
+                PromptInitArg::Random => PromptStart::Random {
+                    num_virtual_tokens: p,
+                },
+                PromptInitArg::Text => {
+                    let text = args
+                        .prompt_tuning_init_text
+                        .clone()
+                        .context("--prompt-tuning-init text needs --prompt-tuning-init-text")?;
+                    let ids = src
+                        .tokenizer()?
+                        .encode(&text, false)
+                        .context("cannot tokenize --prompt-tuning-init-text")?;
+                    PromptStart::Text {
+                        num_virtual_tokens: p,
+                        ids,
+                        text,
+                    }
+                }
+            })
+        }
         (None, None) => Start::Fresh,
     };
+    if args.peft == PeftArg::PromptTuning && args.resume.is_some() {
+        bail!("--resume is not supported for prompt tuning yet");
+    }
     if let Some(r) = args.warmup_ratio {
         if !(0.0..1.0).contains(&r) {
             bail!("--warmup-ratio must be in [0, 1)");
@@ -407,18 +469,29 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     }
     let (n_train, n_eval) = trainer.n_examples();
     let c = &trainer.config;
+    let what = if trainer.is_prompt_tuning() {
+        format!(
+            "{} prompt-tuning parameters ({} virtual tokens; checkpoints not supported yet)",
+            trainer.n_params(),
+            trainer.n_params() / model.config.hidden_size
+        )
+    } else {
+        format!(
+            "{} LoRA parameters (r {}, alpha {}, {})",
+            trainer.n_params(),
+            c.lora.r,
+            c.lora.alpha,
+            c.lora
+                .targets
+                .iter()
+                .map(|m| m.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    };
     eprintln!(
-        "training: {} LoRA parameters (r {}, alpha {}, {}), {n_train} train / {n_eval} eval examples, \
+        "training: {what}, {n_train} train / {n_eval} eval examples, \
          {} steps of {} x {} rows, lr {} ({:?}, warmup {})",
-        trainer.n_params(),
-        c.lora.r,
-        c.lora.alpha,
-        c.lora
-            .targets
-            .iter()
-            .map(|m| m.name())
-            .collect::<Vec<_>>()
-            .join(","),
         trainer.total_steps(),
         c.grad_accum,
         c.batch_size,
@@ -478,7 +551,7 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
             }
             None => eprintln!("step {step}/{total}: {line}"),
         }
-        if (save_every > 0 && step % save_every == 0) || last {
+        if ((save_every > 0 && step % save_every == 0) || last) && !trainer.is_prompt_tuning() {
             let dir = args.output_dir.join(format!("checkpoint-{step}"));
             pollster::block_on(trainer.checkpoint())?.save(&dir)?;
         }
@@ -486,8 +559,11 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     if let Some(b) = bar {
         b.finish();
     }
-    let adapter = pollster::block_on(trainer.adapter())?;
-    adapter.save(&args.output_dir)?;
+    if trainer.is_prompt_tuning() {
+        pollster::block_on(trainer.prompt_adapter())?.save(&args.output_dir)?;
+    } else {
+        pollster::block_on(trainer.adapter())?.save(&args.output_dir)?;
+    }
     eprintln!(
         "saved the adapter (PEFT layout) to {} after {} steps, {:.1}s of training ({} tokens)",
         args.output_dir.display(),

@@ -256,3 +256,75 @@ fn train_errors_are_one_line() {
         assert!(errors[0].contains(needle), "{extra:?}: {err}");
     }
 }
+
+/// `--peft prompt-tuning`: the loss falls and the output is a PEFT PROMPT_TUNING adapter; a text
+/// init works too.
+#[test]
+fn train_prompt_tuning_saves_a_peft_prompt_adapter() {
+    if !have_gpu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path());
+    let (data, m) = (data.to_str().unwrap(), model());
+    let m = m.to_str().unwrap();
+    for (i, init) in [
+        &["--prompt-tuning-init", "random"][..],
+        &[
+            "--prompt-tuning-init",
+            "text",
+            "--prompt-tuning-init-text",
+            "Answer like a pirate",
+        ][..],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = tmp.path().join(format!("pt{i}"));
+        let out_s = out.to_str().unwrap();
+        // The whole training set every step (10 examples), so the loss is comparable across steps.
+        let mut args = vec![
+            "train",
+            "--model",
+            m,
+            "--data",
+            data,
+            "--output-dir",
+            out_s,
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "10",
+            "--num-steps",
+            "6",
+            "--learning-rate",
+            "5e-2",
+            "--eval-split",
+            "2",
+            "--log-steps",
+            "--peft",
+            "prompt-tuning",
+            "--num-virtual-tokens",
+            "5",
+        ];
+        args.extend_from_slice(init);
+        ok(&tinytune(&args));
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["peft_type"], "PROMPT_TUNING");
+        assert_eq!(cfg["num_virtual_tokens"], 5);
+        assert_eq!(cfg["token_dim"], 64);
+        let st = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+        assert_eq!(st.tensor("prompt_embeddings").unwrap().shape(), &[5, 64]);
+        let recs = metrics(&out);
+        assert_eq!(recs.len(), 6);
+        let (first, last) = (
+            recs[0]["loss"].as_f64().unwrap(),
+            recs[5]["loss"].as_f64().unwrap(),
+        );
+        assert!(last < first, "prompt tuning loss {first} -> {last}");
+        assert!(!out.join("checkpoint-6").exists());
+    }
+}

@@ -941,9 +941,39 @@ impl LlamaModel {
         t: usize,
         grad_scale: f32,
     ) -> Result<(), ModelError> {
+        self.prompt_pass(gpu, ws, prompt, ids, targets, b, t, Some(grad_scale))
+    }
+
+    /// The forward half of [`LlamaModel::forward_backward_prompt`] (evaluation).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_loss_prompt(
+        &self,
+        gpu: &Gpu,
+        ws: &Workspace,
+        prompt: &PromptGpu,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+    ) -> Result<(), ModelError> {
+        self.prompt_pass(gpu, ws, prompt, ids, targets, b, t, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn prompt_pass(
+        &self,
+        gpu: &Gpu,
+        ws: &Workspace,
+        prompt: &PromptGpu,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+        grad_scale: Option<f32>,
+    ) -> Result<(), ModelError> {
         if ids.len() != b * t || prompt.c != self.config.hidden_size {
             return Err(ModelError::Shape(format!(
-                "forward_backward_prompt: {} ids for B={b} T={t}, prompt width {} for hidden {}",
+                "prompt tuning: {} ids for B={b} T={t}, prompt width {} for hidden {}",
                 ids.len(),
                 prompt.c,
                 self.config.hidden_size
@@ -966,7 +996,7 @@ impl LlamaModel {
             targets,
             b,
             tp,
-            Some(grad_scale),
+            grad_scale,
             None,
             Some(prompt),
         )

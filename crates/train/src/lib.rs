@@ -45,7 +45,7 @@ pub use prompt::{PromptAdapter, PromptTuningConfig};
 pub use rng::Rng;
 pub use schedule::{Schedule, ScheduleKind};
 pub use tokenize::{Tokenize, WithChatTemplate};
-pub use trainer::{evaluate, upload_adapter, Clock, Start, Trainer};
+pub use trainer::{evaluate, upload_adapter, Clock, PromptStart, Start, Trainer};
 
 /// Errors of the train crate. Every variant that comes from a file names it (and, for datasets,
 /// the 1-based line).

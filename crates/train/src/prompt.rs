@@ -177,10 +177,15 @@ impl PromptAdapter {
         })
     }
 
-    /// Writes the adapter directory atomically (native only).
+    /// Writes the two files into `dir` (created if missing), each atomically; other files of
+    /// `dir` stay (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn save(&self, dir: &std::path::Path) -> Result<()> {
-        crate::fsio::write_dir_atomic(dir, &self.to_files()?)
+        crate::fsio::create_dir_all(dir)?;
+        for (name, bytes) in self.to_files()? {
+            crate::fsio::write_atomic(&dir.join(name), &bytes)?;
+        }
+        Ok(())
     }
 
     /// Reads an adapter directory (native only).

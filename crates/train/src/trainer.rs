@@ -14,8 +14,8 @@
 use tinytune_gpu::ops::optim::{self, AdamW};
 use tinytune_gpu::{Gpu, GpuBuffer};
 use tinytune_model::llama::LoraDropout;
-use tinytune_model::{LlamaModel, LoraGpu, Workspace};
-use tinytune_reference::llama::{shift_labels, Lora};
+use tinytune_model::{LlamaModel, LoraGpu, PromptGpu, Workspace};
+use tinytune_reference::llama::{prompt_targets, shift_labels, Lora};
 
 use crate::checkpoint::{Checkpoint, OptimizerState, TrainerState, CHECKPOINT_VERSION};
 use crate::config::TrainConfig;
@@ -24,6 +24,7 @@ use crate::data::{
 };
 use crate::metrics::MetricsRecord;
 use crate::peft::{Adapter, LoraConfig, LoraKey, LoraModule, LoraWeights};
+use crate::prompt::{PromptAdapter, PromptTuningConfig};
 use crate::rng::Rng;
 use crate::schedule::Schedule;
 use crate::{Result, TrainError};
@@ -37,6 +38,24 @@ pub enum Start {
     Adapter(Adapter),
     /// Continue a checkpointed run: same adapter, optimizer state, data order and step count.
     Resume(Box<Checkpoint>),
+    /// Prompt tuning (PEFT `PROMPT_TUNING`) instead of LoRA.
+    Prompt(PromptStart),
+}
+
+/// How a prompt-tuning run starts.
+pub enum PromptStart {
+    /// `num_virtual_tokens` embeddings drawn from N(0, 1) (PEFT's `RANDOM`, `nn.Embedding`'s init),
+    /// seeded by `config.seed`.
+    Random { num_virtual_tokens: usize },
+    /// The embeddings of `ids` (the tokenized `text`), repeated or cut to `num_virtual_tokens`
+    /// (PEFT's `TEXT` init).
+    Text {
+        num_virtual_tokens: usize,
+        ids: Vec<u32>,
+        text: String,
+    },
+    /// From a saved prompt-tuning adapter.
+    Adapter(PromptAdapter),
 }
 
 /// Seconds on some monotonic clock (`Instant` natively, `performance.now()` in a browser).
@@ -58,6 +77,9 @@ pub struct Trainer<'g> {
     pub config: TrainConfig,
     pub lora_config: LoraConfig,
     lora: LoraGpu,
+    /// Prompt tuning: the trained embeddings (and the config they are saved with); `lora` then
+    /// has no pairs.
+    prompt: Option<(PromptGpu, PromptTuningConfig)>,
     ws: Workspace,
     flat: Flat,
     pub state: TrainerState,
@@ -136,6 +158,92 @@ fn host_lora(model: &LlamaModel, weights: &LoraWeights, scale: f64) -> Result<Lo
     weights.to_layers(model.layers.len(), scale as f32)
 }
 
+/// The initial prompt of a prompt-tuning run and the config it is saved with.
+fn init_prompt(
+    gpu: &Gpu,
+    model: &LlamaModel,
+    config: &TrainConfig,
+    start: PromptStart,
+) -> Result<(PromptGpu, PromptTuningConfig)> {
+    let cfg = &model.config;
+    let c = cfg.hidden_size;
+    let mut pcfg = PromptTuningConfig {
+        num_virtual_tokens: 0,
+        token_dim: c,
+        num_attention_heads: cfg.num_attention_heads,
+        num_layers: cfg.num_hidden_layers,
+        prompt_tuning_init: "RANDOM".into(),
+        prompt_tuning_init_text: None,
+        tokenizer_name_or_path: None,
+        base_model_name_or_path: (!config.base_model.is_empty()).then(|| config.base_model.clone()),
+        revision: None,
+        inference_mode: true,
+    };
+    let check = |p: usize| {
+        if p == 0 {
+            Err(cfg_err("num_virtual_tokens must be at least 1"))
+        } else {
+            Ok(p)
+        }
+    };
+    let pg = match start {
+        PromptStart::Random { num_virtual_tokens } => {
+            let p = check(num_virtual_tokens)?;
+            // N(0, 1) by Box-Muller from the run's seed.
+            let mut rng = Rng::stream(config.seed, 0x7072_6f6d_7074);
+            let mut emb = Vec::with_capacity(p * c);
+            while emb.len() < p * c {
+                let u1 = rng.next_f64().max(f64::MIN_POSITIVE);
+                let u2 = rng.next_f64();
+                let r = (-2.0 * u1.ln()).sqrt();
+                let th = 2.0 * std::f64::consts::PI * u2;
+                emb.push((r * th.cos()) as f32);
+                emb.push((r * th.sin()) as f32);
+            }
+            emb.truncate(p * c);
+            pcfg.num_virtual_tokens = p;
+            PromptGpu::upload(gpu, &emb, p, c)?
+        }
+        PromptStart::Text {
+            num_virtual_tokens,
+            ids,
+            text,
+        } => {
+            let p = check(num_virtual_tokens)?;
+            if ids.is_empty() {
+                return Err(cfg_err("the prompt-tuning init text has no tokens"));
+            }
+            // PEFT: the text's ids, repeated to cover P, then cut to P.
+            let ids: Vec<u32> = ids.iter().copied().cycle().take(p).collect();
+            let pg = PromptGpu::upload(gpu, &vec![0.0; p * c], p, c)?;
+            let ids_buf = gpu.upload("prompt.init_ids", &ids)?;
+            let mut enc = gpu.encoder();
+            model.embed.embed(&mut enc, &ids_buf, &pg.emb, p)?;
+            enc.submit();
+            pcfg.num_virtual_tokens = p;
+            pcfg.prompt_tuning_init = "TEXT".into();
+            pcfg.prompt_tuning_init_text = Some(text);
+            pcfg.tokenizer_name_or_path = pcfg.base_model_name_or_path.clone();
+            pg
+        }
+        PromptStart::Adapter(a) => {
+            if a.config.token_dim != c {
+                return Err(cfg_err(format!(
+                    "the prompt adapter's token_dim is {}, the model's hidden size {c}",
+                    a.config.token_dim
+                )));
+            }
+            let p = check(a.config.num_virtual_tokens)?;
+            pcfg = a.config.clone();
+            if !config.base_model.is_empty() {
+                pcfg.base_model_name_or_path = Some(config.base_model.clone());
+            }
+            PromptGpu::upload(gpu, &a.embeddings, p, c)?
+        }
+    };
+    Ok((pg, pcfg))
+}
+
 /// Uploads a PEFT adapter for inference or training.
 pub fn upload_adapter(gpu: &Gpu, model: &LlamaModel, adapter: &Adapter) -> Result<LoraGpu> {
     let lora = host_lora(model, &adapter.weights, adapter.config.scale())?;
@@ -151,6 +259,8 @@ pub struct ModelBatch {
     pub t: usize,
     /// Real (non-padding) tokens.
     pub n_tokens: usize,
+    /// The labels, unshifted (Hugging Face convention), trimmed like `ids`.
+    pub labels: Vec<i32>,
 }
 
 /// The examples `indices` as a [`ModelBatch`].
@@ -175,6 +285,7 @@ pub fn trimmed(examples: &[Example], indices: &[usize]) -> Result<ModelBatch> {
         rows: b.rows,
         t,
         n_tokens: b.n_tokens,
+        labels,
     })
 }
 
@@ -200,7 +311,12 @@ impl<'g> Trainer<'g> {
                 "batch size and gradient accumulation must be at least 1",
             ));
         }
+        let mut prompt_start = None;
         let (weights, lora_config, opt, resumed) = match start {
+            Start::Prompt(ps) => {
+                prompt_start = Some(ps);
+                (LoraWeights::default(), config.lora_config(), None, None)
+            }
             Start::Fresh => {
                 if config.lora.r == 0 {
                     return Err(cfg_err("LoRA rank must be at least 1"));
@@ -263,15 +379,40 @@ impl<'g> Trainer<'g> {
                 config.lora.dropout
             )));
         }
-        let host = host_lora(model, &weights, lora_config.scale())?;
+        let host = if prompt_start.is_some() {
+            // No LoRA pairs: the prompt embeddings are the trainable parameters.
+            Lora {
+                r: 1,
+                scale: 0.0,
+                layers: (0..model.layers.len())
+                    .map(|_| Default::default())
+                    .collect(),
+            }
+        } else {
+            host_lora(model, &weights, lora_config.scale())?
+        };
         let lora = LoraGpu::upload(gpu, model, &host)?;
-        let n = lora.n_params;
+        let prompt = match prompt_start {
+            Some(ps) => Some(init_prompt(gpu, model, &config, ps)?),
+            None => None,
+        };
+        let n = match &prompt {
+            Some((pg, _)) => pg.p * pg.c,
+            None => lora.n_params,
+        };
         if n == 0 {
             return Err(cfg_err("the adapter has no trainable parameters"));
         }
         let flat = Flat {
-            params: gpu.alloc("lora.params", (n * 4) as u64)?,
-            grads: gpu.alloc("lora.grads", (n * 4) as u64)?,
+            // Prompt tuning updates the embedding buffers in place.
+            params: match &prompt {
+                Some((pg, _)) => pg.emb.clone(),
+                None => gpu.alloc("lora.params", (n * 4) as u64)?,
+            },
+            grads: match &prompt {
+                Some((pg, _)) => pg.grad.clone(),
+                None => gpu.alloc("lora.grads", (n * 4) as u64)?,
+            },
             m: gpu.alloc("adam.exp_avg", (n * 4) as u64)?,
             v: gpu.alloc("adam.exp_avg_sq", (n * 4) as u64)?,
             norm: gpu.alloc("grad_norm", 4)?,
@@ -337,7 +478,7 @@ impl<'g> Trainer<'g> {
             },
         };
         let batches = plan.iter(state.position, state.global_step * ga, micro_stop)?;
-        let rows = config.batch_size * seq_len;
+        let rows = config.batch_size * (seq_len + prompt.as_ref().map_or(0, |(pg, _)| pg.p));
         let ws = if config.gradient_checkpointing {
             Workspace::checkpointed(gpu, model, Some(&lora), rows)?
         } else {
@@ -350,6 +491,7 @@ impl<'g> Trainer<'g> {
             config,
             lora_config,
             lora,
+            prompt,
             ws,
             flat,
             state,
@@ -379,7 +521,10 @@ impl<'g> Trainer<'g> {
 
     /// Number of trainable parameters.
     pub fn n_params(&self) -> usize {
-        self.lora.n_params
+        match &self.prompt {
+            Some((pg, _)) => pg.p * pg.c,
+            None => self.lora.n_params,
+        }
     }
 
     /// Training and eval example counts.
@@ -406,15 +551,35 @@ impl<'g> Trainer<'g> {
         if micro.is_empty() {
             return Ok(None);
         }
-        let total: usize = micro.iter().map(|m| count_targets(&m.targets, v)).sum();
+        // Prompt tuning: targets over the virtual + real positions, as PEFT builds them.
+        let virt = self.prompt.as_ref().map_or(0, |(pg, _)| pg.p);
+        let targets: Vec<Vec<i32>> = micro
+            .iter()
+            .map(|mb| match &self.prompt {
+                Some(_) => prompt_targets(&mb.labels, mb.rows, mb.t, virt),
+                None => mb.targets.clone(),
+            })
+            .collect();
+        let total: usize = targets.iter().map(|t| count_targets(t, v)).sum();
         let scale = 1.0 / total.max(1) as f32;
         let mut enc = gpu.encoder();
         self.lora.zero_grads(&mut enc);
+        if let Some((pg, _)) = &self.prompt {
+            pg.zero_grad(&mut enc);
+        }
         enc.submit();
         let mut loss_sum = 0.0;
         let mut tokens = 0u64;
         let p = self.config.lora.dropout as f32;
-        for mb in &micro {
+        for (mb, tg) in micro.iter().zip(&targets) {
+            if let Some((pg, _)) = &self.prompt {
+                self.model.forward_backward_prompt(
+                    gpu, &self.ws, pg, &mb.ids, tg, mb.rows, mb.t, scale,
+                )?;
+                loss_sum += self.ws.loss_sum(gpu, mb.rows * (mb.t + virt)).await?;
+                tokens += mb.n_tokens as u64;
+                continue;
+            }
             // One mask seed per micro-batch from the trainer's RNG (saved in checkpoints, so a
             // resumed run draws the same masks).
             let dropout = (p > 0.0).then(|| {
@@ -446,7 +611,7 @@ impl<'g> Trainer<'g> {
             eps: self.config.adamw.eps,
             weight_decay: self.config.adamw.weight_decay,
         };
-        let n = self.lora.n_params;
+        let n = self.n_params();
         let f = &self.flat;
         let mut enc = gpu.encoder();
         self.lora.copy_grads_to(&mut enc, &f.grads)?;
@@ -512,6 +677,7 @@ impl<'g> Trainer<'g> {
             self.model,
             &self.ws,
             Some(&self.lora),
+            self.prompt.as_ref().map(|(pg, _)| pg),
             examples,
             self.config.batch_size,
         )
@@ -524,8 +690,30 @@ impl<'g> Trainer<'g> {
         Ok(LoraWeights::from_layers(&self.lora.unflatten(&flat)?))
     }
 
+    /// The current prompt-tuning adapter in PEFT's layout (prompt-tuning runs only).
+    pub async fn prompt_adapter(&self) -> Result<PromptAdapter> {
+        let (pg, cfg) = self
+            .prompt
+            .as_ref()
+            .ok_or_else(|| cfg_err("this run trains LoRA adapters, not a prompt"))?;
+        Ok(PromptAdapter {
+            config: cfg.clone(),
+            embeddings: pg.download(self.gpu).await?,
+        })
+    }
+
+    /// Whether this run trains a prompt (prompt tuning) rather than LoRA adapters.
+    pub fn is_prompt_tuning(&self) -> bool {
+        self.prompt.is_some()
+    }
+
     /// The current adapter in PEFT's layout.
     pub async fn adapter(&self) -> Result<Adapter> {
+        if self.prompt.is_some() {
+            return Err(cfg_err(
+                "this run trains a prompt: use prompt_adapter() for its PEFT files",
+            ));
+        }
         Ok(Adapter {
             config: self.lora_config.clone(),
             weights: self.read_weights(&self.flat.params).await?,
@@ -534,6 +722,11 @@ impl<'g> Trainer<'g> {
 
     /// Everything needed to resume the run.
     pub async fn checkpoint(&self) -> Result<Checkpoint> {
+        if self.prompt.is_some() {
+            return Err(cfg_err(
+                "checkpoints of prompt-tuning runs are not supported yet",
+            ));
+        }
         Ok(Checkpoint {
             adapter: self.adapter().await?,
             optimizer: OptimizerState {
@@ -554,6 +747,7 @@ pub async fn loss_sum(
     model: &LlamaModel,
     ws: &Workspace,
     lora: Option<&LoraGpu>,
+    prompt: Option<&PromptGpu>,
     examples: &[Example],
     batch_size: usize,
 ) -> Result<(f64, usize)> {
@@ -562,9 +756,19 @@ pub async fn loss_sum(
     let (mut sum, mut count) = (0.0, 0usize);
     for ix in plan.iter(DataPosition::default(), 0, Stop::Epochs(1))? {
         let mb = trimmed(examples, &ix)?;
-        model.forward_loss(gpu, ws, lora, &mb.ids, &mb.targets, mb.rows, mb.t)?;
-        sum += ws.loss_sum(gpu, mb.rows * mb.t).await?;
-        count += count_targets(&mb.targets, v);
+        match prompt {
+            Some(pg) => {
+                let tg = prompt_targets(&mb.labels, mb.rows, mb.t, pg.p);
+                model.forward_loss_prompt(gpu, ws, pg, &mb.ids, &tg, mb.rows, mb.t)?;
+                sum += ws.loss_sum(gpu, mb.rows * (mb.t + pg.p)).await?;
+                count += count_targets(&tg, v);
+            }
+            None => {
+                model.forward_loss(gpu, ws, lora, &mb.ids, &mb.targets, mb.rows, mb.t)?;
+                sum += ws.loss_sum(gpu, mb.rows * mb.t).await?;
+                count += count_targets(&mb.targets, v);
+            }
+        }
     }
     Ok((sum, count))
 }
@@ -582,7 +786,7 @@ pub async fn evaluate(
     }
     let bs = batch_size.max(1);
     let ws = Workspace::new(gpu, model, lora, bs * data.seq_len, true)?;
-    let (sum, count) = loss_sum(gpu, model, &ws, lora, &data.examples, bs).await?;
+    let (sum, count) = loss_sum(gpu, model, &ws, lora, None, &data.examples, bs).await?;
     Ok((sum / count.max(1) as f64, count))
 }
 
