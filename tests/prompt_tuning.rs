@@ -235,3 +235,39 @@ fn prompt_tuning_three_steps_match_peft() {
         );
     }
 }
+
+/// Generation with a prompt-tuning adapter: the KV decoder feeds the virtual tokens first and its
+/// logits, token by token, equal PEFT's logits of [prompt; ids] (`logits_init`).
+#[test]
+fn kv_decoder_with_prompt_matches_peft_logits() {
+    use tinytune::model::KvDecoder;
+    let Some(gpu) = gpu() else { return };
+    for name in MODELS {
+        let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+        let model = LlamaModel::load(gpu, &src, Quant::None).unwrap();
+        let fx = read_tensors(&format!("{name}/prompt_tuning/prompt_tuning.safetensors"));
+        let (shape, ids) = &fx["input_ids_i32"];
+        let t = shape[1];
+        let (p, c) = (fx["init"].0[0], fx["init"].0[1]);
+        let v = model.config.vocab_size;
+        let pg = PromptGpu::upload(gpu, &fx["init"].1, p, c).unwrap();
+        let mut dec = KvDecoder::new(gpu, &model, None, p + t)
+            .unwrap()
+            .with_prompt(&pg)
+            .unwrap();
+        dec.begin().unwrap();
+        assert_eq!(dec.len(), p);
+        let want = &fx["logits_init"].1; // [2, P+T, V]
+        for (i, &id) in ids[..t].iter().enumerate() {
+            let got = pollster::block_on(dec.feed(&[id as u32])).unwrap();
+            let row = (p + i) * v;
+            assert_close(
+                &format!("{name} prompt-tuned decoder logits at token {i}"),
+                &got,
+                &want[row..row + v],
+                1e-4,
+                1e-4,
+            );
+        }
+    }
+}

@@ -9,10 +9,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tinytune_gpu::{Gpu, GpuOptions};
 use tinytune_model::{
-    stop_ids, GenerateOptions, KvDecoder, LlamaModel, ModelSource, SamplingParams, StopReason,
-    TextStream, Tokenizer,
+    stop_ids, GenerateOptions, KvDecoder, LlamaModel, ModelSource, PromptGpu, SamplingParams,
+    StopReason, TextStream, Tokenizer,
 };
-use tinytune_train::{upload_adapter, Adapter, ChatMessage, ChatTemplate};
+use tinytune_train::{upload_adapter, Adapter, ChatMessage, ChatTemplate, PromptAdapter};
 
 use crate::logits::QuantArg;
 
@@ -165,13 +165,40 @@ pub fn run(args: &GenerateArgs, gpu_name: Option<String>) -> Result<()> {
             ids.len()
         );
     }
-    let max_len = (ids.len() + args.max_new_tokens).min(cap);
+    // A prompt-tuning adapter (PEFT PROMPT_TUNING) prepends its virtual tokens.
+    let prompt_adapter = match &args.adapter {
+        Some(dir) if is_prompt_tuning(dir) => Some(
+            PromptAdapter::load(dir)
+                .with_context(|| format!("cannot load the adapter {}", dir.display()))?,
+        ),
+        _ => None,
+    };
+    let virt = prompt_adapter
+        .as_ref()
+        .map_or(0, |a| a.config.num_virtual_tokens);
+    if ids.len() + virt >= cap {
+        bail!(
+            "the prompt's {} tokens and the adapter's {virt} virtual tokens leave no room to generate within {cap}",
+            ids.len()
+        );
+    }
+    let max_len = (virt + ids.len() + args.max_new_tokens).min(cap);
     let gpu = Gpu::new_blocking(GpuOptions {
         adapter_name: gpu_name,
     })?;
     let model = LlamaModel::load(&gpu, &src, args.quant.quant())
         .with_context(|| format!("cannot load {}", args.model.display()))?;
+    let prompt_gpu = match &prompt_adapter {
+        Some(a) => Some(PromptGpu::upload(
+            &gpu,
+            &a.embeddings,
+            a.config.num_virtual_tokens,
+            a.config.token_dim,
+        )?),
+        None => None,
+    };
     let lora = match &args.adapter {
+        Some(_) if prompt_adapter.is_some() => None,
         Some(dir) => {
             let ad = Adapter::load(dir)
                 .with_context(|| format!("cannot load the adapter {}", dir.display()))?;
@@ -183,6 +210,9 @@ pub fn run(args: &GenerateArgs, gpu_name: Option<String>) -> Result<()> {
         None => None,
     };
     let mut dec = KvDecoder::new(&gpu, &model, lora.as_ref(), max_len)?;
+    if let Some(pg) = &prompt_gpu {
+        dec = dec.with_prompt(pg)?;
+    }
     let opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         sampling,
@@ -265,4 +295,12 @@ pub fn run(args: &GenerateArgs, gpu_name: Option<String>) -> Result<()> {
         if lora.is_some() { " + adapter" } else { "" }
     );
     Ok(())
+}
+
+/// Whether `dir/adapter_config.json` says `"peft_type": "PROMPT_TUNING"`.
+fn is_prompt_tuning(dir: &std::path::Path) -> bool {
+    std::fs::read(dir.join("adapter_config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["peft_type"] == "PROMPT_TUNING")
 }

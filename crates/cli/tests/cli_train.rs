@@ -326,5 +326,17 @@ fn train_prompt_tuning_saves_a_peft_prompt_adapter() {
         );
         assert!(last < first, "prompt tuning loss {first} -> {last}");
         assert!(!out.join("checkpoint-6").exists());
+        // generate --adapter takes the prompt-tuning adapter (virtual tokens first).
+        ok(&tinytune(&[
+            "generate",
+            "--model",
+            m,
+            "--adapter",
+            out_s,
+            "--prompt",
+            "Question number 3?",
+            "--max-new-tokens",
+            "4",
+        ]));
     }
 }

@@ -20,9 +20,17 @@ use tinytune_gpu::{Gpu, GpuBuffer};
 
 use crate::llama::{LayerActs, LayerScratch, LlamaModel};
 use crate::lora::LoraGpu;
+use crate::prompt::PromptGpu;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
 use crate::{ModelError, Result};
+
+/// What one pass embeds: token ids, or the virtual tokens of a prompt-tuning adapter.
+#[derive(Clone, Copy)]
+enum Rows<'x> {
+    Ids(&'x [u32]),
+    Prompt(&'x PromptGpu),
+}
 
 /// Largest number of prompt rows one prefill pass runs by default (bounds the activations).
 pub const DEFAULT_PREFILL_CHUNK: usize = 512;
@@ -32,6 +40,8 @@ pub struct KvDecoder<'a> {
     gpu: &'a Gpu,
     model: &'a LlamaModel,
     lora: Option<&'a LoraGpu>,
+    /// Prompt tuning: virtual tokens fed before every prompt (positions `0..P`).
+    prompt: Option<&'a PromptGpu>,
     /// Per layer `[max_len, KVH*D]` keys (after RoPE) and values.
     kcache: Vec<GpuBuffer>,
     vcache: Vec<GpuBuffer>,
@@ -123,6 +133,7 @@ impl<'a> KvDecoder<'a> {
             gpu,
             model,
             lora,
+            prompt: None,
             kcache,
             vcache,
             acts,
@@ -139,6 +150,43 @@ impl<'a> KvDecoder<'a> {
             chunk: m,
             len: 0,
         })
+    }
+
+    /// Generation with a prompt-tuning adapter: [`KvDecoder::generate`] feeds its virtual tokens
+    /// first (positions `0..P`, as PEFT does). Errors if they do not fit one prefill chunk or the
+    /// cache.
+    pub fn with_prompt(mut self, prompt: &'a PromptGpu) -> Result<KvDecoder<'a>> {
+        if prompt.c != self.model.config.hidden_size
+            || prompt.p > self.chunk
+            || prompt.p >= self.max_len
+        {
+            return Err(ModelError::Shape(format!(
+                "{} virtual tokens of width {} do not fit this decoder (chunk {}, cache {}, hidden {})",
+                prompt.p,
+                prompt.c,
+                self.chunk,
+                self.max_len,
+                self.model.config.hidden_size
+            )));
+        }
+        self.prompt = Some(prompt);
+        Ok(self)
+    }
+
+    /// Empties the cache and feeds the prompt-tuning virtual tokens, if any: what
+    /// [`KvDecoder::generate`] does first; [`KvDecoder::feed`] continues from there.
+    pub fn begin(&mut self) -> Result<()> {
+        self.reset();
+        if let Some(pg) = self.prompt {
+            self.record_pass(Rows::Prompt(pg))?;
+            self.len = pg.p;
+        }
+        Ok(())
+    }
+
+    /// Number of virtual tokens fed before each prompt (0 without prompt tuning).
+    pub fn virtual_tokens(&self) -> usize {
+        self.prompt.map_or(0, |p| p.p)
     }
 
     /// Positions cached so far.
@@ -191,7 +239,7 @@ impl<'a> KvDecoder<'a> {
             )));
         }
         for part in ids.chunks(self.chunk) {
-            self.record_pass(part)?;
+            self.record_pass(Rows::Ids(part))?;
             self.len += part.len();
         }
         let mut out = self.gpu.read::<f32>(&self.logits).await?;
@@ -201,23 +249,31 @@ impl<'a> KvDecoder<'a> {
 
     /// Records and submits one pass over `ids` (at most `chunk` rows) at positions `len..`: the
     /// decoder layers, then the final norm and LM head of the last row into `self.logits`.
-    fn record_pass(&self, ids: &[u32]) -> Result<()> {
+    fn record_pass(&self, rows: Rows) -> Result<()> {
         let (gpu, model, lora, a) = (self.gpu, self.model, self.lora, &self.acts);
         let cfg = &model.config;
-        let m = ids.len();
+        let m = match rows {
+            Rows::Ids(ids) => ids.len(),
+            Rows::Prompt(pg) => pg.p,
+        };
         let p0 = self.len;
         let tk = p0 + m;
         let (c, hd) = (cfg.hidden_size, cfg.head_dim);
         let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let kvw = (kvh * hd * 4) as u64;
-        gpu.write(&self.ids, 0, bytemuck::cast_slice(ids));
         let pos: Vec<u32> = (p0..tk).map(|p| p as u32).collect();
         gpu.write(&self.pos, 0, bytemuck::cast_slice(&pos));
         let eps = cfg.rms_norm_eps as f32;
         let scale = 1.0 / (hd as f32).sqrt();
         let n_layers = model.layers.len();
         let mut enc = gpu.encoder();
-        model.embed.embed(&mut enc, &self.ids, &a.x, m)?;
+        match rows {
+            Rows::Ids(ids) => {
+                gpu.write(&self.ids, 0, bytemuck::cast_slice(ids));
+                model.embed.embed(&mut enc, &self.ids, &a.x, m)?;
+            }
+            Rows::Prompt(pg) => enc.copy(&pg.emb, 0, &a.x, 0, (m * c * 4) as u64),
+        }
         let scratch = LayerScratch {
             hbuf: &self.hbuf,
             act: &self.act,
@@ -283,14 +339,16 @@ impl<'a> KvDecoder<'a> {
         if prompt.is_empty() {
             return Err(ModelError::Shape("generate: empty prompt".into()));
         }
-        if prompt.len() > self.max_len {
+        let virt = self.virtual_tokens();
+        let cap = self.max_len - virt;
+        if prompt.len() > cap {
             return Err(ModelError::Shape(format!(
                 "the prompt's {} tokens exceed the KV cache's {} positions",
                 prompt.len(),
-                self.max_len
+                cap
             )));
         }
-        self.reset();
+        self.begin()?;
         let mut out = Generated {
             tokens: Vec::new(),
             stop: StopReason::MaxNewTokens,
@@ -298,7 +356,7 @@ impl<'a> KvDecoder<'a> {
         if opts.max_new_tokens == 0 {
             return Ok(out);
         }
-        if prompt.len() == self.max_len {
+        if prompt.len() == cap {
             out.stop = StopReason::MaxLength;
             return Ok(out);
         }
@@ -323,7 +381,7 @@ impl<'a> KvDecoder<'a> {
             }
             // Like transformers' max_length: prompt + generated <= capacity (the last token is
             // never fed, so the cache's last slot stays unused).
-            if seen.len() >= self.max_len {
+            if seen.len() >= cap {
                 out.stop = StopReason::MaxLength;
                 break;
             }
