@@ -17,10 +17,11 @@ use tinytune_gpu::{Gpu, GpuOptions};
 use tinytune_model::{LlamaModel, ModelSource};
 use tinytune_train::data::{DataConfig, EvalSplit, Stop, TextSplit};
 use tinytune_train::metrics::MetricsWriter;
-use tinytune_train::peft::{Adapter, LoraModule};
+use tinytune_train::peft::Adapter;
 use tinytune_train::{
-    evaluate, upload_adapter, AdamWConfig, Checkpoint, Dataset, LoraHyper, ModelTokenizer,
-    PromptAdapter, PromptStart, ScheduleKind, Start, TrainConfig, Trainer,
+    eval_split_from, evaluate, parse_layers_to_transform, parse_target_modules, upload_adapter,
+    AdamWConfig, Checkpoint, Dataset, LoraHyper, ModelTokenizer, PromptAdapter, PromptStart,
+    ScheduleKind, Start, TrainConfig, Trainer,
 };
 
 use crate::logits::QuantArg;
@@ -203,76 +204,11 @@ pub struct EvalArgs {
     pub adapter: Option<PathBuf>,
 }
 
-fn parse_targets(list: &[String]) -> Result<Vec<LoraModule>> {
-    let mut out = Vec::new();
-    for name in list {
-        let name = name.trim();
-        if name == "all-linear" {
-            return Ok(LoraModule::ALL.to_vec());
-        }
-        match LoraModule::from_name(name) {
-            Some(m) if !out.contains(&m) => out.push(m),
-            Some(_) => {}
-            None => bail!(
-                "unknown target module {name:?} (expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear)"
-            ),
-        }
-    }
-    Ok(out)
-}
-
-/// Parses `--layers-to-transform`: `3,5,7`, `20-29` (inclusive) or `top:N`, against `n_layers`.
-fn parse_layers(spec: &str, n_layers: usize) -> Result<Vec<usize>> {
-    let bad =
-        || anyhow::anyhow!("--layers-to-transform {spec:?}: expected e.g. 3,5,7 or 20-29 or top:8");
-    let mut out = Vec::new();
-    if let Some(n) = spec.strip_prefix("top:") {
-        let n: usize = n.trim().parse().map_err(|_| bad())?;
-        if n == 0 || n > n_layers {
-            bail!("--layers-to-transform top:{n}: the model has {n_layers} layers");
-        }
-        return Ok((n_layers - n..n_layers).collect());
-    }
-    for part in spec.split(',') {
-        let part = part.trim();
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) = (
-                    a.trim().parse().map_err(|_| bad())?,
-                    b.trim().parse().map_err(|_| bad())?,
-                );
-                if a > b {
-                    return Err(bad());
-                }
-                out.extend(a..=b);
-            }
-            None => out.push(part.parse().map_err(|_| bad())?),
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    if let Some(l) = out.iter().find(|&&l| l >= n_layers) {
-        bail!(
-            "--layers-to-transform names layer {l}, the model has {n_layers} layers (0..{})",
-            n_layers - 1
-        );
-    }
-    Ok(out)
-}
-
 fn parse_eval_split(s: &str) -> Result<EvalSplit> {
     let v: f64 = s
         .parse()
         .with_context(|| format!("--eval-split {s:?}: expected a fraction or a count"))?;
-    if v == 0.0 {
-        Ok(EvalSplit::None)
-    } else if v > 0.0 && v < 1.0 {
-        Ok(EvalSplit::Fraction(v))
-    } else if v >= 1.0 && v.fract() == 0.0 {
-        Ok(EvalSplit::Count(v as usize))
-    } else {
-        bail!("--eval-split {s}: expected a fraction in (0, 1) or a whole count")
-    }
+    Ok(eval_split_from(v)?)
 }
 
 /// Opens the model, its tokenizer and the datasets.
@@ -395,10 +331,13 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
             r: args.lora_r,
             alpha: args.lora_alpha,
             dropout: args.lora_dropout,
-            targets: parse_targets(&args.target_modules)?,
+            targets: parse_target_modules(&args.target_modules)?,
             use_rslora: args.use_rslora,
             layers_to_transform: match &args.layers_to_transform {
-                Some(spec) => Some(parse_layers(spec, src.config().num_hidden_layers)?),
+                Some(spec) => Some(parse_layers_to_transform(
+                    spec,
+                    src.config().num_hidden_layers,
+                )?),
                 None => None,
             },
         },

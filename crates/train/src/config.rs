@@ -154,3 +154,95 @@ impl TrainConfig {
         c
     }
 }
+
+/// PEFT `target_modules` names (`q_proj` ... `down_proj`), or `all-linear` for all seven: the
+/// modules in the given order, without repeats. Shared by the CLI's flag and the JS option.
+pub fn parse_target_modules<S: AsRef<str>>(names: &[S]) -> Result<Vec<LoraModule>> {
+    let mut out = Vec::new();
+    for name in names {
+        let name = name.as_ref().trim();
+        if name == "all-linear" {
+            return Ok(LoraModule::ALL.to_vec());
+        }
+        match LoraModule::from_name(name) {
+            Some(m) if !out.contains(&m) => out.push(m),
+            Some(_) => {}
+            None => {
+                return Err(TrainError::Config(format!(
+                    "target_modules: unknown module {name:?} (expected q_proj, k_proj, v_proj, \
+                     o_proj, gate_proj, up_proj, down_proj or all-linear)"
+                )))
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(TrainError::Config("target_modules is empty".into()));
+    }
+    Ok(out)
+}
+
+/// PEFT's `layers_to_transform` written as `3,5,7`, `20-29` (inclusive) or `top:N` (the last N of
+/// `n_layers`), checked by [`check_layers`].
+pub fn parse_layers_to_transform(spec: &str, n_layers: usize) -> Result<Vec<usize>> {
+    let bad = || {
+        TrainError::Config(format!(
+            "layers_to_transform {spec:?}: expected e.g. 3,5,7 or 20-29 or top:8"
+        ))
+    };
+    if let Some(n) = spec.strip_prefix("top:") {
+        let n: usize = n.trim().parse().map_err(|_| bad())?;
+        if n == 0 || n > n_layers {
+            return Err(TrainError::Config(format!(
+                "layers_to_transform top:{n}: the model has {n_layers} layers"
+            )));
+        }
+        return Ok((n_layers - n..n_layers).collect());
+    }
+    let mut out = Vec::new();
+    for part in spec.split(',') {
+        let part = part.trim();
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let a: usize = a.trim().parse().map_err(|_| bad())?;
+                let b: usize = b.trim().parse().map_err(|_| bad())?;
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    check_layers(out, n_layers)
+}
+
+/// Layer indices sorted, without repeats, each below `n_layers`, at least one.
+pub fn check_layers(mut layers: Vec<usize>, n_layers: usize) -> Result<Vec<usize>> {
+    layers.sort_unstable();
+    layers.dedup();
+    if layers.is_empty() {
+        return Err(TrainError::Config("layers_to_transform is empty".into()));
+    }
+    if let Some(l) = layers.iter().find(|&&l| l >= n_layers) {
+        return Err(TrainError::Config(format!(
+            "layers_to_transform names layer {l}, the model has {n_layers} layers (0..{})",
+            n_layers.saturating_sub(1)
+        )));
+    }
+    Ok(layers)
+}
+
+/// The eval split written as one number: 0 = none, a fraction in (0, 1), or a whole count.
+pub fn eval_split_from(v: f64) -> Result<EvalSplit> {
+    if v == 0.0 {
+        Ok(EvalSplit::None)
+    } else if v > 0.0 && v < 1.0 {
+        Ok(EvalSplit::Fraction(v))
+    } else if v >= 1.0 && v.fract() == 0.0 {
+        Ok(EvalSplit::Count(v as usize))
+    } else {
+        Err(TrainError::Config(format!(
+            "eval_split {v}: expected a fraction in (0, 1) or a whole count"
+        )))
+    }
+}

@@ -33,7 +33,10 @@ pub mod trainer;
 
 pub use chat::{ChatMessage, ChatTemplate, RenderedChat};
 pub use checkpoint::{Checkpoint, OptimizerState, TrainerState};
-pub use config::{AdamWConfig, LoraHyper, TrainConfig};
+pub use config::{
+    check_layers, eval_split_from, parse_layers_to_transform, parse_target_modules, AdamWConfig,
+    LoraHyper, TrainConfig,
+};
 pub use data::{
     collate, split_eval, Batch, BatchIter, BatchPlan, DataConfig, DataPosition, DataStats, Dataset,
     EvalSplit, Example, Stop, TextSplit, IGNORE_INDEX,

@@ -18,7 +18,7 @@ use tinytune_model::{LlamaModel, LoraGpu, PromptGpu, Workspace};
 use tinytune_reference::llama::{prompt_targets, shift_labels, Lora};
 
 use crate::checkpoint::{Checkpoint, OptimizerState, TrainerState, CHECKPOINT_VERSION};
-use crate::config::TrainConfig;
+use crate::config::{check_layers, TrainConfig};
 use crate::data::{
     collate, split_eval, BatchIter, BatchPlan, DataPosition, Dataset, Example, Stop,
 };
@@ -325,16 +325,7 @@ impl<'g> Trainer<'g> {
                     return Err(cfg_err("no LoRA target modules"));
                 }
                 if let Some(ls) = &config.lora.layers_to_transform {
-                    let n = model.layers.len();
-                    if let Some(bad) = ls.iter().find(|&&l| l >= n) {
-                        return Err(cfg_err(format!(
-                            "layers_to_transform names layer {bad}, the model has {n} layers (0..{})",
-                            n - 1
-                        )));
-                    }
-                    if ls.is_empty() {
-                        return Err(cfg_err("layers_to_transform is empty"));
-                    }
+                    check_layers(ls.clone(), model.layers.len())?;
                 }
                 let w = LoraWeights::init(
                     lora_shapes(

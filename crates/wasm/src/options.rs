@@ -5,7 +5,10 @@ use serde::Deserialize;
 use tinytune_model::SamplingParams;
 use tinytune_train::data::{EvalSplit, Stop, TextSplit};
 use tinytune_train::peft::LoraModule;
-use tinytune_train::{AdamWConfig, LoraHyper, ScheduleKind, TrainConfig};
+use tinytune_train::{
+    check_layers, eval_split_from, parse_layers_to_transform, parse_target_modules, AdamWConfig,
+    LoraHyper, ScheduleKind, TrainConfig,
+};
 
 /// A number or a string (the CLI takes `--eval-split 0.1` or `--eval-split 10`, and
 /// `--layers-to-transform 3,5` or `top:8`; JSON callers may write either form).
@@ -101,81 +104,22 @@ pub fn parse_train_options(json: &str) -> Result<TrainOptions, String> {
     serde_json::from_str(json).map_err(|e| format!("train options: {e}"))
 }
 
-/// `--target-modules`: PEFT names or `all-linear`.
+/// `--target-modules`: PEFT names or `all-linear` ([`parse_target_modules`]).
 pub fn parse_targets(names: &Names) -> Result<Vec<LoraModule>, String> {
     let list: Vec<String> = match names {
         Names::List(l) => l.clone(),
         Names::Text(t) => t.split(',').map(str::to_string).collect(),
     };
-    let mut out = Vec::new();
-    for name in &list {
-        let name = name.trim();
-        if name == "all-linear" {
-            return Ok(LoraModule::ALL.to_vec());
-        }
-        match LoraModule::from_name(name) {
-            Some(m) if !out.contains(&m) => out.push(m),
-            Some(_) => {}
-            None => {
-                return Err(format!(
-                    "target_modules: unknown module {name:?} (expected q_proj, k_proj, v_proj, \
-                     o_proj, gate_proj, up_proj, down_proj or all-linear)"
-                ))
-            }
-        }
-    }
-    if out.is_empty() {
-        return Err("target_modules is empty".into());
-    }
-    Ok(out)
+    parse_target_modules(&list).map_err(|e| e.to_string())
 }
 
 /// `--layers-to-transform`: indices, `20-29` (inclusive), or `top:N`, against `n_layers`.
 pub fn parse_layers(spec: &Layers, n_layers: usize) -> Result<Vec<usize>, String> {
-    let mut out = match spec {
-        Layers::List(l) => l.clone(),
-        Layers::Text(spec) => {
-            let bad =
-                || format!("layers_to_transform {spec:?}: expected e.g. 3,5,7 or 20-29 or top:8");
-            if let Some(n) = spec.strip_prefix("top:") {
-                let n: usize = n.trim().parse().map_err(|_| bad())?;
-                if n == 0 || n > n_layers {
-                    return Err(format!(
-                        "layers_to_transform top:{n}: the model has {n_layers} layers"
-                    ));
-                }
-                return Ok((n_layers - n..n_layers).collect());
-            }
-            let mut out = Vec::new();
-            for part in spec.split(',') {
-                let part = part.trim();
-                match part.split_once('-') {
-                    Some((a, b)) => {
-                        let a: usize = a.trim().parse().map_err(|_| bad())?;
-                        let b: usize = b.trim().parse().map_err(|_| bad())?;
-                        if a > b {
-                            return Err(bad());
-                        }
-                        out.extend(a..=b);
-                    }
-                    None => out.push(part.parse().map_err(|_| bad())?),
-                }
-            }
-            out
-        }
-    };
-    out.sort_unstable();
-    out.dedup();
-    if out.is_empty() {
-        return Err("layers_to_transform is empty".into());
+    match spec {
+        Layers::List(l) => check_layers(l.clone(), n_layers),
+        Layers::Text(spec) => parse_layers_to_transform(spec, n_layers),
     }
-    if let Some(l) = out.iter().find(|&&l| l >= n_layers) {
-        return Err(format!(
-            "layers_to_transform names layer {l}, the model has {n_layers} layers (0..{})",
-            n_layers - 1
-        ));
-    }
-    Ok(out)
+    .map_err(|e| e.to_string())
 }
 
 /// `--eval-split`: 0 = none, a fraction in (0, 1), or a whole count.
@@ -187,17 +131,7 @@ pub fn parse_eval_split(v: &NumOrText) -> Result<EvalSplit, String> {
             .parse()
             .map_err(|_| format!("eval_split {s:?}: expected a fraction or a count"))?,
     };
-    if v == 0.0 {
-        Ok(EvalSplit::None)
-    } else if v > 0.0 && v < 1.0 {
-        Ok(EvalSplit::Fraction(v))
-    } else if v >= 1.0 && v.fract() == 0.0 {
-        Ok(EvalSplit::Count(v as usize))
-    } else {
-        Err(format!(
-            "eval_split {v}: expected a fraction in (0, 1) or a whole count"
-        ))
-    }
+    eval_split_from(v).map_err(|e| e.to_string())
 }
 
 impl TrainOptions {
