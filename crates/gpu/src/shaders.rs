@@ -40,6 +40,8 @@ shaders!(
     "nn/attention_fwd",
     "nn/attention_bwd",
     "nn/bias_add_fwd",
+    "nn/prefix_fwd",
+    "nn/prefix_bwd",
     "lora/fwd",
     "lora/bwd",
     "optim/adamw_step",

@@ -26,6 +26,7 @@ pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod lora;
+pub mod prefix;
 pub mod prompt;
 pub mod safetensors;
 pub mod sampling;
@@ -44,6 +45,7 @@ pub use gguf::{
 };
 pub use llama::{LlamaModel, LoadOptions, Quant, Workspace};
 pub use lora::{LoraGpu, LoraPairGpu};
+pub use prefix::PrefixGpu;
 pub use prompt::PromptGpu;
 pub use safetensors::{SafetensorsFile, StDtype, StTensorInfo};
 pub use sampling::{Sampler, SamplingParams};

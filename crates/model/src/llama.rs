@@ -11,6 +11,7 @@ pub use tinytune_reference::llama::LoraDropout;
 use tinytune_reference::nn::{rope_inv_freq, Llama3Scaling};
 
 use crate::lora::LoraGpu;
+use crate::prefix::PrefixGpu;
 use crate::prompt::PromptGpu;
 use crate::vocab::VocabTable;
 use crate::{LlamaConfig, ModelError, ModelSource, RopeScaling, Weight};
@@ -267,6 +268,28 @@ struct GradBufs {
     dh_scratch: GpuBuffer,
 }
 
+/// Prefix tuning's buffers in a workspace: the prefixed keys and values `[B*(P+T), KVD]` of each
+/// activation set (kept for the backward pass) and their gradients.
+struct PrefixBufs {
+    /// Virtual tokens the buffers were sized for.
+    p: usize,
+    /// Row capacity `B*T + B*P`.
+    rows: usize,
+    kf: Vec<GpuBuffer>,
+    vf: Vec<GpuBuffer>,
+    dkf: Option<GpuBuffer>,
+    dvf: Option<GpuBuffer>,
+}
+
+/// The trainable virtual tokens of a prompt-learning pass.
+#[derive(Clone, Copy)]
+enum Virtual<'a> {
+    /// Prompt tuning: input embeddings in front of each sequence.
+    Prompt(&'a PromptGpu),
+    /// Prefix tuning: key/value rows in front of each layer's attention.
+    Prefix(&'a PrefixGpu),
+}
+
 /// The LM head + cross-entropy of a training pass runs only on the rows that carry a target (for
 /// chat data most positions are prompt), gathered in chunks (the logits of all rows at once would
 /// not fit one binding for large vocabularies): the chunk's rows of the normed hidden states, their
@@ -304,6 +327,8 @@ pub struct Workspace {
     /// LoRA dropout scratch `[M, max in]`: the dropped input and its gradient (training only).
     xd: Option<GpuBuffer>,
     dxd: Option<GpuBuffer>,
+    /// Prefix tuning (see [`Workspace::with_prefix`]).
+    prefix: Option<PrefixBufs>,
 }
 
 /// A run of consecutive rows: `len` rows from `src` of the full batch to `dst` of a chunk.
@@ -511,6 +536,7 @@ impl Workspace {
             (None, None)
         };
         Ok(Workspace {
+            prefix: None,
             xd,
             dxd,
             rows,
@@ -531,6 +557,54 @@ impl Workspace {
             chunk_rows,
             chunk,
             grads,
+        })
+    }
+
+    /// Adds the buffers prefix tuning with `prefix`'s shape needs for batches of up to `batch`
+    /// sequences (the workspace's `B*T` rows plus `B*P` prefix rows per layer).
+    pub fn with_prefix(
+        mut self,
+        gpu: &Gpu,
+        prefix: &PrefixGpu,
+        batch: usize,
+    ) -> Result<Workspace, ModelError> {
+        let rows = self.rows + batch.max(1) * prefix.p;
+        let bytes = (rows * prefix.kvd * 4) as u64;
+        let sets = if self.train && !self.checkpoint {
+            self.acts.len()
+        } else {
+            1
+        };
+        let mut kf = Vec::with_capacity(sets);
+        let mut vf = Vec::with_capacity(sets);
+        for s in 0..sets {
+            kf.push(gpu.alloc(&format!("acts.{s}.prefix_k"), bytes)?);
+            vf.push(gpu.alloc(&format!("acts.{s}.prefix_v"), bytes)?);
+        }
+        let (dkf, dvf) = if self.train {
+            (
+                Some(gpu.alloc("grad.prefix_k", bytes)?),
+                Some(gpu.alloc("grad.prefix_v", bytes)?),
+            )
+        } else {
+            (None, None)
+        };
+        self.prefix = Some(PrefixBufs {
+            p: prefix.p,
+            rows,
+            kf,
+            vf,
+            dkf,
+            dvf,
+        });
+        Ok(self)
+    }
+
+    /// Layer `i`'s prefixed key and value buffers.
+    fn prefix_kv(&self, i: usize) -> Option<(&GpuBuffer, &GpuBuffer)> {
+        self.prefix.as_ref().map(|pb| {
+            let s = if pb.kf.len() > 1 { i } else { 0 };
+            (&pb.kf[s], &pb.vf[s])
         })
     }
 
@@ -754,6 +828,98 @@ impl LlamaModel {
         self.linear_drop(enc, lora, a, i, 6, s.act, next, m, true, drop)
     }
 
+    /// Records layer `i`'s causal attention on `a`'s q, k (after RoPE) and v, with prefix tuning's
+    /// key/value rows in front of each sequence's when `prefix` is given.
+    #[allow(clippy::too_many_arguments)]
+    fn record_attention(
+        &self,
+        enc: &mut Encoder,
+        ws: &Workspace,
+        a: &LayerActs,
+        i: usize,
+        b: usize,
+        t: usize,
+        prefix: Option<&PrefixGpu>,
+    ) -> Result<(), ModelError> {
+        let cfg = &self.config;
+        let (hd, h, kvh) = (
+            cfg.head_dim,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+        );
+        let scale = 1.0 / (hd as f32).sqrt();
+        match (prefix, ws.prefix_kv(i)) {
+            (None, _) => nn::attention_fwd(
+                enc, &a.q, &a.k, &a.v, &a.attn, &a.lse, b, t, t, h, kvh, hd, scale,
+            )?,
+            (Some(pf), Some((kf, vf))) => {
+                nn::prefix_fwd(
+                    enc,
+                    &pf.kv,
+                    &a.k,
+                    &a.v,
+                    kf,
+                    vf,
+                    i,
+                    pf.n_layers,
+                    b,
+                    t,
+                    pf.p,
+                    pf.kvd,
+                )?;
+                nn::attention_fwd(
+                    enc,
+                    &a.q,
+                    kf,
+                    vf,
+                    &a.attn,
+                    &a.lse,
+                    b,
+                    t,
+                    pf.p + t,
+                    h,
+                    kvh,
+                    hd,
+                    scale,
+                )?;
+            }
+            (Some(_), None) => {
+                return Err(ModelError::Shape(
+                    "prefix tuning needs a workspace made with Workspace::with_prefix".into(),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `prefix` fits this model and `ws` for `B` sequences of `T` tokens.
+    fn check_prefix(
+        &self,
+        ws: &Workspace,
+        prefix: &PrefixGpu,
+        b: usize,
+        t: usize,
+    ) -> Result<(), ModelError> {
+        let cfg = &self.config;
+        let kvd = cfg.num_key_value_heads * cfg.head_dim;
+        if prefix.n_layers != self.layers.len() || prefix.kvd != kvd {
+            return Err(ModelError::Shape(format!(
+                "the prefix is for {} layers of key width {}, the model has {} layers of width {kvd}",
+                prefix.n_layers,
+                prefix.kvd,
+                self.layers.len()
+            )));
+        }
+        match &ws.prefix {
+            Some(pb) if pb.p == prefix.p && b * (prefix.p + t) <= pb.rows => Ok(()),
+            _ => Err(ModelError::Shape(format!(
+                "the workspace has no prefix buffers for B={b} sequences of {} + {t} positions \
+                 (Workspace::with_prefix)",
+                prefix.p
+            ))),
+        }
+    }
+
     /// Records and submits the decoder up to the final norm (`ws.hbuf` holds the normed final
     /// hidden states afterwards).
     #[allow(clippy::too_many_arguments)]
@@ -766,17 +932,25 @@ impl LlamaModel {
         b: usize,
         t: usize,
         drop: Option<LoraDropout>,
-        prompt: Option<&PromptGpu>,
+        virt: Option<Virtual<'_>>,
     ) -> Result<usize, ModelError> {
         let cfg = &self.config;
         let m = self.check_batch(ws, ids.len(), b, t)?;
-        let (c, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let c = cfg.hidden_size;
+        let (prompt, prefix) = match virt {
+            Some(Virtual::Prompt(pr)) => (Some(pr), None),
+            Some(Virtual::Prefix(pf)) => {
+                self.check_prefix(ws, pf, b, t)?;
+                (None, Some(pf))
+            }
+            None => (None, None),
+        };
         gpu.write(&ws.ids, 0, bytemuck::cast_slice(ids));
-        let pos: Vec<u32> = (0..m).map(|i| (i % t) as u32).collect();
+        // With prefix tuning the tokens sit after the P virtual positions.
+        let p0 = prefix.map_or(0, |pf| pf.p);
+        let pos: Vec<u32> = (0..m).map(|i| (p0 + i % t) as u32).collect();
         gpu.write(&ws.pos, 0, bytemuck::cast_slice(&pos));
         let eps = cfg.rms_norm_eps as f32;
-        let scale = 1.0 / (hd as f32).sqrt();
         let n_layers = self.layers.len();
         let mut enc = gpu.encoder();
         self.embed.embed(&mut enc, &ws.ids, &ws.set(0).x, m)?;
@@ -799,9 +973,7 @@ impl LlamaModel {
             let a = ws.set(i);
             let next = ws.stream_after(i, n_layers);
             self.record_layer(&mut enc, lora, a, i, &scratch, next, m, |enc, a| {
-                Ok(nn::attention_fwd(
-                    enc, &a.q, &a.k, &a.v, &a.attn, &a.lse, b, t, t, h, kvh, hd, scale,
-                )?)
+                self.record_attention(enc, ws, a, i, b, t, prefix)
             })?;
             // Bound the size of one command buffer (lavapipe and browsers prefer short ones).
             enc.submit();
@@ -998,8 +1170,85 @@ impl LlamaModel {
             tp,
             grad_scale,
             None,
-            Some(prompt),
+            Some(Virtual::Prompt(prompt)),
         )
+    }
+
+    /// Prefix tuning's forward and backward pass: `ids` are `B` sequences of `T` tokens at
+    /// positions `P..P+T`, every layer's attention also sees its `P` key/value rows of `prefix`;
+    /// `targets` are per real position (as for [`LlamaModel::forward_backward`]). The gradient of
+    /// the prefix accumulates into `prefix.grad`, scaled by `grad_scale`; `ws` is a training
+    /// workspace with [`Workspace::with_prefix`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_prefix(
+        &self,
+        gpu: &Gpu,
+        ws: &Workspace,
+        prefix: &PrefixGpu,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+        grad_scale: f32,
+    ) -> Result<(), ModelError> {
+        let virt = Some(Virtual::Prefix(prefix));
+        self.train_pass(
+            gpu,
+            ws,
+            None,
+            ids,
+            targets,
+            b,
+            t,
+            Some(grad_scale),
+            None,
+            virt,
+        )
+    }
+
+    /// The forward half of [`LlamaModel::forward_backward_prefix`] (evaluation).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_loss_prefix(
+        &self,
+        gpu: &Gpu,
+        ws: &Workspace,
+        prefix: &PrefixGpu,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+    ) -> Result<(), ModelError> {
+        let virt = Some(Virtual::Prefix(prefix));
+        self.train_pass(gpu, ws, None, ids, targets, b, t, None, None, virt)
+    }
+
+    /// Logits `[B*T, V]` with prefix tuning (see [`LlamaModel::forward_backward_prefix`]).
+    pub async fn logits_prefix(
+        &self,
+        gpu: &Gpu,
+        prefix: &PrefixGpu,
+        ids: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        let ws =
+            Workspace::new(gpu, self, None, (b * t).max(1), false)?.with_prefix(gpu, prefix, b)?;
+        let m = self.record_decoder(
+            gpu,
+            &ws,
+            None,
+            ids,
+            b,
+            t,
+            None,
+            Some(Virtual::Prefix(prefix)),
+        )?;
+        let mut enc = gpu.encoder();
+        self.head().head_fwd(&mut enc, &ws.hbuf, &ws.logits, m)?;
+        enc.submit();
+        let mut out = gpu.read::<f32>(ws.logits()).await?;
+        out.truncate(m * self.config.vocab_size);
+        Ok(out)
     }
 
     /// The forward half of [`LlamaModel::forward_backward`] (evaluation): per-row losses into
@@ -1030,9 +1279,14 @@ impl LlamaModel {
         t: usize,
         grad_scale: Option<f32>,
         drop: Option<LoraDropout>,
-        prompt: Option<&PromptGpu>,
+        virt: Option<Virtual<'_>>,
     ) -> Result<(), ModelError> {
         let g = grads_of(ws)?;
+        let (prompt, prefix) = match virt {
+            Some(Virtual::Prompt(pr)) => (Some(pr), None),
+            Some(Virtual::Prefix(pf)) => (None, Some(pf)),
+            None => (None, None),
+        };
         if targets.len() != ids.len() {
             return Err(ModelError::Shape(format!(
                 "forward_backward: {} targets for {} ids",
@@ -1042,7 +1296,7 @@ impl LlamaModel {
         }
         let cfg = &self.config;
         let drop = drop.filter(|d| d.p > 0.0);
-        let m = self.record_decoder(gpu, ws, lora, ids, b, t, drop, prompt)?;
+        let m = self.record_decoder(gpu, ws, lora, ids, b, t, drop, virt)?;
         let (c, hd, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
         let (h, kvh, inter) = (
             cfg.num_attention_heads,
@@ -1124,9 +1378,9 @@ impl LlamaModel {
         if grad_scale.is_none() {
             return Ok(());
         }
-        // The backward pass runs down to the lowest adapter, or through every layer to the
-        // input embeddings for prompt tuning.
-        let lowest = match (prompt, lora.and_then(|l| l.lowest_layer())) {
+        // The backward pass runs down to the lowest adapter, through every layer for prefix
+        // tuning, and to the input embeddings for prompt tuning.
+        let lowest = match (virt, lora.and_then(|l| l.lowest_layer())) {
             (Some(_), _) => 0,
             (None, Some(l)) => l,
             (None, None) => return Ok(()),
@@ -1163,9 +1417,7 @@ impl LlamaModel {
                 // output overwrites the next layer's input, which is no longer needed.
                 let next = ws.stream_after(i, n_layers);
                 self.record_layer(&mut enc, lora, a, i, &scratch, next, m, |enc, a| {
-                    Ok(nn::attention_fwd(
-                        enc, &a.q, &a.k, &a.v, &a.attn, &a.lse, b, t, t, h, kvh, hd, scale,
-                    )?)
+                    self.record_attention(enc, ws, a, i, b, t, prefix)
                 })?;
             }
             // MLP: x3 = x2 + down(swiglu(gate(h2), up(h2))); g.dx holds dx3.
@@ -1213,10 +1465,65 @@ impl LlamaModel {
             self.linear_bwd(
                 &mut enc, lora, a, g, i, 3, &a.attn, &g.dx, &g.dattn, m, false, bd,
             )?;
-            nn::attention_bwd(
-                &mut enc, &g.dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, &g.dq, &g.dk, &g.dv, b, t,
-                t, h, kvh, hd, scale,
-            )?;
+            match (prefix, ws.prefix_kv(i), &ws.prefix) {
+                (
+                    Some(pf),
+                    Some((kf, vf)),
+                    Some(PrefixBufs {
+                        dkf: Some(dkf),
+                        dvf: Some(dvf),
+                        ..
+                    }),
+                ) => {
+                    nn::attention_bwd(
+                        &mut enc,
+                        &g.dattn,
+                        &a.q,
+                        kf,
+                        vf,
+                        &a.attn,
+                        &a.lse,
+                        &g.dq,
+                        dkf,
+                        dvf,
+                        b,
+                        t,
+                        pf.p + t,
+                        h,
+                        kvh,
+                        hd,
+                        scale,
+                    )?;
+                    nn::prefix_bwd(
+                        &mut enc,
+                        dkf,
+                        dvf,
+                        &g.dk,
+                        &g.dv,
+                        &pf.grad,
+                        i,
+                        pf.n_layers,
+                        b,
+                        t,
+                        pf.p,
+                        pf.kvd,
+                    )?;
+                }
+                (Some(_), _, _) => {
+                    return Err(ModelError::Shape(
+                        "prefix tuning needs a training workspace made with Workspace::with_prefix"
+                            .into(),
+                    ))
+                }
+                (None, _, _) => nn::attention_bwd(
+                    &mut enc, &g.dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, &g.dq, &g.dk, &g.dv, b,
+                    t, t, h, kvh, hd, scale,
+                )?,
+            }
+            // Prefix tuning: below layer 0's keys and values nothing is trained.
+            if prefix.is_some() && i == 0 {
+                break;
+            }
             nn::rope_bwd(&mut enc, &g.dq, &ws.pos, &self.inv_freq, m, h, hd)?;
             nn::rope_bwd(&mut enc, &g.dk, &ws.pos, &self.inv_freq, m, kvh, hd)?;
             nn::rmsnorm_fwd(

@@ -159,7 +159,12 @@ pub fn shift_labels(labels: &[i32], b: usize, t: usize) -> Vec<i32> {
 
 /// Positions `0..T` for each of `B` sequences.
 pub fn positions(b: usize, t: usize) -> Vec<u32> {
-    (0..b * t).map(|i| (i % t) as u32).collect()
+    positions_from(b, t, 0)
+}
+
+/// Positions `p0..p0+T` for each of `B` sequences (after `p0` cached or prefix positions).
+pub fn positions_from(b: usize, t: usize, p0: usize) -> Vec<u32> {
+    (0..b * t).map(|i| (p0 + i % t) as u32).collect()
 }
 
 /// `y = x · wᵀ (+ bias) (+ LoRA)`; returns `(y, h)` with `h = x · aᵀ` when LoRA is present.
@@ -236,11 +241,13 @@ fn run_forward(
     t: usize,
     drop: Option<LoraDropout>,
     x0: Option<Vec<f32>>,
+    prefix: Option<&[f32]>,
 ) -> Forward {
     let m = b * t;
     let (c, hd) = (d.hidden, d.head_dim);
     let (r, scale) = lora.map_or((0, 0.0), |l| (l.r, l.scale));
-    let pos = positions(b, t);
+    let np = prefix.map_or(0, |pf| prefix_len(d, pf));
+    let pos = positions_from(b, t, np);
     let mut x = match x0 {
         Some(x) => {
             assert_eq!(x.len(), m * c, "forward: input embeddings length");
@@ -274,13 +281,18 @@ fn run_forward(
         let q = nn::rope_fwd(&proj(0, &h1), &pos, &d.inv_freq, m, d.heads, hd);
         let k = nn::rope_fwd(&proj(1, &h1), &pos, &d.inv_freq, m, d.kv_heads, hd);
         let v = proj(2, &h1);
+        // Prefix tuning: the layer's key/value prefixes in front of each sequence's own.
+        let (k, v) = match prefix {
+            Some(pf) => nn::prefix_fwd(pf, &k, &v, li, d.layers, b, t, np, d.kv_heads * hd),
+            None => (k, v),
+        };
         let (attn, _lse) = nn::attention_fwd(
             &q,
             &k,
             &v,
             b,
             t,
-            t,
+            np + t,
             d.heads,
             d.kv_heads,
             hd,
@@ -332,7 +344,7 @@ pub fn forward(
     b: usize,
     t: usize,
 ) -> Vec<f32> {
-    run_forward(d, w, lora, ids, b, t, None, None).logits
+    run_forward(d, w, lora, ids, b, t, None, None, None).logits
 }
 
 /// Mean cross-entropy over the non-ignored `targets` (already shifted, see [`shift_labels`]).
@@ -360,7 +372,7 @@ pub fn loss_with(
     t: usize,
     drop: Option<LoraDropout>,
 ) -> f32 {
-    let f = run_forward(d, w, lora, ids, b, t, drop, None);
+    let f = run_forward(d, w, lora, ids, b, t, drop, None, None);
     mean_loss(
         &nn::cross_entropy_fwd(&f.logits, targets, b * t, d.vocab).loss_rows,
         targets,
@@ -408,28 +420,42 @@ pub fn loss_and_grads_with(
     t: usize,
     drop: Option<LoraDropout>,
 ) -> (f32, Lora) {
-    let (loss, grads, _) = loss_grads_dx(d, w, lora, None, ids, targets, b, t, drop);
-    (loss, grads)
+    let g = loss_grads_dx(d, w, lora, None, None, ids, targets, b, t, drop);
+    (g.loss, g.lora)
 }
 
-/// The loss, the LoRA gradients and the gradient of the decoder's input `x0` (`[B*T, C]`; the
-/// embedding output, or `x0` when given instead of embedding `ids`).
+/// What [`loss_grads_dx`] computes.
+struct Grads {
+    loss: f32,
+    /// The LoRA gradients (same layout as the adapters).
+    lora: Lora,
+    /// The gradient of the decoder's input `[B*T, C]`.
+    dx: Vec<f32>,
+    /// The gradient of the prefix `[P, L*2*KVD]` (empty without one).
+    prefix: Vec<f32>,
+}
+
+/// The loss, the LoRA gradients, the gradient of the decoder's input `x0` (`[B*T, C]`; the
+/// embedding output, or `x0` when given instead of embedding `ids`) and of the prefix if any.
 #[allow(clippy::too_many_arguments)]
 fn loss_grads_dx(
     d: &Dims,
     w: &Weights,
     lora: &Lora,
     x0: Option<Vec<f32>>,
+    prefix: Option<&[f32]>,
     ids: &[u32],
     targets: &[i32],
     b: usize,
     t: usize,
     drop: Option<LoraDropout>,
-) -> (f32, Lora, Vec<f32>) {
+) -> Grads {
     let m = b * t;
     let (c, hd, v) = (d.hidden, d.head_dim, d.vocab);
     let (r, scale) = (lora.r, lora.scale);
-    let f = run_forward(d, w, Some(lora), ids, b, t, drop, x0);
+    let np = prefix.map_or(0, |pf| prefix_len(d, pf));
+    let mut dprefix = vec![0f32; prefix.map_or(0, |pf| pf.len())];
+    let f = run_forward(d, w, Some(lora), ids, b, t, drop, x0, prefix);
     let ce = nn::cross_entropy_fwd(&f.logits, targets, m, v);
     let nvalid = targets
         .iter()
@@ -453,13 +479,18 @@ fn loss_grads_dx(
             .collect(),
     };
     if nvalid == 0 {
-        return (loss, grads, vec![0.0; m * c]);
+        return Grads {
+            loss,
+            lora: grads,
+            dx: vec![0.0; m * c],
+            prefix: dprefix,
+        };
     }
     let dlogits = nn::cross_entropy_bwd(&f.logits, targets, &ce.lse, m, v, 1.0 / nvalid as f32);
     let head = w.lm_head.as_ref().unwrap_or(&w.embed);
     let dhf = nn::matmul_bwd_input(&dlogits, head, m, c, v);
     let mut dx = nn::rmsnorm_bwd(&dhf, &f.x_final, &w.norm, &f.rstdf, m, c);
-    let pos = positions(b, t);
+    let pos = positions_from(b, t, np);
     for li in (0..d.layers).rev() {
         let layer = &w.layers[li];
         let cache = &f.caches[li];
@@ -519,12 +550,27 @@ fn loss_grads_dx(
             &cache.v,
             b,
             t,
-            t,
+            np + t,
             d.heads,
             d.kv_heads,
             hd,
             1.0 / (hd as f32).sqrt(),
         );
+        let (dk, dv) = if prefix.is_some() {
+            nn::prefix_bwd(
+                &dk,
+                &dv,
+                &mut dprefix,
+                li,
+                d.layers,
+                b,
+                t,
+                np,
+                d.kv_heads * hd,
+            )
+        } else {
+            (dk, dv)
+        };
         let dq = nn::rope_bwd(&dq, &pos, &d.inv_freq, m, d.heads, hd);
         let dk = nn::rope_bwd(&dk, &pos, &d.inv_freq, m, d.kv_heads, hd);
         let mut dh1 = back(0, &cache.h1, &dq);
@@ -537,7 +583,12 @@ fn loss_grads_dx(
         );
         dx = dxl;
     }
-    (loss, grads, dx)
+    Grads {
+        loss,
+        lora: grads,
+        dx,
+        prefix: dprefix,
+    }
 }
 
 /// Prompt tuning (PEFT `PROMPT_TUNING`): the decoder input of each sequence is the `P` trainable
@@ -587,16 +638,73 @@ pub fn prompt_loss_and_grad(
     let c = d.hidden;
     let p = prompt.len() / c;
     let tp = p + t;
-    let none = Lora {
+    let x0 = prompt_inputs(d, w, prompt, ids, b, t);
+    let g = loss_grads_dx(d, w, &no_lora(d), Some(x0), None, &[], targets, b, tp, None);
+    let mut grad = vec![0f32; p * c];
+    for s in 0..b {
+        acc(&mut grad, &g.dx[s * tp * c..(s * tp + p) * c]);
+    }
+    (g.loss, grad)
+}
+
+/// An adapter set without pairs.
+fn no_lora(d: &Dims) -> Lora {
+    Lora {
         r: 0,
         scale: 0.0,
         layers: (0..d.layers).map(|_| Default::default()).collect(),
-    };
-    let x0 = prompt_inputs(d, w, prompt, ids, b, t);
-    let (loss, _, dx) = loss_grads_dx(d, w, &none, Some(x0), &[], targets, b, tp, None);
-    let mut grad = vec![0f32; p * c];
-    for s in 0..b {
-        acc(&mut grad, &dx[s * tp * c..(s * tp + p) * c]);
     }
-    (loss, grad)
+}
+
+/// Number of virtual tokens `P` of a prefix `[P, L*2*KVD]`.
+///
+/// Panics if the length is not a positive multiple of a row.
+pub fn prefix_len(d: &Dims, prefix: &[f32]) -> usize {
+    let row = d.layers * 2 * d.kv_heads * d.head_dim;
+    assert!(
+        row > 0 && !prefix.is_empty() && prefix.len().is_multiple_of(row),
+        "prefix of {} values is not [P, {row}]",
+        prefix.len()
+    );
+    prefix.len() / row
+}
+
+/// Logits `[B*T, V]` with prefix tuning (PEFT `PREFIX_TUNING`): every layer's attention also
+/// sees its `P` key/value rows of `prefix` (`[P, L*2*KVD]`, see [`nn::prefix_fwd`]) and the tokens
+/// sit at positions `P..P+T`.
+pub fn prefix_forward(
+    d: &Dims,
+    w: &Weights,
+    prefix: &[f32],
+    ids: &[u32],
+    b: usize,
+    t: usize,
+) -> Vec<f32> {
+    run_forward(d, w, None, ids, b, t, None, None, Some(prefix)).logits
+}
+
+/// Prefix tuning's loss and the gradient of the prefix `[P, L*2*KVD]` (summed over the batch),
+/// for a frozen model without adapters; `targets` per real position (see [`shift_labels`]).
+pub fn prefix_loss_and_grad(
+    d: &Dims,
+    w: &Weights,
+    prefix: &[f32],
+    ids: &[u32],
+    targets: &[i32],
+    b: usize,
+    t: usize,
+) -> (f32, Vec<f32>) {
+    let g = loss_grads_dx(
+        d,
+        w,
+        &no_lora(d),
+        None,
+        Some(prefix),
+        ids,
+        targets,
+        b,
+        t,
+        None,
+    );
+    (g.loss, g.prefix)
 }
