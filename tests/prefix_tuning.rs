@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::hf::{fixture, read_tensors, reference_model};
+use common::hf::{fixture, fixture_dataset, peft_recipe, read_tensors, reference_model};
 use common::{assert_close, gpu};
 use tinytune::model::{LlamaModel, ModelSource, PrefixGpu, Quant, Workspace};
 use tinytune::reference::llama;
@@ -148,6 +148,170 @@ fn gpu_prefix_tuning_matches_reference_and_peft() {
             assert!(model
                 .forward_backward_prefix(gpu, &plain, &pg, &ids, &targets, b, t, 1.0)
                 .is_err());
+        }
+    }
+}
+
+/// PEFT's saved prefix-tuning adapters (plain, and with the projection folded in) read back as
+/// their prefixes, and tinytune writes the very same two files; a LoRA config is refused, and the
+/// any-method reader picks the right kind.
+#[test]
+fn prefix_adapter_files_round_trip_with_peft() {
+    use tinytune::train::{PeftAdapter, PeftMethod, PrefixAdapter, TrainError};
+    for name in MODELS {
+        for (dir, proj) in [("init", false), ("proj_trained", true)] {
+            let dir = fixture(&format!("{name}/prefix_tuning/{dir}"));
+            let ad = PrefixAdapter::load(&dir).unwrap();
+            assert_eq!(ad.config.num_virtual_tokens, 4);
+            assert_eq!(
+                (ad.config.token_dim, ad.config.num_attention_heads),
+                (32, 2)
+            );
+            assert_eq!(ad.config.prefix_projection, proj);
+            assert_eq!(ad.prefix.len(), 4 * 2 * 2 * 32);
+            for (file, bytes) in ad.to_files().unwrap() {
+                let want = std::fs::read(dir.join(&file)).unwrap();
+                assert!(
+                    bytes == want,
+                    "{name}: {file} differs from PEFT's:\n{}",
+                    String::from_utf8_lossy(&bytes)
+                );
+            }
+            let any = PeftAdapter::load(&dir).unwrap();
+            assert_eq!(any.method(), PeftMethod::PrefixTuning);
+            assert_eq!(any.virtual_tokens(), 4);
+        }
+        let fx = read_tensors(&format!("{name}/prefix_tuning/plain.safetensors"));
+        let init = PrefixAdapter::load(&fixture(&format!("{name}/prefix_tuning/init"))).unwrap();
+        assert_eq!(init.prefix, fx["init.prefix"].1);
+        let lora = fixture(&format!("{name}/lora_init"));
+        let cfg = std::fs::read(lora.join("adapter_config.json")).unwrap();
+        let st = std::fs::read(lora.join("adapter_model.safetensors")).unwrap();
+        match PrefixAdapter::from_bytes(&cfg, &st, "x") {
+            Err(TrainError::Adapter { file, msg }) => {
+                assert!(file.ends_with("adapter_config.json") && msg.contains("PREFIX_TUNING"));
+            }
+            other => panic!("expected an adapter error, got {other:?}"),
+        }
+        assert_eq!(
+            PeftAdapter::from_bytes(&cfg, &st, "x").unwrap().method(),
+            PeftMethod::Lora
+        );
+    }
+}
+
+/// The trainer on prefix tuning: 3 AdamW steps (lr 1e-2, wd 0.01, clip 1.0, constant) from PEFT's
+/// initial prefix on the fixture batch give PEFT's losses, gradient norms and prefix; the saved
+/// adapter evaluates to the trainer's own loss.
+#[test]
+fn prefix_tuning_three_steps_match_peft() {
+    use tinytune::train::{
+        evaluate, AdapterGpu, PeftAdapter, PeftMethod, PrefixAdapter, PrefixStart, Start, Trainer,
+    };
+    let Some(gpu) = gpu() else { return };
+    for name in MODELS {
+        let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+        let model = LlamaModel::load(gpu, &src, Quant::None).unwrap();
+        let rel = format!("{name}/prefix_tuning/plain.safetensors");
+        let fx = read_tensors(&rel);
+        let data = fixture_dataset(&rel);
+        let cfg = peft_recipe(3, data.examples.len());
+        let init = PrefixAdapter::load(&fixture(&format!("{name}/prefix_tuning/init"))).unwrap();
+        let start = Start::Prefix(PrefixStart::Adapter(init));
+        let mut tr = Trainer::new(gpu, &model, cfg, data.clone(), start, Box::new(|| 0.0)).unwrap();
+        assert_eq!(tr.method(), PeftMethod::PrefixTuning);
+        assert_eq!(tr.n_params(), 4 * 2 * 2 * 32);
+        for k in 1..=3usize {
+            let rec = pollster::block_on(tr.step()).unwrap().expect("a step");
+            let what = format!("{name} prefix step {k}");
+            assert_close(
+                &format!("{what} loss"),
+                &[rec.loss as f32],
+                &fx["loss"].1[k - 1..k],
+                LOSS_ATOL,
+                LOSS_RTOL,
+            );
+            assert_close(
+                &format!("{what} grad_norm"),
+                &[rec.grad_norm as f32],
+                &fx["grad_norm"].1[k - 1..k],
+                0.0,
+                1e-4,
+            );
+        }
+        assert!(pollster::block_on(tr.step()).unwrap().is_none());
+        let trained = pollster::block_on(tr.prefix_adapter()).unwrap();
+        assert_close(
+            &format!("{name} prefix after 3 steps"),
+            &trained.prefix,
+            &fx["step3.prefix"].1,
+            1e-5,
+            1e-3,
+        );
+        assert!(pollster::block_on(tr.adapter()).is_err(), "no LoRA here");
+        assert!(pollster::block_on(tr.prompt_adapter()).is_err());
+        // The adapter's files evaluate (tinytune eval's path) to the trainer's own loss on them.
+        let files = pollster::block_on(tr.adapter_files()).unwrap();
+        let get = |n: &str| files.iter().find(|(f, _)| f == n).unwrap().1.clone();
+        let any = PeftAdapter::from_bytes(
+            &get("adapter_config.json"),
+            &get("adapter_model.safetensors"),
+            "trained",
+        )
+        .unwrap();
+        let ag = AdapterGpu::upload(gpu, &model, &any).unwrap();
+        let (loss, n) = pollster::block_on(evaluate(gpu, &model, Some(&ag), &data, 1)).unwrap();
+        let want = pollster::block_on(tr.loss_on(&data.examples)).unwrap();
+        assert!(n > 0);
+        assert_close(
+            &format!("{name} eval of the saved prefix"),
+            &[loss as f32],
+            &[want as f32],
+            1e-6,
+            1e-5,
+        );
+    }
+}
+
+/// Generation with a prefix-tuning adapter: the KV decoder caches the prefix first and its logits,
+/// token by token, equal PEFT's (the initial plain prefix, and a trained adapter with its
+/// projection folded, loaded as PEFT loads it for inference).
+#[test]
+fn kv_decoder_with_prefix_matches_peft_logits() {
+    use tinytune::model::KvDecoder;
+    use tinytune::train::PrefixAdapter;
+    let Some(gpu) = gpu() else { return };
+    for name in MODELS {
+        let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+        let model = LlamaModel::load(gpu, &src, Quant::None).unwrap();
+        let v = model.config.vocab_size;
+        for (dir, file, key) in [
+            ("init", "plain", "logits_init"),
+            ("proj_trained", "proj", "logits_trained"),
+        ] {
+            let fx = read_tensors(&format!("{name}/prefix_tuning/{file}.safetensors"));
+            let (shape, ids) = &fx["input_ids_i32"];
+            let t = shape[1];
+            let ad = PrefixAdapter::load(&fixture(&format!("{name}/prefix_tuning/{dir}"))).unwrap();
+            let p = ad.config.num_virtual_tokens;
+            let pf = PrefixGpu::upload(gpu, &model.config, &ad.prefix, p).unwrap();
+            let mut dec = KvDecoder::new(gpu, &model, None, p + t)
+                .unwrap()
+                .with_prefix(&pf)
+                .unwrap();
+            dec.begin().unwrap();
+            assert_eq!(dec.len(), p);
+            let want = &fx[key].1; // [2, T, V]
+            for (i, &id) in ids[..t].iter().enumerate() {
+                let got = pollster::block_on(dec.feed(&[id as u32])).unwrap();
+                assert_close(
+                    &format!("{name} {dir}: prefix-tuned decoder logits at token {i}"),
+                    &got,
+                    &want[i * v..(i + 1) * v],
+                    LOGITS_ATOL,
+                    LOGITS_RTOL,
+                );
+            }
         }
     }
 }

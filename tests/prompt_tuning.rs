@@ -4,10 +4,11 @@
 
 mod common;
 
-use common::hf::{fixture, read_tensors, reference_model};
+use common::hf::{fixture, fixture_dataset, peft_recipe, read_tensors, reference_model};
 use common::{assert_close, gpu};
 use tinytune::model::{LlamaModel, ModelSource, PromptGpu, Quant, Workspace};
 use tinytune::reference::llama;
+use tinytune::train::PeftMethod;
 
 const MODELS: [&str; 2] = ["llama", "qwen2"];
 
@@ -160,48 +161,19 @@ fn prompt_adapter_files_round_trip_with_peft() {
 /// initial prompt on the fixture batch give PEFT's losses, gradient norms and embeddings.
 #[test]
 fn prompt_tuning_three_steps_match_peft() {
-    use tinytune::train::{
-        AdamWConfig, DataStats, Dataset, Example, PromptAdapter, PromptStart, ScheduleKind, Start,
-        Stop, TrainConfig, Trainer,
-    };
+    use tinytune::train::{PromptAdapter, PromptStart, Start, Trainer};
     let Some(gpu) = gpu() else { return };
     for name in MODELS {
         let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
         let model = LlamaModel::load(gpu, &src, Quant::None).unwrap();
-        let fx = read_tensors(&format!("{name}/prompt_tuning/prompt_tuning.safetensors"));
-        let (shape, ids) = &fx["input_ids_i32"];
-        let (b, t) = (shape[0], shape[1]);
-        let labels = &fx["labels_i32"].1;
-        let data = Dataset {
-            seq_len: t,
-            examples: (0..b)
-                .map(|r| Example {
-                    input_ids: ids[r * t..(r + 1) * t].iter().map(|&v| v as u32).collect(),
-                    labels: labels[r * t..(r + 1) * t]
-                        .iter()
-                        .map(|&v| v as i32)
-                        .collect(),
-                    len: t,
-                })
-                .collect(),
-            stats: DataStats::default(),
-        };
-        let cfg = TrainConfig {
-            batch_size: b,
-            stop: Stop::Steps(3),
-            lr: 1e-2,
-            schedule: ScheduleKind::Constant,
-            max_grad_norm: 1.0,
-            adamw: AdamWConfig {
-                weight_decay: 0.01,
-                ..AdamWConfig::default()
-            },
-            ..TrainConfig::default()
-        };
+        let rel = format!("{name}/prompt_tuning/prompt_tuning.safetensors");
+        let fx = read_tensors(&rel);
+        let data = fixture_dataset(&rel);
+        let cfg = peft_recipe(3, data.examples.len());
         let init = PromptAdapter::load(&fixture(&format!("{name}/prompt_tuning/init"))).unwrap();
         let start = Start::Prompt(PromptStart::Adapter(init));
         let mut tr = Trainer::new(gpu, &model, cfg, data, start, Box::new(|| 0.0)).unwrap();
-        assert!(tr.is_prompt_tuning() && tr.n_params() == 4 * 64);
+        assert!(tr.method() == PeftMethod::PromptTuning && tr.n_params() == 4 * 64);
         for k in 1..=3usize {
             let rec = pollster::block_on(tr.step()).unwrap().expect("a step");
             let what = format!("{name} prompt step {k}");

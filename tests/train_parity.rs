@@ -5,13 +5,10 @@
 
 mod common;
 
-use common::hf::{fixture, read_tensors};
+use common::hf::{fixture, fixture_dataset, peft_recipe, read_tensors};
 use common::{assert_close, gpu};
 use tinytune::model::{LlamaModel, ModelSource, Quant};
-use tinytune::train::{
-    AdamWConfig, Adapter, DataStats, Dataset, Example, ScheduleKind, Start, Stop, TrainConfig,
-    Trainer,
-};
+use tinytune::train::{Adapter, Start, Trainer};
 
 const MODELS: [&str; 3] = ["llama", "llama_tied_llama3", "qwen2"];
 
@@ -34,45 +31,6 @@ fn rel_norm(a: &[f32], b: &[f32]) -> f64 {
     (d / n.max(f64::MIN_POSITIVE)).sqrt()
 }
 
-fn dataset(rel: &str) -> Dataset {
-    let tr = read_tensors(rel);
-    let (shape, ids) = &tr["input_ids_i32"];
-    let (b, t) = (shape[0], shape[1]);
-    let labels = &tr["labels_i32"].1;
-    let examples = (0..b)
-        .map(|r| Example {
-            input_ids: ids[r * t..(r + 1) * t].iter().map(|&v| v as u32).collect(),
-            labels: labels[r * t..(r + 1) * t]
-                .iter()
-                .map(|&v| v as i32)
-                .collect(),
-            len: t,
-        })
-        .collect();
-    Dataset {
-        seq_len: t,
-        examples,
-        stats: DataStats::default(),
-    }
-}
-
-/// The fixture recipe: constant lr 1e-2, AdamW (0.9, 0.999, 1e-8, wd 0.01), clip 1.0, the whole
-/// batch every step.
-fn recipe(steps: u64) -> TrainConfig {
-    TrainConfig {
-        batch_size: 2,
-        stop: Stop::Steps(steps),
-        lr: 1e-2,
-        schedule: ScheduleKind::Constant,
-        max_grad_norm: 1.0,
-        adamw: AdamWConfig {
-            weight_decay: 0.01,
-            ..AdamWConfig::default()
-        },
-        ..TrainConfig::default()
-    }
-}
-
 fn check_run(name: &str, quant: Quant, train_rel: &str) {
     let gpu = gpu().unwrap();
     let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
@@ -82,8 +40,8 @@ fn check_run(name: &str, quant: Quant, train_rel: &str) {
     let mut tr = Trainer::new(
         gpu,
         &model,
-        recipe(3),
-        dataset(train_rel),
+        peft_recipe(3, 2),
+        fixture_dataset(train_rel),
         Start::Adapter(init),
         Box::new(|| 0.0),
     )
@@ -176,9 +134,17 @@ fn checkpoint_resume_continues_the_same_run() {
     let init = || Adapter::load(&fixture(&format!("{name}/lora_init"))).unwrap();
     // With LoRA dropout: the masks come from the trainer's RNG, which the checkpoint carries.
     let run = |start: Start, steps: u64| {
-        let mut cfg = recipe(steps);
+        let mut cfg = peft_recipe(steps, 2);
         cfg.lora.dropout = 0.1;
-        Trainer::new(gpu, &model, cfg, dataset(&rel), start, Box::new(|| 0.0)).unwrap()
+        Trainer::new(
+            gpu,
+            &model,
+            cfg,
+            fixture_dataset(&rel),
+            start,
+            Box::new(|| 0.0),
+        )
+        .unwrap()
     };
     let mut full = run(Start::Adapter(init()), 3);
     let mut losses = Vec::new();

@@ -6,6 +6,7 @@ use tinytune::model::llama::{config_inv_freq, linear_path};
 use tinytune::model::ModelSource;
 use tinytune::reference::llama::{Dims, Layer, Linear, Weights};
 use tinytune::reference::nf4::Nf4Tensor;
+use tinytune::train::{AdamWConfig, DataStats, Dataset, Example, ScheduleKind, Stop, TrainConfig};
 
 /// `tests/fixtures/hf/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -83,4 +84,45 @@ pub fn reference_model(src: &ModelSource, nf4: bool) -> (Dims, Weights) {
         lm_head: (!cfg.tie_word_embeddings).then(|| load("lm_head.weight")),
     };
     (d, w)
+}
+
+/// The batch of a fixture file (`input_ids_i32`, `labels_i32` `[B, T]`) as a dataset of `B`
+/// examples of `T` tokens.
+pub fn fixture_dataset(rel: &str) -> Dataset {
+    let tr = read_tensors(rel);
+    let (shape, ids) = &tr["input_ids_i32"];
+    let (b, t) = (shape[0], shape[1]);
+    let labels = &tr["labels_i32"].1;
+    let examples = (0..b)
+        .map(|r| Example {
+            input_ids: ids[r * t..(r + 1) * t].iter().map(|&v| v as u32).collect(),
+            labels: labels[r * t..(r + 1) * t]
+                .iter()
+                .map(|&v| v as i32)
+                .collect(),
+            len: t,
+        })
+        .collect();
+    Dataset {
+        seq_len: t,
+        examples,
+        stats: DataStats::default(),
+    }
+}
+
+/// The PEFT fixtures' recipe: constant lr 1e-2, AdamW (0.9, 0.999, 1e-8, wd 0.01), clip 1.0,
+/// the whole batch of `batch_size` rows every step, `steps` steps.
+pub fn peft_recipe(steps: u64, batch_size: usize) -> TrainConfig {
+    TrainConfig {
+        batch_size,
+        stop: Stop::Steps(steps),
+        lr: 1e-2,
+        schedule: ScheduleKind::Constant,
+        max_grad_norm: 1.0,
+        adamw: AdamWConfig {
+            weight_decay: 0.01,
+            ..AdamWConfig::default()
+        },
+        ..TrainConfig::default()
+    }
 }

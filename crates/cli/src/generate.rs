@@ -9,10 +9,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tinytune_gpu::{Gpu, GpuOptions};
 use tinytune_model::{
-    stop_ids, GenerateOptions, KvDecoder, LlamaModel, ModelSource, PromptGpu, SamplingParams,
-    StopReason, TextStream, Tokenizer,
+    stop_ids, GenerateOptions, KvDecoder, LlamaModel, ModelSource, SamplingParams, StopReason,
+    TextStream, Tokenizer,
 };
-use tinytune_train::{upload_adapter, Adapter, ChatMessage, ChatTemplate, PromptAdapter};
+use tinytune_train::{AdapterGpu, ChatMessage, ChatTemplate, PeftAdapter};
 
 use crate::logits::QuantArg;
 
@@ -25,8 +25,9 @@ pub struct GenerateArgs {
     /// Storage of the base model's linear layers [default: nf4].
     #[arg(long, value_enum, default_value_t = QuantArg::Nf4)]
     pub quant: QuantArg,
-    /// PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors), e.g. the
-    /// output of `tinytune train` [default: none, the base model alone].
+    /// PEFT adapter folder (adapter_config.json + adapter_model.safetensors; LoRA, prompt tuning
+    /// or prefix tuning), e.g. the output of `tinytune train` [default: none, the base model
+    /// alone].
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
     /// The prompt (the user message of a chat unless --raw) [one of --prompt, --prompt-file or
@@ -165,17 +166,15 @@ pub fn run(args: &GenerateArgs, gpu_name: Option<String>) -> Result<()> {
             ids.len()
         );
     }
-    // A prompt-tuning adapter (PEFT PROMPT_TUNING) prepends its virtual tokens.
-    let prompt_adapter = match &args.adapter {
-        Some(dir) if is_prompt_tuning(dir) => Some(
-            PromptAdapter::load(dir)
+    // Prompt- and prefix-tuning adapters put their virtual positions first.
+    let adapter = match &args.adapter {
+        Some(dir) => Some(
+            PeftAdapter::load(dir)
                 .with_context(|| format!("cannot load the adapter {}", dir.display()))?,
         ),
-        _ => None,
+        None => None,
     };
-    let virt = prompt_adapter
-        .as_ref()
-        .map_or(0, |a| a.config.num_virtual_tokens);
+    let virt = adapter.as_ref().map_or(0, PeftAdapter::virtual_tokens);
     if ids.len() + virt >= cap {
         bail!(
             "the prompt's {} tokens and the adapter's {virt} virtual tokens leave no room to generate within {cap}",
@@ -188,30 +187,19 @@ pub fn run(args: &GenerateArgs, gpu_name: Option<String>) -> Result<()> {
     })?;
     let model = LlamaModel::load(&gpu, &src, args.quant.quant())
         .with_context(|| format!("cannot load {}", args.model.display()))?;
-    let prompt_gpu = match &prompt_adapter {
-        Some(a) => Some(PromptGpu::upload(
-            &gpu,
-            &a.embeddings,
-            a.config.num_virtual_tokens,
-            a.config.token_dim,
-        )?),
-        None => None,
+    let adapter_gpu = match (&adapter, &args.adapter) {
+        (Some(a), Some(dir)) => Some(
+            AdapterGpu::upload(&gpu, &model, a)
+                .with_context(|| format!("cannot apply the adapter {}", dir.display()))?,
+        ),
+        _ => None,
     };
-    let lora = match &args.adapter {
-        Some(_) if prompt_adapter.is_some() => None,
-        Some(dir) => {
-            let ad = Adapter::load(dir)
-                .with_context(|| format!("cannot load the adapter {}", dir.display()))?;
-            Some(
-                upload_adapter(&gpu, &model, &ad)
-                    .with_context(|| format!("cannot apply the adapter {}", dir.display()))?,
-            )
-        }
-        None => None,
-    };
-    let mut dec = KvDecoder::new(&gpu, &model, lora.as_ref(), max_len)?;
-    if let Some(pg) = &prompt_gpu {
-        dec = dec.with_prompt(pg)?;
+    let lora = adapter_gpu.as_ref().and_then(AdapterGpu::lora);
+    let mut dec = KvDecoder::new(&gpu, &model, lora, max_len)?;
+    match &adapter_gpu {
+        Some(AdapterGpu::Prompt(pg)) => dec = dec.with_prompt(pg)?,
+        Some(AdapterGpu::Prefix(pf)) => dec = dec.with_prefix(pf)?,
+        _ => {}
     }
     let opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
@@ -292,15 +280,7 @@ pub fn run(args: &GenerateArgs, gpu_name: Option<String>) -> Result<()> {
          then {rate} ({:?} base{})",
         ids.len(),
         args.quant,
-        if lora.is_some() { " + adapter" } else { "" }
+        if adapter.is_some() { " + adapter" } else { "" }
     );
     Ok(())
-}
-
-/// Whether `dir/adapter_config.json` says `"peft_type": "PROMPT_TUNING"`.
-fn is_prompt_tuning(dir: &std::path::Path) -> bool {
-    std::fs::read(dir.join("adapter_config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|v| v["peft_type"] == "PROMPT_TUNING")
 }

@@ -19,9 +19,10 @@ use tinytune_train::data::{DataConfig, EvalSplit, Stop, TextSplit};
 use tinytune_train::metrics::MetricsWriter;
 use tinytune_train::peft::Adapter;
 use tinytune_train::{
-    eval_split_from, evaluate, parse_layers_to_transform, parse_target_modules, upload_adapter,
-    AdamWConfig, Checkpoint, Dataset, LoraHyper, ModelTokenizer, PromptAdapter, PromptStart,
-    ScheduleKind, Start, TrainConfig, Trainer,
+    eval_split_from, evaluate, parse_layers_to_transform, parse_target_modules, AdamWConfig,
+    AdapterGpu, Checkpoint, Dataset, LoraHyper, ModelTokenizer, PeftAdapter, PeftMethod,
+    PrefixAdapter, PrefixStart, PromptAdapter, PromptStart, ScheduleKind, Start, TrainConfig,
+    Trainer,
 };
 
 use crate::logits::QuantArg;
@@ -54,6 +55,8 @@ pub enum PeftArg {
     Lora,
     /// Trainable virtual token embeddings (PEFT PROMPT_TUNING).
     PromptTuning,
+    /// Trainable per-layer key/value prefixes (PEFT PREFIX_TUNING).
+    PrefixTuning,
 }
 
 /// Prompt tuning's initialisation.
@@ -109,12 +112,13 @@ pub struct TrainArgs {
     /// [default: off, a new run].
     #[arg(long, value_name = "CKPT", num_args = 0..=1, default_missing_value = "latest")]
     pub resume: Option<PathBuf>,
-    /// What to train: lora (LoRA adapters; QLoRA with --quant nf4) or prompt-tuning (PEFT's
-    /// PROMPT_TUNING: --num-virtual-tokens trainable embeddings prepended to every sequence)
-    /// [default: lora].
+    /// What to train: lora (LoRA adapters; QLoRA with --quant nf4), prompt-tuning (PEFT's
+    /// PROMPT_TUNING: --num-virtual-tokens trainable embeddings prepended to every sequence) or
+    /// prefix-tuning (PEFT's PREFIX_TUNING: --num-virtual-tokens trainable key/value rows in front
+    /// of every layer's attention) [default: lora].
     #[arg(long, value_enum, default_value_t = PeftArg::Lora)]
     pub peft: PeftArg,
-    /// Prompt tuning: number of virtual tokens [default: 20].
+    /// Prompt and prefix tuning: number of virtual tokens [default: 20].
     #[arg(long, default_value_t = 20)]
     pub num_virtual_tokens: usize,
     /// Prompt tuning: initialise the virtual tokens from N(0, 1) (random) or from the embeddings of
@@ -363,7 +367,13 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         (None, Some(a)) if args.peft == PeftArg::PromptTuning => {
             Start::Prompt(PromptStart::Adapter(PromptAdapter::load(a)?))
         }
+        (None, Some(a)) if args.peft == PeftArg::PrefixTuning => {
+            Start::Prefix(PrefixStart::Adapter(PrefixAdapter::load(a)?))
+        }
         (None, Some(a)) => Start::Adapter(Adapter::load(a)?),
+        (None, None) if args.peft == PeftArg::PrefixTuning => Start::Prefix(PrefixStart::Random {
+            num_virtual_tokens: args.num_virtual_tokens,
+        }),
         (None, None) if args.peft == PeftArg::PromptTuning => {
             let p = args.num_virtual_tokens;
             Start::Prompt(match args.prompt_tuning_init {
@@ -389,8 +399,8 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         }
         (None, None) => Start::Fresh,
     };
-    if args.peft == PeftArg::PromptTuning && args.resume.is_some() {
-        bail!("--resume is not supported for prompt tuning yet");
+    if args.peft != PeftArg::Lora && args.resume.is_some() {
+        bail!("--resume is not supported for prompt and prefix tuning yet");
     }
     if let Some(r) = args.warmup_ratio {
         if !(0.0..1.0).contains(&r) {
@@ -408,11 +418,19 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     }
     let (n_train, n_eval) = trainer.n_examples();
     let c = &trainer.config;
-    let what = if trainer.is_prompt_tuning() {
+    let what = if trainer.method() == PeftMethod::PromptTuning {
         format!(
             "{} prompt-tuning parameters ({} virtual tokens; checkpoints not supported yet)",
             trainer.n_params(),
             trainer.n_params() / model.config.hidden_size
+        )
+    } else if trainer.method() == PeftMethod::PrefixTuning {
+        format!(
+            "{} prefix-tuning parameters ({} virtual tokens x {} layers x key+value; checkpoints \
+             not supported yet)",
+            trainer.n_params(),
+            args.num_virtual_tokens,
+            model.config.num_hidden_layers
         )
     } else {
         format!(
@@ -490,7 +508,9 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
             }
             None => eprintln!("step {step}/{total}: {line}"),
         }
-        if ((save_every > 0 && step % save_every == 0) || last) && !trainer.is_prompt_tuning() {
+        if ((save_every > 0 && step % save_every == 0) || last)
+            && trainer.method() == PeftMethod::Lora
+        {
             let dir = args.output_dir.join(format!("checkpoint-{step}"));
             pollster::block_on(trainer.checkpoint())?.save(&dir)?;
         }
@@ -498,11 +518,16 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     if let Some(b) = bar {
         b.finish();
     }
-    if trainer.is_prompt_tuning() {
-        pollster::block_on(trainer.prompt_adapter())?.save(&args.output_dir)?;
-    } else {
-        pollster::block_on(trainer.adapter())?.save(&args.output_dir)?;
-    }
+    let adapter = match trainer.method() {
+        PeftMethod::Lora => PeftAdapter::Lora(pollster::block_on(trainer.adapter())?),
+        PeftMethod::PromptTuning => {
+            PeftAdapter::Prompt(pollster::block_on(trainer.prompt_adapter())?)
+        }
+        PeftMethod::PrefixTuning => {
+            PeftAdapter::Prefix(pollster::block_on(trainer.prefix_adapter())?)
+        }
+    };
+    adapter.save(&args.output_dir)?;
     eprintln!(
         "saved the adapter (PEFT layout) to {} after {} steps, {:.1}s of training ({} tokens)",
         args.output_dir.display(),
@@ -517,15 +542,19 @@ pub fn run_eval(args: &EvalArgs, gpu_name: Option<String>) -> Result<()> {
     let (src, data) = load_data(&args.data)?;
     let gpu = open_gpu(gpu_name)?;
     let model = load_model(&gpu, &src, &args.data.model, args.data.quant)?;
-    let lora = match &args.adapter {
-        Some(dir) => Some(upload_adapter(&gpu, &model, &Adapter::load(dir)?)?),
+    let adapter = match &args.adapter {
+        Some(dir) => {
+            let a = PeftAdapter::load(dir)
+                .with_context(|| format!("cannot load the adapter {}", dir.display()))?;
+            Some(AdapterGpu::upload(&gpu, &model, &a)?)
+        }
         None => None,
     };
     let t = Instant::now();
     let (loss, n) = pollster::block_on(evaluate(
         &gpu,
         &model,
-        lora.as_ref(),
+        adapter.as_ref(),
         &data,
         args.data.batch_size,
     ))?;

@@ -257,10 +257,19 @@ fn train_errors_are_one_line() {
     }
 }
 
-/// `--peft prompt-tuning`: the loss falls and the output is a PEFT PROMPT_TUNING adapter; a text
-/// init works too.
+/// The `eval_loss` `tinytune eval` prints.
+fn eval_loss(args: &[&str]) -> f64 {
+    let o = tinytune(args);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["eval_loss"].as_f64().unwrap()
+}
+
+/// `--peft prompt-tuning` (random and text init) and `--peft prefix-tuning`: the loss falls, the
+/// output is a PEFT PROMPT_TUNING / PREFIX_TUNING adapter, and `eval --adapter` and
+/// `generate --adapter` take it (eval: lower loss than the base model on the training data).
 #[test]
-fn train_prompt_tuning_saves_a_peft_prompt_adapter() {
+fn train_prompt_and_prefix_tuning_save_peft_adapters() {
     if !have_gpu() {
         return;
     }
@@ -268,18 +277,23 @@ fn train_prompt_tuning_saves_a_peft_prompt_adapter() {
     let data = write_data(tmp.path());
     let (data, m) = (data.to_str().unwrap(), model());
     let m = m.to_str().unwrap();
-    for (i, init) in [
-        &["--prompt-tuning-init", "random"][..],
+    let base = eval_loss(&["eval", "--model", m, "--data", data, "--seq-len", "32"]);
+    for (i, extra) in [
+        &["--peft", "prompt-tuning", "--prompt-tuning-init", "random"][..],
         &[
+            "--peft",
+            "prompt-tuning",
             "--prompt-tuning-init",
             "text",
             "--prompt-tuning-init-text",
             "Answer like a pirate",
         ][..],
+        &["--peft", "prefix-tuning"][..],
     ]
     .iter()
     .enumerate()
     {
+        let prefix = extra[1] == "prefix-tuning";
         let out = tmp.path().join(format!("pt{i}"));
         let out_s = out.to_str().unwrap();
         // The whole training set every step (10 examples), so the loss is comparable across steps.
@@ -302,31 +316,50 @@ fn train_prompt_tuning_saves_a_peft_prompt_adapter() {
             "--eval-split",
             "2",
             "--log-steps",
-            "--peft",
-            "prompt-tuning",
             "--num-virtual-tokens",
             "5",
         ];
-        args.extend_from_slice(init);
+        args.extend_from_slice(extra);
         ok(&tinytune(&args));
         let cfg: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap())
                 .unwrap();
-        assert_eq!(cfg["peft_type"], "PROMPT_TUNING");
-        assert_eq!(cfg["num_virtual_tokens"], 5);
-        assert_eq!(cfg["token_dim"], 64);
         let st = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&st).unwrap();
-        assert_eq!(st.tensor("prompt_embeddings").unwrap().shape(), &[5, 64]);
+        let shape = st.tensor("prompt_embeddings").unwrap().shape().to_vec();
+        assert_eq!(cfg["num_virtual_tokens"], 5);
+        if prefix {
+            // The tiny Llama: 2 layers, 2 KV heads of 16 (GQA), so token_dim is 32 as in PEFT.
+            assert_eq!(cfg["peft_type"], "PREFIX_TUNING");
+            assert_eq!(cfg["token_dim"], 32);
+            assert_eq!(cfg["num_attention_heads"], 2);
+            assert_eq!(shape, [5, 2 * 2 * 32]);
+        } else {
+            assert_eq!(cfg["peft_type"], "PROMPT_TUNING");
+            assert_eq!(cfg["token_dim"], 64);
+            assert_eq!(shape, [5, 64]);
+        }
         let recs = metrics(&out);
         assert_eq!(recs.len(), 6);
         let (first, last) = (
             recs[0]["loss"].as_f64().unwrap(),
             recs[5]["loss"].as_f64().unwrap(),
         );
-        assert!(last < first, "prompt tuning loss {first} -> {last}");
+        assert!(last < first, "{extra:?}: loss {first} -> {last}");
         assert!(!out.join("checkpoint-6").exists());
-        // generate --adapter takes the prompt-tuning adapter (virtual tokens first).
+        let adapted = eval_loss(&[
+            "eval",
+            "--model",
+            m,
+            "--data",
+            data,
+            "--seq-len",
+            "32",
+            "--adapter",
+            out_s,
+        ]);
+        assert!(adapted < base, "{extra:?}: eval loss {base} -> {adapted}");
+        // generate --adapter takes it (virtual positions first).
         ok(&tinytune(&[
             "generate",
             "--model",

@@ -20,6 +20,7 @@ use tinytune_gpu::{Gpu, GpuBuffer};
 
 use crate::llama::{LayerActs, LayerScratch, LlamaModel};
 use crate::lora::LoraGpu;
+use crate::prefix::PrefixGpu;
 use crate::prompt::PromptGpu;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
@@ -42,6 +43,8 @@ pub struct KvDecoder<'a> {
     lora: Option<&'a LoraGpu>,
     /// Prompt tuning: virtual tokens fed before every prompt (positions `0..P`).
     prompt: Option<&'a PromptGpu>,
+    /// Prefix tuning: key/value rows cached before every prompt (positions `0..P`).
+    prefix: Option<&'a PrefixGpu>,
     /// Per layer `[max_len, KVH*D]` keys (after RoPE) and values.
     kcache: Vec<GpuBuffer>,
     vcache: Vec<GpuBuffer>,
@@ -134,6 +137,7 @@ impl<'a> KvDecoder<'a> {
             model,
             lora,
             prompt: None,
+            prefix: None,
             kcache,
             vcache,
             acts,
@@ -173,20 +177,67 @@ impl<'a> KvDecoder<'a> {
         Ok(self)
     }
 
-    /// Empties the cache and feeds the prompt-tuning virtual tokens, if any: what
-    /// [`KvDecoder::generate`] does first; [`KvDecoder::feed`] continues from there.
+    /// Generation with a prefix-tuning adapter: [`KvDecoder::begin`] puts every layer's key/value
+    /// prefix in its cache (positions `0..P`, as PEFT's `past_key_values`), so the prompt starts
+    /// at position `P`. Errors if the prefix is for another model or fills the cache.
+    pub fn with_prefix(mut self, prefix: &'a PrefixGpu) -> Result<KvDecoder<'a>> {
+        let cfg = &self.model.config;
+        if prefix.n_layers != self.model.layers.len()
+            || prefix.kvd != cfg.num_key_value_heads * cfg.head_dim
+            || prefix.p >= self.max_len
+        {
+            return Err(ModelError::Shape(format!(
+                "a prefix of {} virtual tokens for {} layers of width {} does not fit this decoder \
+                 ({} layers of width {}, cache {})",
+                prefix.p,
+                prefix.n_layers,
+                prefix.kvd,
+                self.model.layers.len(),
+                cfg.num_key_value_heads * cfg.head_dim,
+                self.max_len
+            )));
+        }
+        self.prefix = Some(prefix);
+        Ok(self)
+    }
+
+    /// Empties the cache and feeds the prompt-tuning virtual tokens or caches the prefix-tuning
+    /// keys and values, if any: what [`KvDecoder::generate`] does first; [`KvDecoder::feed`]
+    /// continues from there.
     pub fn begin(&mut self) -> Result<()> {
         self.reset();
         if let Some(pg) = self.prompt {
             self.record_pass(Rows::Prompt(pg))?;
             self.len = pg.p;
         }
+        if let Some(pf) = self.prefix {
+            // prefix_fwd with no real rows writes just the P prefix rows, at the cache's start.
+            let mut enc = self.gpu.encoder();
+            for i in 0..self.model.layers.len() {
+                nn::prefix_fwd(
+                    &mut enc,
+                    &pf.kv,
+                    &self.acts.k,
+                    &self.acts.v,
+                    &self.kcache[i],
+                    &self.vcache[i],
+                    i,
+                    pf.n_layers,
+                    1,
+                    0,
+                    pf.p,
+                    pf.kvd,
+                )?;
+            }
+            enc.submit();
+            self.len = pf.p;
+        }
         Ok(())
     }
 
-    /// Number of virtual tokens fed before each prompt (0 without prompt tuning).
+    /// Number of virtual positions cached before each prompt (0 without prompt or prefix tuning).
     pub fn virtual_tokens(&self) -> usize {
-        self.prompt.map_or(0, |p| p.p)
+        self.prompt.map_or(0, |p| p.p) + self.prefix.map_or(0, |p| p.p)
     }
 
     /// Positions cached so far.

@@ -16,6 +16,7 @@
 //!   flat buffer, gradient accumulation, clipping, eval, checkpoints); async only at readback.
 //! - [`model_tok`]: the model's tokenizer as the pipeline's [`Tokenize`].
 
+pub mod adapters;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
@@ -25,12 +26,14 @@ pub mod fsio;
 pub mod metrics;
 pub mod model_tok;
 pub mod peft;
+pub mod prefix;
 pub mod prompt;
 pub mod rng;
 pub mod schedule;
 pub mod tokenize;
 pub mod trainer;
 
+pub use adapters::{AdapterGpu, PeftAdapter};
 pub use chat::{ChatMessage, ChatTemplate, RenderedChat};
 pub use checkpoint::{Checkpoint, OptimizerState, TrainerState};
 pub use config::{
@@ -44,11 +47,14 @@ pub use data::{
 pub use metrics::{MetricsRecord, MetricsWriter};
 pub use model_tok::ModelTokenizer;
 pub use peft::{Adapter, LoraConfig, LoraKey, LoraModule, LoraPair, LoraWeights, TargetModules};
-pub use prompt::{PromptAdapter, PromptTuningConfig};
+pub use prefix::{PrefixAdapter, PrefixTuningConfig};
+pub use prompt::{peft_type, PromptAdapter, PromptTuningConfig};
 pub use rng::Rng;
 pub use schedule::{Schedule, ScheduleKind};
 pub use tokenize::{Tokenize, WithChatTemplate};
-pub use trainer::{evaluate, upload_adapter, Clock, PromptStart, Start, Trainer};
+pub use trainer::{
+    evaluate, upload_adapter, Clock, PeftMethod, PrefixStart, PromptStart, SoftRef, Start, Trainer,
+};
 
 /// Errors of the train crate. Every variant that comes from a file names it (and, for datasets,
 /// the 1-based line).

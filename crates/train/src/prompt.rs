@@ -62,12 +62,7 @@ impl PromptTuningConfig {
             "tokenizer_kwargs": null,
             "tokenizer_name_or_path": self.tokenizer_name_or_path,
         });
-        let sorted: BTreeMap<String, Value> = match v {
-            Value::Object(m) => m.into_iter().collect(),
-            _ => BTreeMap::new(),
-        };
-        let obj: Map<String, Value> = sorted.into_iter().collect();
-        serde_json::to_string_pretty(&Value::Object(obj)).unwrap_or_default()
+        peft_json(v)
     }
 
     /// Parses `adapter_config.json` (`file` names it in errors).
@@ -85,28 +80,7 @@ impl PromptTuningConfig {
                 .ok_or_else(|| err(format!("{k} is missing or not a whole number")))
         };
         let opt = |k: &str| s(k).map(str::to_string);
-        if s("peft_type") != Some("PROMPT_TUNING") {
-            return Err(err(format!(
-                "peft_type is {:?}, expected \"PROMPT_TUNING\"",
-                v.get("peft_type")
-            )));
-        }
-        if let Some(t) = s("task_type") {
-            if t != "CAUSAL_LM" {
-                return Err(err(format!(
-                    "task_type {t:?} is not supported (CAUSAL_LM only)"
-                )));
-            }
-        }
-        let subs = v
-            .get("num_transformer_submodules")
-            .and_then(Value::as_u64)
-            .unwrap_or(1);
-        if subs != 1 {
-            return Err(err(format!(
-                "num_transformer_submodules {subs} is not supported (decoder-only models have 1)"
-            )));
-        }
+        check_prompt_learning(&v, "PROMPT_TUNING", file)?;
         let cfg = PromptTuningConfig {
             num_virtual_tokens: n("num_virtual_tokens")?,
             token_dim: n("token_dim")?,
@@ -155,44 +129,112 @@ impl PromptAdapter {
             msg: format!("not UTF-8: {e}"),
         })?;
         let config = PromptTuningConfig::from_json(text, &cfg_file)?;
-        let (tensors, _) = read_f32_safetensors(safetensors, &st_file)?;
-        let (shape, data) = tensors
-            .get(PROMPT_EMBEDDINGS)
-            .ok_or_else(|| TrainError::Adapter {
-                file: st_file.clone(),
-                msg: format!("no {PROMPT_EMBEDDINGS} tensor"),
-            })?;
-        if shape != &[config.num_virtual_tokens, config.token_dim] {
-            return Err(TrainError::Adapter {
-                file: st_file,
-                msg: format!(
-                    "{PROMPT_EMBEDDINGS} has shape {shape:?}, the config says [{}, {}]",
-                    config.num_virtual_tokens, config.token_dim
-                ),
-            });
-        }
-        Ok(PromptAdapter {
-            config,
-            embeddings: data.clone(),
-        })
+        let shape = [config.num_virtual_tokens, config.token_dim];
+        let embeddings = read_prompt_embeddings(safetensors, &shape, &st_file)?;
+        Ok(PromptAdapter { config, embeddings })
     }
 
     /// Writes the two files into `dir` (created if missing), each atomically; other files of
     /// `dir` stay (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn save(&self, dir: &std::path::Path) -> Result<()> {
-        crate::fsio::create_dir_all(dir)?;
-        for (name, bytes) in self.to_files()? {
-            crate::fsio::write_atomic(&dir.join(name), &bytes)?;
-        }
-        Ok(())
+        save_files(dir, self.to_files()?)
     }
 
     /// Reads an adapter directory (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(dir: &std::path::Path) -> Result<PromptAdapter> {
-        let cfg = crate::fsio::read(&dir.join(ADAPTER_CONFIG))?;
-        let st = crate::fsio::read(&dir.join(ADAPTER_WEIGHTS))?;
+        let (cfg, st) = read_files(dir)?;
         PromptAdapter::from_bytes(&cfg, &st, &dir.display().to_string())
     }
+}
+
+/// An `adapter_config.json` value as PEFT writes it: sorted keys, two-space indent.
+pub(crate) fn peft_json(v: Value) -> String {
+    let sorted: BTreeMap<String, Value> = match v {
+        Value::Object(m) => m.into_iter().collect(),
+        _ => BTreeMap::new(),
+    };
+    let obj: Map<String, Value> = sorted.into_iter().collect();
+    serde_json::to_string_pretty(&Value::Object(obj)).unwrap_or_default()
+}
+
+/// Checks the fields every prompt-learning config shares: `peft_type`, a causal-LM task, one
+/// transformer submodule.
+pub(crate) fn check_prompt_learning(v: &Value, peft_type: &str, file: &str) -> Result<()> {
+    let err = |msg: String| TrainError::Adapter {
+        file: file.to_string(),
+        msg,
+    };
+    let s = |k: &str| v.get(k).and_then(Value::as_str);
+    if s("peft_type") != Some(peft_type) {
+        return Err(err(format!(
+            "peft_type is {:?}, expected \"{peft_type}\"",
+            v.get("peft_type")
+        )));
+    }
+    if let Some(t) = s("task_type") {
+        if t != "CAUSAL_LM" {
+            return Err(err(format!(
+                "task_type {t:?} is not supported (CAUSAL_LM only)"
+            )));
+        }
+    }
+    let subs = v
+        .get("num_transformer_submodules")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    if subs != 1 {
+        return Err(err(format!(
+            "num_transformer_submodules {subs} is not supported (decoder-only models have 1)"
+        )));
+    }
+    Ok(())
+}
+
+/// The `prompt_embeddings` tensor of an adapter's safetensors, checked against `shape`.
+pub(crate) fn read_prompt_embeddings(
+    safetensors: &[u8],
+    shape: &[usize],
+    st_file: &str,
+) -> Result<Vec<f32>> {
+    let (mut tensors, _) = read_f32_safetensors(safetensors, st_file)?;
+    let (got, data) = tensors
+        .remove(PROMPT_EMBEDDINGS)
+        .ok_or_else(|| TrainError::Adapter {
+            file: st_file.to_string(),
+            msg: format!("no {PROMPT_EMBEDDINGS} tensor"),
+        })?;
+    if got != shape {
+        return Err(TrainError::Adapter {
+            file: st_file.to_string(),
+            msg: format!("{PROMPT_EMBEDDINGS} has shape {got:?}, the config says {shape:?}"),
+        });
+    }
+    Ok(data)
+}
+
+/// Writes an adapter's files into `dir` (created if missing), each atomically.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn save_files(dir: &std::path::Path, files: Vec<(String, Vec<u8>)>) -> Result<()> {
+    crate::fsio::create_dir_all(dir)?;
+    for (name, bytes) in files {
+        crate::fsio::write_atomic(&dir.join(name), &bytes)?;
+    }
+    Ok(())
+}
+
+/// Reads an adapter directory's `adapter_config.json` and `adapter_model.safetensors`.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn read_files(dir: &std::path::Path) -> Result<(Vec<u8>, Vec<u8>)> {
+    Ok((
+        crate::fsio::read(&dir.join(ADAPTER_CONFIG))?,
+        crate::fsio::read(&dir.join(ADAPTER_WEIGHTS))?,
+    ))
+}
+
+/// The `peft_type` of an `adapter_config.json` (`None` if it is not JSON or has none).
+pub fn peft_type(config_json: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(config_json).ok()?;
+    v.get("peft_type")?.as_str().map(str::to_string)
 }

@@ -14,9 +14,10 @@
 use tinytune_gpu::ops::optim::{self, AdamW};
 use tinytune_gpu::{Gpu, GpuBuffer};
 use tinytune_model::llama::LoraDropout;
-use tinytune_model::{LlamaModel, LoraGpu, PromptGpu, Workspace};
+use tinytune_model::{LlamaModel, LoraGpu, PrefixGpu, PromptGpu, Workspace};
 use tinytune_reference::llama::{prompt_targets, shift_labels, Lora};
 
+use crate::adapters::AdapterGpu;
 use crate::checkpoint::{Checkpoint, OptimizerState, TrainerState, CHECKPOINT_VERSION};
 use crate::config::{check_layers, TrainConfig};
 use crate::data::{
@@ -24,6 +25,7 @@ use crate::data::{
 };
 use crate::metrics::MetricsRecord;
 use crate::peft::{Adapter, LoraConfig, LoraKey, LoraModule, LoraWeights};
+use crate::prefix::{PrefixAdapter, PrefixTuningConfig};
 use crate::prompt::{PromptAdapter, PromptTuningConfig};
 use crate::rng::Rng;
 use crate::schedule::Schedule;
@@ -40,6 +42,85 @@ pub enum Start {
     Resume(Box<Checkpoint>),
     /// Prompt tuning (PEFT `PROMPT_TUNING`) instead of LoRA.
     Prompt(PromptStart),
+    /// Prefix tuning (PEFT `PREFIX_TUNING`) instead of LoRA.
+    Prefix(PrefixStart),
+}
+
+/// How a prefix-tuning run starts.
+pub enum PrefixStart {
+    /// A `[num_virtual_tokens, L*2*KVD]` prefix drawn from N(0, 1) (PEFT's default init of its
+    /// `nn.Embedding`), seeded by `config.seed`.
+    Random { num_virtual_tokens: usize },
+    /// From a saved prefix-tuning adapter (a projection, if it had one, is folded in).
+    Adapter(PrefixAdapter),
+}
+
+/// The PEFT method a run trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeftMethod {
+    Lora,
+    PromptTuning,
+    PrefixTuning,
+}
+
+/// The trainable virtual tokens of a prompt-learning run, with the config they are saved with.
+enum Soft {
+    Prompt(PromptGpu, PromptTuningConfig),
+    Prefix(PrefixGpu, PrefixTuningConfig),
+}
+
+/// A prompt-learning method's parameters on the device, for [`loss_sum`].
+#[derive(Clone, Copy)]
+pub enum SoftRef<'a> {
+    Prompt(&'a PromptGpu),
+    Prefix(&'a PrefixGpu),
+}
+
+impl Soft {
+    fn as_ref(&self) -> SoftRef<'_> {
+        match self {
+            Soft::Prompt(pg, _) => SoftRef::Prompt(pg),
+            Soft::Prefix(pf, _) => SoftRef::Prefix(pf),
+        }
+    }
+
+    /// The trainable parameters and their gradient (the optimizer updates them in place).
+    fn params_grads(&self) -> (&GpuBuffer, &GpuBuffer) {
+        match self {
+            Soft::Prompt(pg, _) => (&pg.emb, &pg.grad),
+            Soft::Prefix(pf, _) => (&pf.kv, &pf.grad),
+        }
+    }
+
+    fn n_params(&self) -> usize {
+        match self {
+            Soft::Prompt(pg, _) => pg.p * pg.c,
+            Soft::Prefix(pf, _) => pf.p * pf.n_layers * 2 * pf.kvd,
+        }
+    }
+
+    fn zero_grad(&self, enc: &mut tinytune_gpu::Encoder) {
+        match self {
+            Soft::Prompt(pg, _) => pg.zero_grad(enc),
+            Soft::Prefix(pf, _) => pf.zero_grad(enc),
+        }
+    }
+}
+
+/// `N(0, 1)` draws (Box-Muller) from the run's seed, as `nn.Embedding` initialises.
+fn normal_init(seed: u64, stream: u64, n: usize) -> Vec<f32> {
+    let mut rng = Rng::stream(seed, stream);
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1 = rng.next_f64().max(f64::MIN_POSITIVE);
+        let u2 = rng.next_f64();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let th = 2.0 * std::f64::consts::PI * u2;
+        out.push((r * th.cos()) as f32);
+        out.push((r * th.sin()) as f32);
+    }
+    out.truncate(n);
+    out
 }
 
 /// How a prompt-tuning run starts.
@@ -77,9 +158,9 @@ pub struct Trainer<'g> {
     pub config: TrainConfig,
     pub lora_config: LoraConfig,
     lora: LoraGpu,
-    /// Prompt tuning: the trained embeddings (and the config they are saved with); `lora` then
-    /// has no pairs.
-    prompt: Option<(PromptGpu, PromptTuningConfig)>,
+    /// Prompt or prefix tuning: the trained virtual tokens (and the config they are saved with);
+    /// `lora` then has no pairs.
+    soft: Option<Soft>,
     ws: Workspace,
     flat: Flat,
     pub state: TrainerState,
@@ -189,18 +270,7 @@ fn init_prompt(
     let pg = match start {
         PromptStart::Random { num_virtual_tokens } => {
             let p = check(num_virtual_tokens)?;
-            // N(0, 1) by Box-Muller from the run's seed.
-            let mut rng = Rng::stream(config.seed, 0x7072_6f6d_7074);
-            let mut emb = Vec::with_capacity(p * c);
-            while emb.len() < p * c {
-                let u1 = rng.next_f64().max(f64::MIN_POSITIVE);
-                let u2 = rng.next_f64();
-                let r = (-2.0 * u1.ln()).sqrt();
-                let th = 2.0 * std::f64::consts::PI * u2;
-                emb.push((r * th.cos()) as f32);
-                emb.push((r * th.sin()) as f32);
-            }
-            emb.truncate(p * c);
+            let emb = normal_init(config.seed, 0x7072_6f6d_7074, p * c);
             pcfg.num_virtual_tokens = p;
             PromptGpu::upload(gpu, &emb, p, c)?
         }
@@ -242,6 +312,38 @@ fn init_prompt(
         }
     };
     Ok((pg, pcfg))
+}
+
+/// The initial prefix of a prefix-tuning run and the config it is saved with.
+fn init_prefix(
+    gpu: &Gpu,
+    model: &LlamaModel,
+    config: &TrainConfig,
+    start: PrefixStart,
+) -> Result<(PrefixGpu, PrefixTuningConfig)> {
+    let mcfg = &model.config;
+    let (kv, mut pcfg) = match start {
+        PrefixStart::Random { num_virtual_tokens } => {
+            if num_virtual_tokens == 0 {
+                return Err(cfg_err("num_virtual_tokens must be at least 1"));
+            }
+            let pcfg = PrefixTuningConfig::for_model(mcfg, num_virtual_tokens, false, None);
+            let n = num_virtual_tokens * pcfg.row_len();
+            (normal_init(config.seed, 0x7072_6566_6978, n), pcfg)
+        }
+        PrefixStart::Adapter(a) => {
+            a.config.check_model(mcfg)?;
+            let mut pcfg = a.config;
+            // The saved tensor is the (folded) prefix: training goes on without a projection.
+            pcfg.prefix_projection = false;
+            (a.prefix, pcfg)
+        }
+    };
+    if !config.base_model.is_empty() {
+        pcfg.base_model_name_or_path = Some(config.base_model.clone());
+    }
+    let pf = PrefixGpu::upload(gpu, mcfg, &kv, pcfg.num_virtual_tokens)?;
+    Ok((pf, pcfg))
 }
 
 /// Uploads a PEFT adapter for inference or training.
@@ -311,10 +413,10 @@ impl<'g> Trainer<'g> {
                 "batch size and gradient accumulation must be at least 1",
             ));
         }
-        let mut prompt_start = None;
+        let mut soft_start = None;
         let (weights, lora_config, opt, resumed) = match start {
-            Start::Prompt(ps) => {
-                prompt_start = Some(ps);
+            Start::Prompt(_) | Start::Prefix(_) => {
+                soft_start = Some(start);
                 (LoraWeights::default(), config.lora_config(), None, None)
             }
             Start::Fresh => {
@@ -370,8 +472,8 @@ impl<'g> Trainer<'g> {
                 config.lora.dropout
             )));
         }
-        let host = if prompt_start.is_some() {
-            // No LoRA pairs: the prompt embeddings are the trainable parameters.
+        let host = if soft_start.is_some() {
+            // No LoRA pairs: the virtual tokens are the trainable parameters.
             Lora {
                 r: 1,
                 scale: 0.0,
@@ -383,25 +485,29 @@ impl<'g> Trainer<'g> {
             host_lora(model, &weights, lora_config.scale())?
         };
         let lora = LoraGpu::upload(gpu, model, &host)?;
-        let prompt = match prompt_start {
-            Some(ps) => Some(init_prompt(gpu, model, &config, ps)?),
-            None => None,
+        let soft = match soft_start {
+            Some(Start::Prompt(ps)) => {
+                let (pg, pc) = init_prompt(gpu, model, &config, ps)?;
+                Some(Soft::Prompt(pg, pc))
+            }
+            Some(Start::Prefix(ps)) => {
+                let (pf, pc) = init_prefix(gpu, model, &config, ps)?;
+                Some(Soft::Prefix(pf, pc))
+            }
+            _ => None,
         };
-        let n = match &prompt {
-            Some((pg, _)) => pg.p * pg.c,
-            None => lora.n_params,
-        };
+        let n = soft.as_ref().map_or(lora.n_params, Soft::n_params);
         if n == 0 {
             return Err(cfg_err("the adapter has no trainable parameters"));
         }
         let flat = Flat {
-            // Prompt tuning updates the embedding buffers in place.
-            params: match &prompt {
-                Some((pg, _)) => pg.emb.clone(),
+            // Prompt learning updates the virtual tokens' buffers in place.
+            params: match &soft {
+                Some(s) => s.params_grads().0.clone(),
                 None => gpu.alloc("lora.params", (n * 4) as u64)?,
             },
-            grads: match &prompt {
-                Some((pg, _)) => pg.grad.clone(),
+            grads: match &soft {
+                Some(s) => s.params_grads().1.clone(),
                 None => gpu.alloc("lora.grads", (n * 4) as u64)?,
             },
             m: gpu.alloc("adam.exp_avg", (n * 4) as u64)?,
@@ -469,12 +575,19 @@ impl<'g> Trainer<'g> {
             },
         };
         let batches = plan.iter(state.position, state.global_step * ga, micro_stop)?;
-        let rows = config.batch_size * (seq_len + prompt.as_ref().map_or(0, |(pg, _)| pg.p));
-        let ws = if config.gradient_checkpointing {
+        let virt_rows = match &soft {
+            Some(Soft::Prompt(pg, _)) => pg.p,
+            _ => 0,
+        };
+        let rows = config.batch_size * (seq_len + virt_rows);
+        let mut ws = if config.gradient_checkpointing {
             Workspace::checkpointed(gpu, model, Some(&lora), rows)?
         } else {
             Workspace::new(gpu, model, Some(&lora), rows, true)?
         };
+        if let Some(Soft::Prefix(pf, _)) = &soft {
+            ws = ws.with_prefix(gpu, pf, config.batch_size)?;
+        }
         let t0 = clock() - state.elapsed_s;
         Ok(Trainer {
             gpu,
@@ -482,7 +595,7 @@ impl<'g> Trainer<'g> {
             config,
             lora_config,
             lora,
-            prompt,
+            soft,
             ws,
             flat,
             state,
@@ -512,9 +625,17 @@ impl<'g> Trainer<'g> {
 
     /// Number of trainable parameters.
     pub fn n_params(&self) -> usize {
-        match &self.prompt {
-            Some((pg, _)) => pg.p * pg.c,
-            None => self.lora.n_params,
+        self.soft
+            .as_ref()
+            .map_or(self.lora.n_params, Soft::n_params)
+    }
+
+    /// The PEFT method this run trains.
+    pub fn method(&self) -> PeftMethod {
+        match &self.soft {
+            None => PeftMethod::Lora,
+            Some(Soft::Prompt(..)) => PeftMethod::PromptTuning,
+            Some(Soft::Prefix(..)) => PeftMethod::PrefixTuning,
         }
     }
 
@@ -543,33 +664,47 @@ impl<'g> Trainer<'g> {
             return Ok(None);
         }
         // Prompt tuning: targets over the virtual + real positions, as PEFT builds them.
-        let virt = self.prompt.as_ref().map_or(0, |(pg, _)| pg.p);
+        let virt = match &self.soft {
+            Some(Soft::Prompt(pg, _)) => pg.p,
+            _ => 0,
+        };
         let targets: Vec<Vec<i32>> = micro
             .iter()
-            .map(|mb| match &self.prompt {
-                Some(_) => prompt_targets(&mb.labels, mb.rows, mb.t, virt),
-                None => mb.targets.clone(),
+            .map(|mb| match &self.soft {
+                Some(Soft::Prompt(..)) => prompt_targets(&mb.labels, mb.rows, mb.t, virt),
+                _ => mb.targets.clone(),
             })
             .collect();
         let total: usize = targets.iter().map(|t| count_targets(t, v)).sum();
         let scale = 1.0 / total.max(1) as f32;
         let mut enc = gpu.encoder();
         self.lora.zero_grads(&mut enc);
-        if let Some((pg, _)) = &self.prompt {
-            pg.zero_grad(&mut enc);
+        if let Some(s) = &self.soft {
+            s.zero_grad(&mut enc);
         }
         enc.submit();
         let mut loss_sum = 0.0;
         let mut tokens = 0u64;
         let p = self.config.lora.dropout as f32;
         for (mb, tg) in micro.iter().zip(&targets) {
-            if let Some((pg, _)) = &self.prompt {
-                self.model.forward_backward_prompt(
-                    gpu, &self.ws, pg, &mb.ids, tg, mb.rows, mb.t, scale,
-                )?;
-                loss_sum += self.ws.loss_sum(gpu, mb.rows * (mb.t + virt)).await?;
-                tokens += mb.n_tokens as u64;
-                continue;
+            match &self.soft {
+                Some(Soft::Prompt(pg, _)) => {
+                    self.model.forward_backward_prompt(
+                        gpu, &self.ws, pg, &mb.ids, tg, mb.rows, mb.t, scale,
+                    )?;
+                    loss_sum += self.ws.loss_sum(gpu, mb.rows * (mb.t + virt)).await?;
+                    tokens += mb.n_tokens as u64;
+                    continue;
+                }
+                Some(Soft::Prefix(pf, _)) => {
+                    self.model.forward_backward_prefix(
+                        gpu, &self.ws, pf, &mb.ids, tg, mb.rows, mb.t, scale,
+                    )?;
+                    loss_sum += self.ws.loss_sum(gpu, mb.rows * mb.t).await?;
+                    tokens += mb.n_tokens as u64;
+                    continue;
+                }
+                None => {}
             }
             // One mask seed per micro-batch from the trainer's RNG (saved in checkpoints, so a
             // resumed run draws the same masks).
@@ -668,7 +803,7 @@ impl<'g> Trainer<'g> {
             self.model,
             &self.ws,
             Some(&self.lora),
-            self.prompt.as_ref().map(|(pg, _)| pg),
+            self.soft.as_ref().map(Soft::as_ref),
             examples,
             self.config.batch_size,
         )
@@ -683,26 +818,41 @@ impl<'g> Trainer<'g> {
 
     /// The current prompt-tuning adapter in PEFT's layout (prompt-tuning runs only).
     pub async fn prompt_adapter(&self) -> Result<PromptAdapter> {
-        let (pg, cfg) = self
-            .prompt
-            .as_ref()
-            .ok_or_else(|| cfg_err("this run trains LoRA adapters, not a prompt"))?;
-        Ok(PromptAdapter {
-            config: cfg.clone(),
-            embeddings: pg.download(self.gpu).await?,
-        })
+        match &self.soft {
+            Some(Soft::Prompt(pg, cfg)) => Ok(PromptAdapter {
+                config: cfg.clone(),
+                embeddings: pg.download(self.gpu).await?,
+            }),
+            _ => Err(cfg_err("this run does not train a prompt (prompt tuning)")),
+        }
     }
 
-    /// Whether this run trains a prompt (prompt tuning) rather than LoRA adapters.
-    pub fn is_prompt_tuning(&self) -> bool {
-        self.prompt.is_some()
+    /// The current prefix-tuning adapter in PEFT's layout (prefix-tuning runs only).
+    pub async fn prefix_adapter(&self) -> Result<PrefixAdapter> {
+        match &self.soft {
+            Some(Soft::Prefix(pf, cfg)) => Ok(PrefixAdapter {
+                config: cfg.clone(),
+                prefix: pf.download(self.gpu).await?,
+            }),
+            _ => Err(cfg_err("this run does not train a prefix (prefix tuning)")),
+        }
     }
 
-    /// The current adapter in PEFT's layout.
+    /// The current adapter's PEFT files (`adapter_config.json`, `adapter_model.safetensors`),
+    /// whatever the method.
+    pub async fn adapter_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        match self.method() {
+            PeftMethod::Lora => self.adapter().await?.to_files(),
+            PeftMethod::PromptTuning => self.prompt_adapter().await?.to_files(),
+            PeftMethod::PrefixTuning => self.prefix_adapter().await?.to_files(),
+        }
+    }
+
+    /// The current adapter in PEFT's layout (LoRA runs).
     pub async fn adapter(&self) -> Result<Adapter> {
-        if self.prompt.is_some() {
+        if self.soft.is_some() {
             return Err(cfg_err(
-                "this run trains a prompt: use prompt_adapter() for its PEFT files",
+                "this run trains virtual tokens: use adapter_files() for its PEFT files",
             ));
         }
         Ok(Adapter {
@@ -713,9 +863,9 @@ impl<'g> Trainer<'g> {
 
     /// Everything needed to resume the run.
     pub async fn checkpoint(&self) -> Result<Checkpoint> {
-        if self.prompt.is_some() {
+        if self.soft.is_some() {
             return Err(cfg_err(
-                "checkpoints of prompt-tuning runs are not supported yet",
+                "checkpoints of prompt- and prefix-tuning runs are not supported yet",
             ));
         }
         Ok(Checkpoint {
@@ -738,7 +888,7 @@ pub async fn loss_sum(
     model: &LlamaModel,
     ws: &Workspace,
     lora: Option<&LoraGpu>,
-    prompt: Option<&PromptGpu>,
+    soft: Option<SoftRef<'_>>,
     examples: &[Example],
     batch_size: usize,
 ) -> Result<(f64, usize)> {
@@ -747,12 +897,17 @@ pub async fn loss_sum(
     let (mut sum, mut count) = (0.0, 0usize);
     for ix in plan.iter(DataPosition::default(), 0, Stop::Epochs(1))? {
         let mb = trimmed(examples, &ix)?;
-        match prompt {
-            Some(pg) => {
+        match soft {
+            Some(SoftRef::Prompt(pg)) => {
                 let tg = prompt_targets(&mb.labels, mb.rows, mb.t, pg.p);
                 model.forward_loss_prompt(gpu, ws, pg, &mb.ids, &tg, mb.rows, mb.t)?;
                 sum += ws.loss_sum(gpu, mb.rows * (mb.t + pg.p)).await?;
                 count += count_targets(&tg, v);
+            }
+            Some(SoftRef::Prefix(pf)) => {
+                model.forward_loss_prefix(gpu, ws, pf, &mb.ids, &mb.targets, mb.rows, mb.t)?;
+                sum += ws.loss_sum(gpu, mb.rows * mb.t).await?;
+                count += count_targets(&mb.targets, v);
             }
             None => {
                 model.forward_loss(gpu, ws, lora, &mb.ids, &mb.targets, mb.rows, mb.t)?;
@@ -764,11 +919,12 @@ pub async fn loss_sum(
     Ok((sum, count))
 }
 
-/// Evaluates `model` (+ `lora`) on a dataset: `(mean loss, targets)`.
+/// Evaluates `model` (+ `adapter`: LoRA, prompt or prefix tuning) on a dataset:
+/// `(mean loss, targets)`.
 pub async fn evaluate(
     gpu: &Gpu,
     model: &LlamaModel,
-    lora: Option<&LoraGpu>,
+    adapter: Option<&AdapterGpu>,
     data: &Dataset,
     batch_size: usize,
 ) -> Result<(f64, usize)> {
@@ -776,8 +932,17 @@ pub async fn evaluate(
         return Err(cfg_err("no examples to evaluate"));
     }
     let bs = batch_size.max(1);
-    let ws = Workspace::new(gpu, model, lora, bs * data.seq_len, true)?;
-    let (sum, count) = loss_sum(gpu, model, &ws, lora, None, &data.examples, bs).await?;
+    let lora = adapter.and_then(AdapterGpu::lora);
+    let soft = adapter.and_then(AdapterGpu::soft);
+    let virt_rows = match soft {
+        Some(SoftRef::Prompt(pg)) => pg.p,
+        _ => 0,
+    };
+    let mut ws = Workspace::new(gpu, model, lora, bs * (data.seq_len + virt_rows), true)?;
+    if let Some(SoftRef::Prefix(pf)) = soft {
+        ws = ws.with_prefix(gpu, pf, bs)?;
+    }
+    let (sum, count) = loss_sum(gpu, model, &ws, lora, soft, &data.examples, bs).await?;
     Ok((sum / count.max(1) as f64, count))
 }
 
