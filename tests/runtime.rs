@@ -78,3 +78,29 @@ fn runtime_reports_adapter_and_limits() {
         gpu.max_binding()
     );
 }
+
+/// `Gpu::memory` counts the storage buffers alive (rounded to 4 bytes), once however often a
+/// buffer is cloned, until the last clone drops; the peak stays until reset.
+#[test]
+fn runtime_memory_counts_live_buffers() {
+    if gpu().is_none() {
+        return;
+    }
+    // A device of its own: the other tests of this binary allocate concurrently on the shared one.
+    let gpu = tinytune::gpu::Gpu::new_blocking(tinytune::gpu::GpuOptions::default()).unwrap();
+    let m0 = gpu.memory();
+    assert_eq!((m0.live_bytes, m0.peak_bytes), (0, 0));
+    let a = gpu.alloc("a", 1000).unwrap();
+    let b = gpu.alloc("b", 10).unwrap(); // rounded up to 12
+    let a2 = a.clone();
+    assert_eq!(gpu.memory().live_bytes, 1012);
+    drop(a);
+    assert_eq!(gpu.memory().live_bytes, 1012, "a clone keeps the buffer");
+    drop(a2);
+    let m = gpu.memory();
+    assert_eq!((m.live_bytes, m.peak_bytes), (12, 1012));
+    gpu.reset_peak_memory();
+    assert_eq!(gpu.memory().peak_bytes, 12);
+    drop(b);
+    assert_eq!(gpu.memory().live_bytes, 0);
+}

@@ -9,13 +9,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use tinytune::train::checkpoint::{
-    Checkpoint, OptimizerState, TrainerState, CHECKPOINT_VERSION, OPTIMIZER_STATE, TRAINER_STATE,
+    Checkpoint, Moments, OptimizerState, TrainerState, CHECKPOINT_VERSION, OPTIMIZER_STATE,
+    TRAINER_STATE,
 };
 use tinytune::train::peft::{
     kaiming_uniform_bound, read_f32_safetensors, Adapter, LoraConfig, LoraKey, LoraModule,
     LoraWeights, TargetModules, TensorMap, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
 };
-use tinytune::train::{BatchPlan, DataPosition, Rng, Stop, TrainConfig, TrainError};
+use tinytune::train::{BatchPlan, DataPosition, PeftAdapter, Rng, Stop, TrainConfig, TrainError};
 
 const FIX: &str = "tests/fixtures/train";
 
@@ -583,6 +584,9 @@ fn sample_checkpoint(step: u64) -> Checkpoint {
     optimizer.step = step;
     let mut rng = Rng::new(step);
     for w in [&mut optimizer.m, &mut optimizer.v] {
+        let Moments::Lora(w) = w else {
+            unreachable!("a LoRA checkpoint")
+        };
         for p in w.pairs.values_mut() {
             for x in p.a.iter_mut().chain(p.b.iter_mut()) {
                 *x = rng.next_f32();
@@ -611,7 +615,7 @@ fn sample_checkpoint(step: u64) -> Checkpoint {
         best_eval_loss: Some(2.25),
     };
     Checkpoint {
-        adapter,
+        adapter: PeftAdapter::Lora(adapter),
         optimizer,
         state,
         config,
@@ -642,7 +646,7 @@ fn checkpoints_round_trip_atomically() {
     let back = Checkpoint::load(&dir).unwrap();
     assert_eq!(back, ck);
     // The checkpoint directory is itself a PEFT adapter directory.
-    assert_eq!(Adapter::load(&dir).unwrap(), ck.adapter);
+    assert_eq!(PeftAdapter::Lora(Adapter::load(&dir).unwrap()), ck.adapter);
     // Overwriting replaces the whole directory.
     let ck2 = sample_checkpoint(8);
     ck2.save(&dir).unwrap();
@@ -685,7 +689,9 @@ fn broken_checkpoints_are_errors_naming_the_file() {
     }
     // Moments that do not match the adapter.
     let mut bad = ck.clone();
-    bad.optimizer.m.pairs.pop_first();
+    if let Moments::Lora(w) = &mut bad.optimizer.m {
+        w.pairs.pop_first();
+    }
     let mut f = files.clone();
     f.insert(
         OPTIMIZER_STATE.into(),

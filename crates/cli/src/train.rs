@@ -399,9 +399,6 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         }
         (None, None) => Start::Fresh,
     };
-    if args.peft != PeftArg::Lora && args.resume.is_some() {
-        bail!("--resume is not supported for prompt and prefix tuning yet");
-    }
     if let Some(r) = args.warmup_ratio {
         if !(0.0..1.0).contains(&r) {
             bail!("--warmup-ratio must be in [0, 1)");
@@ -409,6 +406,9 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     }
     let gpu = open_gpu(gpu_name)?;
     let model = load_model(&gpu, &src, &args.data.model, args.data.quant)?;
+    let model_bytes = gpu.memory().live_bytes;
+    // The peak of the run itself, not of quantizing the model at load.
+    gpu.reset_peak_memory();
     let clock_start = Instant::now();
     let clock = Box::new(move || clock_start.elapsed().as_secs_f64());
     let mut trainer = Trainer::new(&gpu, &model, config, data, start, clock)?;
@@ -420,17 +420,18 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     let c = &trainer.config;
     let what = if trainer.method() == PeftMethod::PromptTuning {
         format!(
-            "{} prompt-tuning parameters ({} virtual tokens; checkpoints not supported yet)",
+            "{} prompt-tuning parameters ({} virtual tokens)",
             trainer.n_params(),
             trainer.n_params() / model.config.hidden_size
         )
     } else if trainer.method() == PeftMethod::PrefixTuning {
+        let cfg = &model.config;
+        let per_token = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim;
         format!(
-            "{} prefix-tuning parameters ({} virtual tokens x {} layers x key+value; checkpoints \
-             not supported yet)",
+            "{} prefix-tuning parameters ({} virtual tokens x {} layers x key+value)",
             trainer.n_params(),
-            args.num_virtual_tokens,
-            model.config.num_hidden_layers
+            trainer.n_params() / per_token,
+            cfg.num_hidden_layers
         )
     } else {
         format!(
@@ -508,9 +509,7 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
             }
             None => eprintln!("step {step}/{total}: {line}"),
         }
-        if ((save_every > 0 && step % save_every == 0) || last)
-            && trainer.method() == PeftMethod::Lora
-        {
+        if (save_every > 0 && step % save_every == 0) || last {
             let dir = args.output_dir.join(format!("checkpoint-{step}"));
             pollster::block_on(trainer.checkpoint())?.save(&dir)?;
         }
@@ -534,6 +533,14 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         trainer.state.global_step,
         trainer.state.elapsed_s,
         trainer.state.tokens_seen
+    );
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    eprintln!(
+        "device memory: {:.1} MiB peak in tinytune's buffers ({:.1} MiB the frozen model, {:.1} MiB \
+         training: activations, adapter, optimizer state)",
+        mib(gpu.memory().peak_bytes),
+        mib(model_bytes),
+        mib(gpu.memory().peak_bytes.saturating_sub(model_bytes))
     );
     Ok(())
 }

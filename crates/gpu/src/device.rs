@@ -1,6 +1,7 @@
 //! Device creation, buffers, the pipeline cache, dispatch and readback.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{GpuError, Result};
@@ -62,6 +63,37 @@ pub struct GpuBuffer {
     pub label: String,
     pub raw: wgpu::Buffer,
     pub len: u64,
+    /// Counts the buffer in [`Gpu::memory`] until its last clone drops.
+    _tracked: Arc<Tracked>,
+}
+
+/// Bytes of storage buffers alive, and the most ever alive, on one device.
+#[derive(Default)]
+struct MemoryCounter {
+    live: AtomicU64,
+    peak: AtomicU64,
+}
+
+/// One buffer's share of a [`MemoryCounter`], given back on drop.
+struct Tracked {
+    bytes: u64,
+    counter: Arc<MemoryCounter>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.counter.live.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// What [`Gpu::memory`] reports: the storage buffers tinytune allocated (model weights,
+/// activations, adapters, optimizer state), not the driver's own memory or staging buffers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes of buffers alive now.
+    pub live_bytes: u64,
+    /// Most bytes alive at once since the device was opened (or [`Gpu::reset_peak_memory`]).
+    pub peak_bytes: u64,
 }
 
 impl GpuBuffer {
@@ -80,6 +112,7 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pipelines: Mutex<HashMap<PipelineKey, Kernel>>,
     uncaptured: Arc<Mutex<Vec<String>>>,
+    memory: Arc<MemoryCounter>,
 }
 
 impl Gpu {
@@ -123,6 +156,7 @@ impl Gpu {
             limits,
             pipelines: Mutex::new(HashMap::new()),
             uncaptured,
+            memory: Arc::new(MemoryCounter::default()),
         })
     }
 
@@ -179,11 +213,32 @@ impl Gpu {
                 message,
             });
         }
+        let counter = self.memory.clone();
+        let live = counter.live.fetch_add(size, Ordering::Relaxed) + size;
+        counter.peak.fetch_max(live, Ordering::Relaxed);
         Ok(GpuBuffer {
             label: label.into(),
             raw,
             len: bytes,
+            _tracked: Arc::new(Tracked {
+                bytes: size,
+                counter,
+            }),
         })
+    }
+
+    /// Device memory in tinytune's storage buffers: alive now and at most so far.
+    pub fn memory(&self) -> MemoryStats {
+        MemoryStats {
+            live_bytes: self.memory.live.load(Ordering::Relaxed),
+            peak_bytes: self.memory.peak.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts a new peak: [`MemoryStats::peak_bytes`] becomes the bytes alive now.
+    pub fn reset_peak_memory(&self) {
+        let live = self.memory.live.load(Ordering::Relaxed);
+        self.memory.peak.store(live, Ordering::Relaxed);
     }
 
     /// Uploads plain data (f32, u32, u8 ...) into a new storage buffer.

@@ -8,6 +8,8 @@ pub mod shaders;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use device::list_adapters;
-pub use device::{groups_1d, AdapterSummary, Encoder, Gpu, GpuBuffer, GpuOptions, Kernel};
+pub use device::{
+    groups_1d, AdapterSummary, Encoder, Gpu, GpuBuffer, GpuOptions, Kernel, MemoryStats,
+};
 pub use error::{GpuError, Result};
 pub use wgpu;

@@ -12,7 +12,7 @@ use crate::trainer::{upload_adapter, PeftMethod, SoftRef};
 use crate::{Result, TrainError};
 
 /// A PEFT adapter of one of the supported methods.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum PeftAdapter {
     Lora(Adapter),
     Prompt(PromptAdapter),

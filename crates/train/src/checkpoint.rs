@@ -1,6 +1,7 @@
 //! Resumable checkpoints: a directory holding
-//! - `adapter_config.json` + `adapter_model.safetensors`: the adapter in PEFT's layout (so a
-//!   checkpoint directory is itself loadable with `PeftModel.from_pretrained`);
+//! - `adapter_config.json` + `adapter_model.safetensors`: the adapter in PEFT's layout (LoRA,
+//!   prompt or prefix tuning; so a checkpoint directory is itself loadable with
+//!   `PeftModel.from_pretrained`);
 //! - `optimizer.safetensors`: the AdamW moments, F32, keyed `<adapter tensor>.exp_avg` (m) and
 //!   `<adapter tensor>.exp_avg_sq` (v), with the optimizer step count in the metadata (`step`);
 //! - `trainer_state.json`: step, data position, RNG state, counters ([`TrainerState`]);
@@ -14,12 +15,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::PeftAdapter;
 use crate::config::TrainConfig;
 use crate::data::{BatchIter, BatchPlan, DataPosition, Stop};
 use crate::peft::{
-    read_f32_safetensors, write_f32_safetensors, Adapter, LoraWeights, ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
+    read_f32_safetensors, write_f32_safetensors, LoraWeights, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
 };
+use crate::prompt::PROMPT_EMBEDDINGS;
 use crate::{Result, TrainError};
 
 /// File name of the optimizer state.
@@ -63,21 +65,51 @@ pub struct TrainerState {
     pub best_eval_loss: Option<f64>,
 }
 
+/// One AdamW moment, laid out like the adapter's trainable tensors.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Moments {
+    /// LoRA: like the adapter's pairs.
+    Lora(LoraWeights),
+    /// Prompt or prefix tuning: like `prompt_embeddings` (shape, values).
+    Embeddings(Vec<usize>, Vec<f32>),
+}
+
+impl Moments {
+    fn push_tensors<'a>(&'a self, suffix: &str, out: &mut Vec<(String, Vec<usize>, &'a [f32])>) {
+        match self {
+            Moments::Lora(w) => w.push_tensors(suffix, out),
+            Moments::Embeddings(shape, v) => {
+                out.push((format!("{PROMPT_EMBEDDINGS}{suffix}"), shape.clone(), v))
+            }
+        }
+    }
+
+    /// Whether the moment has the adapter's layout.
+    fn fits(&self, adapter: &PeftAdapter) -> bool {
+        match (self, adapter) {
+            (Moments::Lora(w), PeftAdapter::Lora(a)) => w.same_layout(&a.weights),
+            (Moments::Embeddings(_, v), PeftAdapter::Prompt(a)) => v.len() == a.embeddings.len(),
+            (Moments::Embeddings(_, v), PeftAdapter::Prefix(a)) => v.len() == a.prefix.len(),
+            _ => false,
+        }
+    }
+}
+
 /// AdamW state: the step count and the first/second moments, laid out like the adapter.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptimizerState {
     pub step: u64,
-    pub m: LoraWeights,
-    pub v: LoraWeights,
+    pub m: Moments,
+    pub v: Moments,
 }
 
 impl OptimizerState {
-    /// Zero moments for `weights`, step 0.
+    /// Zero moments for LoRA `weights`, step 0.
     pub fn new(weights: &LoraWeights) -> OptimizerState {
         OptimizerState {
             step: 0,
-            m: weights.zeros_like(),
-            v: weights.zeros_like(),
+            m: Moments::Lora(weights.zeros_like()),
+            v: Moments::Lora(weights.zeros_like()),
         }
     }
 
@@ -119,10 +151,28 @@ impl OptimizerState {
                 )));
             }
         }
+        let em = format!("{PROMPT_EMBEDDINGS}{M_SUFFIX}");
+        let ev = format!("{PROMPT_EMBEDDINGS}{V_SUFFIX}");
+        if m.contains_key(&em) || v.contains_key(&ev) {
+            // Prompt or prefix tuning: exactly the two moments of prompt_embeddings.
+            let (mut m, mut v) = (m, v);
+            return match (m.remove(&em), v.remove(&ev)) {
+                (Some((ms, md)), Some((vs, vd))) if m.is_empty() && v.is_empty() => {
+                    Ok(OptimizerState {
+                        step,
+                        m: Moments::Embeddings(ms, md),
+                        v: Moments::Embeddings(vs, vd),
+                    })
+                }
+                _ => Err(err(format!(
+                    "expected exactly the tensors {em:?} and {ev:?} of a prompt-learning run"
+                ))),
+            };
+        }
         Ok(OptimizerState {
             step,
-            m: LoraWeights::from_tensors(m, file, M_SUFFIX, None)?,
-            v: LoraWeights::from_tensors(v, file, V_SUFFIX, None)?,
+            m: Moments::Lora(LoraWeights::from_tensors(m, file, M_SUFFIX, None)?),
+            v: Moments::Lora(LoraWeights::from_tensors(v, file, V_SUFFIX, None)?),
         })
     }
 }
@@ -130,7 +180,7 @@ impl OptimizerState {
 /// Everything needed to continue a run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
-    pub adapter: Adapter,
+    pub adapter: PeftAdapter,
     pub optimizer: OptimizerState,
     pub state: TrainerState,
     pub config: TrainConfig,
@@ -144,7 +194,7 @@ impl Checkpoint {
             ("exp_avg", &self.optimizer.m),
             ("exp_avg_sq", &self.optimizer.v),
         ] {
-            if !w.same_layout(&self.adapter.weights) {
+            if !w.fits(&self.adapter) {
                 return Err(TrainError::Checkpoint {
                     file,
                     msg: format!("{what} tensors do not match the adapter's keys and shapes"),
@@ -199,7 +249,8 @@ impl Checkpoint {
                 msg: "missing".into(),
             })
         };
-        let adapter = Adapter::from_bytes(&need(ADAPTER_CONFIG)?, &need(ADAPTER_WEIGHTS)?, dir)?;
+        let adapter =
+            PeftAdapter::from_bytes(&need(ADAPTER_CONFIG)?, &need(ADAPTER_WEIGHTS)?, dir)?;
         let optimizer = OptimizerState::from_safetensors(
             &need(OPTIMIZER_STATE)?,
             &format!("{dir}/{OPTIMIZER_STATE}"),

@@ -35,7 +35,7 @@ pub mod trainer;
 
 pub use adapters::{AdapterGpu, PeftAdapter};
 pub use chat::{ChatMessage, ChatTemplate, RenderedChat};
-pub use checkpoint::{Checkpoint, OptimizerState, TrainerState};
+pub use checkpoint::{Checkpoint, Moments, OptimizerState, TrainerState};
 pub use config::{
     check_layers, eval_split_from, parse_layers_to_transform, parse_target_modules, AdamWConfig,
     LoraHyper, TrainConfig,

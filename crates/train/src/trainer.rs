@@ -18,7 +18,8 @@ use tinytune_model::{LlamaModel, LoraGpu, PrefixGpu, PromptGpu, Workspace};
 use tinytune_reference::llama::{prompt_targets, shift_labels, Lora};
 
 use crate::adapters::AdapterGpu;
-use crate::checkpoint::{Checkpoint, OptimizerState, TrainerState, CHECKPOINT_VERSION};
+use crate::adapters::PeftAdapter;
+use crate::checkpoint::{Checkpoint, Moments, OptimizerState, TrainerState, CHECKPOINT_VERSION};
 use crate::config::{check_layers, TrainConfig};
 use crate::data::{
     collate, split_eval, BatchIter, BatchPlan, DataPosition, Dataset, Example, Stop,
@@ -458,12 +459,18 @@ impl<'g> Trainer<'g> {
             }
             Start::Resume(ck) => {
                 let ck = *ck;
-                (
-                    ck.adapter.weights,
-                    ck.adapter.config,
-                    Some(ck.optimizer),
-                    Some(ck.state),
-                )
+                let (opt, state) = (Some(ck.optimizer), Some(ck.state));
+                match ck.adapter {
+                    PeftAdapter::Lora(a) => (a.weights, a.config, opt, state),
+                    PeftAdapter::Prompt(a) => {
+                        soft_start = Some(Start::Prompt(PromptStart::Adapter(a)));
+                        (LoraWeights::default(), config.lora_config(), opt, state)
+                    }
+                    PeftAdapter::Prefix(a) => {
+                        soft_start = Some(Start::Prefix(PrefixStart::Adapter(a)));
+                        (LoraWeights::default(), config.lora_config(), opt, state)
+                    }
+                }
             }
         };
         if !(0.0..1.0).contains(&config.lora.dropout) {
@@ -518,10 +525,19 @@ impl<'g> Trainer<'g> {
         lora.copy_params_to(&mut enc, &flat.params)?;
         enc.submit();
         if let Some(o) = &opt {
-            let m = lora.flatten(&host_lora(model, &o.m, 1.0)?)?;
-            let v = lora.flatten(&host_lora(model, &o.v, 1.0)?)?;
-            gpu.write(&flat.m, 0, bytemuck_f32(&m));
-            gpu.write(&flat.v, 0, bytemuck_f32(&v));
+            for (moment, buf) in [(&o.m, &flat.m), (&o.v, &flat.v)] {
+                let values = match moment {
+                    Moments::Lora(w) => lora.flatten(&host_lora(model, w, 1.0)?)?,
+                    Moments::Embeddings(_, v) => v.clone(),
+                };
+                if values.len() != n {
+                    return Err(cfg_err(format!(
+                        "the checkpoint's optimizer state has {} values for {n} parameters",
+                        values.len()
+                    )));
+                }
+                gpu.write(buf, 0, bytemuck_f32(&values));
+            }
         }
 
         // Data: eval split, batch plan over micro-batches, total optimizer steps.
@@ -863,17 +879,41 @@ impl<'g> Trainer<'g> {
 
     /// Everything needed to resume the run.
     pub async fn checkpoint(&self) -> Result<Checkpoint> {
-        if self.soft.is_some() {
-            return Err(cfg_err(
-                "checkpoints of prompt- and prefix-tuning runs are not supported yet",
-            ));
-        }
+        let (adapter, m, v) = match self.method() {
+            PeftMethod::Lora => (
+                PeftAdapter::Lora(self.adapter().await?),
+                Moments::Lora(self.read_weights(&self.flat.m).await?),
+                Moments::Lora(self.read_weights(&self.flat.v).await?),
+            ),
+            method => {
+                let adapter = if method == PeftMethod::PromptTuning {
+                    PeftAdapter::Prompt(self.prompt_adapter().await?)
+                } else {
+                    PeftAdapter::Prefix(self.prefix_adapter().await?)
+                };
+                // The moments have the layout of the trained tensor, prompt_embeddings.
+                let n = self.n_params();
+                let shape = vec![adapter.virtual_tokens(), n / adapter.virtual_tokens()];
+                let read = |buf: GpuBuffer| async move {
+                    let mut v = self.gpu.read::<f32>(&buf).await?;
+                    v.truncate(n);
+                    Ok::<_, TrainError>(v)
+                };
+                let m = read(self.flat.m.clone()).await?;
+                let v = read(self.flat.v.clone()).await?;
+                (
+                    adapter,
+                    Moments::Embeddings(shape.clone(), m),
+                    Moments::Embeddings(shape, v),
+                )
+            }
+        };
         Ok(Checkpoint {
-            adapter: self.adapter().await?,
+            adapter,
             optimizer: OptimizerState {
                 step: self.state.global_step,
-                m: self.read_weights(&self.flat.m).await?,
-                v: self.read_weights(&self.flat.v).await?,
+                m,
+                v,
             },
             state: self.state.clone(),
             config: self.config.clone(),
