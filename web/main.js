@@ -34,6 +34,7 @@ const state = {
   outputs: { base: "", adapted: "" },
   lastGenerate: null,
   hasAdapter: false,
+  loadProgress: [], // LoadProgress events of the last loadModel
 };
 window.tinytune = { state };
 
@@ -41,7 +42,7 @@ window.tinytune = { state };
 const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
 let nextId = 1;
 const pending = new Map();
-const listeners = { step: [], token: [] };
+const listeners = { step: [], token: [], progress: [] };
 
 worker.onmessage = (ev) => {
   const m = ev.data;
@@ -135,22 +136,44 @@ $("load").onclick = async () => {
   const total = picked.reduce((s, f) => s + f.size, 0);
   $("model-info").textContent = `loading ${picked.length} file(s), ${fmtBytes(total)}…`;
   $("model-info").classList.remove("error");
+  state.loadProgress = [];
+  showLoadProgress(null);
   setBusy(true);
   try {
     const m = await call("loadModel", { files, quant: $("quant").value });
+    showLoadProgress(null, true);
     state.model = m;
     state.hasAdapter = false;
     $("model-info").textContent = `${m.name || "model"}: ${m.model_type}, ${m.layers} layers, hidden ${m.hidden_size}, vocab ${
       m.vocab_size
     }, ${m.quant} base${m.chat_template ? ", chat template" : ""}${
       m.tokenizer_error ? ` (no tokenizer: ${m.tokenizer_error})` : ""
-    } · loaded in ${m.load_s.toFixed(1)} s`;
+    } · loaded in ${m.load_s.toFixed(1)} s (read ${fmtBytes(m.bytes_read)} of ${fmtBytes(m.file_bytes)})`;
   } catch (e) {
+    showLoadProgress(null, true);
     $("model-info").textContent = e.message;
     $("model-info").classList.add("error");
   }
   setBusy(false);
 };
+
+listeners.progress.push(({ progress }) => {
+  state.loadProgress.push(progress);
+  showLoadProgress(progress);
+});
+
+function showLoadProgress(p, done = false) {
+  const bar = $("load-progress");
+  bar.hidden = done;
+  if (done) return;
+  bar.max = p && p.total_tensors ? p.total_tensors : 1;
+  bar.value = p ? p.loaded_tensors : 0;
+  if (p) {
+    $("model-info").textContent = `loading: tensor ${p.loaded_tensors} of ${p.total_tensors}, ${fmtBytes(p.bytes)} of ${fmtBytes(
+      p.total_bytes,
+    )} read`;
+  }
+}
 
 // ---- data ----
 $("data-file").onchange = async () => {

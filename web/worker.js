@@ -2,8 +2,8 @@
 // WebGPU device, so model loading, tokenization and training never block the page.
 //
 // Protocol (page -> worker): {id, cmd, ...args}; (worker -> page): {id, ok: true, result} or
-// {id, ok: false, error}, plus events {event: "step", metrics} during training and
-// {event: "token", tag, piece} during generation. {cmd: "stop"} needs no id and no reply.
+// {id, ok: false, error}, plus events {event: "progress", progress} while a model loads,
+// {event: "step", metrics} during training and {event: "token", tag, piece} during generation. {cmd: "stop"} needs no id and no reply.
 
 let tt = null;
 
@@ -31,35 +31,28 @@ async function open() {
   return info;
 }
 
-/** A File/Blob as Uint8Array chunks (read as a stream: no single huge ArrayBuffer). */
-async function chunks(value) {
-  if (value instanceof Blob) {
-    const out = [];
-    const reader = value.stream().getReader();
-    for (;;) {
-      const { done, value: chunk } = await reader.read();
-      if (done) break;
-      out.push(chunk);
-    }
-    return out;
-  }
-  if (value instanceof ArrayBuffer) return [new Uint8Array(value)];
-  if (ArrayBuffer.isView(value)) return [new Uint8Array(value.buffer, value.byteOffset, value.byteLength)];
-  if (typeof value === "string") return [new TextEncoder().encode(value)];
+/** A picked value as what loadModel / loadAdapter take: a File / Blob stays one (the module reads
+ * it range by range with FileReaderSync: never whole in memory), bytes become a Uint8Array. */
+function fileValue(value) {
+  if (value instanceof Blob) return value;
+  if (value instanceof ArrayBuffer) return new Uint8Array(value);
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  if (typeof value === "string") return new TextEncoder().encode(value);
   throw new Error("unsupported file value");
 }
 
-/** {name: File | ArrayBuffer | Uint8Array | string} -> Map name -> Uint8Array[] */
-async function files(obj) {
+/** {name: File | Blob | ArrayBuffer | Uint8Array | string} -> Map name -> File | Blob | Uint8Array */
+function files(obj) {
   const m = new Map();
-  for (const [name, value] of Object.entries(obj)) m.set(name, await chunks(value));
+  for (const [name, value] of Object.entries(obj)) m.set(name, fileValue(value));
   return m;
 }
 
 const commands = {
   init: () => open(),
   info: () => tt.info(),
-  loadModel: async ({ files: f, quant }) => tt.loadModel(await files(f), quant || "nf4"),
+  loadModel: ({ files: f, quant }) =>
+    tt.loadModel(files(f), quant || "nf4", (progress) => postMessage({ event: "progress", progress })),
   train: ({ dataText, dataName, options }) =>
     tt.train(dataText, dataName, JSON.stringify(options || {}), (m) =>
       postMessage({ event: "step", metrics: JSON.parse(m) }),
@@ -73,7 +66,7 @@ const commands = {
     const buffers = Object.values(out).map((a) => a.buffer);
     return { result: out, transfer: buffers };
   },
-  loadAdapter: async ({ files: f }) => tt.loadAdapter(await files(f)),
+  loadAdapter: ({ files: f }) => tt.loadAdapter(files(f)),
 };
 
 onmessage = async (ev) => {

@@ -159,6 +159,16 @@ let failures = 0;
     const model = await page.evaluate(() => window.tinytune.state.model);
     check(model, `loadModel failed: ${await page.textContent("#model-info")}`);
     log(`model: ${await page.textContent("#model-info")}`);
+    // The picked Files were read tensor by tensor (FileReaderSync in the worker), with progress.
+    const prog = await page.evaluate(() => window.tinytune.state.loadProgress);
+    const last = prog[prog.length - 1];
+    check(prog.length >= 2 && last.loaded_tensors === last.total_tensors && last.total_tensors > 0, `load progress: ${JSON.stringify(last)}`);
+    check(prog.every((p, i) => i === 0 || (p.loaded_tensors >= prog[i - 1].loaded_tensors && p.bytes >= prog[i - 1].bytes)), "progress only grows");
+    const fileBytes = files.reduce((s, f) => s + fs.statSync(f).size, 0);
+    assert.equal(model.file_bytes, fileBytes);
+    check(model.bytes_read <= fileBytes && last.bytes <= fileBytes, `read ${model.bytes_read} bytes of ${fileBytes}: some twice`);
+    check(await page.isHidden("#load-progress"), "the progress bar is hidden after loading");
+    log(`load progress: ${prog.length} events, ${last.total_tensors} tensors, ${model.bytes_read} of ${fileBytes} bytes read`);
 
     // Data and hyperparameters through the form.
     await page.fill("#data", DATA);

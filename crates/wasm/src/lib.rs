@@ -23,15 +23,18 @@
 
 pub mod files;
 pub mod options;
+pub mod reader;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
 use serde_json::json;
 use tinytune_gpu::{Gpu, GpuOptions};
 use tinytune_model::{
-    stop_ids, GenerateOptions, KvDecoder, LlamaModel, LoraGpu, Quant, StopReason, TextStream,
+    stop_ids, ByteSource, GenerateOptions, KvDecoder, LlamaModel, LoraGpu, MemBytes, Quant,
+    StopReason, TextStream,
 };
 use tinytune_train::{
     upload_adapter, Adapter, ChatMessage, Clock, Dataset, ModelTokenizer, Start, Trainer,
@@ -43,10 +46,11 @@ use crate::files::NamedFile;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &'static str = r#"
-/** Picked files by name: bytes in one piece, or in chunks (e.g. a File's stream). */
+/** Picked files by name: a File / Blob (read range by range in a worker), or bytes in one
+ * piece or in chunks. */
 export type ModelFiles =
-    | Map<string, Uint8Array | ArrayBuffer | Uint8Array[]>
-    | Record<string, Uint8Array | ArrayBuffer | Uint8Array[]>;
+    | Map<string, Blob | Uint8Array | ArrayBuffer | Uint8Array[]>
+    | Record<string, Blob | Uint8Array | ArrayBuffer | Uint8Array[]>;
 export interface TinytuneInfo {
     adapter: { name: string; backend: string; device_type: string; driver: string; driver_info: string };
     features: string[];
@@ -59,6 +63,13 @@ export interface ModelInfo {
     name: string; format: "hf" | "gguf"; model_type: string; layers: number; hidden_size: number;
     vocab_size: number; max_position_embeddings: number; quant: "nf4" | "none";
     chat_template: boolean; tokenizer_error: string | null; load_s: number;
+    /** Bytes the loader read from the files, and their total size. */
+    bytes_read: number; file_bytes: number;
+}
+/** Model loading: after the headers (0 tensors) and after each tensor read. */
+export interface LoadProgress {
+    phase: "tensors"; loaded_tensors: number; total_tensors: number; bytes: number;
+    total_bytes: number;
 }
 /** One optimizer step (the CLI's metrics.jsonl line) plus the run's total steps. */
 export interface StepMetrics {
@@ -182,8 +193,123 @@ async fn yield_now() {
     }
 }
 
-/// Reads `{name: bytes}` (a `Map` or a plain object) into named files.
-fn named_files(files: &JsValue) -> Result<Vec<NamedFile>, JsValue> {
+#[wasm_bindgen]
+extern "C" {
+    /// A `Blob` (a picked `File`, or one from the Origin Private File System).
+    #[wasm_bindgen(js_name = Blob)]
+    type JsBlob;
+    #[wasm_bindgen(method, getter)]
+    fn size(this: &JsBlob) -> f64;
+    #[wasm_bindgen(method)]
+    fn slice(this: &JsBlob, start: f64, end: f64) -> JsBlob;
+    #[wasm_bindgen(method, js_name = arrayBuffer)]
+    fn array_buffer(this: &JsBlob) -> Promise;
+
+    /// Synchronous reads of a `Blob`: dedicated workers only.
+    type FileReaderSync;
+    #[wasm_bindgen(constructor, catch)]
+    fn new() -> Result<FileReaderSync, JsValue>;
+    #[wasm_bindgen(method, catch, js_name = readAsArrayBuffer)]
+    fn read_as_array_buffer(
+        this: &FileReaderSync,
+        blob: &JsBlob,
+    ) -> Result<js_sys::ArrayBuffer, JsValue>;
+}
+
+/// A `Blob` read range by range with `FileReaderSync`.
+#[cfg(target_arch = "wasm32")]
+struct BlobRead {
+    blob: JsBlob,
+    reader: FileReaderSync,
+}
+
+// SAFETY: wasm32-unknown-unknown as built here has no threads (no atomics target feature), so a
+// JS handle never crosses threads; `ByteSource` asks for `Send + Sync` for the native loaders.
+#[cfg(target_arch = "wasm32")]
+unsafe impl Send for BlobRead {}
+#[cfg(target_arch = "wasm32")]
+unsafe impl Sync for BlobRead {}
+
+#[cfg(target_arch = "wasm32")]
+impl reader::RangeRead for BlobRead {
+    fn read_range(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        let part = self.blob.slice(offset as f64, (offset + len as u64) as f64);
+        let ab = self
+            .reader
+            .read_as_array_buffer(&part)
+            .map_err(|e| js_message(&e))?;
+        Ok(Uint8Array::new(&ab).to_vec())
+    }
+}
+
+/// A `Blob` as a byte source: read range by range in a worker, or whole where there is no
+/// `FileReaderSync` (the main thread).
+async fn blob_source(blob: JsBlob, name: &str) -> Result<Box<dyn ByteSource>, JsValue> {
+    let len = blob.size() as u64;
+    #[cfg(target_arch = "wasm32")]
+    if let Ok(reader) = FileReaderSync::new() {
+        let src = reader::RangeSource::new(BlobRead { blob, reader }, len, name);
+        return Ok(Box::new(src));
+    }
+    let ab = JsFuture::from(blob.array_buffer()).await?;
+    let bytes = Uint8Array::new(&ab).to_vec();
+    if bytes.len() as u64 != len {
+        return Err(err(format!("{name}: read {} of {len} bytes", bytes.len())));
+    }
+    Ok(Box::new(MemBytes::new(bytes, name)))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn js_message(e: &JsValue) -> String {
+    e.dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| e.as_string())
+        .unwrap_or_else(|| format!("{e:?}"))
+}
+
+/// Where `loadModel` reports progress: the caller's callback and the load's totals.
+struct ProgressSink {
+    f: Function,
+    total_tensors: usize,
+    total_bytes: u64,
+}
+
+thread_local! {
+    static PROGRESS: RefCell<Option<ProgressSink>> = const { RefCell::new(None) };
+}
+
+fn report_progress(c: &reader::LoadCounter) {
+    PROGRESS.with(|p| {
+        if let Some(p) = p.borrow().as_ref() {
+            let v = json!({
+                "phase": "tensors",
+                "loaded_tensors": (c.tensor_reads() as usize).min(p.total_tensors),
+                "total_tensors": p.total_tensors,
+                "bytes": c.bytes(),
+                "total_bytes": p.total_bytes,
+            });
+            if let Ok(v) = to_js(&v) {
+                let _ = p.f.call1(&JsValue::NULL, &v);
+            }
+        }
+    });
+}
+
+/// Clears [`PROGRESS`] when a load ends.
+struct ProgressGuard;
+
+impl Drop for ProgressGuard {
+    fn drop(&mut self) {
+        PROGRESS.with(|p| p.replace(None));
+    }
+}
+
+/// Reads `{name: bytes | Blob}` (a `Map` or a plain object) into named files, each counted into
+/// `counter`. Returns them and their total size.
+async fn named_files(
+    files: &JsValue,
+    counter: &Arc<reader::LoadCounter>,
+) -> Result<(Vec<NamedFile>, u64), JsValue> {
     let entries: Vec<(String, JsValue)> = if let Some(map) = files.dyn_ref::<js_sys::Map>() {
         let mut v = Vec::new();
         map.for_each(&mut |value, key| v.push((key.as_string().unwrap_or_default(), value)));
@@ -198,10 +324,11 @@ fn named_files(files: &JsValue) -> Result<Vec<NamedFile>, JsValue> {
             .collect()
     } else {
         return Err(err(
-            "files must be a Map or an object of name -> Uint8Array",
+            "files must be a Map or an object of name -> File, Blob or Uint8Array",
         ));
     };
     let mut out = Vec::with_capacity(entries.len());
+    let mut total = 0;
     for (name, value) in entries {
         let chunk = |v: &JsValue| -> Result<Box<[u8]>, JsValue> {
             if let Some(a) = v.dyn_ref::<Uint8Array>() {
@@ -210,20 +337,28 @@ fn named_files(files: &JsValue) -> Result<Vec<NamedFile>, JsValue> {
                 Ok(Uint8Array::new(b).to_vec().into_boxed_slice())
             } else {
                 Err(err(format!(
-                    "file {name:?}: expected a Uint8Array, an ArrayBuffer or an array of Uint8Arrays"
+                    "file {name:?}: expected a File, a Blob, a Uint8Array, an ArrayBuffer or an \
+                     array of Uint8Arrays"
                 )))
             }
         };
-        let chunks = if let Some(arr) = value.dyn_ref::<Array>() {
-            arr.iter()
-                .map(|c| chunk(&c))
-                .collect::<Result<Vec<_>, _>>()?
+        let bytes: Box<dyn ByteSource> = if value.is_instance_of::<JsBlob>() {
+            blob_source(value.unchecked_into(), files::base_name(&name)).await?
         } else {
-            vec![chunk(&value)?]
+            let chunks = if let Some(arr) = value.dyn_ref::<Array>() {
+                arr.iter()
+                    .map(|c| chunk(&c))
+                    .collect::<Result<Vec<_>, _>>()?
+            } else {
+                vec![chunk(&value)?]
+            };
+            NamedFile::from_chunks(&name, chunks).bytes
         };
-        out.push(NamedFile::from_chunks(&name, chunks));
+        total += bytes.len();
+        let counted = reader::Counted::new(bytes, counter.clone(), Some(report_progress));
+        out.push(NamedFile::new(&name, Box::new(counted)));
     }
-    Ok(out)
+    Ok((out, total))
 }
 
 /// A model name for `base_model_name_or_path`: the picked folder's name or the GGUF's file name.
@@ -331,14 +466,19 @@ impl Tinytune {
         self.inner.stop.set(true);
     }
 
-    /// Loads a model from picked files, `{name: bytes}`: one `.gguf`, or a Hugging Face folder's
-    /// `config.json`, `*.safetensors`, `tokenizer.json` and `tokenizer_config.json`. `quant` is
-    /// `"nf4"` (QLoRA, default) or `"none"` (f32 base). Replaces any model and adapter.
+    /// Loads a model from picked files, `{name: File | Blob | Uint8Array}`: one `.gguf`, or a
+    /// Hugging Face folder's `config.json`, `*.safetensors`, `tokenizer.json` and
+    /// `tokenizer_config.json`. `quant` is `"nf4"` (QLoRA, default) or `"none"` (f32 base).
+    /// Replaces any model and adapter. In a worker, `File`s / `Blob`s are read tensor by tensor
+    /// (`FileReaderSync`): the file is never whole in memory. `onProgress` gets
+    /// [`LoadProgress`] after the headers and after each tensor.
     #[wasm_bindgen(js_name = loadModel, unchecked_return_type = "Promise<ModelInfo>")]
     pub fn load_model(
         &self,
         #[wasm_bindgen(unchecked_param_type = "ModelFiles")] files: JsValue,
         quant: Option<String>,
+        #[wasm_bindgen(js_name = onProgress, unchecked_param_type = "((progress: LoadProgress) => void) | null | undefined")]
+        on_progress: Option<Function>,
     ) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
@@ -349,7 +489,8 @@ impl Tinytune {
                 q => return Err(err(format!("quant {q:?}: expected \"nf4\" or \"none\""))),
             };
             let t0 = (clock())();
-            let files = named_files(&files)?;
+            let counter = Arc::new(reader::LoadCounter::default());
+            let (files, total_bytes) = named_files(&files, &counter).await?;
             let names: Vec<(String, bool)> = files
                 .iter()
                 .map(|f| {
@@ -360,6 +501,18 @@ impl Tinytune {
                 })
                 .collect();
             let src = files::open_model(files).map_err(err)?;
+            let _progress = ProgressGuard;
+            if let Some(f) = on_progress {
+                PROGRESS.with(|p| {
+                    p.replace(Some(ProgressSink {
+                        f,
+                        total_tensors: src.tensors().len(),
+                        total_bytes,
+                    }))
+                });
+            }
+            counter.start_tensors();
+            report_progress(&counter);
             inner.model.replace(None);
             inner.adapter.replace(None);
             let model = LlamaModel::load(&inner.gpu, &src, quant)
@@ -386,6 +539,8 @@ impl Tinytune {
                 "chat_template": tok.as_ref().is_ok_and(|t| t.template.is_some()),
                 "tokenizer_error": tok.as_ref().err(),
                 "load_s": (clock())() - t0,
+                "bytes_read": counter.bytes(),
+                "file_bytes": total_bytes,
             });
             inner.model.replace(Some(Rc::new(Loaded {
                 info: info.clone(),
@@ -679,7 +834,8 @@ impl Tinytune {
         future_to_promise(async move {
             let _busy = inner.begin("loadAdapter")?;
             let loaded = inner.loaded()?;
-            let adapter = files::open_adapter(named_files(&files)?).map_err(err)?;
+            let (files, _) = named_files(&files, &Arc::default()).await?;
+            let adapter = files::open_adapter(files).map_err(err)?;
             let lora = upload_adapter(&inner.gpu, &loaded.model, &adapter).map_err(err)?;
             let c = &adapter.config;
             let mut targets: Vec<&str> = adapter
