@@ -133,6 +133,7 @@ function nativeLosses() {
 }
 
 const started = Date.now();
+let uninterrupted = null; // test 1's per-step losses
 let failed = false;
 let passed = 0;
 let failures = 0;
@@ -212,6 +213,8 @@ let failures = 0;
     });
     await page.click("#download");
     await downloads;
+    fs.copyFileSync(got.get("adapter_model.safetensors"), path.join(artifacts, "uninterrupted_adapter_model.safetensors"));
+    uninterrupted = losses;
     const cfg = JSON.parse(fs.readFileSync(got.get("adapter_config.json"), "utf8"));
     assert.equal(cfg.peft_type, "LORA");
     assert.equal(cfg.r, 8);
@@ -259,6 +262,74 @@ let failures = 0;
     failures++;
     failed = true;
     console.error("[browser-test] FAILED (train):", e);
+  } finally {
+    await close(b);
+  }
+}
+
+// ---- 1b. reload mid-run: the cached model and the last checkpoint survive; resume finishes ----
+{
+  const b = await launch(["--enable-unsafe-webgpu"]);
+  try {
+    const page = await b.ctx.newPage();
+    watch(page, "resume");
+    page.setDefaultTimeout(timeoutMs);
+    await page.goto(base);
+    await page.waitForFunction(() => window.tinytune && (window.tinytune.state.ready || window.tinytune.state.error));
+    check(await page.isHidden("#use-cached") && await page.isHidden("#resume"), "a fresh profile offers nothing to reopen");
+    await page.setInputFiles("#model-files", fs.readdirSync(modelDir).map((f) => path.join(modelDir, f)));
+    check(await page.isChecked("#cache-model"), "caching the model is the default");
+    await page.click("#load");
+    await page.waitForFunction(() => window.tinytune.state.model || document.querySelector("#model-info.error"));
+    check(await page.evaluate(() => window.tinytune.state.model), `loadModel: ${await page.textContent("#model-info")}`);
+    await page.fill("#data", DATA);
+    await page.selectOption("#data-format", "data.jsonl");
+    for (const [k, v] of Object.entries({ ...OPTIONS, save_every: 1 })) await page.fill(`#${k}`, String(v));
+    await page.click("#train");
+    // Reload as soon as the third step's checkpoint is saved (the run is in step 4 or later).
+    await page.waitForFunction(() => window.tinytune.state.checkpoints.length >= 3 || document.querySelector("#train-status.error"));
+    const before = await page.evaluate(() => window.tinytune.state.steps.map((m) => m.loss));
+    await page.reload();
+    await page.waitForFunction(() => window.tinytune && (window.tinytune.state.ready || window.tinytune.state.error));
+    await page.waitForFunction(() => !document.querySelector("#resume").hidden);
+    check(!(await page.isHidden("#use-cached")), "the cached model is offered after the reload");
+    const offer = await page.textContent("#resume");
+    const m = /^Resume run \(step (\d+) of 6\)$/.exec(offer);
+    check(m && Number(m[1]) >= 3 && Number(m[1]) < 6, `resume offer: ${offer}`);
+    const k = Number(m[1]);
+    log(`reloaded after ${before.length} steps; offered: "${offer}"; cached: "${await page.textContent("#use-cached")}"`);
+    // Resume loads the cached model (no files picked) and continues from step k.
+    await page.click("#resume");
+    await page.waitForFunction(() => window.tinytune.state.summary || document.querySelector("#train-status.error") || document.querySelector("#model-info.error"));
+    const st = await page.evaluate(() => window.tinytune.state);
+    check(st.summary, `resume failed: ${await page.textContent("#train-status")} / ${await page.textContent("#model-info")}`);
+    check(st.model.cached, "the model came from the browser's cache");
+    check(st.summary.resumed && st.summary.steps === 6 && !st.summary.stopped, `summary: ${JSON.stringify(st.summary)}`);
+    assert.deepEqual(st.steps.map((m) => m.step), Array.from({ length: 6 - k }, (_, i) => k + 1 + i));
+    const resumed = st.steps.map((m) => m.loss);
+    const reference = uninterrupted || (nativeLosses() || {}).losses;
+    check(reference, "no uninterrupted run to compare with");
+    const diffs = resumed.map((l, i) => Math.abs(l - reference[k + i]));
+    log(`resumed steps ${k + 1}..6: ${resumed.map((l) => l.toFixed(4)).join(" ")}; uninterrupted: ${reference.slice(k).map((l) => l.toFixed(4)).join(" ")}; max diff ${Math.max(...diffs).toExponential(2)}`);
+    check(Math.max(...diffs) === 0 || (!uninterrupted && Math.max(...diffs) <= 1e-4), `resumed losses differ: ${resumed} vs ${reference.slice(k)}`);
+    check(await page.isHidden("#resume"), "a finished run is not offered again");
+    // The final adapter is the uninterrupted run's, byte for byte.
+    const ref = path.join(artifacts, "uninterrupted_adapter_model.safetensors");
+    if (fs.existsSync(ref)) {
+      const dl = path.join(artifacts, "resumed_adapter_model.safetensors");
+      const got = new Promise((resolve) => page.on("download", async (d) => {
+        if (d.suggestedFilename() === "adapter_model.safetensors") { await d.saveAs(dl); resolve(); }
+      }));
+      await page.click("#download");
+      await got;
+      check(fs.readFileSync(dl).equals(fs.readFileSync(ref)), "the resumed run's adapter differs from the uninterrupted run's");
+      log("resumed adapter == uninterrupted adapter (bytes)");
+    }
+    passed++;
+  } catch (e) {
+    failures++;
+    failed = true;
+    console.error("[browser-test] FAILED (reload and resume):", e);
   } finally {
     await close(b);
   }

@@ -41,7 +41,7 @@ impl NamedFile {
         String::from_utf8(b.into_owned()).map_err(|e| format!("{}: invalid UTF-8: {e}", self.name))
     }
 
-    fn to_vec(&self) -> Result<Vec<u8>, String> {
+    pub fn to_vec(&self) -> Result<Vec<u8>, String> {
         Ok(self
             .bytes
             .read_at(0, self.bytes.len() as usize)

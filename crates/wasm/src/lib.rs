@@ -37,7 +37,8 @@ use tinytune_model::{
     StopReason, TextStream,
 };
 use tinytune_train::{
-    upload_adapter, Adapter, ChatMessage, Clock, Dataset, ModelTokenizer, Start, Trainer,
+    upload_adapter, Adapter, ChatMessage, Checkpoint, Clock, Dataset, ModelTokenizer, Start,
+    Trainer,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
@@ -77,7 +78,7 @@ export interface StepMetrics {
     tokens_per_s: number; elapsed_s: number; eval_loss?: number; eval_ppl?: number;
 }
 export interface TrainSummary {
-    steps: number; total_steps: number; stopped: boolean; n_params: number; n_train: number;
+    resumed: boolean; steps: number; total_steps: number; stopped: boolean; n_params: number; n_train: number;
     n_eval: number; tokens_seen: number; elapsed_s: number; eval_loss_before: number | null;
     final_loss: number | null; data: { records: number; examples: number; tokens: number;
     targets: number; truncated: number; dropped: number };
@@ -86,6 +87,11 @@ export interface GenerateResult {
     text: string; tokens: number[]; prompt_tokens: number; adapter: boolean;
     stop: "eos" | "max_new_tokens" | "max_length" | "stopped"; first_token_s: number;
     tokens_per_s: number | null;
+}
+/** A checkpoint (adapter, optimizer and trainer state, config): `train`'s `resume` takes
+ * `files` back. */
+export interface CheckpointFiles {
+    step: number; total_steps: number; files: Record<string, Uint8Array>;
 }
 export interface AdapterFiles {
     "adapter_config.json": Uint8Array;
@@ -361,6 +367,33 @@ async fn named_files(
     Ok((out, total))
 }
 
+/// Hands `trainer`'s checkpoint to `f` as a [`CheckpointFiles`].
+async fn emit_checkpoint(trainer: &Trainer<'_>, f: &Function) -> Result<(), JsValue> {
+    let ck = trainer.checkpoint().await.map_err(err)?;
+    let files = Object::new();
+    for (name, bytes) in ck.to_files().map_err(err)? {
+        Reflect::set(
+            &files,
+            &JsValue::from_str(&name),
+            &Uint8Array::from(&bytes[..]),
+        )?;
+    }
+    let out = Object::new();
+    Reflect::set(
+        &out,
+        &"step".into(),
+        &JsValue::from_f64(ck.state.global_step as f64),
+    )?;
+    Reflect::set(
+        &out,
+        &"total_steps".into(),
+        &JsValue::from_f64(ck.state.total_steps as f64),
+    )?;
+    Reflect::set(&out, &"files".into(), &files)?;
+    f.call1(&JsValue::NULL, &out)?;
+    Ok(())
+}
+
 /// A model name for `base_model_name_or_path`: the picked folder's name or the GGUF's file name.
 fn model_name(files: &[(String, bool)]) -> String {
     for (path, gguf) in files {
@@ -554,9 +587,12 @@ impl Tinytune {
     /// Fine-tunes LoRA adapters on `dataText` (a `.jsonl` or `.txt` file's contents; `dataName`'s
     /// extension says which). `optionsJson` takes `tinytune train`'s flag names and defaults
     /// (`lora_r`, `lora_alpha`, `learning_rate`, `num_steps` / `epochs`, `batch_size`, `seq_len`,
-    /// `seed`, `lr_scheduler`, `warmup_steps`, `eval_split`, ...; `"adapter": true` starts from the
-    /// loaded adapter). `onStep` gets each step's metrics as a JSON string ([`StepMetrics`]).
-    /// `stop()` ends the run early; the adapter trained so far becomes the current adapter.
+    /// `seed`, `lr_scheduler`, `warmup_steps`, `eval_split`, `save_every`, ...; `"adapter": true`
+    /// starts from the loaded adapter). `onStep` gets each step's metrics as a JSON string
+    /// ([`StepMetrics`]). `onCheckpoint` gets a [`CheckpointFiles`] every `save_every` steps, at
+    /// the end and when stopped. `resume` (a checkpoint's `files`) continues that run with its own
+    /// settings (the options are then ignored; the data must be the same). `stop()` ends the run
+    /// early; the adapter trained so far becomes the current adapter.
     #[wasm_bindgen(unchecked_return_type = "Promise<TrainSummary>")]
     pub fn train(
         &self,
@@ -565,6 +601,9 @@ impl Tinytune {
         #[wasm_bindgen(js_name = optionsJson)] options_json: String,
         #[wasm_bindgen(js_name = onStep, unchecked_param_type = "((metricsJson: string) => void) | null | undefined")]
         on_step: Option<Function>,
+        #[wasm_bindgen(js_name = onCheckpoint, unchecked_param_type = "((checkpoint: CheckpointFiles) => void) | null | undefined")]
+        on_checkpoint: Option<Function>,
+        #[wasm_bindgen(unchecked_param_type = "ModelFiles | null | undefined")] resume: JsValue,
     ) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
@@ -576,9 +615,29 @@ impl Tinytune {
                 .map_err(|e| err(format!("the model has no usable tokenizer: {e}")))?;
             let opts = options::parse_train_options(&options_json).map_err(err)?;
             let base = loaded.info["name"].as_str().unwrap_or("").to_string();
-            let config = opts
-                .to_config(&base, &data_name, loaded.model.layers.len())
-                .map_err(err)?;
+            let resume = if resume.is_undefined() || resume.is_null() {
+                None
+            } else {
+                let (files, _) = named_files(&resume, &Arc::default()).await?;
+                let ck = Checkpoint::from_files(
+                    |name| {
+                        files
+                            .iter()
+                            .find(|f| f.name == name)
+                            .and_then(|f| f.to_vec().ok())
+                    },
+                    "checkpoint",
+                )
+                .map_err(|e| err(format!("cannot resume: {e}")))?;
+                Some(ck)
+            };
+            let config = match &resume {
+                // The run's own settings, as `tinytune train --resume` does.
+                Some(ck) => ck.config.clone(),
+                None => opts
+                    .to_config(&base, &data_name, loaded.model.layers.len())
+                    .map_err(err)?,
+            };
             let data = Dataset::from_named_str(&data_name, &data_text, tok, &config.data_config())
                 .map_err(err)?;
             if data.examples.is_empty() {
@@ -589,7 +648,15 @@ impl Tinytune {
                 "records": s.records, "examples": s.examples, "tokens": s.tokens,
                 "targets": s.targets, "truncated": s.truncated, "dropped": s.dropped,
             });
-            let start = if opts.adapter {
+            let resumed = resume.is_some();
+            let start = if let Some(ck) = resume {
+                if opts.adapter {
+                    return Err(err(
+                        "give \"adapter\": true or a checkpoint to resume, not both",
+                    ));
+                }
+                Start::Resume(Box::new(ck))
+            } else if opts.adapter {
                 let t = inner.adapter.borrow().clone();
                 Start::Adapter(
                     t.ok_or_else(|| err("\"adapter\": true but no adapter is loaded"))?
@@ -601,7 +668,7 @@ impl Tinytune {
             };
             let mut trainer = Trainer::new(&inner.gpu, &loaded.model, config, data, start, clock())
                 .map_err(err)?;
-            if let Some(r) = opts.warmup_ratio {
+            if let (Some(r), false) = (opts.warmup_ratio, resumed) {
                 trainer
                     .set_warmup_steps((r * trainer.total_steps() as f64).ceil() as u64)
                     .map_err(err)?;
@@ -614,11 +681,17 @@ impl Tinytune {
                 None
             };
             let eval_every = trainer.config.eval_every;
+            let save_every = trainer.config.save_every;
             let mut stopped = false;
             let mut final_loss = None;
             loop {
                 if inner.stop.get() {
                     stopped = true;
+                    if trainer.state.global_step > 0 {
+                        if let Some(f) = &on_checkpoint {
+                            emit_checkpoint(&trainer, f).await?;
+                        }
+                    }
                     break;
                 }
                 let Some(mut rec) = trainer.step().await.map_err(err)? else {
@@ -636,10 +709,16 @@ impl Tinytune {
                     v["total_steps"] = json!(total);
                     f.call1(&JsValue::NULL, &JsValue::from_str(&v.to_string()))?;
                 }
+                if let Some(f) = &on_checkpoint {
+                    if (save_every > 0 && step % save_every == 0) || step == total {
+                        emit_checkpoint(&trainer, f).await?;
+                    }
+                }
                 yield_now().await;
             }
             let adapter = trainer.adapter().await.map_err(err)?;
             let summary = json!({
+                "resumed": resumed,
                 "steps": trainer.state.global_step,
                 "total_steps": total,
                 "stopped": stopped,

@@ -60,6 +60,9 @@ pub struct TrainOptions {
     pub gradient_checkpointing: bool,
     pub eval_split: NumOrText,
     pub eval_every: u64,
+    /// Checkpoint every N steps (0: only at the end and when stopped); checkpoints go to
+    /// `train`'s `onCheckpoint`.
+    pub save_every: u64,
     pub seed: u64,
     /// Start from the adapter given to `loadAdapter` (the CLI's `--adapter DIR`) instead of a
     /// fresh init.
@@ -90,6 +93,7 @@ impl Default for TrainOptions {
             gradient_checkpointing: false,
             eval_split: NumOrText::Num(0.0),
             eval_every: 0,
+            save_every: 0,
             seed: 42,
             adapter: false,
         }
@@ -173,7 +177,7 @@ impl TrainOptions {
             stop,
             eval_split: parse_eval_split(&self.eval_split)?,
             eval_every: self.eval_every,
-            save_every: 0,
+            save_every: self.save_every,
             seed: self.seed,
             lr: self.learning_rate,
             schedule: ScheduleKind::parse(&self.lr_scheduler).map_err(|e| e.to_string())?,
