@@ -8,6 +8,9 @@
 //    check it is a PEFT LoRA adapter, load it back; a screenshot goes to web/tests/artifacts/.
 //    When a native `tinytune` binary is there (target/{debug,release}), it trains the same run on
 //    the Vulkan adapter and the losses must agree within 1e-4.
+// 0. The generated TypeScript declarations declare the API DEVELOPERS.md documents (dts.test.mjs).
+// 1b. Reload mid-run: the model cached in OPFS and the newest checkpoint survive; resuming gives
+//    the uninterrupted run's losses and adapter exactly.
 // 2. WebGPU missing (an insecure origin has no navigator.gpu) and WebGPU without an adapter
 //    (Chromium without --enable-unsafe-webgpu): the page says so.
 //
@@ -21,6 +24,7 @@ import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { checkDts } from "./dts.test.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const web = path.resolve(here, "..");
@@ -137,6 +141,16 @@ let uninterrupted = null; // test 1's per-step losses
 let failed = false;
 let passed = 0;
 let failures = 0;
+
+// ---- 0. the TypeScript declarations declare the documented API ----
+try {
+  log(`d.ts: Tinytune declares ${checkDts().join(", ")}, as DEVELOPERS.md documents`);
+  passed++;
+} catch (e) {
+  failures++;
+  failed = true;
+  console.error("[browser-test] FAILED (d.ts):", e.message);
+}
 
 // ---- 1. train in the page ----
 {
