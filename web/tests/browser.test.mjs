@@ -11,6 +11,8 @@
 // 0. The generated TypeScript declarations declare the API DEVELOPERS.md documents (dts.test.mjs).
 // 1b. Reload mid-run: the model cached in OPFS and the newest checkpoint survive; resuming gives
 //    the uninterrupted run's losses and adapter exactly.
+// 1c. examples/web-embed (the README's snippet for web developers) trains 5 steps on the main
+//    thread; the loss must fall.
 // 2. WebGPU missing (an insecure origin has no navigator.gpu) and WebGPU without an adapter
 //    (Chromium without --enable-unsafe-webgpu): the page says so.
 //
@@ -65,8 +67,11 @@ fs.mkdirSync(artifacts, { recursive: true });
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json", ".ts": "text/plain", ".png": "image/png" };
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, "http://x");
-  let p = path.normalize(path.join(web, decodeURIComponent(url.pathname)));
-  if (!p.startsWith(web)) return res.writeHead(403).end();
+  // The app at /; the embedding example and what it imports at their repository paths.
+  const fromRoot = /^\/(examples|web|tests\/fixtures)\//.test(url.pathname);
+  const top = fromRoot ? root : web;
+  let p = path.normalize(path.join(top, decodeURIComponent(url.pathname)));
+  if (!p.startsWith(top)) return res.writeHead(403).end();
   if (fs.existsSync(p) && fs.statSync(p).isDirectory()) p = path.join(p, "index.html");
   fs.readFile(p, (e, body) => {
     if (e) return res.writeHead(404).end("not found");
@@ -344,6 +349,32 @@ try {
     failures++;
     failed = true;
     console.error("[browser-test] FAILED (reload and resume):", e);
+  } finally {
+    await close(b);
+  }
+}
+
+// ---- 1c. the embedding example (examples/web-embed: the module on the main thread) ----
+{
+  const b = await launch(["--enable-unsafe-webgpu"]);
+  try {
+    const page = await b.ctx.newPage();
+    watch(page, "embed");
+    page.setDefaultTimeout(timeoutMs);
+    await page.goto(`${base}examples/web-embed/`);
+    await page.waitForFunction(() => window.result && (window.result.done || window.result.error));
+    const r = await page.evaluate(() => window.result);
+    check(!r.error, `the example failed: ${r.error}`);
+    assert.equal(r.losses.length, 5);
+    check(r.losses.every(Number.isFinite) && r.losses[4] < r.losses[0] - 0.05, `the example's loss did not fall: ${r.losses}`);
+    const text = await page.textContent("#log");
+    check(/adapter_model\.safetensors: \d+ bytes/.test(text), `no adapter saved: ${text}`);
+    log(`embed example: losses ${r.losses.map((l) => l.toFixed(4)).join(" ")}`);
+    passed++;
+  } catch (e) {
+    failures++;
+    failed = true;
+    console.error("[browser-test] FAILED (embedding example):", e);
   } finally {
     await close(b);
   }
