@@ -221,6 +221,10 @@ $("data-file").onchange = async () => {
 function options() {
   const num = (id) => ($(id).value.trim() === "" ? undefined : Number($(id).value));
   const o = {
+    peft: $("peft").value,
+    num_virtual_tokens: num("num_virtual_tokens"),
+    prompt_tuning_init: $("prompt_tuning_init").value,
+    prompt_tuning_init_text: $("prompt_tuning_init_text").value || undefined,
     lora_r: num("lora_r"),
     lora_alpha: num("lora_alpha"),
     learning_rate: num("learning_rate"),
@@ -285,7 +289,9 @@ async function runTraining(cmd, args) {
     state.summary = s;
     state.hasAdapter = s.steps > 0;
     const ev = s.eval_loss_before != null ? ` · eval loss before ${s.eval_loss_before.toFixed(4)}` : "";
-    $("train-status").textContent = `${s.stopped ? "stopped" : "done"}${s.resumed ? " (resumed)" : ""}: ${s.steps} steps, ${s.n_params.toLocaleString()} LoRA parameters, ${
+    $("train-status").textContent = `${s.stopped ? "stopped" : "done"}${s.resumed ? " (resumed)" : ""}: ${s.steps} steps, ${s.n_params.toLocaleString()} ${s.peft === "lora" ? "LoRA" : "prompt-tuning"} parameters${
+      s.checkpoints ? "" : s.peft === "lora" ? "" : " (no checkpoints for prompt tuning yet)"
+    }, ${
       s.n_train
     } train / ${s.n_eval} eval examples, ${s.tokens_seen} tokens in ${s.elapsed_s.toFixed(1)} s${ev}`;
   } catch (e) {
@@ -453,7 +459,10 @@ $("adapter-files").onchange = async () => {
   try {
     const a = await call("loadAdapter", { files });
     state.hasAdapter = true;
-    $("adapter-info").textContent = `adapter loaded: r ${a.r}, alpha ${a.lora_alpha}, ${a.target_modules.join(",")}, ${a.n_params.toLocaleString()} parameters`;
+    $("adapter-info").textContent =
+      a.peft === "lora"
+        ? `adapter loaded: r ${a.r}, alpha ${a.lora_alpha}, ${a.target_modules.join(",")}, ${a.n_params.toLocaleString()} parameters`
+        : `adapter loaded: prompt tuning, ${a.num_virtual_tokens} virtual tokens, ${a.n_params.toLocaleString()} parameters`;
   } catch (e) {
     $("adapter-info").textContent = e.message;
   }

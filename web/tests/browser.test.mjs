@@ -117,7 +117,7 @@ function safetensorsHeader(buf) {
 }
 
 /** The native CLI on the same run, if a binary is there: its per-step losses. */
-function nativeLosses() {
+function nativeLosses(options = OPTIONS) {
   // The newest of the two builds (scripts/test.sh's cargo test leaves a fresh debug one).
   const bin = ["target/release/tinytune", "target/debug/tinytune"]
     .map((b) => path.join(root, b))
@@ -127,7 +127,7 @@ function nativeLosses() {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "tinytune-native-"));
   fs.writeFileSync(path.join(tmp, "data.jsonl"), DATA + "\n");
   const args = ["train", "--model", modelDir, "--data", path.join(tmp, "data.jsonl"), "--output-dir", path.join(tmp, "out"), "--log-steps"];
-  for (const [k, v] of Object.entries(OPTIONS)) args.push(`--${k.replaceAll("_", "-")}`, String(v));
+  for (const [k, v] of Object.entries(options)) args.push(`--${k.replaceAll("_", "-")}`, String(v));
   const r = spawnSync(bin, args, {
     encoding: "utf8",
     env: { ...process.env, WGPU_BACKEND: process.env.WGPU_BACKEND || "vulkan", XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || "/tmp" },
@@ -265,6 +265,31 @@ try {
     check(/^stopped: /.test(await page.textContent("#train-status")), "the page says it stopped");
     check(!(await page.isDisabled("#download")), "the stopped run's adapter can be downloaded");
     log(`stop: the run ended after ${stopped.steps} of 200 steps`);
+
+    // Prompt tuning through the form's peft selector: 3 steps, then generation with the prompt.
+    const PT = { ...OPTIONS, peft: "prompt-tuning", num_virtual_tokens: 4, num_steps: 3 };
+    await page.selectOption("#peft", "prompt-tuning");
+    await page.fill("#num_virtual_tokens", "4");
+    await page.fill("#num_steps", "3");
+    await page.click("#train");
+    await page.waitForFunction(() => (window.tinytune.state.summary && !window.tinytune.state.training) || document.querySelector("#train-status.error"));
+    const pt = await page.evaluate(() => window.tinytune.state);
+    check(pt.summary && pt.summary.peft === "prompt-tuning" && pt.summary.steps === 3, `prompt tuning: ${await page.textContent("#train-status")}`);
+    assert.equal(pt.summary.n_params, 4 * model.hidden_size);
+    const ptLosses = pt.steps.map((m) => m.loss);
+    check(ptLosses[2] < ptLosses[0], `prompt tuning: the loss did not fall: ${ptLosses}`);
+    await page.evaluate(() => (window.tinytune.state.lastGenerate = null));
+    await page.click("#generate");
+    await page.waitForFunction(() => window.tinytune.state.lastGenerate || document.querySelector("#gen-status.error"));
+    const ptGen = await page.evaluate(() => window.tinytune.state.lastGenerate);
+    check(ptGen && ptGen.adapted && ptGen.adapted.adapter, `prompt-tuning generate: ${await page.textContent("#gen-status")}`);
+    log(`prompt tuning: losses ${ptLosses.map((l) => l.toFixed(4)).join(" ")}; adapted ${JSON.stringify(ptGen.adapted.text)}`);
+    const ptNative = nativeLosses(PT);
+    if (ptNative) {
+      const d = Math.max(...ptLosses.map((l, i) => Math.abs(l - ptNative.losses[i])));
+      log(`prompt tuning native: ${ptNative.losses.map((l) => l.toFixed(4)).join(" ")}; max diff ${d.toExponential(2)}`);
+      check(d <= 1e-4, `prompt tuning: browser and native losses differ: ${ptLosses} vs ${ptNative.losses}`);
+    }
 
     // The same run natively.
     const native = nativeLosses();

@@ -2,7 +2,7 @@
 //! file system. Plain Rust, so it is tested natively against the path-based loaders.
 
 use tinytune_model::{ByteSource, ChunkedBytes, HfParts, ModelSource};
-use tinytune_train::Adapter;
+use tinytune_train::{Adapter, PromptAdapter};
 
 /// One picked file: its name (a path's last component is used) and its bytes: in chunks in
 /// memory, or read range by range from a browser `File` ([`crate::reader::RangeSource`]).
@@ -114,6 +114,43 @@ pub fn open_model(files: Vec<NamedFile>) -> Result<ModelSource, String> {
         tokenizer_config_json,
         chat_template,
     })
+    .map_err(|e| e.to_string())
+}
+
+/// A PEFT adapter of either kind this crate trains.
+pub enum AnyAdapter {
+    Lora(Adapter),
+    Prompt(PromptAdapter),
+}
+
+/// A PEFT adapter (LoRA or prompt tuning, by `adapter_config.json`'s `peft_type`) from its two
+/// picked files.
+pub fn open_any_adapter(files: Vec<NamedFile>) -> Result<AnyAdapter, String> {
+    let cfg = files.iter().find(|f| f.name == "adapter_config.json");
+    let peft_type = match cfg {
+        Some(f) => serde_json::from_slice::<serde_json::Value>(&f.to_vec()?)
+            .map_err(|e| format!("adapter_config.json: {e}"))?["peft_type"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+        None => String::new(),
+    };
+    if peft_type != "PROMPT_TUNING" {
+        return open_adapter(files).map(AnyAdapter::Lora);
+    }
+    let get = |name: &str| -> Result<Vec<u8>, String> {
+        files
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or(format!("no {name} among the adapter files"))?
+            .to_vec()
+    };
+    PromptAdapter::from_bytes(
+        &get("adapter_config.json")?,
+        &get("adapter_model.safetensors")?,
+        "adapter",
+    )
+    .map(AnyAdapter::Prompt)
     .map_err(|e| e.to_string())
 }
 

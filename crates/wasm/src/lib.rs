@@ -33,12 +33,12 @@ use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
 use serde_json::json;
 use tinytune_gpu::{Gpu, GpuOptions};
 use tinytune_model::{
-    stop_ids, ByteSource, GenerateOptions, KvDecoder, LlamaModel, LoraGpu, MemBytes, Quant,
-    StopReason, TextStream,
+    stop_ids, ByteSource, GenerateOptions, KvDecoder, LlamaModel, LoraGpu, MemBytes, PromptGpu,
+    Quant, StopReason, TextStream,
 };
 use tinytune_train::{
-    upload_adapter, Adapter, ChatMessage, Checkpoint, Clock, Dataset, ModelTokenizer, Start,
-    Trainer,
+    upload_adapter, Adapter, ChatMessage, Checkpoint, Clock, Dataset, ModelTokenizer,
+    PromptAdapter, PromptStart, Start, Trainer,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
@@ -78,7 +78,7 @@ export interface StepMetrics {
     tokens_per_s: number; elapsed_s: number; eval_loss?: number; eval_ppl?: number;
 }
 export interface TrainSummary {
-    resumed: boolean; steps: number; total_steps: number; stopped: boolean; n_params: number; n_train: number;
+    resumed: boolean; peft: "lora" | "prompt-tuning"; checkpoints: boolean; steps: number; total_steps: number; stopped: boolean; n_params: number; n_train: number;
     n_eval: number; tokens_seen: number; elapsed_s: number; eval_loss_before: number | null;
     final_loss: number | null; data: { records: number; examples: number; tokens: number;
     targets: number; truncated: number; dropped: number };
@@ -98,7 +98,9 @@ export interface AdapterFiles {
     "adapter_model.safetensors": Uint8Array;
 }
 export interface AdapterInfo {
-    r: number; lora_alpha: number; target_modules: string[]; n_params: number;
+    peft: "lora" | "prompt-tuning"; n_params: number;
+    /** LoRA */ r?: number; lora_alpha?: number; target_modules?: string[];
+    /** prompt tuning */ num_virtual_tokens?: number;
 }
 "#;
 
@@ -116,9 +118,38 @@ struct Loaded {
 }
 
 /// The current adapter: host weights (for saving) and device copy (for generation).
-struct Tuned {
-    adapter: Adapter,
-    lora: LoraGpu,
+enum Tuned {
+    Lora {
+        adapter: Adapter,
+        lora: LoraGpu,
+    },
+    Prompt {
+        adapter: PromptAdapter,
+        prompt: PromptGpu,
+    },
+}
+
+impl Tuned {
+    fn prompt(gpu: &Gpu, adapter: PromptAdapter) -> Result<Tuned, JsValue> {
+        let (p, c) = (adapter.config.num_virtual_tokens, adapter.config.token_dim);
+        let prompt = PromptGpu::upload(gpu, &adapter.embeddings, p, c).map_err(err)?;
+        Ok(Tuned::Prompt { adapter, prompt })
+    }
+
+    fn peft(&self) -> options::Peft {
+        match self {
+            Tuned::Lora { .. } => options::Peft::Lora,
+            Tuned::Prompt { .. } => options::Peft::PromptTuning,
+        }
+    }
+
+    fn to_files(&self) -> Result<Vec<(String, Vec<u8>)>, JsValue> {
+        match self {
+            Tuned::Lora { adapter, .. } => adapter.to_files(),
+            Tuned::Prompt { adapter, .. } => adapter.to_files(),
+        }
+        .map_err(err)
+    }
 }
 
 struct Inner {
@@ -658,13 +689,28 @@ impl Tinytune {
                 Start::Resume(Box::new(ck))
             } else if opts.adapter {
                 let t = inner.adapter.borrow().clone();
-                Start::Adapter(
-                    t.ok_or_else(|| err("\"adapter\": true but no adapter is loaded"))?
-                        .adapter
-                        .clone(),
-                )
+                let t = t.ok_or_else(|| err("\"adapter\": true but no adapter is loaded"))?;
+                if t.peft() != opts.peft {
+                    return Err(err(format!(
+                        "\"adapter\": true: the current adapter is {}, the options say peft {:?}",
+                        t.peft().name(),
+                        opts.peft.name()
+                    )));
+                }
+                match &*t {
+                    Tuned::Lora { adapter, .. } => Start::Adapter(adapter.clone()),
+                    Tuned::Prompt { adapter, .. } => {
+                        Start::Prompt(PromptStart::Adapter(adapter.clone()))
+                    }
+                }
             } else {
-                Start::Fresh
+                match opts
+                    .peft_start(|t| tok.tok.encode(t, false).map_err(|e| e.to_string()))
+                    .map_err(err)?
+                {
+                    None => Start::Fresh,
+                    Some(p) => Start::Prompt(p),
+                }
             };
             let mut trainer = Trainer::new(&inner.gpu, &loaded.model, config, data, start, clock())
                 .map_err(err)?;
@@ -687,7 +733,7 @@ impl Tinytune {
             loop {
                 if inner.stop.get() {
                     stopped = true;
-                    if trainer.state.global_step > 0 {
+                    if trainer.state.global_step > 0 && !trainer.is_prompt_tuning() {
                         if let Some(f) = &on_checkpoint {
                             emit_checkpoint(&trainer, f).await?;
                         }
@@ -709,16 +755,26 @@ impl Tinytune {
                     v["total_steps"] = json!(total);
                     f.call1(&JsValue::NULL, &JsValue::from_str(&v.to_string()))?;
                 }
-                if let Some(f) = &on_checkpoint {
+                if let Some(f) = on_checkpoint
+                    .as_ref()
+                    .filter(|_| !trainer.is_prompt_tuning())
+                {
                     if (save_every > 0 && step % save_every == 0) || step == total {
                         emit_checkpoint(&trainer, f).await?;
                     }
                 }
                 yield_now().await;
             }
-            let adapter = trainer.adapter().await.map_err(err)?;
+            let prompt_tuning = trainer.is_prompt_tuning();
+            let tuned = if prompt_tuning {
+                Err(trainer.prompt_adapter().await.map_err(err)?)
+            } else {
+                Ok(trainer.adapter().await.map_err(err)?)
+            };
             let summary = json!({
                 "resumed": resumed,
+                "peft": if prompt_tuning { "prompt-tuning" } else { "lora" },
+                "checkpoints": on_checkpoint.is_some() && !prompt_tuning,
                 "steps": trainer.state.global_step,
                 "total_steps": total,
                 "stopped": stopped,
@@ -733,10 +789,15 @@ impl Tinytune {
             });
             drop(trainer);
             if summary["steps"].as_u64().unwrap_or(0) > 0 {
-                let lora = upload_adapter(&inner.gpu, &loaded.model, &adapter).map_err(err)?;
-                inner
-                    .adapter
-                    .replace(Some(Rc::new(Tuned { adapter, lora })));
+                let tuned = match tuned {
+                    Ok(adapter) => {
+                        let lora =
+                            upload_adapter(&inner.gpu, &loaded.model, &adapter).map_err(err)?;
+                        Tuned::Lora { adapter, lora }
+                    }
+                    Err(prompt) => Tuned::prompt(&inner.gpu, prompt)?,
+                };
+                inner.adapter.replace(Some(Rc::new(tuned)));
             }
             to_js(&summary)
         })
@@ -805,9 +866,16 @@ impl Tinytune {
             if use_adapter && tuned.is_none() {
                 return Err(err("no adapter: train or loadAdapter first"));
             }
-            let lora = tuned.as_ref().filter(|_| use_adapter).map(|t| &t.lora);
+            let used = tuned.as_deref().filter(|_| use_adapter);
+            let lora = match used {
+                Some(Tuned::Lora { lora, .. }) => Some(lora),
+                _ => None,
+            };
             let max_len = (ids.len() + opts.max_new_tokens).min(cap);
             let mut dec = KvDecoder::new(&inner.gpu, &loaded.model, lora, max_len).map_err(err)?;
+            if let Some(Tuned::Prompt { prompt, .. }) = used {
+                dec = dec.with_prompt(prompt).map_err(err)?;
+            }
             let gen_opts = GenerateOptions {
                 max_new_tokens: opts.max_new_tokens,
                 sampling,
@@ -861,7 +929,7 @@ impl Tinytune {
                 "text": text,
                 "tokens": gen.tokens,
                 "prompt_tokens": ids.len(),
-                "adapter": lora.is_some(),
+                "adapter": used.is_some(),
                 "stop": match gen.stop {
                     StopReason::Eos => "eos",
                     StopReason::MaxNewTokens => "max_new_tokens",
@@ -890,7 +958,7 @@ impl Tinytune {
                 .clone()
                 .ok_or_else(|| err("no adapter: train or loadAdapter first"))?;
             let out = Object::new();
-            for (name, bytes) in tuned.adapter.to_files().map_err(err)? {
+            for (name, bytes) in tuned.to_files()? {
                 Reflect::set(
                     &out,
                     &JsValue::from_str(&name),
@@ -914,26 +982,48 @@ impl Tinytune {
             let _busy = inner.begin("loadAdapter")?;
             let loaded = inner.loaded()?;
             let (files, _) = named_files(&files, &Arc::default()).await?;
-            let adapter = files::open_adapter(files).map_err(err)?;
-            let lora = upload_adapter(&inner.gpu, &loaded.model, &adapter).map_err(err)?;
-            let c = &adapter.config;
-            let mut targets: Vec<&str> = adapter
-                .weights
-                .pairs
-                .keys()
-                .map(|k| k.module.name())
-                .collect();
-            targets.sort_unstable();
-            targets.dedup();
-            let info = json!({
-                "r": c.r,
-                "lora_alpha": c.lora_alpha,
-                "target_modules": targets,
-                "n_params": adapter.weights.n_params(),
-            });
-            inner
-                .adapter
-                .replace(Some(Rc::new(Tuned { adapter, lora })));
+            let info = match files::open_any_adapter(files).map_err(err)? {
+                files::AnyAdapter::Lora(adapter) => {
+                    let lora = upload_adapter(&inner.gpu, &loaded.model, &adapter).map_err(err)?;
+                    let c = &adapter.config;
+                    let mut targets: Vec<&str> = adapter
+                        .weights
+                        .pairs
+                        .keys()
+                        .map(|k| k.module.name())
+                        .collect();
+                    targets.sort_unstable();
+                    targets.dedup();
+                    let info = json!({
+                        "peft": "lora",
+                        "r": c.r,
+                        "lora_alpha": c.lora_alpha,
+                        "target_modules": targets,
+                        "n_params": adapter.weights.n_params(),
+                    });
+                    inner
+                        .adapter
+                        .replace(Some(Rc::new(Tuned::Lora { adapter, lora })));
+                    info
+                }
+                files::AnyAdapter::Prompt(adapter) => {
+                    let hidden = loaded.model.config.hidden_size;
+                    if adapter.config.token_dim != hidden {
+                        return Err(err(format!(
+                            "the prompt adapter's token_dim is {}, the model's hidden size {hidden}",
+                            adapter.config.token_dim
+                        )));
+                    }
+                    let info = json!({
+                        "peft": "prompt-tuning",
+                        "num_virtual_tokens": adapter.config.num_virtual_tokens,
+                        "n_params": adapter.embeddings.len(),
+                    });
+                    let t = Tuned::prompt(&inner.gpu, adapter)?;
+                    inner.adapter.replace(Some(Rc::new(t)));
+                    info
+                }
+            };
             to_js(&info)
         })
     }

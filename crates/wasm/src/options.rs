@@ -7,7 +7,7 @@ use tinytune_train::data::{EvalSplit, Stop, TextSplit};
 use tinytune_train::peft::LoraModule;
 use tinytune_train::{
     check_layers, eval_split_from, parse_layers_to_transform, parse_target_modules, AdamWConfig,
-    LoraHyper, ScheduleKind, TrainConfig,
+    LoraHyper, PromptStart, ScheduleKind, TrainConfig,
 };
 
 /// A number or a string (the CLI takes `--eval-split 0.1` or `--eval-split 10`, and
@@ -35,10 +35,42 @@ pub enum Layers {
     Text(String),
 }
 
+/// `--peft`: what a run trains. (Prefix tuning will be one more variant and one more arm in
+/// [`TrainOptions::peft_start`].)
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Peft {
+    /// LoRA adapters on the linear layers (PEFT `LORA`).
+    Lora,
+    /// Trainable virtual token embeddings (PEFT `PROMPT_TUNING`).
+    PromptTuning,
+}
+
+impl Peft {
+    pub fn name(self) -> &'static str {
+        match self {
+            Peft::Lora => "lora",
+            Peft::PromptTuning => "prompt-tuning",
+        }
+    }
+}
+
+/// `--prompt-tuning-init`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptInit {
+    Random,
+    Text,
+}
+
 /// `train`'s options: the names and defaults of `tinytune train`'s flags.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainOptions {
+    pub peft: Peft,
+    pub num_virtual_tokens: usize,
+    pub prompt_tuning_init: PromptInit,
+    pub prompt_tuning_init_text: Option<String>,
     pub lora_r: usize,
     pub lora_alpha: f64,
     pub lora_dropout: f64,
@@ -72,6 +104,10 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
+            peft: Peft::Lora,
+            num_virtual_tokens: 20,
+            prompt_tuning_init: PromptInit::Random,
+            prompt_tuning_init_text: None,
             lora_r: 8,
             lora_alpha: 16.0,
             lora_dropout: 0.0,
@@ -139,6 +175,38 @@ pub fn parse_eval_split(v: &NumOrText) -> Result<EvalSplit, String> {
 }
 
 impl TrainOptions {
+    /// How a fresh run of `peft` starts: `None` for LoRA (its settings are in the config), the
+    /// prompt's init for prompt tuning (`encode` tokenizes the init text).
+    pub fn peft_start(
+        &self,
+        encode: impl Fn(&str) -> Result<Vec<u32>, String>,
+    ) -> Result<Option<PromptStart>, String> {
+        match self.peft {
+            Peft::Lora => Ok(None),
+            Peft::PromptTuning => {
+                let p = self.num_virtual_tokens;
+                Ok(Some(match self.prompt_tuning_init {
+                    PromptInit::Random => PromptStart::Random {
+                        num_virtual_tokens: p,
+                    },
+                    PromptInit::Text => {
+                        let text = self
+                            .prompt_tuning_init_text
+                            .clone()
+                            .ok_or("prompt_tuning_init \"text\" needs prompt_tuning_init_text")?;
+                        let ids = encode(&text)
+                            .map_err(|e| format!("cannot tokenize prompt_tuning_init_text: {e}"))?;
+                        PromptStart::Text {
+                            num_virtual_tokens: p,
+                            ids,
+                            text,
+                        }
+                    }
+                }))
+            }
+        }
+    }
+
     /// The trainer's config, as `tinytune train` builds it from the same flags. (Fields the
     /// trainer gains later take their defaults until they get an option here.)
     #[allow(clippy::needless_update)]
@@ -322,6 +390,44 @@ mod tests {
         assert!(parse_gen_options(r#"{"max_tokens": 3}"#)
             .unwrap_err()
             .contains("max_tokens"));
+    }
+
+    #[test]
+    fn peft_methods() {
+        let enc = |t: &str| Ok(t.bytes().map(u32::from).collect());
+        let o = parse_train_options("{}").unwrap();
+        assert_eq!(o.peft, Peft::Lora);
+        assert!(o.peft_start(enc).unwrap().is_none());
+        let o = parse_train_options(r#"{"peft": "prompt-tuning"}"#).unwrap();
+        match o.peft_start(enc).unwrap() {
+            Some(PromptStart::Random { num_virtual_tokens }) => assert_eq!(num_virtual_tokens, 20),
+            _ => panic!("random init with the CLI's 20 tokens"),
+        }
+        let o = parse_train_options(
+            r#"{"peft": "prompt-tuning", "num_virtual_tokens": 4, "prompt_tuning_init": "text",
+                "prompt_tuning_init_text": "ab"}"#,
+        )
+        .unwrap();
+        match o.peft_start(enc).unwrap() {
+            Some(PromptStart::Text {
+                num_virtual_tokens,
+                ids,
+                text,
+            }) => assert_eq!(
+                (num_virtual_tokens, ids, text.as_str()),
+                (4, vec![97, 98], "ab")
+            ),
+            _ => panic!("text init"),
+        }
+        let o = parse_train_options(r#"{"peft": "prompt-tuning", "prompt_tuning_init": "text"}"#)
+            .unwrap();
+        assert!(o
+            .peft_start(enc)
+            .err()
+            .unwrap()
+            .contains("prompt_tuning_init_text"));
+        let e = parse_train_options(r#"{"peft": "ia3"}"#).unwrap_err();
+        assert!(e.contains("ia3") && e.contains("prompt-tuning"), "{e}");
     }
 
     #[test]
