@@ -193,6 +193,11 @@ fn err(e: impl std::fmt::Display) -> JsValue {
     JsError::new(&e.to_string()).into()
 }
 
+/// [`err`] with what to change when the GPU ran out of room ([`options::with_gpu_hint`]).
+fn gpu_err(what: &'static str) -> impl Fn(String) -> JsValue {
+    move |m| err(options::with_gpu_hint(m, what))
+}
+
 fn to_js(v: &serde_json::Value) -> Result<JsValue, JsValue> {
     js_sys::JSON::parse(&v.to_string())
 }
@@ -580,13 +585,16 @@ impl Tinytune {
             inner.model.replace(None);
             inner.adapter.replace(None);
             let model = LlamaModel::load(&inner.gpu, &src, quant)
-                .map_err(|e| err(format!("cannot load the model: {e}")))?;
+                .map_err(|e| gpu_err("loadModel")(format!("cannot load the model: {e}")))?;
             let tok = src
                 .tokenizer()
                 .map_err(|e| e.to_string())
                 .and_then(|t| ModelTokenizer::new(t).map_err(|e| e.to_string()));
             // Surface device errors (out of memory, limits) now rather than at the first step.
-            inner.gpu.sync().map_err(err)?;
+            inner
+                .gpu
+                .sync()
+                .map_err(|e| gpu_err("loadModel")(e.to_string()))?;
             let c = &model.config;
             let info = json!({
                 "name": model_name(&names),
@@ -713,7 +721,7 @@ impl Tinytune {
                 }
             };
             let mut trainer = Trainer::new(&inner.gpu, &loaded.model, config, data, start, clock())
-                .map_err(err)?;
+                .map_err(|e| gpu_err("train")(e.to_string()))?;
             if let (Some(r), false) = (opts.warmup_ratio, resumed) {
                 trainer
                     .set_warmup_steps((r * trainer.total_steps() as f64).ceil() as u64)
@@ -740,7 +748,8 @@ impl Tinytune {
                     }
                     break;
                 }
-                let Some(mut rec) = trainer.step().await.map_err(err)? else {
+                let step = trainer.step().await;
+                let Some(mut rec) = step.map_err(|e| gpu_err("train")(e.to_string()))? else {
                     break;
                 };
                 let step = rec.step;
@@ -872,7 +881,8 @@ impl Tinytune {
                 _ => None,
             };
             let max_len = (ids.len() + opts.max_new_tokens).min(cap);
-            let mut dec = KvDecoder::new(&inner.gpu, &loaded.model, lora, max_len).map_err(err)?;
+            let mut dec = KvDecoder::new(&inner.gpu, &loaded.model, lora, max_len)
+                .map_err(|e| gpu_err("generate")(e.to_string()))?;
             if let Some(Tuned::Prompt { prompt, .. }) = used {
                 dec = dec.with_prompt(prompt).map_err(err)?;
             }

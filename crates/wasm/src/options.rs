@@ -272,6 +272,36 @@ impl TrainOptions {
     }
 }
 
+/// A GPU error's message plus what to change: over a device limit or out of memory while
+/// training or generating means a smaller batch / sequence (or model); other messages pass as they
+/// are. `what` is `"train"`, `"generate"` or `"loadModel"`.
+pub fn with_gpu_hint(msg: String, what: &str) -> String {
+    let limit = msg.contains("the device allows at most")
+        || msg.contains("out of GPU memory")
+        || msg.contains("over the device limit");
+    let lost = msg.contains("device error") || msg.to_ascii_lowercase().contains("device lost");
+    if !limit && !lost {
+        return msg;
+    }
+    let change = match what {
+        "train" => {
+            "use a smaller batch_size or seq_len (or gradient_checkpointing, fewer \
+                    layers_to_transform, or a smaller model)"
+        }
+        "generate" => {
+            "use a shorter prompt or fewer max_new_tokens (or max_length), or a smaller \
+                       model"
+        }
+        _ => "use a smaller model (or quant \"nf4\" instead of \"none\")",
+    };
+    let prefix = if lost {
+        "the GPU device failed; reload the page, then "
+    } else {
+        "this does not fit the GPU: "
+    };
+    format!("{msg}. {prefix}{change}")
+}
+
 /// `generate`'s options: the names and defaults of `tinytune generate`'s flags.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -390,6 +420,30 @@ mod tests {
         assert!(parse_gen_options(r#"{"max_tokens": 3}"#)
             .unwrap_err()
             .contains("max_tokens"));
+    }
+
+    #[test]
+    fn gpu_errors_say_what_to_change() {
+        let m = with_gpu_hint(
+            "buffer \"acts\" needs 9 bytes but the device allows at most 8 bytes per storage binding"
+                .into(),
+            "train",
+        );
+        assert!(m.contains("smaller batch_size or seq_len"), "{m}");
+        let m = with_gpu_hint(
+            "out of GPU memory allocating buffer \"w\"".into(),
+            "loadModel",
+        );
+        assert!(m.contains("smaller model"), "{m}");
+        let m = with_gpu_hint("device error: Device lost".into(), "generate");
+        assert!(
+            m.contains("reload the page") && m.contains("max_new_tokens"),
+            "{m}"
+        );
+        assert_eq!(
+            with_gpu_hint("data.jsonl: line 3".into(), "train"),
+            "data.jsonl: line 3"
+        );
     }
 
     #[test]
