@@ -34,6 +34,9 @@ const state = {
   outputs: { base: "", adapted: "" },
   lastGenerate: null,
   hasAdapter: false,
+  loadProgress: [], // LoadProgress events of the last loadModel
+  saved: { model: null, run: null }, // what the worker found in OPFS
+  checkpoints: [], // {step, total_steps} of the checkpoints saved during the current run
 };
 window.tinytune = { state };
 
@@ -41,7 +44,7 @@ window.tinytune = { state };
 const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
 let nextId = 1;
 const pending = new Map();
-const listeners = { step: [], token: [] };
+const listeners = { step: [], token: [], progress: [], checkpoint: [] };
 
 worker.onmessage = (ev) => {
   const m = ev.data;
@@ -79,6 +82,25 @@ function setBusy(busy) {
   $("stop").disabled = !state.training;
   $("generate").disabled = busy || !has;
   $("download").disabled = busy || !state.hasAdapter;
+  $("use-cached").disabled = busy || !state.ready;
+  $("resume").disabled = busy || !state.ready || (!state.model && !state.saved.model);
+}
+
+/** Offers the cached model and the saved run found in the Origin Private File System. */
+async function refreshSaved() {
+  try {
+    state.saved = await call("saved");
+  } catch (e) {
+    console.warn(`cannot read the browser's storage: ${e.message}`);
+    state.saved = { model: null, run: null };
+  }
+  const { model, run } = state.saved;
+  const size = model ? model.files.reduce((s, f) => s + f.size, 0) : 0;
+  $("use-cached").hidden = !model;
+  if (model) $("use-cached").textContent = `Use cached model ${model.name} (${fmtBytes(size)})`;
+  $("resume").hidden = !run;
+  if (run) $("resume").textContent = `Resume run (step ${run.step} of ${run.total_steps})`;
+  setBusy(false);
 }
 
 function pickedModelFiles() {
@@ -111,6 +133,7 @@ async function start() {
       lim.max_storage_buffer_binding_size,
     )} · ${info.features.length ? info.features.join(", ") : "no optional features"}`;
     $("gpu").title = JSON.stringify(info, null, 1);
+    await refreshSaved();
   } catch (e) {
     showNoGpu(e.message);
     $("gpu").textContent = "no WebGPU";
@@ -128,29 +151,64 @@ function showNoGpu(msg) {
 // ---- model ----
 $("model-files").onchange = () => setBusy(false);
 $("model-folder").onchange = () => setBusy(false);
-$("load").onclick = async () => {
+$("load").onclick = () => {
   const picked = pickedModelFiles();
   const files = {};
   for (const f of picked) files[f.webkitRelativePath || f.name] = f;
   const total = picked.reduce((s, f) => s + f.size, 0);
-  $("model-info").textContent = `loading ${picked.length} file(s), ${fmtBytes(total)}…`;
+  const cache = $("cache-model").checked;
+  return loadModel(`${cache ? "caching and " : ""}loading ${picked.length} file(s), ${fmtBytes(total)}…`, () =>
+    call("loadModel", { files, quant: $("quant").value, cache }),
+  );
+};
+$("use-cached").onclick = () =>
+  loadModel("loading the cached model…", () => call("loadCachedModel", { quant: $("quant").value }));
+
+async function loadModel(what, load) {
+  $("model-info").textContent = what;
   $("model-info").classList.remove("error");
+  state.loadProgress = [];
+  showLoadProgress(null);
   setBusy(true);
+  let ok = false;
   try {
-    const m = await call("loadModel", { files, quant: $("quant").value });
+    const m = await load();
+    showLoadProgress(null, true);
     state.model = m;
     state.hasAdapter = false;
     $("model-info").textContent = `${m.name || "model"}: ${m.model_type}, ${m.layers} layers, hidden ${m.hidden_size}, vocab ${
       m.vocab_size
     }, ${m.quant} base${m.chat_template ? ", chat template" : ""}${
       m.tokenizer_error ? ` (no tokenizer: ${m.tokenizer_error})` : ""
-    } · loaded in ${m.load_s.toFixed(1)} s`;
+    } · loaded in ${m.load_s.toFixed(1)} s (read ${fmtBytes(m.bytes_read)} of ${fmtBytes(m.file_bytes)})${m.cached ? " · cached in this browser" : ""}`;
+    ok = true;
   } catch (e) {
+    showLoadProgress(null, true);
     $("model-info").textContent = e.message;
     $("model-info").classList.add("error");
   }
   setBusy(false);
-};
+  await refreshSaved();
+  return ok;
+}
+
+listeners.progress.push(({ progress }) => {
+  state.loadProgress.push(progress);
+  showLoadProgress(progress);
+});
+
+function showLoadProgress(p, done = false) {
+  const bar = $("load-progress");
+  bar.hidden = done;
+  if (done) return;
+  bar.max = p && p.total_tensors ? p.total_tensors : 1;
+  bar.value = p ? p.loaded_tensors : 0;
+  if (p) {
+    $("model-info").textContent = `loading: tensor ${p.loaded_tensors} of ${p.total_tensors}, ${fmtBytes(p.bytes)} of ${fmtBytes(
+      p.total_bytes,
+    )} read`;
+  }
+}
 
 // ---- data ----
 $("data-file").onchange = async () => {
@@ -163,6 +221,10 @@ $("data-file").onchange = async () => {
 function options() {
   const num = (id) => ($(id).value.trim() === "" ? undefined : Number($(id).value));
   const o = {
+    peft: $("peft").value,
+    num_virtual_tokens: num("num_virtual_tokens"),
+    prompt_tuning_init: $("prompt_tuning_init").value,
+    prompt_tuning_init_text: $("prompt_tuning_init_text").value || undefined,
     lora_r: num("lora_r"),
     lora_alpha: num("lora_alpha"),
     learning_rate: num("learning_rate"),
@@ -174,6 +236,7 @@ function options() {
     warmup_steps: num("warmup_steps"),
     eval_split: $("eval_split").value.trim() || "0",
     target_modules: $("target_modules").value.trim() || "all-linear",
+    save_every: num("save_every"),
   };
   const layers = $("layers_to_transform").value.trim();
   if (layers) o.layers_to_transform = layers;
@@ -193,24 +256,42 @@ listeners.step.push(({ metrics }) => {
   drawChart();
 });
 
-$("train").onclick = async () => {
+listeners.checkpoint.push(({ step, total_steps }) => {
+  state.checkpoints.push({ step, total_steps });
+  $("train-status").textContent = `checkpoint of step ${step} of ${total_steps} saved in this browser`;
+});
+
+$("train").onclick = () =>
+  runTraining("train", { dataText: $("data").value, dataName: $("data-format").value, options: options(), persist: true });
+
+$("resume").onclick = async () => {
+  const run = state.saved.run;
+  if (!run) return;
+  if (!state.model && !(await loadModel("loading the cached model…", () => call("loadCachedModel", {})))) return;
+  // Show the run's data and settings in the form (the run continues with its saved ones).
+  $("data").value = run.dataText;
+  $("data-format").value = /\.jsonl$/i.test(run.dataName) ? "data.jsonl" : "data.txt";
+  for (const [k, v] of Object.entries(run.options)) if ($(k) && $(k).tagName !== "BUTTON") $(k).value = String(v);
+  return runTraining("resume", {});
+};
+
+async function runTraining(cmd, args) {
   state.steps = [];
   state.summary = null;
+  state.checkpoints = [];
   state.training = true;
   drawChart();
-  $("train-status").textContent = "tokenizing and starting…";
+  $("train-status").textContent = cmd === "resume" ? "resuming…" : "tokenizing and starting…";
   $("train-status").classList.remove("error");
   setBusy(true);
   try {
-    const s = await call("train", {
-      dataText: $("data").value,
-      dataName: $("data-format").value,
-      options: options(),
-    });
+    const s = await call(cmd, args);
     state.summary = s;
     state.hasAdapter = s.steps > 0;
     const ev = s.eval_loss_before != null ? ` · eval loss before ${s.eval_loss_before.toFixed(4)}` : "";
-    $("train-status").textContent = `${s.stopped ? "stopped" : "done"}: ${s.steps} steps, ${s.n_params.toLocaleString()} LoRA parameters, ${
+    $("train-status").textContent = `${s.stopped ? "stopped" : "done"}${s.resumed ? " (resumed)" : ""}: ${s.steps} steps, ${s.n_params.toLocaleString()} ${s.peft === "lora" ? "LoRA" : "prompt-tuning"} parameters${
+      s.checkpoints ? "" : s.peft === "lora" ? "" : " (no checkpoints for prompt tuning yet)"
+    }, ${
       s.n_train
     } train / ${s.n_eval} eval examples, ${s.tokens_seen} tokens in ${s.elapsed_s.toFixed(1)} s${ev}`;
   } catch (e) {
@@ -219,7 +300,8 @@ $("train").onclick = async () => {
   }
   state.training = false;
   setBusy(false);
-};
+  await refreshSaved();
+}
 
 $("stop").onclick = () => {
   worker.postMessage({ cmd: "stop" });
@@ -377,7 +459,10 @@ $("adapter-files").onchange = async () => {
   try {
     const a = await call("loadAdapter", { files });
     state.hasAdapter = true;
-    $("adapter-info").textContent = `adapter loaded: r ${a.r}, alpha ${a.lora_alpha}, ${a.target_modules.join(",")}, ${a.n_params.toLocaleString()} parameters`;
+    $("adapter-info").textContent =
+      a.peft === "lora"
+        ? `adapter loaded: r ${a.r}, alpha ${a.lora_alpha}, ${a.target_modules.join(",")}, ${a.n_params.toLocaleString()} parameters`
+        : `adapter loaded: prompt tuning, ${a.num_virtual_tokens} virtual tokens, ${a.n_params.toLocaleString()} parameters`;
   } catch (e) {
     $("adapter-info").textContent = e.message;
   }

@@ -2,8 +2,8 @@
 // WebGPU device, so model loading, tokenization and training never block the page.
 //
 // Protocol (page -> worker): {id, cmd, ...args}; (worker -> page): {id, ok: true, result} or
-// {id, ok: false, error}, plus events {event: "step", metrics} during training and
-// {event: "token", tag, piece} during generation. {cmd: "stop"} needs no id and no reply.
+// {id, ok: false, error}, plus events {event: "progress", progress} while a model loads,
+// {event: "step", metrics} during training and {event: "token", tag, piece} during generation. {cmd: "stop"} needs no id and no reply.
 
 let tt = null;
 
@@ -31,39 +31,211 @@ async function open() {
   return info;
 }
 
-/** A File/Blob as Uint8Array chunks (read as a stream: no single huge ArrayBuffer). */
-async function chunks(value) {
-  if (value instanceof Blob) {
-    const out = [];
-    const reader = value.stream().getReader();
-    for (;;) {
-      const { done, value: chunk } = await reader.read();
-      if (done) break;
-      out.push(chunk);
-    }
-    return out;
-  }
-  if (value instanceof ArrayBuffer) return [new Uint8Array(value)];
-  if (ArrayBuffer.isView(value)) return [new Uint8Array(value.buffer, value.byteOffset, value.byteLength)];
-  if (typeof value === "string") return [new TextEncoder().encode(value)];
+/** A picked value as what loadModel / loadAdapter take: a File / Blob stays one (the module reads
+ * it range by range with FileReaderSync: never whole in memory), bytes become a Uint8Array. */
+function fileValue(value) {
+  if (value instanceof Blob) return value;
+  if (value instanceof ArrayBuffer) return new Uint8Array(value);
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  if (typeof value === "string") return new TextEncoder().encode(value);
   throw new Error("unsupported file value");
 }
 
-/** {name: File | ArrayBuffer | Uint8Array | string} -> Map name -> Uint8Array[] */
-async function files(obj) {
+/** {name: File | Blob | ArrayBuffer | Uint8Array | string} -> Map name -> File | Blob | Uint8Array */
+function files(obj) {
   const m = new Map();
-  for (const [name, value] of Object.entries(obj)) m.set(name, await chunks(value));
+  for (const [name, value] of Object.entries(obj)) m.set(name, fileValue(value));
   return m;
+}
+
+// ---- Origin Private File System: the cached model and the last run ----
+// tinytune/model/: the picked model files (flat) + model.json {keys, files: [{name, size}], quant}.
+// tinytune/run/: run.json {model, dataName, options, step, total_steps, checkpoint}, data (the
+// training text), ck-<step>/ (the checkpoint files of train's onCheckpoint). run.json is written
+// after a checkpoint's files, so it always names a complete one.
+
+async function opfsDir(path, create = true) {
+  let d = await navigator.storage.getDirectory();
+  for (const p of path.split("/")) d = await d.getDirectoryHandle(p, { create });
+  return d;
+}
+
+async function opfsTry(path) {
+  try {
+    return await opfsDir(path, false);
+  } catch (_) {
+    return null;
+  }
+}
+
+async function writeFile(dir, name, data) {
+  const h = await dir.getFileHandle(name, { create: true });
+  const w = await h.createWritable();
+  if (data instanceof Blob) await data.stream().pipeTo(w); // closes w
+  else {
+    await w.write(data);
+    await w.close();
+  }
+}
+
+async function readJson(dir, name) {
+  try {
+    return JSON.parse(await (await (await dir.getFileHandle(name)).getFile()).text());
+  } catch (_) {
+    return null;
+  }
+}
+
+async function removeEntry(dir, name) {
+  try {
+    await dir.removeEntry(name, { recursive: true });
+  } catch (_) {}
+}
+
+const baseName = (k) => k.split(/[\\/]/).pop();
+
+/** The cached model's description, if all of its files are there with their sizes. */
+async function cachedModel() {
+  const d = await opfsTry("tinytune/model");
+  const m = d && (await readJson(d, "model.json"));
+  if (!m) return null;
+  for (const f of m.files) {
+    try {
+      if ((await (await d.getFileHandle(f.name)).getFile()).size !== f.size) return null;
+    } catch (_) {
+      return null;
+    }
+  }
+  return m;
+}
+
+/** Copies picked files into OPFS (streamed) and returns them as OPFS Files, under the same keys. */
+async function cacheModel(picked, quant) {
+  const root = await opfsDir("tinytune");
+  await removeEntry(root, "model");
+  const d = await opfsDir("tinytune/model");
+  const keys = Object.keys(picked);
+  const files = [];
+  for (const k of keys) {
+    const v = fileValue(picked[k]);
+    await writeFile(d, baseName(k), v);
+    files.push({ name: baseName(k), size: v instanceof Blob ? v.size : v.byteLength });
+  }
+  const m = { keys, files, quant, name: modelName(keys) };
+  await writeFile(d, "model.json", JSON.stringify(m));
+  return openCached(m);
+}
+
+async function openCached(m) {
+  const d = await opfsDir("tinytune/model");
+  const out = {};
+  for (const k of m.keys) out[k] = await (await d.getFileHandle(baseName(k))).getFile();
+  return out;
+}
+
+function modelName(keys) {
+  const g = keys.find((k) => /\.gguf$/i.test(k));
+  if (g) return baseName(g);
+  const withDir = keys.find((k) => /[\\/]/.test(k));
+  if (withDir) return baseName(withDir.replace(/[\\/][^\\/]*$/, ""));
+  return `Hugging Face model (${keys.length} files)`;
+}
+
+async function loadModel(picked, quant, cache) {
+  const f = cache ? await cacheModel(picked, quant) : picked;
+  const info = await tt.loadModel(files(f), quant || "nf4", (progress) => postMessage({ event: "progress", progress }));
+  info.cached = !!cache;
+  return info;
+}
+
+/** The saved run, if it has a checkpoint and has steps left. */
+async function savedRun() {
+  const d = await opfsTry("tinytune/run");
+  const r = d && (await readJson(d, "run.json"));
+  return r && r.checkpoint && r.step < r.total_steps ? r : null;
+}
+
+/** Writes checkpoints in order while training runs; train() waits for the last one. */
+function checkpointWriter(run) {
+  let queue = Promise.resolve();
+  let failure = null;
+  const onCheckpoint = (ck) => {
+    queue = queue.then(async () => {
+      try {
+        const d = await opfsDir("tinytune/run");
+        const name = `ck-${ck.step}`;
+        await removeEntry(d, name);
+        const ckDir = await d.getDirectoryHandle(name, { create: true });
+        for (const [f, bytes] of Object.entries(ck.files)) await writeFile(ckDir, f, bytes);
+        const prev = run.checkpoint;
+        Object.assign(run, { step: ck.step, total_steps: ck.total_steps, checkpoint: name });
+        await writeFile(d, "run.json", JSON.stringify(run));
+        if (prev && prev !== name) await removeEntry(d, prev);
+        postMessage({ event: "checkpoint", step: ck.step, total_steps: ck.total_steps });
+      } catch (e) {
+        failure = failure || e;
+      }
+    });
+  };
+  const done = async () => {
+    await queue;
+    if (failure) throw new Error(`saving a checkpoint failed: ${failure.message || failure}`);
+  };
+  return { onCheckpoint, done };
+}
+
+const onStep = (m) => postMessage({ event: "step", metrics: JSON.parse(m) });
+
+async function train({ dataText, dataName, options, persist }) {
+  const opts = JSON.stringify(options || {});
+  if (!persist) return tt.train(dataText, dataName, opts, onStep);
+  const root = await opfsDir("tinytune");
+  await removeEntry(root, "run");
+  const d = await opfsDir("tinytune/run");
+  const model = tt.info().model;
+  const run = { model: model && model.name, dataName, options: options || {}, step: 0, total_steps: null, checkpoint: null };
+  await writeFile(d, "data", dataText);
+  await writeFile(d, "run.json", JSON.stringify(run));
+  const w = checkpointWriter(run);
+  const summary = await tt.train(dataText, dataName, opts, onStep, w.onCheckpoint);
+  await w.done();
+  return summary;
+}
+
+async function resume() {
+  const run = await savedRun();
+  if (!run) throw new Error("there is no saved run to resume");
+  const d = await opfsDir("tinytune/run");
+  const dataText = await (await (await d.getFileHandle("data")).getFile()).text();
+  const ck = {};
+  for await (const [name, h] of (await d.getDirectoryHandle(run.checkpoint)).entries()) {
+    if (h.kind === "file") ck[name] = await h.getFile();
+  }
+  const w = checkpointWriter(run);
+  const summary = await tt.train(dataText, run.dataName, JSON.stringify(run.options), onStep, w.onCheckpoint, files(ck));
+  await w.done();
+  return summary;
 }
 
 const commands = {
   init: () => open(),
   info: () => tt.info(),
-  loadModel: async ({ files: f, quant }) => tt.loadModel(await files(f), quant || "nf4"),
-  train: ({ dataText, dataName, options }) =>
-    tt.train(dataText, dataName, JSON.stringify(options || {}), (m) =>
-      postMessage({ event: "step", metrics: JSON.parse(m) }),
-    ),
+  loadModel: ({ files: f, quant, cache }) => loadModel(f, quant, cache),
+  loadCachedModel: async ({ quant }) => {
+    const m = await cachedModel();
+    if (!m) throw new Error("no cached model (or its files are incomplete): pick the files again");
+    const info = await loadModel(await openCached(m), quant || m.quant, false);
+    return { ...info, cached: true };
+  },
+  saved: async () => {
+    if (!navigator.storage || !navigator.storage.getDirectory) return { model: null, run: null };
+    const [model, run] = await Promise.all([cachedModel(), savedRun()]);
+    let data = null;
+    if (run) data = await (await (await (await opfsDir("tinytune/run")).getFileHandle("data")).getFile()).text();
+    return { model, run: run && { ...run, dataText: data } };
+  },
+  train,
+  resume,
   generate: ({ prompt, options, tag }) =>
     tt.generate(prompt, JSON.stringify(options || {}), (piece) =>
       postMessage({ event: "token", tag, piece }),
@@ -73,7 +245,7 @@ const commands = {
     const buffers = Object.values(out).map((a) => a.buffer);
     return { result: out, transfer: buffers };
   },
-  loadAdapter: async ({ files: f }) => tt.loadAdapter(await files(f)),
+  loadAdapter: ({ files: f }) => tt.loadAdapter(files(f)),
 };
 
 onmessage = async (ev) => {

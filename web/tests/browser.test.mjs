@@ -8,6 +8,11 @@
 //    check it is a PEFT LoRA adapter, load it back; a screenshot goes to web/tests/artifacts/.
 //    When a native `tinytune` binary is there (target/{debug,release}), it trains the same run on
 //    the Vulkan adapter and the losses must agree within 1e-4.
+// 0. The generated TypeScript declarations declare the API DEVELOPERS.md documents (dts.test.mjs).
+// 1b. Reload mid-run: the model cached in OPFS and the newest checkpoint survive; resuming gives
+//    the uninterrupted run's losses and adapter exactly.
+// 1c. examples/web-embed (the README's snippet for web developers) trains 5 steps on the main
+//    thread; the loss must fall.
 // 2. WebGPU missing (an insecure origin has no navigator.gpu) and WebGPU without an adapter
 //    (Chromium without --enable-unsafe-webgpu): the page says so.
 //
@@ -21,6 +26,7 @@ import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { checkDts } from "./dts.test.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const web = path.resolve(here, "..");
@@ -61,8 +67,11 @@ fs.mkdirSync(artifacts, { recursive: true });
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json", ".ts": "text/plain", ".png": "image/png" };
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, "http://x");
-  let p = path.normalize(path.join(web, decodeURIComponent(url.pathname)));
-  if (!p.startsWith(web)) return res.writeHead(403).end();
+  // The app at /; the embedding example and what it imports at their repository paths.
+  const fromRoot = /^\/(examples|web|tests\/fixtures)\//.test(url.pathname);
+  const top = fromRoot ? root : web;
+  let p = path.normalize(path.join(top, decodeURIComponent(url.pathname)));
+  if (!p.startsWith(top)) return res.writeHead(403).end();
   if (fs.existsSync(p) && fs.statSync(p).isDirectory()) p = path.join(p, "index.html");
   fs.readFile(p, (e, body) => {
     if (e) return res.writeHead(404).end("not found");
@@ -108,7 +117,7 @@ function safetensorsHeader(buf) {
 }
 
 /** The native CLI on the same run, if a binary is there: its per-step losses. */
-function nativeLosses() {
+function nativeLosses(options = OPTIONS) {
   // The newest of the two builds (scripts/test.sh's cargo test leaves a fresh debug one).
   const bin = ["target/release/tinytune", "target/debug/tinytune"]
     .map((b) => path.join(root, b))
@@ -118,7 +127,7 @@ function nativeLosses() {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "tinytune-native-"));
   fs.writeFileSync(path.join(tmp, "data.jsonl"), DATA + "\n");
   const args = ["train", "--model", modelDir, "--data", path.join(tmp, "data.jsonl"), "--output-dir", path.join(tmp, "out"), "--log-steps"];
-  for (const [k, v] of Object.entries(OPTIONS)) args.push(`--${k.replaceAll("_", "-")}`, String(v));
+  for (const [k, v] of Object.entries(options)) args.push(`--${k.replaceAll("_", "-")}`, String(v));
   const r = spawnSync(bin, args, {
     encoding: "utf8",
     env: { ...process.env, WGPU_BACKEND: process.env.WGPU_BACKEND || "vulkan", XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || "/tmp" },
@@ -133,9 +142,20 @@ function nativeLosses() {
 }
 
 const started = Date.now();
+let uninterrupted = null; // test 1's per-step losses
 let failed = false;
 let passed = 0;
 let failures = 0;
+
+// ---- 0. the TypeScript declarations declare the documented API ----
+try {
+  log(`d.ts: Tinytune declares ${checkDts().join(", ")}, as DEVELOPERS.md documents`);
+  passed++;
+} catch (e) {
+  failures++;
+  failed = true;
+  console.error("[browser-test] FAILED (d.ts):", e.message);
+}
 
 // ---- 1. train in the page ----
 {
@@ -159,6 +179,16 @@ let failures = 0;
     const model = await page.evaluate(() => window.tinytune.state.model);
     check(model, `loadModel failed: ${await page.textContent("#model-info")}`);
     log(`model: ${await page.textContent("#model-info")}`);
+    // The picked Files were read tensor by tensor (FileReaderSync in the worker), with progress.
+    const prog = await page.evaluate(() => window.tinytune.state.loadProgress);
+    const last = prog[prog.length - 1];
+    check(prog.length >= 2 && last.loaded_tensors === last.total_tensors && last.total_tensors > 0, `load progress: ${JSON.stringify(last)}`);
+    check(prog.every((p, i) => i === 0 || (p.loaded_tensors >= prog[i - 1].loaded_tensors && p.bytes >= prog[i - 1].bytes)), "progress only grows");
+    const fileBytes = files.reduce((s, f) => s + fs.statSync(f).size, 0);
+    assert.equal(model.file_bytes, fileBytes);
+    check(model.bytes_read <= fileBytes && last.bytes <= fileBytes, `read ${model.bytes_read} bytes of ${fileBytes}: some twice`);
+    check(await page.isHidden("#load-progress"), "the progress bar is hidden after loading");
+    log(`load progress: ${prog.length} events, ${last.total_tensors} tensors, ${model.bytes_read} of ${fileBytes} bytes read`);
 
     // Data and hyperparameters through the form.
     await page.fill("#data", DATA);
@@ -202,6 +232,8 @@ let failures = 0;
     });
     await page.click("#download");
     await downloads;
+    fs.copyFileSync(got.get("adapter_model.safetensors"), path.join(artifacts, "uninterrupted_adapter_model.safetensors"));
+    uninterrupted = losses;
     const cfg = JSON.parse(fs.readFileSync(got.get("adapter_config.json"), "utf8"));
     assert.equal(cfg.peft_type, "LORA");
     assert.equal(cfg.r, 8);
@@ -234,6 +266,31 @@ let failures = 0;
     check(!(await page.isDisabled("#download")), "the stopped run's adapter can be downloaded");
     log(`stop: the run ended after ${stopped.steps} of 200 steps`);
 
+    // Prompt tuning through the form's peft selector: 3 steps, then generation with the prompt.
+    const PT = { ...OPTIONS, peft: "prompt-tuning", num_virtual_tokens: 4, num_steps: 3 };
+    await page.selectOption("#peft", "prompt-tuning");
+    await page.fill("#num_virtual_tokens", "4");
+    await page.fill("#num_steps", "3");
+    await page.click("#train");
+    await page.waitForFunction(() => (window.tinytune.state.summary && !window.tinytune.state.training) || document.querySelector("#train-status.error"));
+    const pt = await page.evaluate(() => window.tinytune.state);
+    check(pt.summary && pt.summary.peft === "prompt-tuning" && pt.summary.steps === 3, `prompt tuning: ${await page.textContent("#train-status")}`);
+    assert.equal(pt.summary.n_params, 4 * model.hidden_size);
+    const ptLosses = pt.steps.map((m) => m.loss);
+    check(ptLosses[2] < ptLosses[0], `prompt tuning: the loss did not fall: ${ptLosses}`);
+    await page.evaluate(() => (window.tinytune.state.lastGenerate = null));
+    await page.click("#generate");
+    await page.waitForFunction(() => window.tinytune.state.lastGenerate || document.querySelector("#gen-status.error"));
+    const ptGen = await page.evaluate(() => window.tinytune.state.lastGenerate);
+    check(ptGen && ptGen.adapted && ptGen.adapted.adapter, `prompt-tuning generate: ${await page.textContent("#gen-status")}`);
+    log(`prompt tuning: losses ${ptLosses.map((l) => l.toFixed(4)).join(" ")}; adapted ${JSON.stringify(ptGen.adapted.text)}`);
+    const ptNative = nativeLosses(PT);
+    if (ptNative) {
+      const d = Math.max(...ptLosses.map((l, i) => Math.abs(l - ptNative.losses[i])));
+      log(`prompt tuning native: ${ptNative.losses.map((l) => l.toFixed(4)).join(" ")}; max diff ${d.toExponential(2)}`);
+      check(d <= 1e-4, `prompt tuning: browser and native losses differ: ${ptLosses} vs ${ptNative.losses}`);
+    }
+
     // The same run natively.
     const native = nativeLosses();
     if (native) {
@@ -249,6 +306,100 @@ let failures = 0;
     failures++;
     failed = true;
     console.error("[browser-test] FAILED (train):", e);
+  } finally {
+    await close(b);
+  }
+}
+
+// ---- 1b. reload mid-run: the cached model and the last checkpoint survive; resume finishes ----
+{
+  const b = await launch(["--enable-unsafe-webgpu"]);
+  try {
+    const page = await b.ctx.newPage();
+    watch(page, "resume");
+    page.setDefaultTimeout(timeoutMs);
+    await page.goto(base);
+    await page.waitForFunction(() => window.tinytune && (window.tinytune.state.ready || window.tinytune.state.error));
+    check(await page.isHidden("#use-cached") && await page.isHidden("#resume"), "a fresh profile offers nothing to reopen");
+    await page.setInputFiles("#model-files", fs.readdirSync(modelDir).map((f) => path.join(modelDir, f)));
+    check(await page.isChecked("#cache-model"), "caching the model is the default");
+    await page.click("#load");
+    await page.waitForFunction(() => window.tinytune.state.model || document.querySelector("#model-info.error"));
+    check(await page.evaluate(() => window.tinytune.state.model), `loadModel: ${await page.textContent("#model-info")}`);
+    await page.fill("#data", DATA);
+    await page.selectOption("#data-format", "data.jsonl");
+    for (const [k, v] of Object.entries({ ...OPTIONS, save_every: 1 })) await page.fill(`#${k}`, String(v));
+    await page.click("#train");
+    // Reload as soon as the third step's checkpoint is saved (the run is in step 4 or later).
+    await page.waitForFunction(() => window.tinytune.state.checkpoints.length >= 3 || document.querySelector("#train-status.error"));
+    const before = await page.evaluate(() => window.tinytune.state.steps.map((m) => m.loss));
+    await page.reload();
+    await page.waitForFunction(() => window.tinytune && (window.tinytune.state.ready || window.tinytune.state.error));
+    await page.waitForFunction(() => !document.querySelector("#resume").hidden);
+    check(!(await page.isHidden("#use-cached")), "the cached model is offered after the reload");
+    const offer = await page.textContent("#resume");
+    const m = /^Resume run \(step (\d+) of 6\)$/.exec(offer);
+    check(m && Number(m[1]) >= 3 && Number(m[1]) < 6, `resume offer: ${offer}`);
+    const k = Number(m[1]);
+    log(`reloaded after ${before.length} steps; offered: "${offer}"; cached: "${await page.textContent("#use-cached")}"`);
+    // Resume loads the cached model (no files picked) and continues from step k.
+    await page.click("#resume");
+    await page.waitForFunction(() => window.tinytune.state.summary || document.querySelector("#train-status.error") || document.querySelector("#model-info.error"));
+    const st = await page.evaluate(() => window.tinytune.state);
+    check(st.summary, `resume failed: ${await page.textContent("#train-status")} / ${await page.textContent("#model-info")}`);
+    check(st.model.cached, "the model came from the browser's cache");
+    check(st.summary.resumed && st.summary.steps === 6 && !st.summary.stopped, `summary: ${JSON.stringify(st.summary)}`);
+    assert.deepEqual(st.steps.map((m) => m.step), Array.from({ length: 6 - k }, (_, i) => k + 1 + i));
+    const resumed = st.steps.map((m) => m.loss);
+    const reference = uninterrupted || (nativeLosses() || {}).losses;
+    check(reference, "no uninterrupted run to compare with");
+    const diffs = resumed.map((l, i) => Math.abs(l - reference[k + i]));
+    log(`resumed steps ${k + 1}..6: ${resumed.map((l) => l.toFixed(4)).join(" ")}; uninterrupted: ${reference.slice(k).map((l) => l.toFixed(4)).join(" ")}; max diff ${Math.max(...diffs).toExponential(2)}`);
+    check(Math.max(...diffs) === 0 || (!uninterrupted && Math.max(...diffs) <= 1e-4), `resumed losses differ: ${resumed} vs ${reference.slice(k)}`);
+    check(await page.isHidden("#resume"), "a finished run is not offered again");
+    // The final adapter is the uninterrupted run's, byte for byte.
+    const ref = path.join(artifacts, "uninterrupted_adapter_model.safetensors");
+    if (fs.existsSync(ref)) {
+      const dl = path.join(artifacts, "resumed_adapter_model.safetensors");
+      const got = new Promise((resolve) => page.on("download", async (d) => {
+        if (d.suggestedFilename() === "adapter_model.safetensors") { await d.saveAs(dl); resolve(); }
+      }));
+      await page.click("#download");
+      await got;
+      check(fs.readFileSync(dl).equals(fs.readFileSync(ref)), "the resumed run's adapter differs from the uninterrupted run's");
+      log("resumed adapter == uninterrupted adapter (bytes)");
+    }
+    passed++;
+  } catch (e) {
+    failures++;
+    failed = true;
+    console.error("[browser-test] FAILED (reload and resume):", e);
+  } finally {
+    await close(b);
+  }
+}
+
+// ---- 1c. the embedding example (examples/web-embed: the module on the main thread) ----
+{
+  const b = await launch(["--enable-unsafe-webgpu"]);
+  try {
+    const page = await b.ctx.newPage();
+    watch(page, "embed");
+    page.setDefaultTimeout(timeoutMs);
+    await page.goto(`${base}examples/web-embed/`);
+    await page.waitForFunction(() => window.result && (window.result.done || window.result.error));
+    const r = await page.evaluate(() => window.result);
+    check(!r.error, `the example failed: ${r.error}`);
+    assert.equal(r.losses.length, 5);
+    check(r.losses.every(Number.isFinite) && r.losses[4] < r.losses[0] - 0.05, `the example's loss did not fall: ${r.losses}`);
+    const text = await page.textContent("#log");
+    check(/adapter_model\.safetensors: \d+ bytes/.test(text), `no adapter saved: ${text}`);
+    log(`embed example: losses ${r.losses.map((l) => l.toFixed(4)).join(" ")}`);
+    passed++;
+  } catch (e) {
+    failures++;
+    failed = true;
+    console.error("[browser-test] FAILED (embedding example):", e);
   } finally {
     await close(b);
   }

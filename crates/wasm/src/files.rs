@@ -2,15 +2,24 @@
 //! file system. Plain Rust, so it is tested natively against the path-based loaders.
 
 use tinytune_model::{ByteSource, ChunkedBytes, HfParts, ModelSource};
-use tinytune_train::Adapter;
+use tinytune_train::{Adapter, PromptAdapter};
 
-/// One picked file: its name (a path's last component is used) and its bytes in chunks.
+/// One picked file: its name (a path's last component is used) and its bytes: in chunks in
+/// memory, or read range by range from a browser `File` ([`crate::reader::RangeSource`]).
 pub struct NamedFile {
     pub name: String,
-    pub bytes: ChunkedBytes,
+    pub bytes: Box<dyn ByteSource>,
 }
 
 impl NamedFile {
+    /// A file read through any [`ByteSource`].
+    pub fn new(name: &str, bytes: Box<dyn ByteSource>) -> NamedFile {
+        NamedFile {
+            name: base_name(name).to_string(),
+            bytes,
+        }
+    }
+
     /// A file from chunks (e.g. the `Uint8Array`s of a `File`'s stream).
     pub fn from_chunks(name: &str, chunks: Vec<Box<[u8]>>) -> NamedFile {
         let name = base_name(name).to_string();
@@ -18,7 +27,10 @@ impl NamedFile {
         for c in chunks {
             bytes.push(c);
         }
-        NamedFile { name, bytes }
+        NamedFile {
+            name,
+            bytes: Box::new(bytes),
+        }
     }
 
     fn text(&self) -> Result<String, String> {
@@ -29,7 +41,7 @@ impl NamedFile {
         String::from_utf8(b.into_owned()).map_err(|e| format!("{}: invalid UTF-8: {e}", self.name))
     }
 
-    fn to_vec(&self) -> Result<Vec<u8>, String> {
+    pub fn to_vec(&self) -> Result<Vec<u8>, String> {
         Ok(self
             .bytes
             .read_at(0, self.bytes.len() as usize)
@@ -71,7 +83,7 @@ pub fn open_model(files: Vec<NamedFile>) -> Result<ModelSource, String> {
         }
         let f = gguf.into_iter().next().expect("one");
         let name = f.name.clone();
-        return ModelSource::from_gguf_bytes(Box::new(f.bytes)).map_err(|e| format!("{name}: {e}"));
+        return ModelSource::from_gguf_bytes(f.bytes).map_err(|e| format!("{name}: {e}"));
     }
     let mut config_json = None;
     let mut tokenizer_json = None;
@@ -84,7 +96,7 @@ pub fn open_model(files: Vec<NamedFile>) -> Result<ModelSource, String> {
             "tokenizer.json" => tokenizer_json = Some(f.text()?),
             "tokenizer_config.json" => tokenizer_config_json = Some(f.text()?),
             "chat_template.jinja" => chat_template = Some(f.text()?),
-            n if n.ends_with(".safetensors") => shards.push(Box::new(f.bytes)),
+            n if n.ends_with(".safetensors") => shards.push(f.bytes),
             _ => {}
         }
     }
@@ -102,6 +114,43 @@ pub fn open_model(files: Vec<NamedFile>) -> Result<ModelSource, String> {
         tokenizer_config_json,
         chat_template,
     })
+    .map_err(|e| e.to_string())
+}
+
+/// A PEFT adapter of either kind this crate trains.
+pub enum AnyAdapter {
+    Lora(Adapter),
+    Prompt(PromptAdapter),
+}
+
+/// A PEFT adapter (LoRA or prompt tuning, by `adapter_config.json`'s `peft_type`) from its two
+/// picked files.
+pub fn open_any_adapter(files: Vec<NamedFile>) -> Result<AnyAdapter, String> {
+    let cfg = files.iter().find(|f| f.name == "adapter_config.json");
+    let peft_type = match cfg {
+        Some(f) => serde_json::from_slice::<serde_json::Value>(&f.to_vec()?)
+            .map_err(|e| format!("adapter_config.json: {e}"))?["peft_type"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+        None => String::new(),
+    };
+    if peft_type != "PROMPT_TUNING" {
+        return open_adapter(files).map(AnyAdapter::Lora);
+    }
+    let get = |name: &str| -> Result<Vec<u8>, String> {
+        files
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or(format!("no {name} among the adapter files"))?
+            .to_vec()
+    };
+    PromptAdapter::from_bytes(
+        &get("adapter_config.json")?,
+        &get("adapter_model.safetensors")?,
+        "adapter",
+    )
+    .map(AnyAdapter::Prompt)
     .map_err(|e| e.to_string())
 }
 
@@ -192,6 +241,69 @@ mod tests {
             &open_model(vec![f]).unwrap(),
             &ModelSource::open(&g).unwrap(),
         );
+    }
+
+    /// A file on disk read range by range, as a browser `File` is through `FileReaderSync`.
+    struct DiskRange(std::fs::File);
+
+    impl crate::reader::RangeRead for DiskRange {
+        fn read_range(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+            use std::os::unix::fs::FileExt;
+            let mut b = vec![0; len];
+            self.0
+                .read_exact_at(&mut b, offset)
+                .map_err(|e| e.to_string())?;
+            Ok(b)
+        }
+    }
+
+    /// Every file of `paths` as a counted range source.
+    fn ranged(
+        paths: &[PathBuf],
+        counter: &std::sync::Arc<crate::reader::LoadCounter>,
+    ) -> Vec<NamedFile> {
+        use crate::reader::{Counted, RangeSource};
+        paths
+            .iter()
+            .map(|p| {
+                let f = std::fs::File::open(p).unwrap();
+                let len = f.metadata().unwrap().len();
+                let name = p.file_name().unwrap().to_str().unwrap();
+                let src = RangeSource::new(DiskRange(f), len, name);
+                NamedFile::new(
+                    name,
+                    Box::new(Counted::new(Box::new(src), counter.clone(), None)),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ranged_files_load_tensor_by_tensor() {
+        let folder = fixture("tests/fixtures/model/llama_hf");
+        let gguf = fixture("tests/fixtures/model/qwen2.gguf");
+        let folder_files: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        for (paths, reference) in [
+            (folder_files, ModelSource::open(&folder).unwrap()),
+            (vec![gguf.clone()], ModelSource::open(&gguf).unwrap()),
+        ] {
+            let total: u64 = paths
+                .iter()
+                .map(|p| std::fs::metadata(p).unwrap().len())
+                .sum();
+            let counter = std::sync::Arc::new(crate::reader::LoadCounter::default());
+            let src = open_model(ranged(&paths, &counter)).unwrap();
+            let header_bytes = counter.bytes();
+            counter.start_tensors();
+            same(&src, &reference);
+            // `same` loads every tensor once: one read each, and no byte read twice.
+            assert_eq!(counter.tensor_reads() as usize, src.tensors().len());
+            assert!(counter.bytes() <= total, "{} > {total}", counter.bytes());
+            assert!(header_bytes < total / 2, "{header_bytes} of {total}");
+        }
     }
 
     #[test]

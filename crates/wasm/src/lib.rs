@@ -23,18 +23,22 @@
 
 pub mod files;
 pub mod options;
+pub mod reader;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
 use serde_json::json;
 use tinytune_gpu::{Gpu, GpuOptions};
 use tinytune_model::{
-    stop_ids, GenerateOptions, KvDecoder, LlamaModel, LoraGpu, Quant, StopReason, TextStream,
+    stop_ids, ByteSource, GenerateOptions, KvDecoder, LlamaModel, LoraGpu, MemBytes, PromptGpu,
+    Quant, StopReason, TextStream,
 };
 use tinytune_train::{
-    upload_adapter, Adapter, ChatMessage, Clock, Dataset, ModelTokenizer, Start, Trainer,
+    upload_adapter, Adapter, ChatMessage, Checkpoint, Clock, Dataset, ModelTokenizer,
+    PromptAdapter, PromptStart, Start, Trainer,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
@@ -43,10 +47,11 @@ use crate::files::NamedFile;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &'static str = r#"
-/** Picked files by name: bytes in one piece, or in chunks (e.g. a File's stream). */
+/** Picked files by name: a File / Blob (read range by range in a worker), or bytes in one
+ * piece or in chunks. */
 export type ModelFiles =
-    | Map<string, Uint8Array | ArrayBuffer | Uint8Array[]>
-    | Record<string, Uint8Array | ArrayBuffer | Uint8Array[]>;
+    | Map<string, Blob | Uint8Array | ArrayBuffer | Uint8Array[]>
+    | Record<string, Blob | Uint8Array | ArrayBuffer | Uint8Array[]>;
 export interface TinytuneInfo {
     adapter: { name: string; backend: string; device_type: string; driver: string; driver_info: string };
     features: string[];
@@ -59,6 +64,13 @@ export interface ModelInfo {
     name: string; format: "hf" | "gguf"; model_type: string; layers: number; hidden_size: number;
     vocab_size: number; max_position_embeddings: number; quant: "nf4" | "none";
     chat_template: boolean; tokenizer_error: string | null; load_s: number;
+    /** Bytes the loader read from the files, and their total size. */
+    bytes_read: number; file_bytes: number;
+}
+/** Model loading: after the headers (0 tensors) and after each tensor read. */
+export interface LoadProgress {
+    phase: "tensors"; loaded_tensors: number; total_tensors: number; bytes: number;
+    total_bytes: number;
 }
 /** One optimizer step (the CLI's metrics.jsonl line) plus the run's total steps. */
 export interface StepMetrics {
@@ -66,7 +78,7 @@ export interface StepMetrics {
     tokens_per_s: number; elapsed_s: number; eval_loss?: number; eval_ppl?: number;
 }
 export interface TrainSummary {
-    steps: number; total_steps: number; stopped: boolean; n_params: number; n_train: number;
+    resumed: boolean; peft: "lora" | "prompt-tuning"; checkpoints: boolean; steps: number; total_steps: number; stopped: boolean; n_params: number; n_train: number;
     n_eval: number; tokens_seen: number; elapsed_s: number; eval_loss_before: number | null;
     final_loss: number | null; data: { records: number; examples: number; tokens: number;
     targets: number; truncated: number; dropped: number };
@@ -76,12 +88,19 @@ export interface GenerateResult {
     stop: "eos" | "max_new_tokens" | "max_length" | "stopped"; first_token_s: number;
     tokens_per_s: number | null;
 }
+/** A checkpoint (adapter, optimizer and trainer state, config): `train`'s `resume` takes
+ * `files` back. */
+export interface CheckpointFiles {
+    step: number; total_steps: number; files: Record<string, Uint8Array>;
+}
 export interface AdapterFiles {
     "adapter_config.json": Uint8Array;
     "adapter_model.safetensors": Uint8Array;
 }
 export interface AdapterInfo {
-    r: number; lora_alpha: number; target_modules: string[]; n_params: number;
+    peft: "lora" | "prompt-tuning"; n_params: number;
+    /** LoRA */ r?: number; lora_alpha?: number; target_modules?: string[];
+    /** prompt tuning */ num_virtual_tokens?: number;
 }
 "#;
 
@@ -99,9 +118,38 @@ struct Loaded {
 }
 
 /// The current adapter: host weights (for saving) and device copy (for generation).
-struct Tuned {
-    adapter: Adapter,
-    lora: LoraGpu,
+enum Tuned {
+    Lora {
+        adapter: Adapter,
+        lora: LoraGpu,
+    },
+    Prompt {
+        adapter: PromptAdapter,
+        prompt: PromptGpu,
+    },
+}
+
+impl Tuned {
+    fn prompt(gpu: &Gpu, adapter: PromptAdapter) -> Result<Tuned, JsValue> {
+        let (p, c) = (adapter.config.num_virtual_tokens, adapter.config.token_dim);
+        let prompt = PromptGpu::upload(gpu, &adapter.embeddings, p, c).map_err(err)?;
+        Ok(Tuned::Prompt { adapter, prompt })
+    }
+
+    fn peft(&self) -> options::Peft {
+        match self {
+            Tuned::Lora { .. } => options::Peft::Lora,
+            Tuned::Prompt { .. } => options::Peft::PromptTuning,
+        }
+    }
+
+    fn to_files(&self) -> Result<Vec<(String, Vec<u8>)>, JsValue> {
+        match self {
+            Tuned::Lora { adapter, .. } => adapter.to_files(),
+            Tuned::Prompt { adapter, .. } => adapter.to_files(),
+        }
+        .map_err(err)
+    }
 }
 
 struct Inner {
@@ -145,6 +193,11 @@ fn err(e: impl std::fmt::Display) -> JsValue {
     JsError::new(&e.to_string()).into()
 }
 
+/// [`err`] with what to change when the GPU ran out of room ([`options::with_gpu_hint`]).
+fn gpu_err(what: &'static str) -> impl Fn(String) -> JsValue {
+    move |m| err(options::with_gpu_hint(m, what))
+}
+
 fn to_js(v: &serde_json::Value) -> Result<JsValue, JsValue> {
     js_sys::JSON::parse(&v.to_string())
 }
@@ -182,8 +235,123 @@ async fn yield_now() {
     }
 }
 
-/// Reads `{name: bytes}` (a `Map` or a plain object) into named files.
-fn named_files(files: &JsValue) -> Result<Vec<NamedFile>, JsValue> {
+#[wasm_bindgen]
+extern "C" {
+    /// A `Blob` (a picked `File`, or one from the Origin Private File System).
+    #[wasm_bindgen(js_name = Blob)]
+    type JsBlob;
+    #[wasm_bindgen(method, getter)]
+    fn size(this: &JsBlob) -> f64;
+    #[wasm_bindgen(method)]
+    fn slice(this: &JsBlob, start: f64, end: f64) -> JsBlob;
+    #[wasm_bindgen(method, js_name = arrayBuffer)]
+    fn array_buffer(this: &JsBlob) -> Promise;
+
+    /// Synchronous reads of a `Blob`: dedicated workers only.
+    type FileReaderSync;
+    #[wasm_bindgen(constructor, catch)]
+    fn new() -> Result<FileReaderSync, JsValue>;
+    #[wasm_bindgen(method, catch, js_name = readAsArrayBuffer)]
+    fn read_as_array_buffer(
+        this: &FileReaderSync,
+        blob: &JsBlob,
+    ) -> Result<js_sys::ArrayBuffer, JsValue>;
+}
+
+/// A `Blob` read range by range with `FileReaderSync`.
+#[cfg(target_arch = "wasm32")]
+struct BlobRead {
+    blob: JsBlob,
+    reader: FileReaderSync,
+}
+
+// SAFETY: wasm32-unknown-unknown as built here has no threads (no atomics target feature), so a
+// JS handle never crosses threads; `ByteSource` asks for `Send + Sync` for the native loaders.
+#[cfg(target_arch = "wasm32")]
+unsafe impl Send for BlobRead {}
+#[cfg(target_arch = "wasm32")]
+unsafe impl Sync for BlobRead {}
+
+#[cfg(target_arch = "wasm32")]
+impl reader::RangeRead for BlobRead {
+    fn read_range(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        let part = self.blob.slice(offset as f64, (offset + len as u64) as f64);
+        let ab = self
+            .reader
+            .read_as_array_buffer(&part)
+            .map_err(|e| js_message(&e))?;
+        Ok(Uint8Array::new(&ab).to_vec())
+    }
+}
+
+/// A `Blob` as a byte source: read range by range in a worker, or whole where there is no
+/// `FileReaderSync` (the main thread).
+async fn blob_source(blob: JsBlob, name: &str) -> Result<Box<dyn ByteSource>, JsValue> {
+    let len = blob.size() as u64;
+    #[cfg(target_arch = "wasm32")]
+    if let Ok(reader) = FileReaderSync::new() {
+        let src = reader::RangeSource::new(BlobRead { blob, reader }, len, name);
+        return Ok(Box::new(src));
+    }
+    let ab = JsFuture::from(blob.array_buffer()).await?;
+    let bytes = Uint8Array::new(&ab).to_vec();
+    if bytes.len() as u64 != len {
+        return Err(err(format!("{name}: read {} of {len} bytes", bytes.len())));
+    }
+    Ok(Box::new(MemBytes::new(bytes, name)))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn js_message(e: &JsValue) -> String {
+    e.dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| e.as_string())
+        .unwrap_or_else(|| format!("{e:?}"))
+}
+
+/// Where `loadModel` reports progress: the caller's callback and the load's totals.
+struct ProgressSink {
+    f: Function,
+    total_tensors: usize,
+    total_bytes: u64,
+}
+
+thread_local! {
+    static PROGRESS: RefCell<Option<ProgressSink>> = const { RefCell::new(None) };
+}
+
+fn report_progress(c: &reader::LoadCounter) {
+    PROGRESS.with(|p| {
+        if let Some(p) = p.borrow().as_ref() {
+            let v = json!({
+                "phase": "tensors",
+                "loaded_tensors": (c.tensor_reads() as usize).min(p.total_tensors),
+                "total_tensors": p.total_tensors,
+                "bytes": c.bytes(),
+                "total_bytes": p.total_bytes,
+            });
+            if let Ok(v) = to_js(&v) {
+                let _ = p.f.call1(&JsValue::NULL, &v);
+            }
+        }
+    });
+}
+
+/// Clears [`PROGRESS`] when a load ends.
+struct ProgressGuard;
+
+impl Drop for ProgressGuard {
+    fn drop(&mut self) {
+        PROGRESS.with(|p| p.replace(None));
+    }
+}
+
+/// Reads `{name: bytes | Blob}` (a `Map` or a plain object) into named files, each counted into
+/// `counter`. Returns them and their total size.
+async fn named_files(
+    files: &JsValue,
+    counter: &Arc<reader::LoadCounter>,
+) -> Result<(Vec<NamedFile>, u64), JsValue> {
     let entries: Vec<(String, JsValue)> = if let Some(map) = files.dyn_ref::<js_sys::Map>() {
         let mut v = Vec::new();
         map.for_each(&mut |value, key| v.push((key.as_string().unwrap_or_default(), value)));
@@ -198,10 +366,11 @@ fn named_files(files: &JsValue) -> Result<Vec<NamedFile>, JsValue> {
             .collect()
     } else {
         return Err(err(
-            "files must be a Map or an object of name -> Uint8Array",
+            "files must be a Map or an object of name -> File, Blob or Uint8Array",
         ));
     };
     let mut out = Vec::with_capacity(entries.len());
+    let mut total = 0;
     for (name, value) in entries {
         let chunk = |v: &JsValue| -> Result<Box<[u8]>, JsValue> {
             if let Some(a) = v.dyn_ref::<Uint8Array>() {
@@ -210,20 +379,55 @@ fn named_files(files: &JsValue) -> Result<Vec<NamedFile>, JsValue> {
                 Ok(Uint8Array::new(b).to_vec().into_boxed_slice())
             } else {
                 Err(err(format!(
-                    "file {name:?}: expected a Uint8Array, an ArrayBuffer or an array of Uint8Arrays"
+                    "file {name:?}: expected a File, a Blob, a Uint8Array, an ArrayBuffer or an \
+                     array of Uint8Arrays"
                 )))
             }
         };
-        let chunks = if let Some(arr) = value.dyn_ref::<Array>() {
-            arr.iter()
-                .map(|c| chunk(&c))
-                .collect::<Result<Vec<_>, _>>()?
+        let bytes: Box<dyn ByteSource> = if value.is_instance_of::<JsBlob>() {
+            blob_source(value.unchecked_into(), files::base_name(&name)).await?
         } else {
-            vec![chunk(&value)?]
+            let chunks = if let Some(arr) = value.dyn_ref::<Array>() {
+                arr.iter()
+                    .map(|c| chunk(&c))
+                    .collect::<Result<Vec<_>, _>>()?
+            } else {
+                vec![chunk(&value)?]
+            };
+            NamedFile::from_chunks(&name, chunks).bytes
         };
-        out.push(NamedFile::from_chunks(&name, chunks));
+        total += bytes.len();
+        let counted = reader::Counted::new(bytes, counter.clone(), Some(report_progress));
+        out.push(NamedFile::new(&name, Box::new(counted)));
     }
-    Ok(out)
+    Ok((out, total))
+}
+
+/// Hands `trainer`'s checkpoint to `f` as a [`CheckpointFiles`].
+async fn emit_checkpoint(trainer: &Trainer<'_>, f: &Function) -> Result<(), JsValue> {
+    let ck = trainer.checkpoint().await.map_err(err)?;
+    let files = Object::new();
+    for (name, bytes) in ck.to_files().map_err(err)? {
+        Reflect::set(
+            &files,
+            &JsValue::from_str(&name),
+            &Uint8Array::from(&bytes[..]),
+        )?;
+    }
+    let out = Object::new();
+    Reflect::set(
+        &out,
+        &"step".into(),
+        &JsValue::from_f64(ck.state.global_step as f64),
+    )?;
+    Reflect::set(
+        &out,
+        &"total_steps".into(),
+        &JsValue::from_f64(ck.state.total_steps as f64),
+    )?;
+    Reflect::set(&out, &"files".into(), &files)?;
+    f.call1(&JsValue::NULL, &out)?;
+    Ok(())
 }
 
 /// A model name for `base_model_name_or_path`: the picked folder's name or the GGUF's file name.
@@ -331,14 +535,19 @@ impl Tinytune {
         self.inner.stop.set(true);
     }
 
-    /// Loads a model from picked files, `{name: bytes}`: one `.gguf`, or a Hugging Face folder's
-    /// `config.json`, `*.safetensors`, `tokenizer.json` and `tokenizer_config.json`. `quant` is
-    /// `"nf4"` (QLoRA, default) or `"none"` (f32 base). Replaces any model and adapter.
+    /// Loads a model from picked files, `{name: File | Blob | Uint8Array}`: one `.gguf`, or a
+    /// Hugging Face folder's `config.json`, `*.safetensors`, `tokenizer.json` and
+    /// `tokenizer_config.json`. `quant` is `"nf4"` (QLoRA, default) or `"none"` (f32 base).
+    /// Replaces any model and adapter. In a worker, `File`s / `Blob`s are read tensor by tensor
+    /// (`FileReaderSync`): the file is never whole in memory. `onProgress` gets
+    /// [`LoadProgress`] after the headers and after each tensor.
     #[wasm_bindgen(js_name = loadModel, unchecked_return_type = "Promise<ModelInfo>")]
     pub fn load_model(
         &self,
         #[wasm_bindgen(unchecked_param_type = "ModelFiles")] files: JsValue,
         quant: Option<String>,
+        #[wasm_bindgen(js_name = onProgress, unchecked_param_type = "((progress: LoadProgress) => void) | null | undefined")]
+        on_progress: Option<Function>,
     ) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
@@ -349,7 +558,8 @@ impl Tinytune {
                 q => return Err(err(format!("quant {q:?}: expected \"nf4\" or \"none\""))),
             };
             let t0 = (clock())();
-            let files = named_files(&files)?;
+            let counter = Arc::new(reader::LoadCounter::default());
+            let (files, total_bytes) = named_files(&files, &counter).await?;
             let names: Vec<(String, bool)> = files
                 .iter()
                 .map(|f| {
@@ -360,16 +570,31 @@ impl Tinytune {
                 })
                 .collect();
             let src = files::open_model(files).map_err(err)?;
+            let _progress = ProgressGuard;
+            if let Some(f) = on_progress {
+                PROGRESS.with(|p| {
+                    p.replace(Some(ProgressSink {
+                        f,
+                        total_tensors: src.tensors().len(),
+                        total_bytes,
+                    }))
+                });
+            }
+            counter.start_tensors();
+            report_progress(&counter);
             inner.model.replace(None);
             inner.adapter.replace(None);
             let model = LlamaModel::load(&inner.gpu, &src, quant)
-                .map_err(|e| err(format!("cannot load the model: {e}")))?;
+                .map_err(|e| gpu_err("loadModel")(format!("cannot load the model: {e}")))?;
             let tok = src
                 .tokenizer()
                 .map_err(|e| e.to_string())
                 .and_then(|t| ModelTokenizer::new(t).map_err(|e| e.to_string()));
             // Surface device errors (out of memory, limits) now rather than at the first step.
-            inner.gpu.sync().map_err(err)?;
+            inner
+                .gpu
+                .sync()
+                .map_err(|e| gpu_err("loadModel")(e.to_string()))?;
             let c = &model.config;
             let info = json!({
                 "name": model_name(&names),
@@ -386,6 +611,8 @@ impl Tinytune {
                 "chat_template": tok.as_ref().is_ok_and(|t| t.template.is_some()),
                 "tokenizer_error": tok.as_ref().err(),
                 "load_s": (clock())() - t0,
+                "bytes_read": counter.bytes(),
+                "file_bytes": total_bytes,
             });
             inner.model.replace(Some(Rc::new(Loaded {
                 info: info.clone(),
@@ -399,9 +626,12 @@ impl Tinytune {
     /// Fine-tunes LoRA adapters on `dataText` (a `.jsonl` or `.txt` file's contents; `dataName`'s
     /// extension says which). `optionsJson` takes `tinytune train`'s flag names and defaults
     /// (`lora_r`, `lora_alpha`, `learning_rate`, `num_steps` / `epochs`, `batch_size`, `seq_len`,
-    /// `seed`, `lr_scheduler`, `warmup_steps`, `eval_split`, ...; `"adapter": true` starts from the
-    /// loaded adapter). `onStep` gets each step's metrics as a JSON string ([`StepMetrics`]).
-    /// `stop()` ends the run early; the adapter trained so far becomes the current adapter.
+    /// `seed`, `lr_scheduler`, `warmup_steps`, `eval_split`, `save_every`, ...; `"adapter": true`
+    /// starts from the loaded adapter). `onStep` gets each step's metrics as a JSON string
+    /// ([`StepMetrics`]). `onCheckpoint` gets a [`CheckpointFiles`] every `save_every` steps, at
+    /// the end and when stopped. `resume` (a checkpoint's `files`) continues that run with its own
+    /// settings (the options are then ignored; the data must be the same). `stop()` ends the run
+    /// early; the adapter trained so far becomes the current adapter.
     #[wasm_bindgen(unchecked_return_type = "Promise<TrainSummary>")]
     pub fn train(
         &self,
@@ -410,6 +640,9 @@ impl Tinytune {
         #[wasm_bindgen(js_name = optionsJson)] options_json: String,
         #[wasm_bindgen(js_name = onStep, unchecked_param_type = "((metricsJson: string) => void) | null | undefined")]
         on_step: Option<Function>,
+        #[wasm_bindgen(js_name = onCheckpoint, unchecked_param_type = "((checkpoint: CheckpointFiles) => void) | null | undefined")]
+        on_checkpoint: Option<Function>,
+        #[wasm_bindgen(unchecked_param_type = "ModelFiles | null | undefined")] resume: JsValue,
     ) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
@@ -421,9 +654,29 @@ impl Tinytune {
                 .map_err(|e| err(format!("the model has no usable tokenizer: {e}")))?;
             let opts = options::parse_train_options(&options_json).map_err(err)?;
             let base = loaded.info["name"].as_str().unwrap_or("").to_string();
-            let config = opts
-                .to_config(&base, &data_name, loaded.model.layers.len())
-                .map_err(err)?;
+            let resume = if resume.is_undefined() || resume.is_null() {
+                None
+            } else {
+                let (files, _) = named_files(&resume, &Arc::default()).await?;
+                let ck = Checkpoint::from_files(
+                    |name| {
+                        files
+                            .iter()
+                            .find(|f| f.name == name)
+                            .and_then(|f| f.to_vec().ok())
+                    },
+                    "checkpoint",
+                )
+                .map_err(|e| err(format!("cannot resume: {e}")))?;
+                Some(ck)
+            };
+            let config = match &resume {
+                // The run's own settings, as `tinytune train --resume` does.
+                Some(ck) => ck.config.clone(),
+                None => opts
+                    .to_config(&base, &data_name, loaded.model.layers.len())
+                    .map_err(err)?,
+            };
             let data = Dataset::from_named_str(&data_name, &data_text, tok, &config.data_config())
                 .map_err(err)?;
             if data.examples.is_empty() {
@@ -434,19 +687,42 @@ impl Tinytune {
                 "records": s.records, "examples": s.examples, "tokens": s.tokens,
                 "targets": s.targets, "truncated": s.truncated, "dropped": s.dropped,
             });
-            let start = if opts.adapter {
+            let resumed = resume.is_some();
+            let start = if let Some(ck) = resume {
+                if opts.adapter {
+                    return Err(err(
+                        "give \"adapter\": true or a checkpoint to resume, not both",
+                    ));
+                }
+                Start::Resume(Box::new(ck))
+            } else if opts.adapter {
                 let t = inner.adapter.borrow().clone();
-                Start::Adapter(
-                    t.ok_or_else(|| err("\"adapter\": true but no adapter is loaded"))?
-                        .adapter
-                        .clone(),
-                )
+                let t = t.ok_or_else(|| err("\"adapter\": true but no adapter is loaded"))?;
+                if t.peft() != opts.peft {
+                    return Err(err(format!(
+                        "\"adapter\": true: the current adapter is {}, the options say peft {:?}",
+                        t.peft().name(),
+                        opts.peft.name()
+                    )));
+                }
+                match &*t {
+                    Tuned::Lora { adapter, .. } => Start::Adapter(adapter.clone()),
+                    Tuned::Prompt { adapter, .. } => {
+                        Start::Prompt(PromptStart::Adapter(adapter.clone()))
+                    }
+                }
             } else {
-                Start::Fresh
+                match opts
+                    .peft_start(|t| tok.tok.encode(t, false).map_err(|e| e.to_string()))
+                    .map_err(err)?
+                {
+                    None => Start::Fresh,
+                    Some(p) => Start::Prompt(p),
+                }
             };
             let mut trainer = Trainer::new(&inner.gpu, &loaded.model, config, data, start, clock())
-                .map_err(err)?;
-            if let Some(r) = opts.warmup_ratio {
+                .map_err(|e| gpu_err("train")(e.to_string()))?;
+            if let (Some(r), false) = (opts.warmup_ratio, resumed) {
                 trainer
                     .set_warmup_steps((r * trainer.total_steps() as f64).ceil() as u64)
                     .map_err(err)?;
@@ -459,14 +735,21 @@ impl Tinytune {
                 None
             };
             let eval_every = trainer.config.eval_every;
+            let save_every = trainer.config.save_every;
             let mut stopped = false;
             let mut final_loss = None;
             loop {
                 if inner.stop.get() {
                     stopped = true;
+                    if trainer.state.global_step > 0 && !trainer.is_prompt_tuning() {
+                        if let Some(f) = &on_checkpoint {
+                            emit_checkpoint(&trainer, f).await?;
+                        }
+                    }
                     break;
                 }
-                let Some(mut rec) = trainer.step().await.map_err(err)? else {
+                let step = trainer.step().await;
+                let Some(mut rec) = step.map_err(|e| gpu_err("train")(e.to_string()))? else {
                     break;
                 };
                 let step = rec.step;
@@ -481,10 +764,26 @@ impl Tinytune {
                     v["total_steps"] = json!(total);
                     f.call1(&JsValue::NULL, &JsValue::from_str(&v.to_string()))?;
                 }
+                if let Some(f) = on_checkpoint
+                    .as_ref()
+                    .filter(|_| !trainer.is_prompt_tuning())
+                {
+                    if (save_every > 0 && step % save_every == 0) || step == total {
+                        emit_checkpoint(&trainer, f).await?;
+                    }
+                }
                 yield_now().await;
             }
-            let adapter = trainer.adapter().await.map_err(err)?;
+            let prompt_tuning = trainer.is_prompt_tuning();
+            let tuned = if prompt_tuning {
+                Err(trainer.prompt_adapter().await.map_err(err)?)
+            } else {
+                Ok(trainer.adapter().await.map_err(err)?)
+            };
             let summary = json!({
+                "resumed": resumed,
+                "peft": if prompt_tuning { "prompt-tuning" } else { "lora" },
+                "checkpoints": on_checkpoint.is_some() && !prompt_tuning,
                 "steps": trainer.state.global_step,
                 "total_steps": total,
                 "stopped": stopped,
@@ -499,10 +798,15 @@ impl Tinytune {
             });
             drop(trainer);
             if summary["steps"].as_u64().unwrap_or(0) > 0 {
-                let lora = upload_adapter(&inner.gpu, &loaded.model, &adapter).map_err(err)?;
-                inner
-                    .adapter
-                    .replace(Some(Rc::new(Tuned { adapter, lora })));
+                let tuned = match tuned {
+                    Ok(adapter) => {
+                        let lora =
+                            upload_adapter(&inner.gpu, &loaded.model, &adapter).map_err(err)?;
+                        Tuned::Lora { adapter, lora }
+                    }
+                    Err(prompt) => Tuned::prompt(&inner.gpu, prompt)?,
+                };
+                inner.adapter.replace(Some(Rc::new(tuned)));
             }
             to_js(&summary)
         })
@@ -571,9 +875,17 @@ impl Tinytune {
             if use_adapter && tuned.is_none() {
                 return Err(err("no adapter: train or loadAdapter first"));
             }
-            let lora = tuned.as_ref().filter(|_| use_adapter).map(|t| &t.lora);
+            let used = tuned.as_deref().filter(|_| use_adapter);
+            let lora = match used {
+                Some(Tuned::Lora { lora, .. }) => Some(lora),
+                _ => None,
+            };
             let max_len = (ids.len() + opts.max_new_tokens).min(cap);
-            let mut dec = KvDecoder::new(&inner.gpu, &loaded.model, lora, max_len).map_err(err)?;
+            let mut dec = KvDecoder::new(&inner.gpu, &loaded.model, lora, max_len)
+                .map_err(|e| gpu_err("generate")(e.to_string()))?;
+            if let Some(Tuned::Prompt { prompt, .. }) = used {
+                dec = dec.with_prompt(prompt).map_err(err)?;
+            }
             let gen_opts = GenerateOptions {
                 max_new_tokens: opts.max_new_tokens,
                 sampling,
@@ -627,7 +939,7 @@ impl Tinytune {
                 "text": text,
                 "tokens": gen.tokens,
                 "prompt_tokens": ids.len(),
-                "adapter": lora.is_some(),
+                "adapter": used.is_some(),
                 "stop": match gen.stop {
                     StopReason::Eos => "eos",
                     StopReason::MaxNewTokens => "max_new_tokens",
@@ -656,7 +968,7 @@ impl Tinytune {
                 .clone()
                 .ok_or_else(|| err("no adapter: train or loadAdapter first"))?;
             let out = Object::new();
-            for (name, bytes) in tuned.adapter.to_files().map_err(err)? {
+            for (name, bytes) in tuned.to_files()? {
                 Reflect::set(
                     &out,
                     &JsValue::from_str(&name),
@@ -679,26 +991,49 @@ impl Tinytune {
         future_to_promise(async move {
             let _busy = inner.begin("loadAdapter")?;
             let loaded = inner.loaded()?;
-            let adapter = files::open_adapter(named_files(&files)?).map_err(err)?;
-            let lora = upload_adapter(&inner.gpu, &loaded.model, &adapter).map_err(err)?;
-            let c = &adapter.config;
-            let mut targets: Vec<&str> = adapter
-                .weights
-                .pairs
-                .keys()
-                .map(|k| k.module.name())
-                .collect();
-            targets.sort_unstable();
-            targets.dedup();
-            let info = json!({
-                "r": c.r,
-                "lora_alpha": c.lora_alpha,
-                "target_modules": targets,
-                "n_params": adapter.weights.n_params(),
-            });
-            inner
-                .adapter
-                .replace(Some(Rc::new(Tuned { adapter, lora })));
+            let (files, _) = named_files(&files, &Arc::default()).await?;
+            let info = match files::open_any_adapter(files).map_err(err)? {
+                files::AnyAdapter::Lora(adapter) => {
+                    let lora = upload_adapter(&inner.gpu, &loaded.model, &adapter).map_err(err)?;
+                    let c = &adapter.config;
+                    let mut targets: Vec<&str> = adapter
+                        .weights
+                        .pairs
+                        .keys()
+                        .map(|k| k.module.name())
+                        .collect();
+                    targets.sort_unstable();
+                    targets.dedup();
+                    let info = json!({
+                        "peft": "lora",
+                        "r": c.r,
+                        "lora_alpha": c.lora_alpha,
+                        "target_modules": targets,
+                        "n_params": adapter.weights.n_params(),
+                    });
+                    inner
+                        .adapter
+                        .replace(Some(Rc::new(Tuned::Lora { adapter, lora })));
+                    info
+                }
+                files::AnyAdapter::Prompt(adapter) => {
+                    let hidden = loaded.model.config.hidden_size;
+                    if adapter.config.token_dim != hidden {
+                        return Err(err(format!(
+                            "the prompt adapter's token_dim is {}, the model's hidden size {hidden}",
+                            adapter.config.token_dim
+                        )));
+                    }
+                    let info = json!({
+                        "peft": "prompt-tuning",
+                        "num_virtual_tokens": adapter.config.num_virtual_tokens,
+                        "n_params": adapter.embeddings.len(),
+                    });
+                    let t = Tuned::prompt(&inner.gpu, adapter)?;
+                    inner.adapter.replace(Some(Rc::new(t)));
+                    info
+                }
+            };
             to_js(&info)
         })
     }

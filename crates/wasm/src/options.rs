@@ -7,7 +7,7 @@ use tinytune_train::data::{EvalSplit, Stop, TextSplit};
 use tinytune_train::peft::LoraModule;
 use tinytune_train::{
     check_layers, eval_split_from, parse_layers_to_transform, parse_target_modules, AdamWConfig,
-    LoraHyper, ScheduleKind, TrainConfig,
+    LoraHyper, PromptStart, ScheduleKind, TrainConfig,
 };
 
 /// A number or a string (the CLI takes `--eval-split 0.1` or `--eval-split 10`, and
@@ -35,10 +35,42 @@ pub enum Layers {
     Text(String),
 }
 
+/// `--peft`: what a run trains. (Prefix tuning will be one more variant and one more arm in
+/// [`TrainOptions::peft_start`].)
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Peft {
+    /// LoRA adapters on the linear layers (PEFT `LORA`).
+    Lora,
+    /// Trainable virtual token embeddings (PEFT `PROMPT_TUNING`).
+    PromptTuning,
+}
+
+impl Peft {
+    pub fn name(self) -> &'static str {
+        match self {
+            Peft::Lora => "lora",
+            Peft::PromptTuning => "prompt-tuning",
+        }
+    }
+}
+
+/// `--prompt-tuning-init`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptInit {
+    Random,
+    Text,
+}
+
 /// `train`'s options: the names and defaults of `tinytune train`'s flags.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainOptions {
+    pub peft: Peft,
+    pub num_virtual_tokens: usize,
+    pub prompt_tuning_init: PromptInit,
+    pub prompt_tuning_init_text: Option<String>,
     pub lora_r: usize,
     pub lora_alpha: f64,
     pub lora_dropout: f64,
@@ -60,6 +92,9 @@ pub struct TrainOptions {
     pub gradient_checkpointing: bool,
     pub eval_split: NumOrText,
     pub eval_every: u64,
+    /// Checkpoint every N steps (0: only at the end and when stopped); checkpoints go to
+    /// `train`'s `onCheckpoint`.
+    pub save_every: u64,
     pub seed: u64,
     /// Start from the adapter given to `loadAdapter` (the CLI's `--adapter DIR`) instead of a
     /// fresh init.
@@ -69,6 +104,10 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
+            peft: Peft::Lora,
+            num_virtual_tokens: 20,
+            prompt_tuning_init: PromptInit::Random,
+            prompt_tuning_init_text: None,
             lora_r: 8,
             lora_alpha: 16.0,
             lora_dropout: 0.0,
@@ -90,6 +129,7 @@ impl Default for TrainOptions {
             gradient_checkpointing: false,
             eval_split: NumOrText::Num(0.0),
             eval_every: 0,
+            save_every: 0,
             seed: 42,
             adapter: false,
         }
@@ -135,6 +175,38 @@ pub fn parse_eval_split(v: &NumOrText) -> Result<EvalSplit, String> {
 }
 
 impl TrainOptions {
+    /// How a fresh run of `peft` starts: `None` for LoRA (its settings are in the config), the
+    /// prompt's init for prompt tuning (`encode` tokenizes the init text).
+    pub fn peft_start(
+        &self,
+        encode: impl Fn(&str) -> Result<Vec<u32>, String>,
+    ) -> Result<Option<PromptStart>, String> {
+        match self.peft {
+            Peft::Lora => Ok(None),
+            Peft::PromptTuning => {
+                let p = self.num_virtual_tokens;
+                Ok(Some(match self.prompt_tuning_init {
+                    PromptInit::Random => PromptStart::Random {
+                        num_virtual_tokens: p,
+                    },
+                    PromptInit::Text => {
+                        let text = self
+                            .prompt_tuning_init_text
+                            .clone()
+                            .ok_or("prompt_tuning_init \"text\" needs prompt_tuning_init_text")?;
+                        let ids = encode(&text)
+                            .map_err(|e| format!("cannot tokenize prompt_tuning_init_text: {e}"))?;
+                        PromptStart::Text {
+                            num_virtual_tokens: p,
+                            ids,
+                            text,
+                        }
+                    }
+                }))
+            }
+        }
+    }
+
     /// The trainer's config, as `tinytune train` builds it from the same flags. (Fields the
     /// trainer gains later take their defaults until they get an option here.)
     #[allow(clippy::needless_update)]
@@ -173,7 +245,7 @@ impl TrainOptions {
             stop,
             eval_split: parse_eval_split(&self.eval_split)?,
             eval_every: self.eval_every,
-            save_every: 0,
+            save_every: self.save_every,
             seed: self.seed,
             lr: self.learning_rate,
             schedule: ScheduleKind::parse(&self.lr_scheduler).map_err(|e| e.to_string())?,
@@ -198,6 +270,36 @@ impl TrainOptions {
             ..TrainConfig::default()
         })
     }
+}
+
+/// A GPU error's message plus what to change: over a device limit or out of memory while
+/// training or generating means a smaller batch / sequence (or model); other messages pass as they
+/// are. `what` is `"train"`, `"generate"` or `"loadModel"`.
+pub fn with_gpu_hint(msg: String, what: &str) -> String {
+    let limit = msg.contains("the device allows at most")
+        || msg.contains("out of GPU memory")
+        || msg.contains("over the device limit");
+    let lost = msg.contains("device error") || msg.to_ascii_lowercase().contains("device lost");
+    if !limit && !lost {
+        return msg;
+    }
+    let change = match what {
+        "train" => {
+            "use a smaller batch_size or seq_len (or gradient_checkpointing, fewer \
+                    layers_to_transform, or a smaller model)"
+        }
+        "generate" => {
+            "use a shorter prompt or fewer max_new_tokens (or max_length), or a smaller \
+                       model"
+        }
+        _ => "use a smaller model (or quant \"nf4\" instead of \"none\")",
+    };
+    let prefix = if lost {
+        "the GPU device failed; reload the page, then "
+    } else {
+        "this does not fit the GPU: "
+    };
+    format!("{msg}. {prefix}{change}")
 }
 
 /// `generate`'s options: the names and defaults of `tinytune generate`'s flags.
@@ -318,6 +420,68 @@ mod tests {
         assert!(parse_gen_options(r#"{"max_tokens": 3}"#)
             .unwrap_err()
             .contains("max_tokens"));
+    }
+
+    #[test]
+    fn gpu_errors_say_what_to_change() {
+        let m = with_gpu_hint(
+            "buffer \"acts\" needs 9 bytes but the device allows at most 8 bytes per storage binding"
+                .into(),
+            "train",
+        );
+        assert!(m.contains("smaller batch_size or seq_len"), "{m}");
+        let m = with_gpu_hint(
+            "out of GPU memory allocating buffer \"w\"".into(),
+            "loadModel",
+        );
+        assert!(m.contains("smaller model"), "{m}");
+        let m = with_gpu_hint("device error: Device lost".into(), "generate");
+        assert!(
+            m.contains("reload the page") && m.contains("max_new_tokens"),
+            "{m}"
+        );
+        assert_eq!(
+            with_gpu_hint("data.jsonl: line 3".into(), "train"),
+            "data.jsonl: line 3"
+        );
+    }
+
+    #[test]
+    fn peft_methods() {
+        let enc = |t: &str| Ok(t.bytes().map(u32::from).collect());
+        let o = parse_train_options("{}").unwrap();
+        assert_eq!(o.peft, Peft::Lora);
+        assert!(o.peft_start(enc).unwrap().is_none());
+        let o = parse_train_options(r#"{"peft": "prompt-tuning"}"#).unwrap();
+        match o.peft_start(enc).unwrap() {
+            Some(PromptStart::Random { num_virtual_tokens }) => assert_eq!(num_virtual_tokens, 20),
+            _ => panic!("random init with the CLI's 20 tokens"),
+        }
+        let o = parse_train_options(
+            r#"{"peft": "prompt-tuning", "num_virtual_tokens": 4, "prompt_tuning_init": "text",
+                "prompt_tuning_init_text": "ab"}"#,
+        )
+        .unwrap();
+        match o.peft_start(enc).unwrap() {
+            Some(PromptStart::Text {
+                num_virtual_tokens,
+                ids,
+                text,
+            }) => assert_eq!(
+                (num_virtual_tokens, ids, text.as_str()),
+                (4, vec![97, 98], "ab")
+            ),
+            _ => panic!("text init"),
+        }
+        let o = parse_train_options(r#"{"peft": "prompt-tuning", "prompt_tuning_init": "text"}"#)
+            .unwrap();
+        assert!(o
+            .peft_start(enc)
+            .err()
+            .unwrap()
+            .contains("prompt_tuning_init_text"));
+        let e = parse_train_options(r#"{"peft": "ia3"}"#).unwrap_err();
+        assert!(e.contains("ia3") && e.contains("prompt-tuning"), "{e}");
     }
 
     #[test]
