@@ -392,3 +392,31 @@ fn prompt_and_prefix_checkpoints_resume_the_same_run() {
         assert_eq!(got_files, want_files, "prefix={prefix}: same adapter files");
     }
 }
+
+/// `PrefixGpu::from_text`: the prefix of a text's keys and values makes the model continue as if
+/// the text were in context: logits of `ids` after it equal the model's own logits of
+/// `[text; ids]` at those positions.
+#[test]
+fn prefix_from_text_is_the_text_in_context() {
+    let Some(gpu) = gpu() else { return };
+    for name in MODELS {
+        let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+        let model = LlamaModel::load(gpu, &src, Quant::NF4).unwrap();
+        let v = model.config.vocab_size;
+        let text: Vec<u32> = vec![5, 17, 101, 3, 44];
+        let ids: Vec<u32> = vec![9, 60, 2, 150, 33, 7];
+        let (p, t) = (text.len(), ids.len());
+        let pf = PrefixGpu::from_text(gpu, &model, &text).unwrap();
+        let got = pollster::block_on(model.logits_prefix(gpu, &pf, &ids, 1, t)).unwrap();
+        let mut both = text.clone();
+        both.extend_from_slice(&ids);
+        let want = pollster::block_on(model.logits(gpu, &both, 1, p + t)).unwrap();
+        assert_close(
+            &format!("{name}: logits after a text prefix"),
+            &got,
+            &want[p * v..],
+            LOGITS_ATOL,
+            LOGITS_RTOL,
+        );
+    }
+}

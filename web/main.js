@@ -289,9 +289,7 @@ async function runTraining(cmd, args) {
     state.summary = s;
     state.hasAdapter = s.steps > 0;
     const ev = s.eval_loss_before != null ? ` · eval loss before ${s.eval_loss_before.toFixed(4)}` : "";
-    $("train-status").textContent = `${s.stopped ? "stopped" : "done"}${s.resumed ? " (resumed)" : ""}: ${s.steps} steps, ${s.n_params.toLocaleString()} ${s.peft === "lora" ? "LoRA" : "prompt-tuning"} parameters${
-      s.checkpoints ? "" : s.peft === "lora" ? "" : " (no checkpoints for prompt tuning yet)"
-    }, ${
+    $("train-status").textContent = `${s.stopped ? "stopped" : "done"}${s.resumed ? " (resumed)" : ""}: ${s.steps} steps, ${s.n_params.toLocaleString()} ${s.peft === "lora" ? "LoRA" : s.peft} parameters, ${
       s.n_train
     } train / ${s.n_eval} eval examples, ${s.tokens_seen} tokens in ${s.elapsed_s.toFixed(1)} s${ev}`;
   } catch (e) {

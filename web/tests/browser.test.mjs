@@ -266,29 +266,34 @@ try {
     check(!(await page.isDisabled("#download")), "the stopped run's adapter can be downloaded");
     log(`stop: the run ended after ${stopped.steps} of 200 steps`);
 
-    // Prompt tuning through the form's peft selector: 3 steps, then generation with the prompt.
-    const PT = { ...OPTIONS, peft: "prompt-tuning", num_virtual_tokens: 4, num_steps: 3 };
-    await page.selectOption("#peft", "prompt-tuning");
-    await page.fill("#num_virtual_tokens", "4");
-    await page.fill("#num_steps", "3");
-    await page.click("#train");
-    await page.waitForFunction(() => (window.tinytune.state.summary && !window.tinytune.state.training) || document.querySelector("#train-status.error"));
-    const pt = await page.evaluate(() => window.tinytune.state);
-    check(pt.summary && pt.summary.peft === "prompt-tuning" && pt.summary.steps === 3, `prompt tuning: ${await page.textContent("#train-status")}`);
-    assert.equal(pt.summary.n_params, 4 * model.hidden_size);
-    const ptLosses = pt.steps.map((m) => m.loss);
-    check(ptLosses[2] < ptLosses[0], `prompt tuning: the loss did not fall: ${ptLosses}`);
-    await page.evaluate(() => (window.tinytune.state.lastGenerate = null));
-    await page.click("#generate");
-    await page.waitForFunction(() => window.tinytune.state.lastGenerate || document.querySelector("#gen-status.error"));
-    const ptGen = await page.evaluate(() => window.tinytune.state.lastGenerate);
-    check(ptGen && ptGen.adapted && ptGen.adapted.adapter, `prompt-tuning generate: ${await page.textContent("#gen-status")}`);
-    log(`prompt tuning: losses ${ptLosses.map((l) => l.toFixed(4)).join(" ")}; adapted ${JSON.stringify(ptGen.adapted.text)}`);
-    const ptNative = nativeLosses(PT);
-    if (ptNative) {
-      const d = Math.max(...ptLosses.map((l, i) => Math.abs(l - ptNative.losses[i])));
-      log(`prompt tuning native: ${ptNative.losses.map((l) => l.toFixed(4)).join(" ")}; max diff ${d.toExponential(2)}`);
-      check(d <= 1e-4, `prompt tuning: browser and native losses differ: ${ptLosses} vs ${ptNative.losses}`);
+    // Prompt and prefix tuning through the form's peft selector: 3 steps each, then generation
+    // with the trained virtual tokens, and the native CLI's losses on the same run.
+    for (const peft of ["prompt-tuning", "prefix-tuning"]) {
+      const PT = { ...OPTIONS, peft, num_virtual_tokens: 4, num_steps: 3 };
+      await page.selectOption("#peft", peft);
+      await page.fill("#num_virtual_tokens", "4");
+      await page.fill("#num_steps", "3");
+      await page.click("#train");
+      await page.waitForFunction(() => (window.tinytune.state.summary && !window.tinytune.state.training) || document.querySelector("#train-status.error"));
+      const pt = await page.evaluate(() => window.tinytune.state);
+      check(pt.summary && pt.summary.peft === peft && pt.summary.steps === 3, `${peft}: ${await page.textContent("#train-status")}`);
+      // Prompt tuning: 4 embeddings of the hidden size; prefix tuning: 4 key and value rows per layer.
+      if (peft === "prompt-tuning") assert.equal(pt.summary.n_params, 4 * model.hidden_size);
+      else check(pt.summary.n_params > 0 && pt.summary.n_params % (4 * 2 * model.layers) === 0, `prefix parameters: ${pt.summary.n_params}`);
+      const ptLosses = pt.steps.map((m) => m.loss);
+      check(ptLosses[2] < ptLosses[0], `${peft}: the loss did not fall: ${ptLosses}`);
+      await page.evaluate(() => (window.tinytune.state.lastGenerate = null));
+      await page.click("#generate");
+      await page.waitForFunction(() => window.tinytune.state.lastGenerate || document.querySelector("#gen-status.error"));
+      const ptGen = await page.evaluate(() => window.tinytune.state.lastGenerate);
+      check(ptGen && ptGen.adapted && ptGen.adapted.adapter, `${peft} generate: ${await page.textContent("#gen-status")}`);
+      log(`${peft}: losses ${ptLosses.map((l) => l.toFixed(4)).join(" ")}; adapted ${JSON.stringify(ptGen.adapted.text)}`);
+      const ptNative = nativeLosses(PT);
+      if (ptNative) {
+        const d = Math.max(...ptLosses.map((l, i) => Math.abs(l - ptNative.losses[i])));
+        log(`${peft} native: ${ptNative.losses.map((l) => l.toFixed(4)).join(" ")}; max diff ${d.toExponential(2)}`);
+        check(d <= 1e-4, `${peft}: browser and native losses differ: ${ptLosses} vs ${ptNative.losses}`);
+      }
     }
 
     // The same run natively.

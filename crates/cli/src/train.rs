@@ -17,12 +17,10 @@ use tinytune_gpu::{Gpu, GpuOptions};
 use tinytune_model::{LlamaModel, ModelSource};
 use tinytune_train::data::{DataConfig, EvalSplit, Stop, TextSplit};
 use tinytune_train::metrics::MetricsWriter;
-use tinytune_train::peft::Adapter;
 use tinytune_train::{
     eval_split_from, evaluate, parse_layers_to_transform, parse_target_modules, AdamWConfig,
     AdapterGpu, Checkpoint, Dataset, LoraHyper, ModelTokenizer, PeftAdapter, PeftMethod,
-    PrefixAdapter, PrefixStart, PromptAdapter, PromptStart, ScheduleKind, Start, TrainConfig,
-    Trainer,
+    PrefixStart, PromptStart, ScheduleKind, Start, TrainConfig, Trainer, VirtualInit,
 };
 
 use crate::logits::QuantArg;
@@ -59,12 +57,23 @@ pub enum PeftArg {
     PrefixTuning,
 }
 
-/// Prompt tuning's initialisation.
+impl PeftArg {
+    fn method(self) -> PeftMethod {
+        match self {
+            PeftArg::Lora => PeftMethod::Lora,
+            PeftArg::PromptTuning => PeftMethod::PromptTuning,
+            PeftArg::PrefixTuning => PeftMethod::PrefixTuning,
+        }
+    }
+}
+
+/// Prompt and prefix tuning's initialisation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PromptInitArg {
     /// N(0, 1).
     Random,
-    /// The embeddings of --prompt-tuning-init-text.
+    /// From the init text: its embeddings (prompt tuning), or the keys and values of every layer
+    /// on it (prefix tuning).
     Text,
 }
 
@@ -128,6 +137,15 @@ pub struct TrainArgs {
     /// Prompt tuning: the init text for --prompt-tuning-init text [default: none].
     #[arg(long, value_name = "TEXT")]
     pub prompt_tuning_init_text: Option<String>,
+    /// Prefix tuning: initialise the prefixes from N(0, 1) (random, PEFT's init; the model starts
+    /// far from the base model's behaviour) or from the keys and values every layer computes for
+    /// --prefix-tuning-init-text (text: training starts as if that text were in context)
+    /// [default: random].
+    #[arg(long, value_enum, default_value_t = PromptInitArg::Random)]
+    pub prefix_tuning_init: PromptInitArg,
+    /// Prefix tuning: the init text for --prefix-tuning-init text [default: none].
+    #[arg(long, value_name = "TEXT")]
+    pub prefix_tuning_init_text: Option<String>,
     /// LoRA rank [default: 8].
     #[arg(long, default_value_t = 8)]
     pub lora_r: usize,
@@ -364,40 +382,35 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
             config = ck.config.clone();
             Start::Resume(Box::new(ck))
         }
-        (None, Some(a)) if args.peft == PeftArg::PromptTuning => {
-            Start::Prompt(PromptStart::Adapter(PromptAdapter::load(a)?))
+        (None, Some(a)) => match PeftAdapter::load(a)? {
+            PeftAdapter::Lora(ad) if args.peft == PeftArg::Lora => Start::Adapter(ad),
+            PeftAdapter::Prompt(ad) if args.peft == PeftArg::PromptTuning => {
+                Start::Prompt(PromptStart::Adapter(ad))
+            }
+            PeftAdapter::Prefix(ad) if args.peft == PeftArg::PrefixTuning => {
+                Start::Prefix(PrefixStart::Adapter(ad))
+            }
+            other => bail!(
+                "--adapter {} is a {} adapter: pass --peft {}",
+                a.display(),
+                other.method().name(),
+                other.method().name()
+            ),
+        },
+        (None, None) => {
+            let init = |kind: PromptInitArg, text: &Option<String>| match kind {
+                PromptInitArg::Random => VirtualInit::Random,
+                PromptInitArg::Text => VirtualInit::Text(text.clone()),
+            };
+            let tok = || src.tokenizer().map_err(|e| e.to_string());
+            Start::fresh(
+                args.peft.method(),
+                args.num_virtual_tokens,
+                &init(args.prompt_tuning_init, &args.prompt_tuning_init_text),
+                &init(args.prefix_tuning_init, &args.prefix_tuning_init_text),
+                |t| tok()?.encode(t, false).map_err(|e| e.to_string()),
+            )?
         }
-        (None, Some(a)) if args.peft == PeftArg::PrefixTuning => {
-            Start::Prefix(PrefixStart::Adapter(PrefixAdapter::load(a)?))
-        }
-        (None, Some(a)) => Start::Adapter(Adapter::load(a)?),
-        (None, None) if args.peft == PeftArg::PrefixTuning => Start::Prefix(PrefixStart::Random {
-            num_virtual_tokens: args.num_virtual_tokens,
-        }),
-        (None, None) if args.peft == PeftArg::PromptTuning => {
-            let p = args.num_virtual_tokens;
-            Start::Prompt(match args.prompt_tuning_init {
-                PromptInitArg::Random => PromptStart::Random {
-                    num_virtual_tokens: p,
-                },
-                PromptInitArg::Text => {
-                    let text = args
-                        .prompt_tuning_init_text
-                        .clone()
-                        .context("--prompt-tuning-init text needs --prompt-tuning-init-text")?;
-                    let ids = src
-                        .tokenizer()?
-                        .encode(&text, false)
-                        .context("cannot tokenize --prompt-tuning-init-text")?;
-                    PromptStart::Text {
-                        num_virtual_tokens: p,
-                        ids,
-                        text,
-                    }
-                }
-            })
-        }
-        (None, None) => Start::Fresh,
     };
     if let Some(r) = args.warmup_ratio {
         if !(0.0..1.0).contains(&r) {
@@ -517,16 +530,7 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     if let Some(b) = bar {
         b.finish();
     }
-    let adapter = match trainer.method() {
-        PeftMethod::Lora => PeftAdapter::Lora(pollster::block_on(trainer.adapter())?),
-        PeftMethod::PromptTuning => {
-            PeftAdapter::Prompt(pollster::block_on(trainer.prompt_adapter())?)
-        }
-        PeftMethod::PrefixTuning => {
-            PeftAdapter::Prefix(pollster::block_on(trainer.prefix_adapter())?)
-        }
-    };
-    adapter.save(&args.output_dir)?;
+    pollster::block_on(trainer.peft_adapter())?.save(&args.output_dir)?;
     eprintln!(
         "saved the adapter (PEFT layout) to {} after {} steps, {:.1}s of training ({} tokens)",
         args.output_dir.display(),

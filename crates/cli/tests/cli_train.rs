@@ -289,6 +289,14 @@ fn train_prompt_and_prefix_tuning_save_peft_adapters() {
             "Answer like a pirate",
         ][..],
         &["--peft", "prefix-tuning"][..],
+        &[
+            "--peft",
+            "prefix-tuning",
+            "--prefix-tuning-init",
+            "text",
+            "--prefix-tuning-init-text",
+            "Answer like a pirate",
+        ][..],
     ]
     .iter()
     .enumerate()
@@ -348,7 +356,10 @@ fn train_prompt_and_prefix_tuning_save_peft_adapters() {
         assert!(last < first, "{extra:?}: loss {first} -> {last}");
         // The final checkpoint (adapter + optimizer state) is a PEFT adapter folder of its own.
         let ck_cfg = std::fs::read(out.join("checkpoint-6/adapter_config.json")).unwrap();
-        assert_eq!(ck_cfg, std::fs::read(out.join("adapter_config.json")).unwrap());
+        assert_eq!(
+            ck_cfg,
+            std::fs::read(out.join("adapter_config.json")).unwrap()
+        );
         let adapted = eval_loss(&[
             "eval",
             "--model",

@@ -600,6 +600,13 @@ impl Workspace {
         Ok(self)
     }
 
+    /// Layer `i`'s keys (after RoPE) and values `[M, KVH*D]` of the last pass (a training
+    /// workspace keeps every layer's).
+    pub(crate) fn layer_kv(&self, i: usize) -> (&GpuBuffer, &GpuBuffer) {
+        let a = self.set(i);
+        (&a.k, &a.v)
+    }
+
     /// Layer `i`'s prefixed key and value buffers.
     fn prefix_kv(&self, i: usize) -> Option<(&GpuBuffer, &GpuBuffer)> {
         self.prefix.as_ref().map(|pb| {

@@ -73,3 +73,45 @@ impl PrefixGpu {
         Ok(v)
     }
 }
+
+impl PrefixGpu {
+    /// A prefix holding the keys (after RoPE) and values every layer computes for `ids` at
+    /// positions `0..P` (`P = ids.len()`): what the model would cache for that text as context,
+    /// so training starts from the base model's behaviour after it (the Prefix-Tuning paper's
+    /// initialisation from real words' activations) rather than from PEFT's random prefix.
+    pub fn from_text(
+        gpu: &Gpu,
+        model: &crate::LlamaModel,
+        ids: &[u32],
+    ) -> Result<PrefixGpu, ModelError> {
+        let cfg = &model.config;
+        let p = ids.len();
+        let pf = PrefixGpu::upload(gpu, cfg, &vec![0.0; p * PrefixGpu::row_len(cfg)], p)?;
+        let ws = crate::Workspace::new(gpu, model, None, p, true)?;
+        // A pass without targets keeps every layer's k and v.
+        model.forward_loss(gpu, &ws, None, ids, &vec![-100; p], 1, p)?;
+        let dummy_k = gpu.alloc("prefix.init.dk", 4)?;
+        let dummy_v = gpu.alloc("prefix.init.dv", 4)?;
+        let mut enc = gpu.encoder();
+        for i in 0..pf.n_layers {
+            let (k, v) = ws.layer_kv(i);
+            // prefix_bwd with no real rows adds the P rows into layer i's columns (zero so far).
+            tinytune_gpu::ops::nn::prefix_bwd(
+                &mut enc,
+                k,
+                v,
+                &dummy_k,
+                &dummy_v,
+                &pf.kv,
+                i,
+                pf.n_layers,
+                1,
+                0,
+                p,
+                pf.kvd,
+            )?;
+        }
+        enc.submit();
+        Ok(pf)
+    }
+}

@@ -88,6 +88,17 @@ impl PeftAdapter {
     }
 }
 
+impl PeftMethod {
+    /// The CLI's `--peft` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            PeftMethod::Lora => "lora",
+            PeftMethod::PromptTuning => "prompt-tuning",
+            PeftMethod::PrefixTuning => "prefix-tuning",
+        }
+    }
+}
+
 /// An adapter on the device.
 pub enum AdapterGpu {
     Lora(LoraGpu),

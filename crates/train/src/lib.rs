@@ -54,6 +54,7 @@ pub use schedule::{Schedule, ScheduleKind};
 pub use tokenize::{Tokenize, WithChatTemplate};
 pub use trainer::{
     evaluate, upload_adapter, Clock, PeftMethod, PrefixStart, PromptStart, SoftRef, Start, Trainer,
+    VirtualInit,
 };
 
 /// Errors of the train crate. Every variant that comes from a file names it (and, for datasets,

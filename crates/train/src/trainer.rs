@@ -52,8 +52,82 @@ pub enum PrefixStart {
     /// A `[num_virtual_tokens, L*2*KVD]` prefix drawn from N(0, 1) (PEFT's default init of its
     /// `nn.Embedding`), seeded by `config.seed`.
     Random { num_virtual_tokens: usize },
+    /// The keys and values every layer computes for `ids` (the tokenized `text`, repeated or cut
+    /// to `num_virtual_tokens`) at positions `0..P`: the model starts out as if the text were in
+    /// context ([`PrefixGpu::from_text`]; not a PEFT option, the adapter is a plain prefix).
+    Text {
+        num_virtual_tokens: usize,
+        ids: Vec<u32>,
+        text: String,
+    },
     /// From a saved prefix-tuning adapter (a projection, if it had one, is folded in).
     Adapter(PrefixAdapter),
+}
+
+/// Prompt or prefix tuning's initialisation, as `--prompt-tuning-init` /
+/// `--prefix-tuning-init` (and the JS API's keys of the same names) give it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VirtualInit {
+    /// N(0, 1), PEFT's `RANDOM`.
+    Random,
+    /// From a text (`None`: not given, an error).
+    Text(Option<String>),
+}
+
+impl Start {
+    /// How a fresh run of `method` starts: [`Start::Fresh`] for LoRA, else `num_virtual_tokens`
+    /// virtual tokens initialised as `prompt_init` / `prefix_init` say (`encode` tokenizes an init
+    /// text). Shared by the CLI's flags and the JS API's options.
+    pub fn fresh(
+        method: PeftMethod,
+        num_virtual_tokens: usize,
+        prompt_init: &VirtualInit,
+        prefix_init: &VirtualInit,
+        encode: impl Fn(&str) -> std::result::Result<Vec<u32>, String>,
+    ) -> Result<Start> {
+        let p = num_virtual_tokens;
+        let text = |init: &VirtualInit, flag: &str| -> Result<Option<(Vec<u32>, String)>> {
+            match init {
+                VirtualInit::Random => Ok(None),
+                VirtualInit::Text(None) => Err(cfg_err(format!(
+                    "{flag} text needs an init text (--{flag}-text; {}_text in the JS API)",
+                    flag.replace('-', "_")
+                ))),
+                VirtualInit::Text(Some(t)) => {
+                    let ids = encode(t)
+                        .map_err(|e| cfg_err(format!("cannot tokenize the {flag} text: {e}")))?;
+                    Ok(Some((ids, t.clone())))
+                }
+            }
+        };
+        Ok(match method {
+            PeftMethod::Lora => Start::Fresh,
+            PeftMethod::PromptTuning => {
+                Start::Prompt(match text(prompt_init, "prompt-tuning-init")? {
+                    None => PromptStart::Random {
+                        num_virtual_tokens: p,
+                    },
+                    Some((ids, text)) => PromptStart::Text {
+                        num_virtual_tokens: p,
+                        ids,
+                        text,
+                    },
+                })
+            }
+            PeftMethod::PrefixTuning => {
+                Start::Prefix(match text(prefix_init, "prefix-tuning-init")? {
+                    None => PrefixStart::Random {
+                        num_virtual_tokens: p,
+                    },
+                    Some((ids, text)) => PrefixStart::Text {
+                        num_virtual_tokens: p,
+                        ids,
+                        text,
+                    },
+                })
+            }
+        })
+    }
 }
 
 /// The PEFT method a run trains.
@@ -323,27 +397,46 @@ fn init_prefix(
     start: PrefixStart,
 ) -> Result<(PrefixGpu, PrefixTuningConfig)> {
     let mcfg = &model.config;
-    let (kv, mut pcfg) = match start {
+    let check = |p: usize| {
+        if p == 0 {
+            Err(cfg_err("num_virtual_tokens must be at least 1"))
+        } else {
+            Ok(p)
+        }
+    };
+    let (pf, mut pcfg) = match start {
         PrefixStart::Random { num_virtual_tokens } => {
-            if num_virtual_tokens == 0 {
-                return Err(cfg_err("num_virtual_tokens must be at least 1"));
+            let p = check(num_virtual_tokens)?;
+            let pcfg = PrefixTuningConfig::for_model(mcfg, p, false, None);
+            let kv = normal_init(config.seed, 0x7072_6566_6978, p * pcfg.row_len());
+            (PrefixGpu::upload(gpu, mcfg, &kv, p)?, pcfg)
+        }
+        PrefixStart::Text {
+            num_virtual_tokens,
+            ids,
+            text: _,
+        } => {
+            let p = check(num_virtual_tokens)?;
+            if ids.is_empty() {
+                return Err(cfg_err("the prefix-tuning init text has no tokens"));
             }
-            let pcfg = PrefixTuningConfig::for_model(mcfg, num_virtual_tokens, false, None);
-            let n = num_virtual_tokens * pcfg.row_len();
-            (normal_init(config.seed, 0x7072_6566_6978, n), pcfg)
+            // As PEFT's TEXT init of prompt tuning: the ids repeated to cover P, then cut to P.
+            let ids: Vec<u32> = ids.iter().copied().cycle().take(p).collect();
+            let pcfg = PrefixTuningConfig::for_model(mcfg, p, false, None);
+            (PrefixGpu::from_text(gpu, model, &ids)?, pcfg)
         }
         PrefixStart::Adapter(a) => {
             a.config.check_model(mcfg)?;
             let mut pcfg = a.config;
             // The saved tensor is the (folded) prefix: training goes on without a projection.
             pcfg.prefix_projection = false;
-            (a.prefix, pcfg)
+            let p = pcfg.num_virtual_tokens;
+            (PrefixGpu::upload(gpu, mcfg, &a.prefix, p)?, pcfg)
         }
     };
     if !config.base_model.is_empty() {
         pcfg.base_model_name_or_path = Some(config.base_model.clone());
     }
-    let pf = PrefixGpu::upload(gpu, mcfg, &kv, pcfg.num_virtual_tokens)?;
     Ok((pf, pcfg))
 }
 
@@ -854,14 +947,19 @@ impl<'g> Trainer<'g> {
         }
     }
 
+    /// The current adapter, whatever the method.
+    pub async fn peft_adapter(&self) -> Result<PeftAdapter> {
+        Ok(match self.method() {
+            PeftMethod::Lora => PeftAdapter::Lora(self.adapter().await?),
+            PeftMethod::PromptTuning => PeftAdapter::Prompt(self.prompt_adapter().await?),
+            PeftMethod::PrefixTuning => PeftAdapter::Prefix(self.prefix_adapter().await?),
+        })
+    }
+
     /// The current adapter's PEFT files (`adapter_config.json`, `adapter_model.safetensors`),
     /// whatever the method.
     pub async fn adapter_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        match self.method() {
-            PeftMethod::Lora => self.adapter().await?.to_files(),
-            PeftMethod::PromptTuning => self.prompt_adapter().await?.to_files(),
-            PeftMethod::PrefixTuning => self.prefix_adapter().await?.to_files(),
-        }
+        self.peft_adapter().await?.to_files()
     }
 
     /// The current adapter in PEFT's layout (LoRA runs).
@@ -879,18 +977,14 @@ impl<'g> Trainer<'g> {
 
     /// Everything needed to resume the run.
     pub async fn checkpoint(&self) -> Result<Checkpoint> {
+        let adapter = self.peft_adapter().await?;
         let (adapter, m, v) = match self.method() {
             PeftMethod::Lora => (
-                PeftAdapter::Lora(self.adapter().await?),
+                adapter,
                 Moments::Lora(self.read_weights(&self.flat.m).await?),
                 Moments::Lora(self.read_weights(&self.flat.v).await?),
             ),
-            method => {
-                let adapter = if method == PeftMethod::PromptTuning {
-                    PeftAdapter::Prompt(self.prompt_adapter().await?)
-                } else {
-                    PeftAdapter::Prefix(self.prefix_adapter().await?)
-                };
+            _ => {
                 // The moments have the layout of the trained tensor, prompt_embeddings.
                 let n = self.n_params();
                 let shape = vec![adapter.virtual_tokens(), n / adapter.virtual_tokens()];

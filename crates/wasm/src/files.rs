@@ -2,7 +2,7 @@
 //! file system. Plain Rust, so it is tested natively against the path-based loaders.
 
 use tinytune_model::{ByteSource, ChunkedBytes, HfParts, ModelSource};
-use tinytune_train::{Adapter, PromptAdapter};
+use tinytune_train::PeftAdapter;
 
 /// One picked file: its name (a path's last component is used) and its bytes: in chunks in
 /// memory, or read range by range from a browser `File` ([`crate::reader::RangeSource`]).
@@ -117,45 +117,9 @@ pub fn open_model(files: Vec<NamedFile>) -> Result<ModelSource, String> {
     .map_err(|e| e.to_string())
 }
 
-/// A PEFT adapter of either kind this crate trains.
-pub enum AnyAdapter {
-    Lora(Adapter),
-    Prompt(PromptAdapter),
-}
-
-/// A PEFT adapter (LoRA or prompt tuning, by `adapter_config.json`'s `peft_type`) from its two
-/// picked files.
-pub fn open_any_adapter(files: Vec<NamedFile>) -> Result<AnyAdapter, String> {
-    let cfg = files.iter().find(|f| f.name == "adapter_config.json");
-    let peft_type = match cfg {
-        Some(f) => serde_json::from_slice::<serde_json::Value>(&f.to_vec()?)
-            .map_err(|e| format!("adapter_config.json: {e}"))?["peft_type"]
-            .as_str()
-            .unwrap_or("")
-            .to_string(),
-        None => String::new(),
-    };
-    if peft_type != "PROMPT_TUNING" {
-        return open_adapter(files).map(AnyAdapter::Lora);
-    }
-    let get = |name: &str| -> Result<Vec<u8>, String> {
-        files
-            .iter()
-            .find(|f| f.name == name)
-            .ok_or(format!("no {name} among the adapter files"))?
-            .to_vec()
-    };
-    PromptAdapter::from_bytes(
-        &get("adapter_config.json")?,
-        &get("adapter_model.safetensors")?,
-        "adapter",
-    )
-    .map(AnyAdapter::Prompt)
-    .map_err(|e| e.to_string())
-}
-
-/// A PEFT adapter from its two picked files (`adapter_config.json`, `adapter_model.safetensors`).
-pub fn open_adapter(files: Vec<NamedFile>) -> Result<Adapter, String> {
+/// A PEFT adapter (LoRA, prompt or prefix tuning, by `adapter_config.json`'s `peft_type`) from
+/// its two picked files (`adapter_config.json`, `adapter_model.safetensors`).
+pub fn open_adapter(files: Vec<NamedFile>) -> Result<PeftAdapter, String> {
     let mut cfg = None;
     let mut st = None;
     for f in files {
@@ -174,7 +138,7 @@ pub fn open_adapter(files: Vec<NamedFile>) -> Result<Adapter, String> {
     }
     let cfg = cfg.ok_or("no adapter_config.json among the adapter files")?;
     let st = st.ok_or("no adapter_model.safetensors among the adapter files")?;
-    Adapter::from_bytes(&cfg, &st, "adapter").map_err(|e| e.to_string())
+    PeftAdapter::from_bytes(&cfg, &st, "adapter").map_err(|e| e.to_string())
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
@@ -326,7 +290,14 @@ mod tests {
     fn adapters_round_trip() {
         let d = fixture("tests/fixtures/train/peft_lora");
         let a = open_adapter(picked(&d)).unwrap();
-        assert_eq!(a, Adapter::load(&d).unwrap());
+        assert_eq!(
+            a,
+            PeftAdapter::Lora(tinytune_train::Adapter::load(&d).unwrap())
+        );
+        // Prefix tuning by its peft_type (a PEFT-written adapter).
+        let pd = fixture("tests/fixtures/hf/llama/prefix_tuning/init");
+        let p = open_adapter(picked(&pd)).unwrap();
+        assert_eq!(p.method(), tinytune_train::PeftMethod::PrefixTuning);
         let files = a
             .to_files()
             .unwrap()

@@ -33,12 +33,12 @@ use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
 use serde_json::json;
 use tinytune_gpu::{Gpu, GpuOptions};
 use tinytune_model::{
-    stop_ids, ByteSource, GenerateOptions, KvDecoder, LlamaModel, LoraGpu, MemBytes, PromptGpu,
-    Quant, StopReason, TextStream,
+    stop_ids, ByteSource, GenerateOptions, KvDecoder, LlamaModel, MemBytes, Quant, StopReason,
+    TextStream,
 };
 use tinytune_train::{
-    upload_adapter, Adapter, ChatMessage, Checkpoint, Clock, Dataset, ModelTokenizer,
-    PromptAdapter, PromptStart, Start, Trainer,
+    AdapterGpu, ChatMessage, Checkpoint, Clock, Dataset, ModelTokenizer, PeftAdapter, PrefixStart,
+    PromptStart, Start, Trainer,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
@@ -117,38 +117,23 @@ struct Loaded {
     tok: Result<ModelTokenizer, String>,
 }
 
-/// The current adapter: host weights (for saving) and device copy (for generation).
-enum Tuned {
-    Lora {
-        adapter: Adapter,
-        lora: LoraGpu,
-    },
-    Prompt {
-        adapter: PromptAdapter,
-        prompt: PromptGpu,
-    },
+/// The current adapter: host tensors (for saving) and device copy (for generation).
+struct Tuned {
+    adapter: PeftAdapter,
+    gpu: AdapterGpu,
 }
 
 impl Tuned {
-    fn prompt(gpu: &Gpu, adapter: PromptAdapter) -> Result<Tuned, JsValue> {
-        let (p, c) = (adapter.config.num_virtual_tokens, adapter.config.token_dim);
-        let prompt = PromptGpu::upload(gpu, &adapter.embeddings, p, c).map_err(err)?;
-        Ok(Tuned::Prompt { adapter, prompt })
-    }
-
-    fn peft(&self) -> options::Peft {
-        match self {
-            Tuned::Lora { .. } => options::Peft::Lora,
-            Tuned::Prompt { .. } => options::Peft::PromptTuning,
-        }
+    fn new(gpu: &Gpu, model: &LlamaModel, adapter: PeftAdapter) -> Result<Tuned, JsValue> {
+        let on_gpu = AdapterGpu::upload(gpu, model, &adapter).map_err(err)?;
+        Ok(Tuned {
+            adapter,
+            gpu: on_gpu,
+        })
     }
 
     fn to_files(&self) -> Result<Vec<(String, Vec<u8>)>, JsValue> {
-        match self {
-            Tuned::Lora { adapter, .. } => adapter.to_files(),
-            Tuned::Prompt { adapter, .. } => adapter.to_files(),
-        }
-        .map_err(err)
+        self.adapter.to_files().map_err(err)
     }
 }
 
@@ -698,27 +683,21 @@ impl Tinytune {
             } else if opts.adapter {
                 let t = inner.adapter.borrow().clone();
                 let t = t.ok_or_else(|| err("\"adapter\": true but no adapter is loaded"))?;
-                if t.peft() != opts.peft {
+                if t.adapter.method() != opts.peft.method() {
                     return Err(err(format!(
                         "\"adapter\": true: the current adapter is {}, the options say peft {:?}",
-                        t.peft().name(),
-                        opts.peft.name()
+                        t.adapter.method().name(),
+                        opts.peft.method().name()
                     )));
                 }
-                match &*t {
-                    Tuned::Lora { adapter, .. } => Start::Adapter(adapter.clone()),
-                    Tuned::Prompt { adapter, .. } => {
-                        Start::Prompt(PromptStart::Adapter(adapter.clone()))
-                    }
+                match &t.adapter {
+                    PeftAdapter::Lora(a) => Start::Adapter(a.clone()),
+                    PeftAdapter::Prompt(a) => Start::Prompt(PromptStart::Adapter(a.clone())),
+                    PeftAdapter::Prefix(a) => Start::Prefix(PrefixStart::Adapter(a.clone())),
                 }
             } else {
-                match opts
-                    .peft_start(|t| tok.tok.encode(t, false).map_err(|e| e.to_string()))
+                opts.peft_start(|t| tok.tok.encode(t, false).map_err(|e| e.to_string()))
                     .map_err(err)?
-                {
-                    None => Start::Fresh,
-                    Some(p) => Start::Prompt(p),
-                }
             };
             let mut trainer = Trainer::new(&inner.gpu, &loaded.model, config, data, start, clock())
                 .map_err(|e| gpu_err("train")(e.to_string()))?;
@@ -741,7 +720,7 @@ impl Tinytune {
             loop {
                 if inner.stop.get() {
                     stopped = true;
-                    if trainer.state.global_step > 0 && !trainer.is_prompt_tuning() {
+                    if trainer.state.global_step > 0 {
                         if let Some(f) = &on_checkpoint {
                             emit_checkpoint(&trainer, f).await?;
                         }
@@ -764,26 +743,18 @@ impl Tinytune {
                     v["total_steps"] = json!(total);
                     f.call1(&JsValue::NULL, &JsValue::from_str(&v.to_string()))?;
                 }
-                if let Some(f) = on_checkpoint
-                    .as_ref()
-                    .filter(|_| !trainer.is_prompt_tuning())
-                {
+                if let Some(f) = &on_checkpoint {
                     if (save_every > 0 && step % save_every == 0) || step == total {
                         emit_checkpoint(&trainer, f).await?;
                     }
                 }
                 yield_now().await;
             }
-            let prompt_tuning = trainer.is_prompt_tuning();
-            let tuned = if prompt_tuning {
-                Err(trainer.prompt_adapter().await.map_err(err)?)
-            } else {
-                Ok(trainer.adapter().await.map_err(err)?)
-            };
+            let tuned = trainer.peft_adapter().await.map_err(err)?;
             let summary = json!({
                 "resumed": resumed,
-                "peft": if prompt_tuning { "prompt-tuning" } else { "lora" },
-                "checkpoints": on_checkpoint.is_some() && !prompt_tuning,
+                "peft": trainer.method().name(),
+                "checkpoints": on_checkpoint.is_some(),
                 "steps": trainer.state.global_step,
                 "total_steps": total,
                 "stopped": stopped,
@@ -798,14 +769,7 @@ impl Tinytune {
             });
             drop(trainer);
             if summary["steps"].as_u64().unwrap_or(0) > 0 {
-                let tuned = match tuned {
-                    Ok(adapter) => {
-                        let lora =
-                            upload_adapter(&inner.gpu, &loaded.model, &adapter).map_err(err)?;
-                        Tuned::Lora { adapter, lora }
-                    }
-                    Err(prompt) => Tuned::prompt(&inner.gpu, prompt)?,
-                };
+                let tuned = Tuned::new(&inner.gpu, &loaded.model, tuned)?;
                 inner.adapter.replace(Some(Rc::new(tuned)));
             }
             to_js(&summary)
@@ -876,15 +840,14 @@ impl Tinytune {
                 return Err(err("no adapter: train or loadAdapter first"));
             }
             let used = tuned.as_deref().filter(|_| use_adapter);
-            let lora = match used {
-                Some(Tuned::Lora { lora, .. }) => Some(lora),
-                _ => None,
-            };
+            let lora = used.and_then(|t| t.gpu.lora());
             let max_len = (ids.len() + opts.max_new_tokens).min(cap);
             let mut dec = KvDecoder::new(&inner.gpu, &loaded.model, lora, max_len)
                 .map_err(|e| gpu_err("generate")(e.to_string()))?;
-            if let Some(Tuned::Prompt { prompt, .. }) = used {
-                dec = dec.with_prompt(prompt).map_err(err)?;
+            match used.map(|t| &t.gpu) {
+                Some(AdapterGpu::Prompt(pg)) => dec = dec.with_prompt(pg).map_err(err)?,
+                Some(AdapterGpu::Prefix(pf)) => dec = dec.with_prefix(pf).map_err(err)?,
+                _ => {}
             }
             let gen_opts = GenerateOptions {
                 max_new_tokens: opts.max_new_tokens,
@@ -992,48 +955,28 @@ impl Tinytune {
             let _busy = inner.begin("loadAdapter")?;
             let loaded = inner.loaded()?;
             let (files, _) = named_files(&files, &Arc::default()).await?;
-            let info = match files::open_any_adapter(files).map_err(err)? {
-                files::AnyAdapter::Lora(adapter) => {
-                    let lora = upload_adapter(&inner.gpu, &loaded.model, &adapter).map_err(err)?;
-                    let c = &adapter.config;
-                    let mut targets: Vec<&str> = adapter
-                        .weights
-                        .pairs
-                        .keys()
-                        .map(|k| k.module.name())
-                        .collect();
+            let adapter = files::open_adapter(files).map_err(err)?;
+            let mut info = json!({
+                "peft": adapter.method().name(),
+                "num_virtual_tokens": adapter.virtual_tokens(),
+            });
+            match &adapter {
+                PeftAdapter::Lora(a) => {
+                    let c = &a.config;
+                    let mut targets: Vec<&str> =
+                        a.weights.pairs.keys().map(|k| k.module.name()).collect();
                     targets.sort_unstable();
                     targets.dedup();
-                    let info = json!({
-                        "peft": "lora",
-                        "r": c.r,
-                        "lora_alpha": c.lora_alpha,
-                        "target_modules": targets,
-                        "n_params": adapter.weights.n_params(),
-                    });
-                    inner
-                        .adapter
-                        .replace(Some(Rc::new(Tuned::Lora { adapter, lora })));
-                    info
+                    info["r"] = json!(c.r);
+                    info["lora_alpha"] = json!(c.lora_alpha);
+                    info["target_modules"] = json!(targets);
+                    info["n_params"] = json!(a.weights.n_params());
                 }
-                files::AnyAdapter::Prompt(adapter) => {
-                    let hidden = loaded.model.config.hidden_size;
-                    if adapter.config.token_dim != hidden {
-                        return Err(err(format!(
-                            "the prompt adapter's token_dim is {}, the model's hidden size {hidden}",
-                            adapter.config.token_dim
-                        )));
-                    }
-                    let info = json!({
-                        "peft": "prompt-tuning",
-                        "num_virtual_tokens": adapter.config.num_virtual_tokens,
-                        "n_params": adapter.embeddings.len(),
-                    });
-                    let t = Tuned::prompt(&inner.gpu, adapter)?;
-                    inner.adapter.replace(Some(Rc::new(t)));
-                    info
-                }
-            };
+                PeftAdapter::Prompt(a) => info["n_params"] = json!(a.embeddings.len()),
+                PeftAdapter::Prefix(a) => info["n_params"] = json!(a.prefix.len()),
+            }
+            let t = Tuned::new(&inner.gpu, &loaded.model, adapter)?;
+            inner.adapter.replace(Some(Rc::new(t)));
             to_js(&info)
         })
     }

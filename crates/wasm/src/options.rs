@@ -7,7 +7,7 @@ use tinytune_train::data::{EvalSplit, Stop, TextSplit};
 use tinytune_train::peft::LoraModule;
 use tinytune_train::{
     check_layers, eval_split_from, parse_layers_to_transform, parse_target_modules, AdamWConfig,
-    LoraHyper, PromptStart, ScheduleKind, TrainConfig,
+    LoraHyper, PeftMethod, ScheduleKind, Start, TrainConfig, VirtualInit,
 };
 
 /// A number or a string (the CLI takes `--eval-split 0.1` or `--eval-split 10`, and
@@ -35,8 +35,7 @@ pub enum Layers {
     Text(String),
 }
 
-/// `--peft`: what a run trains. (Prefix tuning will be one more variant and one more arm in
-/// [`TrainOptions::peft_start`].)
+/// `--peft`: what a run trains.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Peft {
@@ -44,13 +43,17 @@ pub enum Peft {
     Lora,
     /// Trainable virtual token embeddings (PEFT `PROMPT_TUNING`).
     PromptTuning,
+    /// Trainable per-layer key/value prefixes (PEFT `PREFIX_TUNING`).
+    PrefixTuning,
 }
 
 impl Peft {
-    pub fn name(self) -> &'static str {
+    /// The trainer's method.
+    pub fn method(self) -> PeftMethod {
         match self {
-            Peft::Lora => "lora",
-            Peft::PromptTuning => "prompt-tuning",
+            Peft::Lora => PeftMethod::Lora,
+            Peft::PromptTuning => PeftMethod::PromptTuning,
+            Peft::PrefixTuning => PeftMethod::PrefixTuning,
         }
     }
 }
@@ -71,6 +74,8 @@ pub struct TrainOptions {
     pub num_virtual_tokens: usize,
     pub prompt_tuning_init: PromptInit,
     pub prompt_tuning_init_text: Option<String>,
+    pub prefix_tuning_init: PromptInit,
+    pub prefix_tuning_init_text: Option<String>,
     pub lora_r: usize,
     pub lora_alpha: f64,
     pub lora_dropout: f64,
@@ -108,6 +113,8 @@ impl Default for TrainOptions {
             num_virtual_tokens: 20,
             prompt_tuning_init: PromptInit::Random,
             prompt_tuning_init_text: None,
+            prefix_tuning_init: PromptInit::Random,
+            prefix_tuning_init_text: None,
             lora_r: 8,
             lora_alpha: 16.0,
             lora_dropout: 0.0,
@@ -175,36 +182,25 @@ pub fn parse_eval_split(v: &NumOrText) -> Result<EvalSplit, String> {
 }
 
 impl TrainOptions {
-    /// How a fresh run of `peft` starts: `None` for LoRA (its settings are in the config), the
-    /// prompt's init for prompt tuning (`encode` tokenizes the init text).
+    /// How a fresh run of `peft` starts: [`Start::Fresh`] for LoRA (its settings are in the
+    /// config), the virtual tokens' init for prompt (`encode` tokenizes the init text) and prefix
+    /// tuning.
     pub fn peft_start(
         &self,
         encode: impl Fn(&str) -> Result<Vec<u32>, String>,
-    ) -> Result<Option<PromptStart>, String> {
-        match self.peft {
-            Peft::Lora => Ok(None),
-            Peft::PromptTuning => {
-                let p = self.num_virtual_tokens;
-                Ok(Some(match self.prompt_tuning_init {
-                    PromptInit::Random => PromptStart::Random {
-                        num_virtual_tokens: p,
-                    },
-                    PromptInit::Text => {
-                        let text = self
-                            .prompt_tuning_init_text
-                            .clone()
-                            .ok_or("prompt_tuning_init \"text\" needs prompt_tuning_init_text")?;
-                        let ids = encode(&text)
-                            .map_err(|e| format!("cannot tokenize prompt_tuning_init_text: {e}"))?;
-                        PromptStart::Text {
-                            num_virtual_tokens: p,
-                            ids,
-                            text,
-                        }
-                    }
-                }))
-            }
-        }
+    ) -> Result<Start, String> {
+        let init = |kind: PromptInit, text: &Option<String>| match kind {
+            PromptInit::Random => VirtualInit::Random,
+            PromptInit::Text => VirtualInit::Text(text.clone()),
+        };
+        Start::fresh(
+            self.peft.method(),
+            self.num_virtual_tokens,
+            &init(self.prompt_tuning_init, &self.prompt_tuning_init_text),
+            &init(self.prefix_tuning_init, &self.prefix_tuning_init_text),
+            encode,
+        )
+        .map_err(|e| e.to_string())
     }
 
     /// The trainer's config, as `tinytune train` builds it from the same flags. (Fields the
@@ -360,6 +356,7 @@ pub fn parse_gen_options(json: &str) -> Result<GenOptions, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tinytune_train::{PrefixStart, PromptStart};
 
     #[test]
     fn defaults_are_the_cli_defaults() {
@@ -451,11 +448,21 @@ mod tests {
         let enc = |t: &str| Ok(t.bytes().map(u32::from).collect());
         let o = parse_train_options("{}").unwrap();
         assert_eq!(o.peft, Peft::Lora);
-        assert!(o.peft_start(enc).unwrap().is_none());
+        assert!(matches!(o.peft_start(enc).unwrap(), Start::Fresh));
         let o = parse_train_options(r#"{"peft": "prompt-tuning"}"#).unwrap();
         match o.peft_start(enc).unwrap() {
-            Some(PromptStart::Random { num_virtual_tokens }) => assert_eq!(num_virtual_tokens, 20),
+            Start::Prompt(PromptStart::Random { num_virtual_tokens }) => {
+                assert_eq!(num_virtual_tokens, 20)
+            }
             _ => panic!("random init with the CLI's 20 tokens"),
+        }
+        let o =
+            parse_train_options(r#"{"peft": "prefix-tuning", "num_virtual_tokens": 7}"#).unwrap();
+        match o.peft_start(enc).unwrap() {
+            Start::Prefix(PrefixStart::Random { num_virtual_tokens }) => {
+                assert_eq!(num_virtual_tokens, 7)
+            }
+            _ => panic!("prefix tuning, random init"),
         }
         let o = parse_train_options(
             r#"{"peft": "prompt-tuning", "num_virtual_tokens": 4, "prompt_tuning_init": "text",
@@ -463,7 +470,7 @@ mod tests {
         )
         .unwrap();
         match o.peft_start(enc).unwrap() {
-            Some(PromptStart::Text {
+            Start::Prompt(PromptStart::Text {
                 num_virtual_tokens,
                 ids,
                 text,
