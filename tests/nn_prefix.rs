@@ -121,3 +121,61 @@ fn prefix_launchers_reject_bad_shapes() {
     )));
     assert!(nn::prefix_bwd(&mut enc, &kf, &vf, &k, &v, &grad, 1, nl, b, t, p, kvd).is_ok());
 }
+
+/// `nn/prefix_proj_*`: sums of t, e or n products per element, in the reference's order; the
+/// driver may contract them into fmas and its tanh may differ by a few ulps.
+const PROJ_ATOL: f32 = 1e-5;
+const PROJ_RTOL: f32 = 1e-4;
+
+#[test]
+fn prefix_proj_fwd_and_bwd_match_reference() {
+    use common::assert_close;
+    use tinytune::reference::nn::ProjDims;
+    let Some(gpu) = gpu() else { return };
+    // (P, t, e, n): single rows, odd sizes, e != t.
+    for (si, &(p, t, e, n)) in [(1, 4, 4, 8), (3, 5, 7, 12), (20, 32, 24, 128)]
+        .iter()
+        .enumerate()
+    {
+        let d = ProjDims { p, t, e, n };
+        let mut rng = Rng::new(990 + si as u64);
+        let params = rng.vec(d.len(), 0.5);
+        let dkv = rng.vec(p * n, 1.0);
+        let (want_h, want_kv) = rnn::prefix_proj_fwd(&params, d);
+        let want_g = rnn::prefix_proj_bwd(&params, &want_h, &dkv, d);
+        let pb = gpu.upload("params", &params).unwrap();
+        let dkvb = gpu.upload("dkv", &dkv).unwrap();
+        let a = |n: usize| gpu.alloc("x", (n * 4) as u64).unwrap();
+        let (h, kv, dpre, g) = (a(p * e), a(p * n), a(p * e), a(d.len()));
+        let mut enc = gpu.encoder();
+        nn::prefix_proj_fwd(&mut enc, &pb, &h, &kv, p, t, e, n).unwrap();
+        nn::prefix_proj_bwd(&mut enc, &pb, &h, &dkvb, &dpre, &g, p, t, e, n).unwrap();
+        enc.submit();
+        let what = format!("prefix_proj shape {si}");
+        let got_h = gpu.read_blocking::<f32>(&h).unwrap();
+        assert_close(&format!("{what} h"), &got_h, &want_h, PROJ_ATOL, PROJ_RTOL);
+        let got_kv = gpu.read_blocking::<f32>(&kv).unwrap();
+        assert_close(
+            &format!("{what} kv"),
+            &got_kv,
+            &want_kv,
+            PROJ_ATOL,
+            PROJ_RTOL,
+        );
+        let got_g = gpu.read_blocking::<f32>(&g).unwrap();
+        assert_close(
+            &format!("{what} grads"),
+            &got_g,
+            &want_g,
+            PROJ_ATOL,
+            PROJ_RTOL,
+        );
+    }
+    // Bad shapes are typed errors.
+    let x = gpu.alloc("x", 64).unwrap();
+    let y = gpu.alloc("y", 64).unwrap();
+    let mut enc = gpu.encoder();
+    assert!(nn::prefix_proj_fwd(&mut enc, &x, &y, &x, 1, 1, 1, 1).is_err());
+    assert!(nn::prefix_proj_fwd(&mut enc, &x, &y, &y, 1, 1, 1, 1).is_err());
+    assert!(nn::prefix_proj_fwd(&mut enc, &x, &y, &x, 1, 0, 1, 1).is_err());
+}

@@ -420,3 +420,137 @@ fn prefix_from_text_is_the_text_in_context() {
         );
     }
 }
+
+/// The projection's five tensors of a fixture entry (`init`, `grad1`, `step3`), flat in PEFT's
+/// parameter order.
+fn proj_flat(fx: &Tensors, stage: &str) -> Vec<f32> {
+    ["embedding", "w1", "b1", "w2", "b2"]
+        .iter()
+        .flat_map(|k| fx[&format!("{stage}.{k}")].1.clone())
+        .collect()
+}
+
+/// Prefix tuning through PEFT's projection MLP (`prefix_projection=True`): the reference's loss
+/// and parameter gradients equal PEFT's, and the trainer's 3 AdamW steps give PEFT's losses,
+/// gradient norms and parameters; the adapter it saves is the folded prefix, and a checkpoint
+/// resumes the same run.
+#[test]
+fn prefix_projection_matches_peft() {
+    use std::collections::BTreeMap;
+    use tinytune::reference::nn::{prefix_proj_bwd, prefix_proj_fwd, ProjDims};
+    use tinytune::train::{Checkpoint, PrefixStart, PrefixTuningConfig, Start, Trainer};
+    for name in MODELS {
+        let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+        let (d, w) = reference_model(&src, false);
+        let rel = format!("{name}/prefix_tuning/proj.safetensors");
+        let fx = read_tensors(&rel);
+        let (ids, targets, b, t) = batch(&fx);
+        let init = proj_flat(&fx, "init");
+        let kvd = d.kv_heads * d.head_dim;
+        let dims = ProjDims {
+            p: 4,
+            t: kvd,
+            e: kvd,
+            n: d.layers * 2 * kvd,
+        };
+        let (h, kv) = prefix_proj_fwd(&init, dims);
+        let (loss, dkv) = llama::prefix_loss_and_grad(&d, &w, &kv, &ids, &targets, b, t);
+        let grads = prefix_proj_bwd(&init, &h, &dkv, dims);
+        assert_close(
+            &format!("{name} proj loss"),
+            &[loss],
+            &fx["loss"].1[..1],
+            LOSS_ATOL,
+            LOSS_RTOL,
+        );
+        assert_close(
+            &format!("{name} proj grads"),
+            &grads,
+            &proj_flat(&fx, "grad1"),
+            GRAD_ATOL,
+            GRAD_RTOL,
+        );
+        let Some(gpu) = gpu() else { continue };
+        let model = LlamaModel::load(gpu, &src, Quant::None).unwrap();
+        let data = fixture_dataset(&rel);
+        let start = || {
+            Start::Prefix(PrefixStart::ProjectedParams {
+                config: PrefixTuningConfig::for_model(&model.config, 4, true, None),
+                params: init.clone(),
+            })
+        };
+        let run = |start: Start| {
+            let cfg = peft_recipe(3, data.examples.len());
+            Trainer::new(gpu, &model, cfg, data.clone(), start, Box::new(|| 0.0)).unwrap()
+        };
+        let mut tr = run(start());
+        assert_eq!(tr.n_params(), dims.len());
+        let mut ck_files = None;
+        let mut losses = Vec::new();
+        for k in 1..=3usize {
+            let rec = pollster::block_on(tr.step()).unwrap().expect("a step");
+            losses.push(rec.loss);
+            let what = format!("{name} projection step {k}");
+            assert_close(
+                &format!("{what} loss"),
+                &[rec.loss as f32],
+                &fx["loss"].1[k - 1..k],
+                LOSS_ATOL,
+                LOSS_RTOL,
+            );
+            assert_close(
+                &format!("{what} grad_norm"),
+                &[rec.grad_norm as f32],
+                &fx["grad_norm"].1[k - 1..k],
+                0.0,
+                1e-4,
+            );
+            if k == 1 {
+                let ck = pollster::block_on(tr.checkpoint()).unwrap();
+                let files: BTreeMap<String, Vec<u8>> = ck.to_files().unwrap().into_iter().collect();
+                assert!(files.contains_key("prefix_projection.safetensors"));
+                ck_files = Some(files);
+            }
+        }
+        let ck = pollster::block_on(tr.checkpoint()).unwrap();
+        let params = ck.projection.clone().expect("the projection's parameters");
+        assert_close(
+            &format!("{name} projection after 3 steps"),
+            &params,
+            &proj_flat(&fx, "step3"),
+            1e-5,
+            1e-3,
+        );
+        // The saved adapter is the folded prefix, with prefix_projection true, as PEFT saves it.
+        let ad = pollster::block_on(tr.prefix_adapter()).unwrap();
+        assert!(ad.config.prefix_projection);
+        let (_, kv3) = prefix_proj_fwd(&params, dims);
+        assert_close(
+            &format!("{name} folded prefix"),
+            &ad.prefix,
+            &kv3,
+            1e-5,
+            1e-4,
+        );
+        // 1 step + resume from the checkpoint's files = 3 steps.
+        let files = ck_files.unwrap();
+        let ck1 = Checkpoint::from_files(|n| files.get(n).cloned(), "mem").unwrap();
+        let mut second = run(Start::Resume(Box::new(ck1)));
+        let mut resumed_losses = vec![losses[0]];
+        while let Some(r) = pollster::block_on(second.step()).unwrap() {
+            resumed_losses.push(r.loss);
+        }
+        assert_eq!(
+            resumed_losses, losses,
+            "{name}: resumed losses are bit-identical"
+        );
+        let resumed = pollster::block_on(second.checkpoint())
+            .unwrap()
+            .projection
+            .unwrap();
+        assert_eq!(
+            resumed, params,
+            "{name}: resumed projection run is bit-identical"
+        );
+    }
+}

@@ -616,6 +616,7 @@ fn sample_checkpoint(step: u64) -> Checkpoint {
     };
     Checkpoint {
         adapter: PeftAdapter::Lora(adapter),
+        projection: None,
         optimizer,
         state,
         config,

@@ -146,6 +146,15 @@ pub struct TrainArgs {
     /// Prefix tuning: the init text for --prefix-tuning-init text [default: none].
     #[arg(long, value_name = "TEXT")]
     pub prefix_tuning_init_text: Option<String>,
+    /// Prefix tuning: train the prefixes through PEFT's reparameterisation MLP
+    /// (prefix_projection=True: embeddings -> Linear -> tanh -> Linear); the saved adapter holds
+    /// the folded prefix, the checkpoints the MLP [default: off].
+    #[arg(long)]
+    pub prefix_projection: bool,
+    /// Prefix tuning with --prefix-projection: the MLP's hidden size (PEFT's
+    /// encoder_hidden_size) [default: the key/value width, num_key_value_heads * head_dim].
+    #[arg(long, value_name = "N")]
+    pub encoder_hidden_size: Option<usize>,
     /// LoRA rank [default: 8].
     #[arg(long, default_value_t = 8)]
     pub lora_r: usize,
@@ -408,6 +417,7 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
                 args.num_virtual_tokens,
                 &init(args.prompt_tuning_init, &args.prompt_tuning_init_text),
                 &init(args.prefix_tuning_init, &args.prefix_tuning_init_text),
+                args.prefix_projection.then_some(args.encoder_hidden_size),
                 |t| tok()?.encode(t, false).map_err(|e| e.to_string()),
             )?
         }

@@ -42,6 +42,8 @@ shaders!(
     "nn/bias_add_fwd",
     "nn/prefix_fwd",
     "nn/prefix_bwd",
+    "nn/prefix_proj_fwd",
+    "nn/prefix_proj_bwd",
     "lora/fwd",
     "lora/bwd",
     "optim/adamw_step",

@@ -4,6 +4,10 @@
 //!   `PeftModel.from_pretrained`);
 //! - `optimizer.safetensors`: the AdamW moments, F32, keyed `<adapter tensor>.exp_avg` (m) and
 //!   `<adapter tensor>.exp_avg_sq` (v), with the optimizer step count in the metadata (`step`);
+//! - `prefix_projection.safetensors` (prefix tuning with `prefix_projection` only): the
+//!   projection's parameters under PEFT's names (`prompt_encoder.default.embedding.weight`,
+//!   `...transform.0.weight`, ...), which the adapter holds only folded; the AdamW moments of
+//!   such a run are flat, in the order of these tensors;
 //! - `trainer_state.json`: step, data position, RNG state, counters ([`TrainerState`]);
 //! - `training_config.json`: the [`TrainConfig`].
 //!
@@ -26,6 +30,16 @@ use crate::{Result, TrainError};
 
 /// File name of the optimizer state.
 pub const OPTIMIZER_STATE: &str = "optimizer.safetensors";
+/// File name of a projected prefix's parameters.
+pub const PREFIX_PROJECTION: &str = "prefix_projection.safetensors";
+/// PEFT's names of the projection's parameters, in the order of the flat layout.
+const PROJECTION_TENSORS: [&str; 5] = [
+    "prompt_encoder.default.embedding.weight",
+    "prompt_encoder.default.transform.0.weight",
+    "prompt_encoder.default.transform.0.bias",
+    "prompt_encoder.default.transform.2.weight",
+    "prompt_encoder.default.transform.2.bias",
+];
 /// File name of the trainer state.
 pub const TRAINER_STATE: &str = "trainer_state.json";
 /// File name of the training config.
@@ -181,20 +195,69 @@ impl OptimizerState {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
     pub adapter: PeftAdapter,
+    /// A projected prefix's flat parameters (prefix tuning with `prefix_projection`).
+    pub projection: Option<Vec<f32>>,
     pub optimizer: OptimizerState,
     pub state: TrainerState,
     pub config: TrainConfig,
 }
 
 impl Checkpoint {
-    /// Checks that the optimizer moments match the adapter's layout.
+    /// The shapes of a projected prefix's tensors, in [`PROJECTION_TENSORS`]' order; errors
+    /// unless the adapter is a prefix with a projection.
+    fn projection_shapes(&self, dir: &str) -> Result<Vec<Vec<usize>>> {
+        match &self.adapter {
+            PeftAdapter::Prefix(a) if a.config.prefix_projection => {
+                let c = &a.config;
+                let (p, t, e, n) = (
+                    c.num_virtual_tokens,
+                    c.token_dim,
+                    c.encoder_hidden_size,
+                    c.row_len(),
+                );
+                Ok(vec![vec![p, t], vec![e, t], vec![e], vec![n, e], vec![n]])
+            }
+            _ => Err(TrainError::Checkpoint {
+                file: format!("{dir}/{PREFIX_PROJECTION}"),
+                msg: "projection parameters for an adapter without prefix_projection".into(),
+            }),
+        }
+    }
+
+    /// Checks that the optimizer moments (and a projection's parameters) match the adapter's
+    /// layout.
     pub fn validate(&self, dir: &str) -> Result<()> {
         let file = format!("{dir}/{OPTIMIZER_STATE}");
+        let projection_len = match &self.projection {
+            Some(params) => {
+                let n: usize = self
+                    .projection_shapes(dir)?
+                    .iter()
+                    .map(|s| s.iter().product::<usize>())
+                    .sum();
+                if params.len() != n {
+                    return Err(TrainError::Checkpoint {
+                        file: format!("{dir}/{PREFIX_PROJECTION}"),
+                        msg: format!(
+                            "{} parameters, the adapter's projection has {n}",
+                            params.len()
+                        ),
+                    });
+                }
+                Some(n)
+            }
+            None => None,
+        };
         for (what, w) in [
             ("exp_avg", &self.optimizer.m),
             ("exp_avg_sq", &self.optimizer.v),
         ] {
-            if !w.fits(&self.adapter) {
+            let fits = match (projection_len, w) {
+                (Some(n), Moments::Embeddings(_, v)) => v.len() == n,
+                (Some(_), _) => false,
+                (None, w) => w.fits(&self.adapter),
+            };
+            if !fits {
                 return Err(TrainError::Checkpoint {
                     file,
                     msg: format!("{what} tensors do not match the adapter's keys and shapes"),
@@ -226,6 +289,20 @@ impl Checkpoint {
     pub fn to_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
         self.validate(".")?;
         let mut files = self.adapter.to_files()?;
+        if let Some(params) = &self.projection {
+            let shapes = self.projection_shapes(".")?;
+            let mut tensors = Vec::new();
+            let mut at = 0;
+            for (name, shape) in PROJECTION_TENSORS.iter().zip(shapes) {
+                let len: usize = shape.iter().product();
+                tensors.push((name.to_string(), shape, &params[at..at + len]));
+                at += len;
+            }
+            files.push((
+                PREFIX_PROJECTION.to_string(),
+                write_f32_safetensors(&tensors, &[])?,
+            ));
+        }
         files.push((
             OPTIMIZER_STATE.to_string(),
             self.optimizer.to_safetensors()?,
@@ -251,6 +328,22 @@ impl Checkpoint {
         };
         let adapter =
             PeftAdapter::from_bytes(&need(ADAPTER_CONFIG)?, &need(ADAPTER_WEIGHTS)?, dir)?;
+        let projection = match get(PREFIX_PROJECTION) {
+            Some(bytes) => {
+                let file = format!("{dir}/{PREFIX_PROJECTION}");
+                let (mut tensors, _) = read_f32_safetensors(&bytes, &file)?;
+                let mut flat = Vec::new();
+                for name in PROJECTION_TENSORS {
+                    let (_, v) = tensors.remove(name).ok_or_else(|| TrainError::Checkpoint {
+                        file: file.clone(),
+                        msg: format!("no tensor {name}"),
+                    })?;
+                    flat.extend(v);
+                }
+                Some(flat)
+            }
+            None => None,
+        };
         let optimizer = OptimizerState::from_safetensors(
             &need(OPTIMIZER_STATE)?,
             &format!("{dir}/{OPTIMIZER_STATE}"),
@@ -270,6 +363,7 @@ impl Checkpoint {
         let config = TrainConfig::from_json(cfg_text, &cfg_file)?;
         let ck = Checkpoint {
             adapter,
+            projection,
             optimizer,
             state,
             config,

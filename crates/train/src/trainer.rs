@@ -62,6 +62,19 @@ pub enum PrefixStart {
     },
     /// From a saved prefix-tuning adapter (a projection, if it had one, is folded in).
     Adapter(PrefixAdapter),
+    /// Through PEFT's reparameterisation (`prefix_projection=True`): `num_virtual_tokens`
+    /// embeddings of the KV width and a two-layer MLP (hidden size `encoder_hidden_size`, default
+    /// the KV width) produce the prefix; they are what trains, initialised as torch does (N(0, 1)
+    /// embeddings, `nn.Linear`'s uniform init), seeded by `config.seed`.
+    Projected {
+        num_virtual_tokens: usize,
+        encoder_hidden_size: Option<usize>,
+    },
+    /// A checkpointed projection run: its adapter config and the projection's flat parameters.
+    ProjectedParams {
+        config: PrefixTuningConfig,
+        params: Vec<f32>,
+    },
 }
 
 /// Prompt or prefix tuning's initialisation, as `--prompt-tuning-init` /
@@ -77,12 +90,14 @@ pub enum VirtualInit {
 impl Start {
     /// How a fresh run of `method` starts: [`Start::Fresh`] for LoRA, else `num_virtual_tokens`
     /// virtual tokens initialised as `prompt_init` / `prefix_init` say (`encode` tokenizes an init
-    /// text). Shared by the CLI's flags and the JS API's options.
+    /// text); `prefix_projection` (`Some(encoder_hidden_size)`) trains the prefix through PEFT's
+    /// MLP. Shared by the CLI's flags and the JS API's options.
     pub fn fresh(
         method: PeftMethod,
         num_virtual_tokens: usize,
         prompt_init: &VirtualInit,
         prefix_init: &VirtualInit,
+        prefix_projection: Option<Option<usize>>,
         encode: impl Fn(&str) -> std::result::Result<Vec<u32>, String>,
     ) -> Result<Start> {
         let p = num_virtual_tokens;
@@ -115,16 +130,26 @@ impl Start {
                 })
             }
             PeftMethod::PrefixTuning => {
-                Start::Prefix(match text(prefix_init, "prefix-tuning-init")? {
-                    None => PrefixStart::Random {
-                        num_virtual_tokens: p,
+                Start::Prefix(
+                    match (text(prefix_init, "prefix-tuning-init")?, prefix_projection) {
+                        (None, None) => PrefixStart::Random {
+                            num_virtual_tokens: p,
+                        },
+                        (None, Some(e)) => PrefixStart::Projected {
+                            num_virtual_tokens: p,
+                            encoder_hidden_size: e,
+                        },
+                        (Some((ids, text)), None) => PrefixStart::Text {
+                            num_virtual_tokens: p,
+                            ids,
+                            text,
+                        },
+                        (Some(_), Some(_)) => return Err(cfg_err(
+                            "prefix projection trains from PEFT's random init: give a text init \
+                             or the projection, not both",
+                        )),
                     },
-                    Some((ids, text)) => PrefixStart::Text {
-                        num_virtual_tokens: p,
-                        ids,
-                        text,
-                    },
-                })
+                )
             }
         })
     }
@@ -163,14 +188,14 @@ impl Soft {
     fn params_grads(&self) -> (&GpuBuffer, &GpuBuffer) {
         match self {
             Soft::Prompt(pg, _) => (&pg.emb, &pg.grad),
-            Soft::Prefix(pf, _) => (&pf.kv, &pf.grad),
+            Soft::Prefix(pf, _) => pf.trainable(),
         }
     }
 
     fn n_params(&self) -> usize {
         match self {
             Soft::Prompt(pg, _) => pg.p * pg.c,
-            Soft::Prefix(pf, _) => pf.p * pf.n_layers * 2 * pf.kvd,
+            Soft::Prefix(pf, _) => pf.n_trainable(),
         }
     }
 
@@ -433,6 +458,34 @@ fn init_prefix(
             let p = pcfg.num_virtual_tokens;
             (PrefixGpu::upload(gpu, mcfg, &a.prefix, p)?, pcfg)
         }
+        PrefixStart::Projected {
+            num_virtual_tokens,
+            encoder_hidden_size,
+        } => {
+            let p = check(num_virtual_tokens)?;
+            if encoder_hidden_size == Some(0) {
+                return Err(cfg_err("encoder_hidden_size must be at least 1"));
+            }
+            let pcfg = PrefixTuningConfig::for_model(mcfg, p, true, encoder_hidden_size);
+            let (t, e, n) = (pcfg.token_dim, pcfg.encoder_hidden_size, pcfg.row_len());
+            // torch: nn.Embedding ~ N(0, 1); nn.Linear weight and bias ~ U(-1/sqrt(in), 1/sqrt(in)).
+            let mut params = normal_init(config.seed, 0x7072_6f6a_656d, p * t);
+            let mut rng = Rng::stream(config.seed, 0x7072_6f6a_6d6c);
+            for (count, fan_in) in [(e * t + e, t), (n * e + n, e)] {
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                params.extend((0..count).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32));
+            }
+            (PrefixGpu::with_projection(gpu, mcfg, &params, p, e)?, pcfg)
+        }
+        PrefixStart::ProjectedParams {
+            config: pcfg,
+            params,
+        } => {
+            pcfg.check_model(mcfg)?;
+            let p = check(pcfg.num_virtual_tokens)?;
+            let e = pcfg.encoder_hidden_size;
+            (PrefixGpu::with_projection(gpu, mcfg, &params, p, e)?, pcfg)
+        }
     };
     if !config.base_model.is_empty() {
         pcfg.base_model_name_or_path = Some(config.base_model.clone());
@@ -560,7 +613,13 @@ impl<'g> Trainer<'g> {
                         (LoraWeights::default(), config.lora_config(), opt, state)
                     }
                     PeftAdapter::Prefix(a) => {
-                        soft_start = Some(Start::Prefix(PrefixStart::Adapter(a)));
+                        soft_start = Some(Start::Prefix(match ck.projection {
+                            Some(params) => PrefixStart::ProjectedParams {
+                                config: a.config,
+                                params,
+                            },
+                            None => PrefixStart::Adapter(a),
+                        }));
                         (LoraWeights::default(), config.lora_config(), opt, state)
                     }
                 }
@@ -791,6 +850,10 @@ impl<'g> Trainer<'g> {
         if let Some(s) = &self.soft {
             s.zero_grad(&mut enc);
         }
+        // A projected prefix: this step's prefix from the parameters as they are now.
+        if let Some(Soft::Prefix(pf, _)) = &self.soft {
+            pf.refresh(&mut enc)?;
+        }
         enc.submit();
         let mut loss_sum = 0.0;
         let mut tokens = 0u64;
@@ -850,6 +913,9 @@ impl<'g> Trainer<'g> {
         let f = &self.flat;
         let mut enc = gpu.encoder();
         self.lora.copy_grads_to(&mut enc, &f.grads)?;
+        if let Some(Soft::Prefix(pf, _)) = &self.soft {
+            pf.backprop_projection(&mut enc)?;
+        }
         optim::grad_norm(&mut enc, &f.grads, n, &f.norm)?;
         let clip = (self.config.max_grad_norm > 0.0)
             .then_some((self.config.max_grad_norm as f32, &f.norm));
@@ -907,6 +973,12 @@ impl<'g> Trainer<'g> {
 
     /// Token-weighted mean loss of the current adapters over `examples`.
     pub async fn loss_on(&self, examples: &[Example]) -> Result<f64> {
+        if let Some(Soft::Prefix(pf, _)) = &self.soft {
+            // A projected prefix from the parameters as they are now.
+            let mut enc = self.gpu.encoder();
+            pf.refresh(&mut enc)?;
+            enc.submit();
+        }
         let (sum, count) = loss_sum(
             self.gpu,
             self.model,
@@ -939,10 +1011,16 @@ impl<'g> Trainer<'g> {
     /// The current prefix-tuning adapter in PEFT's layout (prefix-tuning runs only).
     pub async fn prefix_adapter(&self) -> Result<PrefixAdapter> {
         match &self.soft {
-            Some(Soft::Prefix(pf, cfg)) => Ok(PrefixAdapter {
-                config: cfg.clone(),
-                prefix: pf.download(self.gpu).await?,
-            }),
+            Some(Soft::Prefix(pf, cfg)) => {
+                // A projection is folded in, as PEFT saves it: the prefix of the current params.
+                let mut enc = self.gpu.encoder();
+                pf.refresh(&mut enc)?;
+                enc.submit();
+                Ok(PrefixAdapter {
+                    config: cfg.clone(),
+                    prefix: pf.download(self.gpu).await?,
+                })
+            }
             _ => Err(cfg_err("this run does not train a prefix (prefix tuning)")),
         }
     }
@@ -975,6 +1053,14 @@ impl<'g> Trainer<'g> {
         })
     }
 
+    /// The flat parameters of a projected prefix, if this run trains one.
+    fn projection_params_buf(&self) -> Option<&GpuBuffer> {
+        match &self.soft {
+            Some(Soft::Prefix(pf, _)) => pf.projection.as_ref().map(|pr| &pr.params),
+            _ => None,
+        }
+    }
+
     /// Everything needed to resume the run.
     pub async fn checkpoint(&self) -> Result<Checkpoint> {
         let adapter = self.peft_adapter().await?;
@@ -987,7 +1073,12 @@ impl<'g> Trainer<'g> {
             _ => {
                 // The moments have the layout of the trained tensor, prompt_embeddings.
                 let n = self.n_params();
-                let shape = vec![adapter.virtual_tokens(), n / adapter.virtual_tokens()];
+                // (A projection's moments are flat, like its parameters.)
+                let shape = if self.projection_params_buf().is_some() {
+                    vec![n]
+                } else {
+                    vec![adapter.virtual_tokens(), n / adapter.virtual_tokens()]
+                };
                 let read = |buf: GpuBuffer| async move {
                     let mut v = self.gpu.read::<f32>(&buf).await?;
                     v.truncate(n);
@@ -1002,8 +1093,17 @@ impl<'g> Trainer<'g> {
                 )
             }
         };
+        let projection = match self.projection_params_buf() {
+            Some(buf) => {
+                let mut v = self.gpu.read::<f32>(buf).await?;
+                v.truncate(self.n_params());
+                Some(v)
+            }
+            None => None,
+        };
         Ok(Checkpoint {
             adapter,
+            projection,
             optimizer: OptimizerState {
                 step: self.state.global_step,
                 m,

@@ -76,6 +76,8 @@ pub struct TrainOptions {
     pub prompt_tuning_init_text: Option<String>,
     pub prefix_tuning_init: PromptInit,
     pub prefix_tuning_init_text: Option<String>,
+    pub prefix_projection: bool,
+    pub encoder_hidden_size: Option<usize>,
     pub lora_r: usize,
     pub lora_alpha: f64,
     pub lora_dropout: f64,
@@ -115,6 +117,8 @@ impl Default for TrainOptions {
             prompt_tuning_init_text: None,
             prefix_tuning_init: PromptInit::Random,
             prefix_tuning_init_text: None,
+            prefix_projection: false,
+            encoder_hidden_size: None,
             lora_r: 8,
             lora_alpha: 16.0,
             lora_dropout: 0.0,
@@ -198,6 +202,7 @@ impl TrainOptions {
             self.num_virtual_tokens,
             &init(self.prompt_tuning_init, &self.prompt_tuning_init_text),
             &init(self.prefix_tuning_init, &self.prefix_tuning_init_text),
+            self.prefix_projection.then_some(self.encoder_hidden_size),
             encode,
         )
         .map_err(|e| e.to_string())

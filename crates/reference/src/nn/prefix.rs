@@ -101,6 +101,132 @@ pub fn prefix_bwd(
     (dk, dv)
 }
 
+/// Shapes of PEFT's prefix projection (`prefix_projection=True`): `P` virtual tokens of width
+/// `t` (`token_dim`, the KV width) → `Linear(t, e)` → `tanh` → `Linear(e, n)` with
+/// `n = L*2*KVD`, the prefix row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProjDims {
+    pub p: usize,
+    pub t: usize,
+    pub e: usize,
+    pub n: usize,
+}
+
+impl ProjDims {
+    /// Offsets of `(w1, b1, w2, b2)` in the flat parameters, which hold, in PEFT's parameter
+    /// order, `embedding.weight [P, t]`, `transform.0.weight [e, t]`, `transform.0.bias [e]`,
+    /// `transform.2.weight [n, e]`, `transform.2.bias [n]`.
+    pub fn offsets(&self) -> (usize, usize, usize, usize) {
+        let w1 = self.p * self.t;
+        let b1 = w1 + self.e * self.t;
+        let w2 = b1 + self.e;
+        let b2 = w2 + self.n * self.e;
+        (w1, b1, w2, b2)
+    }
+
+    /// Number of parameters.
+    pub fn len(&self) -> usize {
+        self.offsets().3 + self.n
+    }
+
+    /// Whether there are no parameters.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Projection forward: `(h, kv)` with `h = tanh(emb · w1ᵀ + b1)` `[P, e]` and
+/// `kv = h · w2ᵀ + b2` `[P, n]` from the flat `params` ([`ProjDims::offsets`]). Sums run in index
+/// order from the bias, as the kernel does.
+pub fn prefix_proj_fwd(params: &[f32], d: ProjDims) -> (Vec<f32>, Vec<f32>) {
+    check("prefix_proj_fwd", "params", params, d.len());
+    let (w1, b1, w2, b2) = d.offsets();
+    let mut h = vec![0f32; d.p * d.e];
+    for r in 0..d.p {
+        for j in 0..d.e {
+            let mut s = params[b1 + j];
+            for c in 0..d.t {
+                s += params[r * d.t + c] * params[w1 + j * d.t + c];
+            }
+            h[r * d.e + j] = s.tanh();
+        }
+    }
+    let mut kv = vec![0f32; d.p * d.n];
+    for r in 0..d.p {
+        for o in 0..d.n {
+            let mut s = params[b2 + o];
+            for j in 0..d.e {
+                s += h[r * d.e + j] * params[w2 + o * d.e + j];
+            }
+            kv[r * d.n + o] = s;
+        }
+    }
+    (h, kv)
+}
+
+/// Projection backward for the prefix gradient `dkv` `[P, n]`: the gradient of every parameter,
+/// in the layout of `params` (the forward's `h` is passed back in).
+pub fn prefix_proj_bwd(params: &[f32], h: &[f32], dkv: &[f32], d: ProjDims) -> Vec<f32> {
+    const K: &str = "prefix_proj_bwd";
+    check(K, "params", params, d.len());
+    check(K, "h", h, d.p * d.e);
+    check(K, "dkv", dkv, d.p * d.n);
+    let (w1, b1, w2, b2) = d.offsets();
+    let mut g = vec![0f32; d.len()];
+    // Second linear: dW2 = dkvᵀ · h, db2 = Σ_rows dkv.
+    for o in 0..d.n {
+        for j in 0..d.e {
+            let mut s = 0f32;
+            for r in 0..d.p {
+                s += dkv[r * d.n + o] * h[r * d.e + j];
+            }
+            g[w2 + o * d.e + j] = s;
+        }
+        let mut s = 0f32;
+        for r in 0..d.p {
+            s += dkv[r * d.n + o];
+        }
+        g[b2 + o] = s;
+    }
+    // Through tanh: dpre = (dkv · w2) ⊙ (1 - h²).
+    let mut dpre = vec![0f32; d.p * d.e];
+    for r in 0..d.p {
+        for j in 0..d.e {
+            let mut s = 0f32;
+            for o in 0..d.n {
+                s += dkv[r * d.n + o] * params[w2 + o * d.e + j];
+            }
+            let hv = h[r * d.e + j];
+            dpre[r * d.e + j] = s * (1.0 - hv * hv);
+        }
+    }
+    // First linear: dW1 = dpreᵀ · emb, db1 = Σ_rows dpre, demb = dpre · w1.
+    for j in 0..d.e {
+        for c in 0..d.t {
+            let mut s = 0f32;
+            for r in 0..d.p {
+                s += dpre[r * d.e + j] * params[r * d.t + c];
+            }
+            g[w1 + j * d.t + c] = s;
+        }
+        let mut s = 0f32;
+        for r in 0..d.p {
+            s += dpre[r * d.e + j];
+        }
+        g[b1 + j] = s;
+    }
+    for r in 0..d.p {
+        for c in 0..d.t {
+            let mut s = 0f32;
+            for j in 0..d.e {
+                s += dpre[r * d.e + j] * params[w1 + j * d.t + c];
+            }
+            g[r * d.t + c] = s;
+        }
+    }
+    g
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +260,44 @@ mod tests {
             let lhs = dot(&kf, &dkf) + dot(&vf, &dvf);
             let rhs = dot(&prefix, &grad) + dot(&k, &dk) + dot(&v, &dv);
             assert_eq!(lhs, rhs, "layer {layer}");
+        }
+    }
+
+    #[test]
+    fn proj_bwd_matches_finite_differences() {
+        let d = ProjDims {
+            p: 3,
+            t: 4,
+            e: 5,
+            n: 6,
+        };
+        let params: Vec<f32> = (0..d.len())
+            .map(|i| ((i as f32) * 0.71).sin() * 0.5)
+            .collect();
+        let dkv: Vec<f32> = (0..d.p * d.n).map(|i| ((i as f32) * 1.3).cos()).collect();
+        let (h, _) = prefix_proj_fwd(&params, d);
+        let g = prefix_proj_bwd(&params, &h, &dkv, d);
+        // L = <kv, dkv>; central differences in f64 on a few parameters of every tensor.
+        let loss = |x: &[f32]| -> f64 {
+            let (_, kv) = prefix_proj_fwd(x, d);
+            kv.iter()
+                .zip(&dkv)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum()
+        };
+        let (w1, b1, w2, b2) = d.offsets();
+        for &i in &[0, 7, w1, w1 + 9, b1 + 2, w2 + 3, w2 + 20, b2 + 5] {
+            let eps = 1e-2f32;
+            let mut a = params.clone();
+            a[i] += eps;
+            let mut b = params.clone();
+            b[i] -= eps;
+            let fd = (loss(&a) - loss(&b)) / (2.0 * eps as f64);
+            assert!(
+                (fd - g[i] as f64).abs() < 2e-3 * (1.0 + fd.abs()),
+                "param {i}: fd {fd} vs {}",
+                g[i]
+            );
         }
     }
 }

@@ -155,3 +155,118 @@ pub fn prefix_bwd(
         groups_for(gpu, n, WG),
     )
 }
+
+/// The uniform words of the projection kernels: `p, t, e, n` and the offsets of `w1, b1, w2,
+/// b2` in the flat parameters.
+fn proj_params(p: usize, t: usize, e: usize, n: usize) -> [u32; 8] {
+    let w1 = p * t;
+    let b1 = w1 + e * t;
+    let w2 = b1 + e;
+    let b2 = w2 + n * e;
+    [
+        p as u32, t as u32, e as u32, n as u32, w1 as u32, b1 as u32, w2 as u32, b2 as u32,
+    ]
+}
+
+/// Checks the projection's shapes; returns the number of flat parameters.
+fn check_proj(kernel: &str, p: usize, t: usize, e: usize, n: usize) -> Result<usize> {
+    if p == 0 || t == 0 || e == 0 || n == 0 {
+        return Err(shape_err(
+            kernel,
+            format!("P = {p}, t = {t}, e = {e}, n = {n} must be positive"),
+        ));
+    }
+    let len = mul(p, t) + mul(e, t) + e as u64 + mul(n, e) + n as u64;
+    check_u32(kernel, &[("params", len), ("kv", mul(p, n))])?;
+    Ok(len as usize)
+}
+
+/// Prefix projection forward (`nn/prefix_proj_fwd`, PEFT's `prefix_projection=True`): from the
+/// flat `params` `[embedding (P, t) | w1 (e, t) | b1 (e) | w2 (n, e) | b2 (n)]` (PEFT's parameter
+/// order), **overwrites** `h = tanh(embedding · w1ᵀ + b1)` `[P, e]` and the prefix
+/// `kv = h · w2ᵀ + b2` `[P, n]`. Two dispatches. Reference:
+/// [`tinytune_reference::nn::prefix_proj_fwd`].
+///
+/// Errors with [`crate::GpuError::Shape`] if a dimension is 0, a buffer is smaller than its
+/// shape, a count overflows u32 indexing, or the outputs alias each other or `params`.
+#[allow(clippy::too_many_arguments)]
+pub fn prefix_proj_fwd(
+    enc: &mut Encoder,
+    params: &GpuBuffer,
+    h: &GpuBuffer,
+    kv: &GpuBuffer,
+    p: usize,
+    t: usize,
+    e: usize,
+    n: usize,
+) -> Result<()> {
+    const K: &str = "nn/prefix_proj_fwd";
+    let len = check_proj(K, p, t, e, n)?;
+    check_f32(K, "params", params, &[len])?;
+    check_f32(K, "h", h, &[p, e])?;
+    check_f32(K, "kv", kv, &[p, n])?;
+    check_distinct(K, &[("h", h), ("kv", kv)], &[("params", params)])?;
+    let gpu = enc.gpu;
+    let u = proj_params(p, t, e, n);
+    let kern = gpu.kernel(K, "hidden", &[])?;
+    enc.dispatch(&kern, &u, &[params, h], groups_for(gpu, mul(p, e), WG))?;
+    let kern = gpu.kernel(K, "out", &[])?;
+    enc.dispatch(&kern, &u, &[params, h, kv], groups_for(gpu, mul(p, n), WG))
+}
+
+/// Prefix projection backward (`nn/prefix_proj_bwd`) for the prefix gradient `dkv` `[P, n]`,
+/// given the forward's `h`: **overwrites** `grads` (the layout of `params`) with the gradient of
+/// every parameter, using `dpre` `[P, e]` as scratch. Three dispatches. Reference:
+/// [`tinytune_reference::nn::prefix_proj_bwd`].
+///
+/// Errors with [`crate::GpuError::Shape`] like [`prefix_proj_fwd`], or if `dpre`/`grads` alias
+/// each other or an input.
+#[allow(clippy::too_many_arguments)]
+pub fn prefix_proj_bwd(
+    enc: &mut Encoder,
+    params: &GpuBuffer,
+    h: &GpuBuffer,
+    dkv: &GpuBuffer,
+    dpre: &GpuBuffer,
+    grads: &GpuBuffer,
+    p: usize,
+    t: usize,
+    e: usize,
+    n: usize,
+) -> Result<()> {
+    const K: &str = "nn/prefix_proj_bwd";
+    let len = check_proj(K, p, t, e, n)?;
+    check_f32(K, "params", params, &[len])?;
+    check_f32(K, "h", h, &[p, e])?;
+    check_f32(K, "dkv", dkv, &[p, n])?;
+    check_f32(K, "dpre", dpre, &[p, e])?;
+    check_f32(K, "grads", grads, &[len])?;
+    check_distinct(
+        K,
+        &[("dpre", dpre), ("grads", grads)],
+        &[("params", params), ("h", h), ("dkv", dkv)],
+    )?;
+    let gpu = enc.gpu;
+    let u = proj_params(p, t, e, n);
+    let kern = gpu.kernel(K, "w2", &[])?;
+    enc.dispatch(
+        &kern,
+        &u,
+        &[dkv, h, grads],
+        groups_for(gpu, mul(n, e) + n as u64, WG),
+    )?;
+    let kern = gpu.kernel(K, "dpre", &[])?;
+    enc.dispatch(
+        &kern,
+        &u,
+        &[params, h, dkv, dpre],
+        groups_for(gpu, mul(p, e), WG),
+    )?;
+    let kern = gpu.kernel(K, "w1", &[])?;
+    enc.dispatch(
+        &kern,
+        &u,
+        &[params, dpre, grads],
+        groups_for(gpu, mul(e, t) + e as u64 + mul(p, t), WG),
+    )
+}
