@@ -100,6 +100,7 @@ impl PeftMethod {
 }
 
 /// An adapter on the device.
+#[allow(clippy::large_enum_variant)] // one per model, never in collections
 pub enum AdapterGpu {
     Lora(LoraGpu),
     Prompt(PromptGpu),
