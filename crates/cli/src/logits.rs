@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use tinytune_gpu::{Gpu, GpuOptions};
 use tinytune_model::{LlamaModel, ModelSource, Quant};
+use tinytune_train::{AdapterGpu, PeftAdapter};
 
 /// Storage of the frozen base model's linear layers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -32,7 +33,8 @@ pub struct LogitsArgs {
     /// [required].
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
-    /// PEFT LoRA adapter folder applied on top of the model [default: none].
+    /// PEFT adapter folder applied on top of the model: LoRA or prefix tuning (the logits of the
+    /// real tokens, after the prefix) [default: none].
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
     /// Storage of the base model's linear layers [default: nf4].
@@ -81,15 +83,30 @@ pub fn run(args: &LogitsArgs, adapter: Option<String>) -> Result<()> {
     })?;
     let model = LlamaModel::load(&gpu, &src, args.quant.quant())
         .with_context(|| format!("cannot load {}", args.model.display()))?;
-    let lora = match &args.adapter {
-        Some(dir) => Some(tinytune_train::upload_adapter(
-            &gpu,
-            &model,
-            &tinytune_train::Adapter::load(dir)?,
-        )?),
+    let adapter = match &args.adapter {
+        Some(dir) => {
+            let a = PeftAdapter::load(dir)
+                .with_context(|| format!("cannot load the adapter {}", dir.display()))?;
+            Some(AdapterGpu::upload(&gpu, &model, &a)?)
+        }
         None => None,
     };
-    let logits = pollster::block_on(model.logits_with(&gpu, lora.as_ref(), &ids, 1, ids.len()))?;
+    let logits = match &adapter {
+        Some(AdapterGpu::Prefix(pf)) => {
+            pollster::block_on(model.logits_prefix(&gpu, pf, &ids, 1, ids.len()))?
+        }
+        Some(AdapterGpu::Prompt(_)) => bail!(
+            "logits --adapter takes LoRA and prefix-tuning adapters; for a prompt-tuning adapter \
+             use generate --adapter"
+        ),
+        other => pollster::block_on(model.logits_with(
+            &gpu,
+            other.as_ref().and_then(|a| a.lora()),
+            &ids,
+            1,
+            ids.len(),
+        ))?,
+    };
     let t = ids.len();
     let ids_i32: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
     let tensors = [
