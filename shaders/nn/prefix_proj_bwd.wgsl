@@ -24,16 +24,16 @@ struct Params {
 // w2
 @group(0) @binding(1) var<storage, read> dkv_a: array<f32>;          // (P, n)
 @group(0) @binding(2) var<storage, read> h_a: array<f32>;            // (P, e)
-@group(0) @binding(3) var<storage, read_write> grads_a: array<f32>;  // like params
+@group(0) @binding(3) var<storage, read_write> grads_a: array<f32>;  // (P*t + e*t + e + n*e + n), like params
 // dpre
-@group(0) @binding(1) var<storage, read> params_b: array<f32>;       // flat parameters
+@group(0) @binding(1) var<storage, read> params_b: array<f32>;       // (P*t + e*t + e + n*e + n)
 @group(0) @binding(2) var<storage, read> h_b: array<f32>;            // (P, e)
 @group(0) @binding(3) var<storage, read> dkv_b: array<f32>;          // (P, n)
 @group(0) @binding(4) var<storage, read_write> dpre_b: array<f32>;   // (P, e)
 // w1
-@group(0) @binding(1) var<storage, read> params_c: array<f32>;       // flat parameters
+@group(0) @binding(1) var<storage, read> params_c: array<f32>;       // (P*t + e*t + e + n*e + n)
 @group(0) @binding(2) var<storage, read> dpre_c: array<f32>;         // (P, e)
-@group(0) @binding(3) var<storage, read_write> grads_c: array<f32>;  // like params
+@group(0) @binding(3) var<storage, read_write> grads_c: array<f32>;  // (P*t + e*t + e + n*e + n), like params
 
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
