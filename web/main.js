@@ -37,6 +37,8 @@ const state = {
   loadProgress: [], // LoadProgress events of the last loadModel
   saved: { model: null, run: null }, // what the worker found in OPFS
   checkpoints: [], // {step, total_steps} of the checkpoints saved during the current run
+  memory: null, // info().memory: {live_bytes, peak_bytes} of tinytune's GPU buffers
+  trainPeak: null, // peak_bytes of the last training run on the loaded model
 };
 window.tinytune = { state };
 
@@ -113,6 +115,26 @@ function pickedModelFiles() {
   return a.length ? a : b;
 }
 
+function fmtMiB(n) {
+  const m = n / 2 ** 20;
+  return `${m.toFixed(m < 10 ? 2 : m < 100 ? 1 : 0)} MiB`;
+}
+
+/** "GPU memory: X MiB (model Y MiB, training peak Z MiB)", from the worker's info(). */
+async function refreshMemory() {
+  try {
+    const info = await call("info");
+    state.memory = info.memory;
+  } catch (e) {
+    console.warn(`cannot read the GPU memory: ${e.message}`);
+    return;
+  }
+  const parts = [];
+  if (state.model && state.model.model_bytes != null) parts.push(`model ${fmtMiB(state.model.model_bytes)}`);
+  if (state.trainPeak != null) parts.push(`training peak ${fmtMiB(state.trainPeak)}`);
+  $("gpu-memory").textContent = `GPU memory: ${fmtMiB(state.memory.live_bytes)}${parts.length ? ` (${parts.join(", ")})` : ""}`;
+}
+
 function fmtBytes(n) {
   return n > 1e9 ? `${(n / 1e9).toFixed(1)} GB` : n > 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${(n / 1e3).toFixed(0)} kB`;
 }
@@ -133,6 +155,7 @@ async function start() {
       lim.max_storage_buffer_binding_size,
     )} · ${info.features.length ? info.features.join(", ") : "no optional features"}`;
     $("gpu").title = JSON.stringify(info, null, 1);
+    await refreshMemory();
     await refreshSaved();
   } catch (e) {
     showNoGpu(e.message);
@@ -176,6 +199,7 @@ async function loadModel(what, load) {
     showLoadProgress(null, true);
     state.model = m;
     state.hasAdapter = false;
+    state.trainPeak = null;
     $("model-info").textContent = `${m.name || "model"}: ${m.model_type}, ${m.layers} layers, hidden ${m.hidden_size}, vocab ${
       m.vocab_size
     }, ${m.quant} base${m.chat_template ? ", chat template" : ""}${
@@ -188,6 +212,7 @@ async function loadModel(what, load) {
     $("model-info").classList.add("error");
   }
   setBusy(false);
+  await refreshMemory();
   await refreshSaved();
   return ok;
 }
@@ -288,6 +313,7 @@ async function runTraining(cmd, args) {
     const s = await call(cmd, args);
     state.summary = s;
     state.hasAdapter = s.steps > 0;
+    state.trainPeak = s.peak_bytes;
     const ev = s.eval_loss_before != null ? ` · eval loss before ${s.eval_loss_before.toFixed(4)}` : "";
     $("train-status").textContent = `${s.stopped ? "stopped" : "done"}${s.resumed ? " (resumed)" : ""}: ${s.steps} steps, ${s.n_params.toLocaleString()} ${s.peft === "lora" ? "LoRA" : s.peft} parameters, ${
       s.n_train
@@ -298,6 +324,7 @@ async function runTraining(cmd, args) {
   }
   state.training = false;
   setBusy(false);
+  await refreshMemory();
   await refreshSaved();
 }
 
@@ -428,6 +455,7 @@ $("generate").onclick = async () => {
     $("gen-status").classList.add("error");
   }
   setBusy(false);
+  await refreshMemory();
 };
 
 // ---- adapter download / upload ----
@@ -460,11 +488,12 @@ $("adapter-files").onchange = async () => {
     $("adapter-info").textContent =
       a.peft === "lora"
         ? `adapter loaded: r ${a.r}, alpha ${a.lora_alpha}, ${a.target_modules.join(",")}, ${a.n_params.toLocaleString()} parameters`
-        : `adapter loaded: prompt tuning, ${a.num_virtual_tokens} virtual tokens, ${a.n_params.toLocaleString()} parameters`;
+        : `adapter loaded: ${a.peft === "prefix-tuning" ? "prefix" : "prompt"} tuning, ${a.num_virtual_tokens} virtual tokens, ${a.n_params.toLocaleString()} parameters`;
   } catch (e) {
     $("adapter-info").textContent = e.message;
   }
   setBusy(false);
+  await refreshMemory();
 };
 
 drawChart();

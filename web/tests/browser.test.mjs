@@ -189,6 +189,14 @@ try {
     check(model.bytes_read <= fileBytes && last.bytes <= fileBytes, `read ${model.bytes_read} bytes of ${fileBytes}: some twice`);
     check(await page.isHidden("#load-progress"), "the progress bar is hidden after loading");
     log(`load progress: ${prog.length} events, ${last.total_tensors} tensors, ${model.bytes_read} of ${fileBytes} bytes read`);
+    // GPU memory: the model's bytes are what is alive after loading, and the page shows them.
+    check(Number.isInteger(model.model_bytes) && model.model_bytes > 0, `model_bytes: ${model.model_bytes}`);
+    await page.waitForFunction(() => /\(model /.test(document.querySelector("#gpu-memory").textContent));
+    const memLoaded = await page.evaluate(() => window.tinytune.state.memory);
+    assert.equal(memLoaded.live_bytes, model.model_bytes, "only the model is alive after loading");
+    const mib = (n) => Number((n / 2 ** 20).toFixed(n / 2 ** 20 < 10 ? 2 : 1));
+    const memText0 = await page.textContent("#gpu-memory");
+    check(memText0 === `GPU memory: ${mib(model.model_bytes).toFixed(2)} MiB (model ${mib(model.model_bytes).toFixed(2)} MiB)`, `after loading: ${memText0}`);
 
     // Data and hyperparameters through the form.
     await page.fill("#data", DATA);
@@ -209,6 +217,17 @@ try {
     check(losses[5] < losses[0] - 0.05, `the loss did not fall: ${losses}`);
     assert.equal(st.chartPoints, 6, "the chart shows every step");
     check((await page.textContent("#stat-step")).trim() === "6/6", "the step counter shows 6/6");
+    // The run's peak: the model plus activations, adapter, gradients and optimizer state.
+    const peak = st.summary.peak_bytes;
+    check(Number.isInteger(peak) && peak > model.model_bytes, `training peak ${peak} vs model ${model.model_bytes} bytes`);
+    await page.waitForFunction(() => /training peak/.test(document.querySelector("#gpu-memory").textContent));
+    const memTrained = await page.evaluate(() => window.tinytune.state.memory);
+    check(memTrained.live_bytes > model.model_bytes && memTrained.live_bytes < peak && memTrained.peak_bytes === peak,
+      `after training (the adapter stays, the activations are freed): ${JSON.stringify(memTrained)}, peak ${peak}`);
+    const memText = await page.textContent("#gpu-memory");
+    const mm = /^GPU memory: ([\d.]+) MiB \(model ([\d.]+) MiB, training peak ([\d.]+) MiB\)$/.exec(memText);
+    check(mm && Number(mm[2]) === mib(model.model_bytes) && Number(mm[3]) === mib(peak), `the page shows: ${memText}`);
+    log(`GPU memory: model ${model.model_bytes} B, training peak ${peak} B, after training ${memTrained.live_bytes} B; page: "${memText}"`);
 
     // Generation: base and adapted, a few tokens each.
     await page.fill("#max_new_tokens", "8");

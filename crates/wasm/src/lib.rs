@@ -59,6 +59,9 @@ export interface TinytuneInfo {
     shaders: number;
     model: ModelInfo | null;
     has_adapter: boolean;
+    /** Bytes of tinytune's storage buffers on the GPU: alive now, and the most alive at once
+     * (since the last `train` began). */
+    memory: { live_bytes: number; peak_bytes: number };
 }
 export interface ModelInfo {
     name: string; format: "hf" | "gguf"; model_type: string; layers: number; hidden_size: number;
@@ -66,6 +69,8 @@ export interface ModelInfo {
     chat_template: boolean; tokenizer_error: string | null; load_s: number;
     /** Bytes the loader read from the files, and their total size. */
     bytes_read: number; file_bytes: number;
+    /** GPU bytes of the loaded model (tinytune's buffers alive after loading). */
+    model_bytes: number;
 }
 /** Model loading: after the headers (0 tensors) and after each tensor read. */
 export interface LoadProgress {
@@ -78,10 +83,13 @@ export interface StepMetrics {
     tokens_per_s: number; elapsed_s: number; eval_loss?: number; eval_ppl?: number;
 }
 export interface TrainSummary {
-    resumed: boolean; peft: "lora" | "prompt-tuning"; checkpoints: boolean; steps: number; total_steps: number; stopped: boolean; n_params: number; n_train: number;
+    resumed: boolean; peft: "lora" | "prompt-tuning" | "prefix-tuning"; checkpoints: boolean; steps: number; total_steps: number; stopped: boolean; n_params: number; n_train: number;
     n_eval: number; tokens_seen: number; elapsed_s: number; eval_loss_before: number | null;
     final_loss: number | null; data: { records: number; examples: number; tokens: number;
     targets: number; truncated: number; dropped: number };
+    /** The most GPU bytes alive at once during the run (model, adapter, activations,
+     * optimizer state). */
+    peak_bytes: number;
 }
 export interface GenerateResult {
     text: string; tokens: number[]; prompt_tokens: number; adapter: boolean;
@@ -98,9 +106,9 @@ export interface AdapterFiles {
     "adapter_model.safetensors": Uint8Array;
 }
 export interface AdapterInfo {
-    peft: "lora" | "prompt-tuning"; n_params: number;
+    peft: "lora" | "prompt-tuning" | "prefix-tuning"; n_params: number;
     /** LoRA */ r?: number; lora_alpha?: number; target_modules?: string[];
-    /** prompt tuning */ num_virtual_tokens?: number;
+    /** prompt and prefix tuning */ num_virtual_tokens?: number;
 }
 "#;
 
@@ -181,6 +189,11 @@ fn err(e: impl std::fmt::Display) -> JsValue {
 /// [`err`] with what to change when the GPU ran out of room ([`options::with_gpu_hint`]).
 fn gpu_err(what: &'static str) -> impl Fn(String) -> JsValue {
     move |m| err(options::with_gpu_hint(m, what))
+}
+
+fn memory_json(gpu: &Gpu) -> serde_json::Value {
+    let m = gpu.memory();
+    json!({ "live_bytes": m.live_bytes, "peak_bytes": m.peak_bytes })
 }
 
 fn to_js(v: &serde_json::Value) -> Result<JsValue, JsValue> {
@@ -510,6 +523,7 @@ impl Tinytune {
             "shaders": tinytune_gpu::shaders::SHADERS.len(),
             "model": self.inner.model.borrow().as_ref().map(|m| m.info.clone()),
             "has_adapter": self.inner.adapter.borrow().is_some(),
+            "memory": memory_json(g),
         });
         to_js(&v).map_err(|_| JsError::new("info: JSON"))
     }
@@ -581,6 +595,8 @@ impl Tinytune {
                 .sync()
                 .map_err(|e| gpu_err("loadModel")(e.to_string()))?;
             let c = &model.config;
+            // The old model and adapter are gone: what is alive now is this model.
+            let model_bytes = inner.gpu.memory().live_bytes;
             let info = json!({
                 "name": model_name(&names),
                 "format": match src.format() {
@@ -598,6 +614,7 @@ impl Tinytune {
                 "load_s": (clock())() - t0,
                 "bytes_read": counter.bytes(),
                 "file_bytes": total_bytes,
+                "model_bytes": model_bytes,
             });
             inner.model.replace(Some(Rc::new(Loaded {
                 info: info.clone(),
@@ -632,6 +649,7 @@ impl Tinytune {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let _busy = inner.begin("train")?;
+            inner.gpu.reset_peak_memory();
             let loaded = inner.loaded()?;
             let tok = loaded
                 .tok
@@ -766,6 +784,7 @@ impl Tinytune {
                 "eval_loss_before": eval_before,
                 "final_loss": final_loss,
                 "data": data_stats,
+                "peak_bytes": inner.gpu.memory().peak_bytes,
             });
             drop(trainer);
             if summary["steps"].as_u64().unwrap_or(0) > 0 {
