@@ -208,7 +208,14 @@ async function loadModel(what, load) {
     ok = true;
   } catch (e) {
     showLoadProgress(null, true);
-    $("model-info").textContent = e.message;
+    // What the worker holds now: a load that fails early keeps the previous model.
+    let still = null;
+    try {
+      still = (await call("info")).model;
+    } catch (_) {}
+    state.model = still;
+    if (!still) state.hasAdapter = false;
+    $("model-info").textContent = `${e.message}${still ? ` (still loaded: ${still.name || "the previous model"})` : ""}`;
     $("model-info").classList.add("error");
   }
   setBusy(false);
@@ -243,8 +250,17 @@ $("data-file").onchange = async () => {
   $("data-format").value = /\.jsonl$/i.test(f.name) ? "data.jsonl" : "data.txt";
 };
 
+/** The form's hyperparameters; a field that is not a number is an error naming it. */
 function options() {
-  const num = (id) => ($(id).value.trim() === "" ? undefined : Number($(id).value));
+  const num = (id) => {
+    const el = $(id);
+    const v = el.value.trim();
+    if (el.validity && el.validity.badInput) throw new Error(`${id}: not a number`);
+    if (v === "") return undefined;
+    const n = Number(v);
+    if (!Number.isFinite(n)) throw new Error(`${id}: ${JSON.stringify(v)} is not a number`);
+    return n;
+  };
   const o = {
     peft: $("peft").value,
     num_virtual_tokens: num("num_virtual_tokens"),
@@ -265,7 +281,7 @@ function options() {
   };
   const layers = $("layers_to_transform").value.trim();
   if (layers) o.layers_to_transform = layers;
-  for (const k of Object.keys(o)) if (o[k] === undefined || Number.isNaN(o[k])) delete o[k];
+  for (const k of Object.keys(o)) if (o[k] === undefined) delete o[k];
   return o;
 }
 
@@ -287,7 +303,7 @@ listeners.checkpoint.push(({ step, total_steps }) => {
 });
 
 $("train").onclick = () =>
-  runTraining("train", { dataText: $("data").value, dataName: $("data-format").value, options: options(), persist: true });
+  runTraining("train", () => ({ dataText: $("data").value, dataName: $("data-format").value, options: options(), persist: true }));
 
 $("resume").onclick = async () => {
   const run = state.saved.run;
@@ -310,7 +326,8 @@ async function runTraining(cmd, args) {
   $("train-status").classList.remove("error");
   setBusy(true);
   try {
-    const s = await call(cmd, args);
+    // `args` may be a function: reading the form can fail (a field that is not a number).
+    const s = await call(cmd, typeof args === "function" ? args() : args);
     state.summary = s;
     state.hasAdapter = s.steps > 0;
     state.trainPeak = s.peak_bytes;

@@ -717,6 +717,32 @@ impl Tinytune {
                 opts.peft_start(|t| tok.tok.encode(t, false).map_err(|e| e.to_string()))
                     .map_err(err)?
             };
+            // Refuse a micro-batch whose activations cannot fit one binding before allocating.
+            let c = &loaded.model.config;
+            let widest = c
+                .hidden_size
+                .max(c.num_attention_heads * c.head_dim)
+                .max(c.intermediate_size);
+            // Prompt tuning prepends its virtual tokens to every row (prefix tuning does not).
+            let virtual_rows = match &start {
+                Start::Prompt(PromptStart::Random { num_virtual_tokens })
+                | Start::Prompt(PromptStart::Text {
+                    num_virtual_tokens, ..
+                }) => *num_virtual_tokens,
+                Start::Prompt(PromptStart::Adapter(a)) => a.config.num_virtual_tokens,
+                Start::Resume(ck) if matches!(ck.adapter, PeftAdapter::Prompt(_)) => {
+                    ck.adapter.virtual_tokens()
+                }
+                _ => 0,
+            };
+            options::check_batch_fits(
+                config.batch_size,
+                config.seq_len,
+                virtual_rows,
+                widest,
+                inner.gpu.max_binding().min(u32::MAX as u64),
+            )
+            .map_err(err)?;
             let mut trainer = Trainer::new(&inner.gpu, &loaded.model, config, data, start, clock())
                 .map_err(|e| gpu_err("train")(e.to_string()))?;
             if let (Some(r), false) = (opts.warmup_ratio, resumed) {
