@@ -39,6 +39,7 @@ const state = {
   checkpoints: [], // {step, total_steps} of the checkpoints saved during the current run
   memory: null, // info().memory: {live_bytes, peak_bytes} of tinytune's GPU buffers
   trainPeak: null, // peak_bytes of the last training run on the loaded model
+  gpuFailed: null, // info().gpu_error once the device was lost or reported an error
 };
 window.tinytune = { state };
 
@@ -78,6 +79,8 @@ function fail(msg) {
 }
 
 function setBusy(busy) {
+  // Once the device failed nothing but a reload helps: every GPU button stays off.
+  busy = busy || !!state.gpuFailed;
   const has = !!state.model;
   $("load").disabled = busy || !state.ready || !pickedModelFiles().length;
   $("train").disabled = busy || !has;
@@ -115,6 +118,17 @@ function pickedModelFiles() {
   return a.length ? a : b;
 }
 
+/** The device was lost or reported an error: say so once, at the top, and offer to reload. */
+function gpuFailed(msg) {
+  if (state.gpuFailed) return;
+  state.gpuFailed = msg;
+  $("gpu-failed-msg").textContent = msg;
+  $("gpu-failed").hidden = false;
+  setBusy(false);
+}
+window.tinytune.gpuFailed = gpuFailed; // lets the browser test show the banner without losing a device
+$("reload").onclick = () => location.reload();
+
 function fmtMiB(n) {
   const m = n / 2 ** 20;
   return `${m.toFixed(m < 10 ? 2 : m < 100 ? 1 : 0)} MiB`;
@@ -125,6 +139,7 @@ async function refreshMemory() {
   try {
     const info = await call("info");
     state.memory = info.memory;
+    if (info.gpu_error) gpuFailed(info.gpu_error);
   } catch (e) {
     console.warn(`cannot read the GPU memory: ${e.message}`);
     return;

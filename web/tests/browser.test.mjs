@@ -232,6 +232,11 @@ if (want("train")) {
     check(mm && Number(mm[2]) === mib(model.model_bytes) && Number(mm[3]) === mib(peak), `the page shows: ${memText}`);
     log(`GPU memory: model ${model.model_bytes} B, training peak ${peak} B, after training ${memTrained.live_bytes} B; page: "${memText}"`);
 
+    // The device-lost callback is installed and nothing went wrong on the device.
+    const health = await page.evaluate(() => window.tinytune.call("info"));
+    check(health.device_lost === false && health.gpu_error === null, `device health: ${health.device_lost}, ${health.gpu_error}`);
+    check(await page.isHidden("#gpu-failed"), "no GPU failure is shown");
+
     // Generation: base and adapted, a few tokens each.
     await page.fill("#max_new_tokens", "8");
     await page.click("#generate");
@@ -527,6 +532,15 @@ if (want("errors")) {
     await page.waitForFunction(() => window.tinytune.state.lastGenerate || document.querySelector("#gen-status.error"));
     check(await page.evaluate(() => window.tinytune.state.lastGenerate), `generate after a failed load: ${await page.textContent("#gen-status")}`);
     await page.screenshot({ path: path.join(artifacts, "errors.png"), fullPage: true });
+    // A failed device (shown as the page would once info() has a gpu_error; a real loss is not
+    // provoked): one banner with the message, every GPU button off, Reload reopens a working page.
+    await page.evaluate(() => window.tinytune.gpuFailed("The GPU device was lost (test). Reload the page; then use a smaller batch_size or seq_len, or a smaller model."));
+    check(await page.isVisible("#gpu-failed") && /device was lost \(test\)/.test(await page.textContent("#gpu-failed")), "the GPU failure banner");
+    for (const id of ["load", "train", "generate", "download", "use-cached"]) check(await page.isDisabled(`#${id}`), `#${id} is disabled after a GPU failure`);
+    await page.click("#reload");
+    await page.waitForFunction(() => window.tinytune && window.tinytune.state && (window.tinytune.state.ready || window.tinytune.state.error));
+    check(await page.evaluate(() => window.tinytune.state.ready && !window.tinytune.state.gpuFailed), "the reloaded page opened WebGPU");
+    check(await page.isHidden("#gpu-failed"), "the reloaded page shows no failure");
     passed++;
   } catch (e) {
     failures++;

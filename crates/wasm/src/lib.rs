@@ -22,6 +22,7 @@
 //! adapters from named in-memory files) lives in [`options`] and [`files`] and is tested natively.
 
 pub mod files;
+pub mod health;
 pub mod options;
 pub mod reader;
 
@@ -62,6 +63,11 @@ export interface TinytuneInfo {
     /** Bytes of tinytune's storage buffers on the GPU: alive now, and the most alive at once
      * (since the last `train` began). */
     memory: { live_bytes: number; peak_bytes: number };
+    /** The device-lost callback fired (`GPUDevice.lost`). */
+    device_lost: boolean;
+    /** Once the device was lost or reported an error: what happened and what to do (reload);
+     * every later GPU call is rejected with it. */
+    gpu_error: string | null;
 }
 export interface ModelInfo {
     name: string; format: "hf" | "gguf"; model_type: string; layers: number; hidden_size: number;
@@ -147,6 +153,7 @@ impl Tuned {
 
 struct Inner {
     gpu: Gpu,
+    health: health::DeviceHealth,
     model: RefCell<Option<Rc<Loaded>>>,
     adapter: RefCell<Option<Rc<Tuned>>>,
     stop: Cell<bool>,
@@ -169,6 +176,8 @@ impl Inner {
                 "tinytune is busy ({b} is running): wait for it, or stop() it first"
             )));
         }
+        // A lost device, or one that reported an error, fails every later call the same way.
+        self.health.check(&self.gpu).map_err(err)?;
         self.busy.set(Some(what));
         self.stop.set(false);
         Ok(Busy(self.clone()))
@@ -487,9 +496,11 @@ impl Tinytune {
                 "WebGPU is present but the GPU device cannot be opened: {e}"
             )),
         })?;
+        let health = health::DeviceHealth::watch(&gpu);
         Ok(Tinytune {
             inner: Rc::new(Inner {
                 gpu,
+                health,
                 model: RefCell::new(None),
                 adapter: RefCell::new(None),
                 stop: Cell::new(false),
@@ -524,6 +535,8 @@ impl Tinytune {
             "model": self.inner.model.borrow().as_ref().map(|m| m.info.clone()),
             "has_adapter": self.inner.adapter.borrow().is_some(),
             "memory": memory_json(g),
+            "device_lost": self.inner.health.lost().is_some(),
+            "gpu_error": self.inner.health.check(g).err(),
         });
         to_js(&v).map_err(|_| JsError::new("info: JSON"))
     }
