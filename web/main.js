@@ -37,6 +37,9 @@ const state = {
   loadProgress: [], // LoadProgress events of the last loadModel
   saved: { model: null, run: null }, // what the worker found in OPFS
   checkpoints: [], // {step, total_steps} of the checkpoints saved during the current run
+  memory: null, // info().memory: {live_bytes, peak_bytes} of tinytune's GPU buffers
+  trainPeak: null, // peak_bytes of the last training run on the loaded model
+  gpuFailed: null, // info().gpu_error once the device was lost or reported an error
 };
 window.tinytune = { state };
 
@@ -76,6 +79,8 @@ function fail(msg) {
 }
 
 function setBusy(busy) {
+  // Once the device failed nothing but a reload helps: every GPU button stays off.
+  busy = busy || !!state.gpuFailed;
   const has = !!state.model;
   $("load").disabled = busy || !state.ready || !pickedModelFiles().length;
   $("train").disabled = busy || !has;
@@ -113,6 +118,38 @@ function pickedModelFiles() {
   return a.length ? a : b;
 }
 
+/** The device was lost or reported an error: say so once, at the top, and offer to reload. */
+function gpuFailed(msg) {
+  if (state.gpuFailed) return;
+  state.gpuFailed = msg;
+  $("gpu-failed-msg").textContent = msg;
+  $("gpu-failed").hidden = false;
+  setBusy(false);
+}
+window.tinytune.gpuFailed = gpuFailed; // lets the browser test show the banner without losing a device
+$("reload").onclick = () => location.reload();
+
+function fmtMiB(n) {
+  const m = n / 2 ** 20;
+  return `${m.toFixed(m < 10 ? 2 : m < 100 ? 1 : 0)} MiB`;
+}
+
+/** "GPU memory: X MiB (model Y MiB, training peak Z MiB)", from the worker's info(). */
+async function refreshMemory() {
+  try {
+    const info = await call("info");
+    state.memory = info.memory;
+    if (info.gpu_error) gpuFailed(info.gpu_error);
+  } catch (e) {
+    console.warn(`cannot read the GPU memory: ${e.message}`);
+    return;
+  }
+  const parts = [];
+  if (state.model && state.model.model_bytes != null) parts.push(`model ${fmtMiB(state.model.model_bytes)}`);
+  if (state.trainPeak != null) parts.push(`training peak ${fmtMiB(state.trainPeak)}`);
+  $("gpu-memory").textContent = `GPU memory: ${fmtMiB(state.memory.live_bytes)}${parts.length ? ` (${parts.join(", ")})` : ""}`;
+}
+
 function fmtBytes(n) {
   return n > 1e9 ? `${(n / 1e9).toFixed(1)} GB` : n > 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${(n / 1e3).toFixed(0)} kB`;
 }
@@ -133,6 +170,7 @@ async function start() {
       lim.max_storage_buffer_binding_size,
     )} · ${info.features.length ? info.features.join(", ") : "no optional features"}`;
     $("gpu").title = JSON.stringify(info, null, 1);
+    await refreshMemory();
     await refreshSaved();
   } catch (e) {
     showNoGpu(e.message);
@@ -176,6 +214,7 @@ async function loadModel(what, load) {
     showLoadProgress(null, true);
     state.model = m;
     state.hasAdapter = false;
+    state.trainPeak = null;
     $("model-info").textContent = `${m.name || "model"}: ${m.model_type}, ${m.layers} layers, hidden ${m.hidden_size}, vocab ${
       m.vocab_size
     }, ${m.quant} base${m.chat_template ? ", chat template" : ""}${
@@ -184,10 +223,18 @@ async function loadModel(what, load) {
     ok = true;
   } catch (e) {
     showLoadProgress(null, true);
-    $("model-info").textContent = e.message;
+    // What the worker holds now: a load that fails early keeps the previous model.
+    let still = null;
+    try {
+      still = (await call("info")).model;
+    } catch (_) {}
+    state.model = still;
+    if (!still) state.hasAdapter = false;
+    $("model-info").textContent = `${e.message}${still ? ` (still loaded: ${still.name || "the previous model"})` : ""}`;
     $("model-info").classList.add("error");
   }
   setBusy(false);
+  await refreshMemory();
   await refreshSaved();
   return ok;
 }
@@ -218,8 +265,17 @@ $("data-file").onchange = async () => {
   $("data-format").value = /\.jsonl$/i.test(f.name) ? "data.jsonl" : "data.txt";
 };
 
+/** The form's hyperparameters; a field that is not a number is an error naming it. */
 function options() {
-  const num = (id) => ($(id).value.trim() === "" ? undefined : Number($(id).value));
+  const num = (id) => {
+    const el = $(id);
+    const v = el.value.trim();
+    if (el.validity && el.validity.badInput) throw new Error(`${id}: not a number`);
+    if (v === "") return undefined;
+    const n = Number(v);
+    if (!Number.isFinite(n)) throw new Error(`${id}: ${JSON.stringify(v)} is not a number`);
+    return n;
+  };
   const o = {
     peft: $("peft").value,
     num_virtual_tokens: num("num_virtual_tokens"),
@@ -240,7 +296,7 @@ function options() {
   };
   const layers = $("layers_to_transform").value.trim();
   if (layers) o.layers_to_transform = layers;
-  for (const k of Object.keys(o)) if (o[k] === undefined || Number.isNaN(o[k])) delete o[k];
+  for (const k of Object.keys(o)) if (o[k] === undefined) delete o[k];
   return o;
 }
 
@@ -262,7 +318,7 @@ listeners.checkpoint.push(({ step, total_steps }) => {
 });
 
 $("train").onclick = () =>
-  runTraining("train", { dataText: $("data").value, dataName: $("data-format").value, options: options(), persist: true });
+  runTraining("train", () => ({ dataText: $("data").value, dataName: $("data-format").value, options: options(), persist: true }));
 
 $("resume").onclick = async () => {
   const run = state.saved.run;
@@ -285,9 +341,11 @@ async function runTraining(cmd, args) {
   $("train-status").classList.remove("error");
   setBusy(true);
   try {
-    const s = await call(cmd, args);
+    // `args` may be a function: reading the form can fail (a field that is not a number).
+    const s = await call(cmd, typeof args === "function" ? args() : args);
     state.summary = s;
     state.hasAdapter = s.steps > 0;
+    state.trainPeak = s.peak_bytes;
     const ev = s.eval_loss_before != null ? ` · eval loss before ${s.eval_loss_before.toFixed(4)}` : "";
     $("train-status").textContent = `${s.stopped ? "stopped" : "done"}${s.resumed ? " (resumed)" : ""}: ${s.steps} steps, ${s.n_params.toLocaleString()} ${s.peft === "lora" ? "LoRA" : s.peft} parameters, ${
       s.n_train
@@ -298,6 +356,7 @@ async function runTraining(cmd, args) {
   }
   state.training = false;
   setBusy(false);
+  await refreshMemory();
   await refreshSaved();
 }
 
@@ -428,6 +487,7 @@ $("generate").onclick = async () => {
     $("gen-status").classList.add("error");
   }
   setBusy(false);
+  await refreshMemory();
 };
 
 // ---- adapter download / upload ----
@@ -460,11 +520,12 @@ $("adapter-files").onchange = async () => {
     $("adapter-info").textContent =
       a.peft === "lora"
         ? `adapter loaded: r ${a.r}, alpha ${a.lora_alpha}, ${a.target_modules.join(",")}, ${a.n_params.toLocaleString()} parameters`
-        : `adapter loaded: prompt tuning, ${a.num_virtual_tokens} virtual tokens, ${a.n_params.toLocaleString()} parameters`;
+        : `adapter loaded: ${a.peft === "prefix-tuning" ? "prefix" : "prompt"} tuning, ${a.num_virtual_tokens} virtual tokens, ${a.n_params.toLocaleString()} parameters`;
   } catch (e) {
     $("adapter-info").textContent = e.message;
   }
   setBusy(false);
+  await refreshMemory();
 };
 
 drawChart();

@@ -143,7 +143,14 @@ function modelName(keys) {
 
 async function loadModel(picked, quant, cache) {
   const f = cache ? await cacheModel(picked, quant) : picked;
-  const info = await tt.loadModel(files(f), quant || "nf4", (progress) => postMessage({ event: "progress", progress }));
+  let info;
+  try {
+    info = await tt.loadModel(files(f), quant || "nf4", (progress) => postMessage({ event: "progress", progress }));
+  } catch (e) {
+    // A model that does not load is not offered again after a reload.
+    if (cache) await removeEntry(await opfsDir("tinytune"), "model");
+    throw e;
+  }
   info.cached = !!cache;
   return info;
 }

@@ -142,6 +142,9 @@ function nativeLosses(options = OPTIONS) {
 }
 
 const started = Date.now();
+// TINYTUNE_BROWSER_ONLY=train,resume,embed,errors,nogpu runs only those parts (default: all).
+const only = (process.env.TINYTUNE_BROWSER_ONLY || "").split(",").filter(Boolean);
+const want = (part) => !only.length || only.includes(part);
 let uninterrupted = null; // test 1's per-step losses
 let failed = false;
 let passed = 0;
@@ -158,7 +161,7 @@ try {
 }
 
 // ---- 1. train in the page ----
-{
+if (want("train")) {
   const b = await launch(["--enable-unsafe-webgpu"]);
   try {
     const page = await b.ctx.newPage();
@@ -189,6 +192,14 @@ try {
     check(model.bytes_read <= fileBytes && last.bytes <= fileBytes, `read ${model.bytes_read} bytes of ${fileBytes}: some twice`);
     check(await page.isHidden("#load-progress"), "the progress bar is hidden after loading");
     log(`load progress: ${prog.length} events, ${last.total_tensors} tensors, ${model.bytes_read} of ${fileBytes} bytes read`);
+    // GPU memory: the model's bytes are what is alive after loading, and the page shows them.
+    check(Number.isInteger(model.model_bytes) && model.model_bytes > 0, `model_bytes: ${model.model_bytes}`);
+    await page.waitForFunction(() => /\(model /.test(document.querySelector("#gpu-memory").textContent));
+    const memLoaded = await page.evaluate(() => window.tinytune.state.memory);
+    assert.equal(memLoaded.live_bytes, model.model_bytes, "only the model is alive after loading");
+    const mib = (n) => Number((n / 2 ** 20).toFixed(n / 2 ** 20 < 10 ? 2 : 1));
+    const memText0 = await page.textContent("#gpu-memory");
+    check(memText0 === `GPU memory: ${mib(model.model_bytes).toFixed(2)} MiB (model ${mib(model.model_bytes).toFixed(2)} MiB)`, `after loading: ${memText0}`);
 
     // Data and hyperparameters through the form.
     await page.fill("#data", DATA);
@@ -209,6 +220,22 @@ try {
     check(losses[5] < losses[0] - 0.05, `the loss did not fall: ${losses}`);
     assert.equal(st.chartPoints, 6, "the chart shows every step");
     check((await page.textContent("#stat-step")).trim() === "6/6", "the step counter shows 6/6");
+    // The run's peak: the model plus activations, adapter, gradients and optimizer state.
+    const peak = st.summary.peak_bytes;
+    check(Number.isInteger(peak) && peak > model.model_bytes, `training peak ${peak} vs model ${model.model_bytes} bytes`);
+    await page.waitForFunction(() => /training peak/.test(document.querySelector("#gpu-memory").textContent));
+    const memTrained = await page.evaluate(() => window.tinytune.state.memory);
+    check(memTrained.live_bytes > model.model_bytes && memTrained.live_bytes < peak && memTrained.peak_bytes === peak,
+      `after training (the adapter stays, the activations are freed): ${JSON.stringify(memTrained)}, peak ${peak}`);
+    const memText = await page.textContent("#gpu-memory");
+    const mm = /^GPU memory: ([\d.]+) MiB \(model ([\d.]+) MiB, training peak ([\d.]+) MiB\)$/.exec(memText);
+    check(mm && Number(mm[2]) === mib(model.model_bytes) && Number(mm[3]) === mib(peak), `the page shows: ${memText}`);
+    log(`GPU memory: model ${model.model_bytes} B, training peak ${peak} B, after training ${memTrained.live_bytes} B; page: "${memText}"`);
+
+    // The device-lost callback is installed and nothing went wrong on the device.
+    const health = await page.evaluate(() => window.tinytune.call("info"));
+    check(health.device_lost === false && health.gpu_error === null, `device health: ${health.device_lost}, ${health.gpu_error}`);
+    check(await page.isHidden("#gpu-failed"), "no GPU failure is shown");
 
     // Generation: base and adapted, a few tokens each.
     await page.fill("#max_new_tokens", "8");
@@ -317,7 +344,7 @@ try {
 }
 
 // ---- 1b. reload mid-run: the cached model and the last checkpoint survive; resume finishes ----
-{
+if (want("resume")) {
   const b = await launch(["--enable-unsafe-webgpu"]);
   try {
     const page = await b.ctx.newPage();
@@ -385,7 +412,7 @@ try {
 }
 
 // ---- 1c. the embedding example (examples/web-embed: the module on the main thread) ----
-{
+if (want("embed")) {
   const b = await launch(["--enable-unsafe-webgpu"]);
   try {
     const page = await b.ctx.newPage();
@@ -410,8 +437,122 @@ try {
   }
 }
 
+// ---- 1d. failures: each shows one message naming what is wrong, and the page stays usable ----
+if (want("errors")) {
+  const b = await launch(["--enable-unsafe-webgpu"]);
+  try {
+    const page = await b.ctx.newPage();
+    watch(page, "errors");
+    page.setDefaultTimeout(timeoutMs);
+    await page.goto(base);
+    await page.waitForFunction(() => window.tinytune && (window.tinytune.state.ready || window.tinytune.state.error));
+    check(await page.evaluate(() => window.tinytune.state.ready), "WebGPU did not open");
+    // Keep a copy in OPFS (the default): a model that fails to load must not be offered again.
+    const gguf = fs.readFileSync(path.join(root, "tests/fixtures/model/llama.gguf"));
+
+    /** Picks `files` ({name, buffer} or paths), clicks Load; the model info line and whether it is an error. */
+    const load = async (files) => {
+      await page.evaluate(() => (window.tinytune.state.model = null));
+      await page.setInputFiles("#model-files", files);
+      await page.click("#load");
+      await page.waitForFunction(() => !document.querySelector("#load").disabled || document.querySelector("#model-info.error"));
+      await page.waitForFunction(() => window.tinytune.state.model || document.querySelector("#model-info.error"));
+      return { text: await page.textContent("#model-info"), error: await page.isVisible("#model-info.error") };
+    };
+    /** One message: the error names `what`, says it once, and does not repeat a sentence. */
+    const oneMessage = (text, what, tag) => {
+      check(text.includes(what), `${tag}: the message does not name ${what}: ${text}`);
+      const parts = text.split(/(?<=[.;]) +|: /).map((p) => p.trim()).filter((p) => p.length > 8);
+      const dup = parts.find((p, i) => parts.indexOf(p) !== i);
+      check(!dup, `${tag}: the message repeats "${dup}": ${text}`);
+      log(`${tag}: "${text}"`);
+    };
+
+    // (a) a corrupt model: garbage bytes named model.gguf, and a GGUF cut in the middle of its tensor data.
+    const garbage = Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 2654435761) >>> 24));
+    let r = await load([{ name: "model.gguf", mimeType: "application/octet-stream", buffer: garbage }]);
+    check(r.error, `garbage model.gguf loaded: ${r.text}`);
+    oneMessage(r.text, "model.gguf", "garbage model.gguf");
+    r = await load([{ name: "truncated.gguf", mimeType: "application/octet-stream", buffer: gguf.subarray(0, Math.floor(gguf.length * 0.7)) }]);
+    check(r.error, `a truncated GGUF loaded: ${r.text}`);
+    oneMessage(r.text, "truncated.gguf", "truncated GGUF");
+    check(await page.isDisabled("#train"), "Train is disabled while no model is loaded");
+    check(await page.isHidden("#use-cached"), "a model that failed to load is not offered from the cache");
+    // The page still works: the good model loads.
+    r = await load([path.join(root, "tests/fixtures/model/llama.gguf")]);
+    check(!r.error && (await page.evaluate(() => window.tinytune.state.model)), `the good model after the failures: ${r.text}`);
+
+    /** Trains with `options` on `data` (named `name`); the status line and whether it is an error. */
+    const train = async (data, name, options) => {
+      await page.fill("#data", data);
+      await page.selectOption("#data-format", name);
+      for (const [k, v] of Object.entries(options)) await page.fill(`#${k}`, String(v));
+      await page.evaluate(() => (window.tinytune.state.summary = null));
+      await page.click("#train");
+      await page.waitForFunction(() => (window.tinytune.state.summary || document.querySelector("#train-status.error")) && !window.tinytune.state.training);
+      return { text: await page.textContent("#train-status"), error: await page.isVisible("#train-status.error"), summary: await page.evaluate(() => window.tinytune.state.summary) };
+    };
+    const GOOD = { ...OPTIONS, num_steps: 2 };
+
+    // (b) a malformed line in the data.
+    const lines = DATA.split("\n");
+    const bad = [lines[0], lines[1], '{"messages": [{"role": "user", "content": "unterminated}', lines[3]].join("\n");
+    r = await train(bad, "data.jsonl", GOOD);
+    check(r.error, `a malformed line trained: ${r.text}`);
+    oneMessage(r.text, "data.jsonl:3: ", "malformed line");
+
+    // (c) options that cannot be: a batch too large for one storage binding, and invalid values.
+    const limits = await page.evaluate(() => window.tinytune.state.info.limits);
+    r = await train(DATA, "data.jsonl", { ...GOOD, batch_size: 65536, seq_len: 65536 });
+    check(r.error, `a batch of 4096 x 4096 trained: ${r.text}`);
+    oneMessage(r.text, "smaller batch_size or seq_len", "too large a batch");
+    check(/device allows at most \d+ bytes|out of GPU memory/.test(r.text), `the limit is named: ${r.text}`);
+    r = await train(DATA, "data.jsonl", { ...GOOD, lora_r: 0 });
+    check(r.error, `lora_r 0 trained: ${r.text}`);
+    oneMessage(r.text, "lora_r", "lora_r 0");
+    r = await train(DATA, "data.jsonl", { ...GOOD, learning_rate: "fast" });
+    check(r.error, `learning_rate "fast" trained: ${r.text}`);
+    oneMessage(r.text, "learning_rate", "learning_rate fast");
+
+    // The page still works: 2 steps train and generation runs.
+    r = await train(DATA, "data.jsonl", GOOD);
+    check(!r.error && r.summary && r.summary.steps === 2, `training after the failures: ${r.text}`);
+    await page.fill("#max_new_tokens", "4");
+    await page.click("#generate");
+    await page.waitForFunction(() => window.tinytune.state.lastGenerate || document.querySelector("#gen-status.error"));
+    check(await page.evaluate(() => window.tinytune.state.lastGenerate), `generate: ${await page.textContent("#gen-status")}`);
+    log(`after the failures: trained ${r.summary.steps} steps (max binding ${limits.max_storage_buffer_binding_size} B) and generated`);
+    // A corrupt file picked while a model is loaded: the message says the loaded one stays, and it still generates.
+    r = await load([{ name: "model.gguf", mimeType: "application/octet-stream", buffer: garbage }]);
+    check(r.error && /\(still loaded: llama\.gguf\)$/.test(r.text), `a failed load over a loaded model: ${r.text}`);
+    oneMessage(r.text, "model.gguf", "garbage over a loaded model");
+    check(!(await page.isDisabled("#generate")), "Generate stays enabled with the previous model");
+    await page.evaluate(() => (window.tinytune.state.lastGenerate = null));
+    await page.click("#generate");
+    await page.waitForFunction(() => window.tinytune.state.lastGenerate || document.querySelector("#gen-status.error"));
+    check(await page.evaluate(() => window.tinytune.state.lastGenerate), `generate after a failed load: ${await page.textContent("#gen-status")}`);
+    await page.screenshot({ path: path.join(artifacts, "errors.png"), fullPage: true });
+    // A failed device (shown as the page would once info() has a gpu_error; a real loss is not
+    // provoked): one banner with the message, every GPU button off, Reload reopens a working page.
+    await page.evaluate(() => window.tinytune.gpuFailed("The GPU device was lost (test). Reload the page; then use a smaller batch_size or seq_len, or a smaller model."));
+    check(await page.isVisible("#gpu-failed") && /device was lost \(test\)/.test(await page.textContent("#gpu-failed")), "the GPU failure banner");
+    for (const id of ["load", "train", "generate", "download", "use-cached"]) check(await page.isDisabled(`#${id}`), `#${id} is disabled after a GPU failure`);
+    await page.click("#reload");
+    await page.waitForFunction(() => window.tinytune && window.tinytune.state && (window.tinytune.state.ready || window.tinytune.state.error));
+    check(await page.evaluate(() => window.tinytune.state.ready && !window.tinytune.state.gpuFailed), "the reloaded page opened WebGPU");
+    check(await page.isHidden("#gpu-failed"), "the reloaded page shows no failure");
+    passed++;
+  } catch (e) {
+    failures++;
+    failed = true;
+    console.error("[browser-test] FAILED (errors):", e);
+  } finally {
+    await close(b);
+  }
+}
+
 // ---- 2. no WebGPU ----
-{
+if (want("nogpu")) {
   // An insecure origin (not localhost) has no navigator.gpu, in the page and in the worker.
   const b = await launch(["--enable-unsafe-webgpu", "--host-resolver-rules=MAP tinytune.test 127.0.0.1"]);
   try {
@@ -436,7 +577,7 @@ try {
     await close(b);
   }
 }
-{
+if (want("nogpu")) {
   // Without --enable-unsafe-webgpu, Chromium on Linux exposes navigator.gpu but gives no adapter.
   const b = await launch([]);
   try {

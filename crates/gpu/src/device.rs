@@ -112,6 +112,8 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pipelines: Mutex<HashMap<PipelineKey, Kernel>>,
     uncaptured: Arc<Mutex<Vec<String>>>,
+    /// How many of `uncaptured` `sync` / reads have already returned.
+    uncaptured_reported: AtomicU64,
     memory: Arc<MemoryCounter>,
 }
 
@@ -156,6 +158,7 @@ impl Gpu {
             limits,
             pipelines: Mutex::new(HashMap::new()),
             uncaptured,
+            uncaptured_reported: AtomicU64::new(0),
             memory: Arc::new(MemoryCounter::default()),
         })
     }
@@ -350,14 +353,21 @@ impl Gpu {
     }
 
     fn take_uncaptured(&self) -> Result<()> {
-        let mut errs = self.uncaptured.lock().expect("error sink poisoned");
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            let msg = errs.join("; ");
-            errs.clear();
-            Err(GpuError::Device(msg))
+        let errs = self.uncaptured.lock().expect("error sink poisoned");
+        let seen = self
+            .uncaptured_reported
+            .swap(errs.len() as u64, Ordering::Relaxed) as usize;
+        match errs.get(seen..) {
+            Some(new) if !new.is_empty() => Err(GpuError::Device(new.join("; "))),
+            _ => Ok(()),
         }
+    }
+
+    /// Every error the device reported outside an error scope since it was opened, including
+    /// those [`Gpu::sync`] and reads already returned. In a browser this is where validation and
+    /// out-of-memory errors land (error scopes there resolve too late to be used).
+    pub fn uncaptured_errors(&self) -> Vec<String> {
+        self.uncaptured.lock().expect("error sink poisoned").clone()
     }
 
     /// Copies a buffer back to the host. The only async point of the runtime.

@@ -83,7 +83,7 @@ pub fn open_model(files: Vec<NamedFile>) -> Result<ModelSource, String> {
         }
         let f = gguf.into_iter().next().expect("one");
         let name = f.name.clone();
-        return ModelSource::from_gguf_bytes(f.bytes).map_err(|e| format!("{name}: {e}"));
+        return ModelSource::from_gguf_bytes(f.bytes).map_err(|e| named(&name, e));
     }
     let mut config_json = None;
     let mut tokenizer_json = None;
@@ -115,6 +115,16 @@ pub fn open_model(files: Vec<NamedFile>) -> Result<ModelSource, String> {
         chat_template,
     })
     .map_err(|e| e.to_string())
+}
+
+/// `e` as a message that names `file` once (the loaders' errors often name it already).
+pub fn named(file: &str, e: impl std::fmt::Display) -> String {
+    let m = e.to_string();
+    if m.contains(file) {
+        m
+    } else {
+        format!("{file}: {m}")
+    }
 }
 
 /// A PEFT adapter (LoRA, prompt or prefix tuning, by `adapter_config.json`'s `peft_type`) from
@@ -284,6 +294,30 @@ mod tests {
             .collect();
         assert!(open_model(files).err().unwrap().contains(".safetensors"));
         assert!(open_model(Vec::new()).is_err());
+    }
+
+    #[test]
+    fn corrupt_files_are_named_once() {
+        let garbage: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect();
+        let e = open_model(vec![NamedFile::from_chunks(
+            "picked/model.gguf",
+            vec![garbage.into_boxed_slice()],
+        )])
+        .err()
+        .unwrap();
+        assert_eq!(e.matches("model.gguf").count(), 1, "{e}");
+        // Cut in the middle of the tensor data: the header names tensors past the end.
+        let g = std::fs::read(fixture("tests/fixtures/model/llama.gguf")).unwrap();
+        let cut = g[..g.len() * 7 / 10].to_vec().into_boxed_slice();
+        let e = open_model(vec![NamedFile::from_chunks("cut.gguf", vec![cut])])
+            .err()
+            .unwrap();
+        assert_eq!(e.matches("cut.gguf").count(), 1, "{e}");
+        assert!(e.contains("past the end of the file"), "{e}");
+        assert_eq!(named("a.gguf", "a.gguf: bad"), "a.gguf: bad");
+        assert_eq!(named("a.gguf", "bad"), "a.gguf: bad");
     }
 
     #[test]

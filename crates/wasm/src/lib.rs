@@ -22,6 +22,7 @@
 //! adapters from named in-memory files) lives in [`options`] and [`files`] and is tested natively.
 
 pub mod files;
+pub mod health;
 pub mod options;
 pub mod reader;
 
@@ -59,6 +60,14 @@ export interface TinytuneInfo {
     shaders: number;
     model: ModelInfo | null;
     has_adapter: boolean;
+    /** Bytes of tinytune's storage buffers on the GPU: alive now, and the most alive at once
+     * (since the last `train` began). */
+    memory: { live_bytes: number; peak_bytes: number };
+    /** The device-lost callback fired (`GPUDevice.lost`). */
+    device_lost: boolean;
+    /** Once the device was lost or reported an error: what happened and what to do (reload);
+     * every later GPU call is rejected with it. */
+    gpu_error: string | null;
 }
 export interface ModelInfo {
     name: string; format: "hf" | "gguf"; model_type: string; layers: number; hidden_size: number;
@@ -66,6 +75,8 @@ export interface ModelInfo {
     chat_template: boolean; tokenizer_error: string | null; load_s: number;
     /** Bytes the loader read from the files, and their total size. */
     bytes_read: number; file_bytes: number;
+    /** GPU bytes of the loaded model (tinytune's buffers alive after loading). */
+    model_bytes: number;
 }
 /** Model loading: after the headers (0 tensors) and after each tensor read. */
 export interface LoadProgress {
@@ -78,10 +89,13 @@ export interface StepMetrics {
     tokens_per_s: number; elapsed_s: number; eval_loss?: number; eval_ppl?: number;
 }
 export interface TrainSummary {
-    resumed: boolean; peft: "lora" | "prompt-tuning"; checkpoints: boolean; steps: number; total_steps: number; stopped: boolean; n_params: number; n_train: number;
+    resumed: boolean; peft: "lora" | "prompt-tuning" | "prefix-tuning"; checkpoints: boolean; steps: number; total_steps: number; stopped: boolean; n_params: number; n_train: number;
     n_eval: number; tokens_seen: number; elapsed_s: number; eval_loss_before: number | null;
     final_loss: number | null; data: { records: number; examples: number; tokens: number;
     targets: number; truncated: number; dropped: number };
+    /** The most GPU bytes alive at once during the run (model, adapter, activations,
+     * optimizer state). */
+    peak_bytes: number;
 }
 export interface GenerateResult {
     text: string; tokens: number[]; prompt_tokens: number; adapter: boolean;
@@ -98,9 +112,9 @@ export interface AdapterFiles {
     "adapter_model.safetensors": Uint8Array;
 }
 export interface AdapterInfo {
-    peft: "lora" | "prompt-tuning"; n_params: number;
+    peft: "lora" | "prompt-tuning" | "prefix-tuning"; n_params: number;
     /** LoRA */ r?: number; lora_alpha?: number; target_modules?: string[];
-    /** prompt tuning */ num_virtual_tokens?: number;
+    /** prompt and prefix tuning */ num_virtual_tokens?: number;
 }
 "#;
 
@@ -139,6 +153,7 @@ impl Tuned {
 
 struct Inner {
     gpu: Gpu,
+    health: health::DeviceHealth,
     model: RefCell<Option<Rc<Loaded>>>,
     adapter: RefCell<Option<Rc<Tuned>>>,
     stop: Cell<bool>,
@@ -161,6 +176,8 @@ impl Inner {
                 "tinytune is busy ({b} is running): wait for it, or stop() it first"
             )));
         }
+        // A lost device, or one that reported an error, fails every later call the same way.
+        self.health.check(&self.gpu).map_err(err)?;
         self.busy.set(Some(what));
         self.stop.set(false);
         Ok(Busy(self.clone()))
@@ -181,6 +198,11 @@ fn err(e: impl std::fmt::Display) -> JsValue {
 /// [`err`] with what to change when the GPU ran out of room ([`options::with_gpu_hint`]).
 fn gpu_err(what: &'static str) -> impl Fn(String) -> JsValue {
     move |m| err(options::with_gpu_hint(m, what))
+}
+
+fn memory_json(gpu: &Gpu) -> serde_json::Value {
+    let m = gpu.memory();
+    json!({ "live_bytes": m.live_bytes, "peak_bytes": m.peak_bytes })
 }
 
 fn to_js(v: &serde_json::Value) -> Result<JsValue, JsValue> {
@@ -474,9 +496,11 @@ impl Tinytune {
                 "WebGPU is present but the GPU device cannot be opened: {e}"
             )),
         })?;
+        let health = health::DeviceHealth::watch(&gpu);
         Ok(Tinytune {
             inner: Rc::new(Inner {
                 gpu,
+                health,
                 model: RefCell::new(None),
                 adapter: RefCell::new(None),
                 stop: Cell::new(false),
@@ -510,6 +534,9 @@ impl Tinytune {
             "shaders": tinytune_gpu::shaders::SHADERS.len(),
             "model": self.inner.model.borrow().as_ref().map(|m| m.info.clone()),
             "has_adapter": self.inner.adapter.borrow().is_some(),
+            "memory": memory_json(g),
+            "device_lost": self.inner.health.lost().is_some(),
+            "gpu_error": self.inner.health.check(g).err(),
         });
         to_js(&v).map_err(|_| JsError::new("info: JSON"))
     }
@@ -581,6 +608,8 @@ impl Tinytune {
                 .sync()
                 .map_err(|e| gpu_err("loadModel")(e.to_string()))?;
             let c = &model.config;
+            // The old model and adapter are gone: what is alive now is this model.
+            let model_bytes = inner.gpu.memory().live_bytes;
             let info = json!({
                 "name": model_name(&names),
                 "format": match src.format() {
@@ -598,6 +627,7 @@ impl Tinytune {
                 "load_s": (clock())() - t0,
                 "bytes_read": counter.bytes(),
                 "file_bytes": total_bytes,
+                "model_bytes": model_bytes,
             });
             inner.model.replace(Some(Rc::new(Loaded {
                 info: info.clone(),
@@ -632,6 +662,7 @@ impl Tinytune {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let _busy = inner.begin("train")?;
+            inner.gpu.reset_peak_memory();
             let loaded = inner.loaded()?;
             let tok = loaded
                 .tok
@@ -699,6 +730,32 @@ impl Tinytune {
                 opts.peft_start(|t| tok.tok.encode(t, false).map_err(|e| e.to_string()))
                     .map_err(err)?
             };
+            // Refuse a micro-batch whose activations cannot fit one binding before allocating.
+            let c = &loaded.model.config;
+            let widest = c
+                .hidden_size
+                .max(c.num_attention_heads * c.head_dim)
+                .max(c.intermediate_size);
+            // Prompt tuning prepends its virtual tokens to every row (prefix tuning does not).
+            let virtual_rows = match &start {
+                Start::Prompt(PromptStart::Random { num_virtual_tokens })
+                | Start::Prompt(PromptStart::Text {
+                    num_virtual_tokens, ..
+                }) => *num_virtual_tokens,
+                Start::Prompt(PromptStart::Adapter(a)) => a.config.num_virtual_tokens,
+                Start::Resume(ck) if matches!(ck.adapter, PeftAdapter::Prompt(_)) => {
+                    ck.adapter.virtual_tokens()
+                }
+                _ => 0,
+            };
+            options::check_batch_fits(
+                config.batch_size,
+                config.seq_len,
+                virtual_rows,
+                widest,
+                inner.gpu.max_binding().min(u32::MAX as u64),
+            )
+            .map_err(err)?;
             let mut trainer = Trainer::new(&inner.gpu, &loaded.model, config, data, start, clock())
                 .map_err(|e| gpu_err("train")(e.to_string()))?;
             if let (Some(r), false) = (opts.warmup_ratio, resumed) {
@@ -766,6 +823,7 @@ impl Tinytune {
                 "eval_loss_before": eval_before,
                 "final_loss": final_loss,
                 "data": data_stats,
+                "peak_bytes": inner.gpu.memory().peak_bytes,
             });
             drop(trainer);
             if summary["steps"].as_u64().unwrap_or(0) > 0 {

@@ -152,7 +152,28 @@ pub fn parse_train_options(json: &str) -> Result<TrainOptions, String> {
     if json.trim().is_empty() {
         return Ok(TrainOptions::default());
     }
-    serde_json::from_str(json).map_err(|e| format!("train options: {e}"))
+    parse_named(json, "train options")
+}
+
+/// Deserializes options JSON; an error names the option at fault (serde_json's message alone
+/// gives a line and column but not the key).
+fn parse_named<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result<T, String> {
+    serde_json::from_str(json).map_err(|e| {
+        let v: Option<serde_json::Value> = serde_json::from_str(json).ok();
+        let culprit = v.as_ref().and_then(|v| v.as_object()).and_then(|obj| {
+            obj.iter().find_map(|(k, val)| {
+                let one =
+                    serde_json::Value::Object([(k.clone(), val.clone())].into_iter().collect());
+                serde_json::from_value::<T>(one)
+                    .err()
+                    .map(|e| match e.to_string() {
+                        m if m.contains(&format!("`{k}`")) => format!("{what}: {m}"),
+                        m => format!("{what}: {k}: {m}"),
+                    })
+            })
+        });
+        culprit.unwrap_or_else(|| format!("{what}: {e}"))
+    })
 }
 
 /// `--target-modules`: PEFT names or `all-linear` ([`parse_target_modules`]).
@@ -231,6 +252,38 @@ impl TrainOptions {
         if self.seq_len < 2 {
             return Err("seq_len must be at least 2".into());
         }
+        // The trainer checks these too, in its own words; here they carry the option's name.
+        for (name, v) in [
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+            ("num_virtual_tokens", self.num_virtual_tokens),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.peft == Peft::Lora && self.lora_r == 0 && !self.adapter {
+            return Err("lora_r must be at least 1".into());
+        }
+        if self.num_steps == Some(0) || self.epochs == Some(0) {
+            return Err("num_steps and epochs must be at least 1".into());
+        }
+        for (name, v) in [
+            ("learning_rate", self.learning_rate),
+            ("lora_alpha", self.lora_alpha),
+            ("max_grad_norm", self.max_grad_norm),
+            ("weight_decay", self.weight_decay),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!("{name} must be a finite number >= 0 (got {v})"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(format!(
+                "lora_dropout must be in [0, 1) (got {})",
+                self.lora_dropout
+            ));
+        }
         let stop = match (self.num_steps, self.epochs) {
             (Some(s), _) => Stop::Steps(s),
             (None, Some(e)) => Stop::Epochs(e),
@@ -273,6 +326,36 @@ impl TrainOptions {
     }
 }
 
+/// Checks before allocating that one training micro-batch's activations fit: `batch_size` ×
+/// (`seq_len` + `virtual_tokens`) rows of `widest` f32s (the model's widest activation: hidden,
+/// attention or MLP width) must fit one storage binding of `limit` bytes. Computed in u64: on
+/// wasm32 the workspace's own sizes (usize) would wrap around instead.
+pub fn check_batch_fits(
+    batch_size: usize,
+    seq_len: usize,
+    virtual_tokens: usize,
+    widest: usize,
+    limit: u64,
+) -> Result<(), String> {
+    let rows = (batch_size as u64).saturating_mul(seq_len as u64 + virtual_tokens as u64);
+    let bytes = rows.saturating_mul(widest as u64).saturating_mul(4);
+    if bytes <= limit {
+        return Ok(());
+    }
+    let fit = (limit / (widest as u64 * 4)).max(1);
+    Err(format!(
+        "batch_size {batch_size} x seq_len {seq_len}{} = {rows} rows need {bytes} bytes per \
+         activation buffer ({widest} floats a row), but the device allows at most {limit} bytes \
+         per buffer. This does not fit the GPU: use a smaller batch_size or seq_len (batch_size \
+         x seq_len at most {fit}), or a smaller model.",
+        if virtual_tokens > 0 {
+            format!(" (+ {virtual_tokens} virtual tokens)")
+        } else {
+            String::new()
+        }
+    ))
+}
+
 /// A GPU error's message plus what to change: over a device limit or out of memory while
 /// training or generating means a smaller batch / sequence (or model); other messages pass as they
 /// are. `what` is `"train"`, `"generate"` or `"loadModel"`.
@@ -296,11 +379,14 @@ pub fn with_gpu_hint(msg: String, what: &str) -> String {
         _ => "use a smaller model (or quant \"nf4\" instead of \"none\")",
     };
     let prefix = if lost {
-        "the GPU device failed; reload the page, then "
+        "The GPU device failed: reload the page, then "
     } else {
-        "this does not fit the GPU: "
+        "This does not fit the GPU: "
     };
-    format!("{msg}. {prefix}{change}")
+    format!(
+        "{}. {prefix}{change}.",
+        msg.trim_end().trim_end_matches('.')
+    )
 }
 
 /// `generate`'s options: the names and defaults of `tinytune generate`'s flags.
@@ -355,7 +441,7 @@ pub fn parse_gen_options(json: &str) -> Result<GenOptions, String> {
     if json.trim().is_empty() {
         return Ok(GenOptions::default());
     }
-    serde_json::from_str(json).map_err(|e| format!("generate options: {e}"))
+    parse_named(json, "generate options")
 }
 
 #[cfg(test)]
@@ -417,11 +503,51 @@ mod tests {
         assert!(o.to_config("m", "d", 2).unwrap_err().contains("step"));
         let o = parse_train_options(r#"{"target_modules": "qkv"}"#).unwrap();
         assert!(o.to_config("m", "d", 2).unwrap_err().contains("qkv"));
+        for (json, name) in [
+            (r#"{"lora_r": 0}"#, "lora_r"),
+            (r#"{"batch_size": 0}"#, "batch_size"),
+            (r#"{"grad_accum": 0}"#, "grad_accum"),
+            (r#"{"num_steps": 0}"#, "num_steps"),
+            (r#"{"learning_rate": -1}"#, "learning_rate"),
+            (r#"{"lora_dropout": 1}"#, "lora_dropout"),
+            (
+                r#"{"peft": "prompt-tuning", "num_virtual_tokens": 0}"#,
+                "num_virtual_tokens",
+            ),
+        ] {
+            let o = parse_train_options(json).unwrap();
+            let e = o.to_config("m", "d", 2).unwrap_err();
+            assert!(e.contains(name), "{json}: {e}");
+        }
+        let e = parse_train_options(r#"{"learning_rate": "fast"}"#).unwrap_err();
+        assert!(
+            e.contains("learning_rate") || e.contains("invalid type"),
+            "{e}"
+        );
         let o = parse_train_options(r#"{"eval_split": 1.5}"#).unwrap();
         assert!(o.to_config("m", "d", 2).is_err());
         assert!(parse_gen_options(r#"{"max_tokens": 3}"#)
             .unwrap_err()
             .contains("max_tokens"));
+    }
+
+    #[test]
+    fn oversized_batches_are_refused_before_allocating() {
+        let gib = 1u64 << 30;
+        assert!(check_batch_fits(4, 512, 0, 1536, gib).is_ok());
+        // 2^32 rows: a usize product would wrap to 0 on wasm32.
+        let e = check_batch_fits(65536, 65536, 0, 96, gib).unwrap_err();
+        assert!(
+            e.contains("4294967296 rows") && e.contains("smaller batch_size or seq_len"),
+            "{e}"
+        );
+        assert!(e.contains("at most 2796202)"), "{e}");
+        // Exactly at the limit fits; one row more does not.
+        let rows = gib / (64 * 4);
+        assert!(check_batch_fits(rows as usize, 1, 0, 64, gib).is_ok());
+        assert!(check_batch_fits(rows as usize + 1, 1, 0, 64, gib).is_err());
+        let e = check_batch_fits(rows as usize, 1, 4, 64, gib).unwrap_err();
+        assert!(e.contains("+ 4 virtual tokens"), "{e}");
     }
 
     #[test]
