@@ -340,7 +340,10 @@ fn malformed_jsonl_names_file_line_and_problem() {
     let tok = ByteTok::with_template(false, CHATML, "", "<|im_end|>");
     let good = r#"{"text": "fine"}"#;
     let cases: &[(&str, &str)] = &[
-        (r#"{"text": "unterminated"#, "invalid JSON"),
+        (
+            r#"{"text": "unterminated"#,
+            "invalid JSON at column 22: EOF while parsing a string",
+        ),
         ("[1, 2]", "expected a JSON object, got an array"),
         (
             r#"{"txt": "typo"}"#,

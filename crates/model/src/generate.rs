@@ -18,6 +18,7 @@
 use tinytune_gpu::ops::nn;
 use tinytune_gpu::{Gpu, GpuBuffer};
 
+use crate::f32_bytes;
 use crate::llama::{LayerActs, LayerScratch, LlamaModel};
 use crate::lora::LoraGpu;
 use crate::prefix::PrefixGpu;
@@ -103,7 +104,7 @@ impl<'a> KvDecoder<'a> {
             cfg.num_key_value_heads,
             cfg.intermediate_size,
         );
-        let f = |rows: usize, n: usize| (rows * n * 4) as u64;
+        let f = |rows: usize, n: usize| f32_bytes(&[rows, n]);
         let mut kcache = Vec::with_capacity(model.layers.len());
         let mut vcache = Vec::with_capacity(model.layers.len());
         for i in 0..model.layers.len() {

@@ -108,3 +108,10 @@ pub(crate) fn io_err(path: &std::path::Path, source: std::io::Error) -> ModelErr
         source,
     }
 }
+
+/// Bytes of an f32 tensor of shape `dims`, computed in u64 (a `usize` product wraps at 4 GiB on
+/// wasm32; the allocation then fails with a clear error instead of making a tiny buffer).
+pub fn f32_bytes(dims: &[usize]) -> u64 {
+    dims.iter()
+        .fold(4u64, |acc, &d| acc.saturating_mul(d as u64))
+}

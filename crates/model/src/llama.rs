@@ -10,6 +10,7 @@ use tinytune_reference::llama::lora_dropout_seed;
 pub use tinytune_reference::llama::LoraDropout;
 use tinytune_reference::nn::{rope_inv_freq, Llama3Scaling};
 
+use crate::f32_bytes;
 use crate::lora::LoraGpu;
 use crate::prefix::PrefixGpu;
 use crate::prompt::PromptGpu;
@@ -441,7 +442,7 @@ impl Workspace {
             cfg.num_key_value_heads,
             cfg.intermediate_size,
         );
-        let f = |n: usize| (m * n * 4) as u64;
+        let f = |n: usize| f32_bytes(&[m, n]);
         // One set per layer when training (with checkpointing the sets share every buffer but
         // the layer input `x`), one shared set for inference.
         let n_sets = if train && !checkpoint {
@@ -502,9 +503,9 @@ impl Workspace {
         let chunk_rows = head_rows.clamp(1, m);
         let chunk = if train {
             Some(HeadChunk {
-                h: gpu.alloc("head.h", (chunk_rows * c * 4) as u64)?,
-                targets: gpu.alloc("head.targets", (chunk_rows * 4) as u64)?,
-                dh: gpu.alloc("head.dh", (chunk_rows * c * 4) as u64)?,
+                h: gpu.alloc("head.h", f32_bytes(&[chunk_rows, c]))?,
+                targets: gpu.alloc("head.targets", f32_bytes(&[chunk_rows]))?,
+                dh: gpu.alloc("head.dh", f32_bytes(&[chunk_rows, c]))?,
             })
         } else {
             None
@@ -550,9 +551,9 @@ impl Workspace {
             rstd_scratch: gpu.alloc("rstd", f(1))?,
             act: gpu.alloc("act", f(inter))?,
             rstdf: gpu.alloc("rstd_final", f(1))?,
-            logits: gpu.alloc("logits", (chunk_rows * v * 4) as u64)?,
-            ce_lse: gpu.alloc("ce.lse", (chunk_rows * 4) as u64)?,
-            ce_loss: gpu.alloc("ce.loss", (chunk_rows * 4) as u64)?,
+            logits: gpu.alloc("logits", f32_bytes(&[chunk_rows, v]))?,
+            ce_lse: gpu.alloc("ce.lse", f32_bytes(&[chunk_rows]))?,
+            ce_loss: gpu.alloc("ce.loss", f32_bytes(&[chunk_rows]))?,
             loss_rows: gpu.alloc("loss_rows", f(1))?,
             chunk_rows,
             chunk,
@@ -569,7 +570,7 @@ impl Workspace {
         batch: usize,
     ) -> Result<Workspace, ModelError> {
         let rows = self.rows + batch.max(1) * prefix.p;
-        let bytes = (rows * prefix.kvd * 4) as u64;
+        let bytes = f32_bytes(&[rows, prefix.kvd]);
         let sets = if self.train && !self.checkpoint {
             self.acts.len()
         } else {

@@ -12,6 +12,7 @@
 use tinytune_gpu::{Encoder, Gpu, GpuBuffer};
 use tinytune_reference::llama::{Lora, LoraPair};
 
+use crate::f32_bytes;
 use crate::llama::{LlamaModel, LINEARS};
 use crate::ModelError;
 
@@ -74,8 +75,8 @@ impl LoraGpu {
                 out[t] = Some(LoraPairGpu {
                     a: gpu.upload(&format!("{name}.lora_A"), &p.a)?,
                     b: gpu.upload(&format!("{name}.lora_B"), &p.b)?,
-                    da: gpu.alloc(&format!("{name}.lora_A.grad"), (r * k * 4) as u64)?,
-                    db: gpu.alloc(&format!("{name}.lora_B.grad"), (n * r * 4) as u64)?,
+                    da: gpu.alloc(&format!("{name}.lora_A.grad"), f32_bytes(&[r, k]))?,
+                    db: gpu.alloc(&format!("{name}.lora_B.grad"), f32_bytes(&[n, r]))?,
                     n_in: k,
                     n_out: n,
                     offset,

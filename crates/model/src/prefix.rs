@@ -6,6 +6,7 @@
 use tinytune_gpu::ops::nn;
 use tinytune_gpu::{Encoder, Gpu, GpuBuffer};
 
+use crate::f32_bytes;
 use crate::{LlamaConfig, ModelError};
 
 /// PEFT's reparameterisation of the prefix (`prefix_projection=True`): the trainable parameters
@@ -67,7 +68,7 @@ impl PrefixGpu {
             n_layers: config.num_hidden_layers,
             kvd: config.num_key_value_heads * config.head_dim,
             kv: gpu.upload("prefix.kv", kv)?,
-            grad: gpu.alloc("prefix.kv.grad", (p * row * 4) as u64)?,
+            grad: gpu.alloc("prefix.kv.grad", f32_bytes(&[p, row]))?,
             projection: None,
         })
     }
@@ -96,9 +97,9 @@ impl PrefixGpu {
             t,
             e,
             params: gpu.upload("prefix.projection", params)?,
-            grads: gpu.alloc("prefix.projection.grad", (len * 4) as u64)?,
-            h: gpu.alloc("prefix.projection.h", (p * e * 4) as u64)?,
-            dpre: gpu.alloc("prefix.projection.dpre", (p * e * 4) as u64)?,
+            grads: gpu.alloc("prefix.projection.grad", f32_bytes(&[len]))?,
+            h: gpu.alloc("prefix.projection.h", f32_bytes(&[p, e]))?,
+            dpre: gpu.alloc("prefix.projection.dpre", f32_bytes(&[p, e]))?,
         });
         let mut enc = gpu.encoder();
         pf.refresh(&mut enc)?;

@@ -5,6 +5,7 @@
 
 use tinytune_gpu::{Encoder, Gpu, GpuBuffer};
 
+use crate::f32_bytes;
 use crate::ModelError;
 
 /// Virtual token embeddings and their gradient.
@@ -34,8 +35,8 @@ impl PromptGpu {
             p,
             c,
             emb: gpu.upload("prompt_embeddings", emb)?,
-            grad: gpu.alloc("prompt_embeddings.grad", (p * c * 4) as u64)?,
-            scratch: gpu.alloc("prompt_embeddings.scratch", (p * c * 4) as u64)?,
+            grad: gpu.alloc("prompt_embeddings.grad", f32_bytes(&[p, c]))?,
+            scratch: gpu.alloc("prompt_embeddings.scratch", f32_bytes(&[p, c]))?,
         })
     }
 

@@ -440,12 +440,20 @@ impl Dataset {
     }
 }
 
+/// A JSON error in one `.jsonl` record: the position within the line as a column (serde_json
+/// counts lines within the string it parsed, always line 1 here, which reads like the file's).
+fn json_line_err(e: serde_json::Error) -> String {
+    let msg = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let what = msg.strip_suffix(&suffix).unwrap_or(&msg);
+    format!("invalid JSON at column {}: {what}", e.column())
+}
+
 fn jsonl_record<T: Tokenize + ?Sized>(
     tok: &T,
     line: &str,
 ) -> std::result::Result<(Vec<u32>, Vec<i32>), String> {
-    let v: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(line).map_err(json_line_err)?;
     let obj = v
         .as_object()
         .ok_or_else(|| format!("expected a JSON object, got {}", json_kind(&v)))?;
@@ -542,8 +550,7 @@ fn jsonl_record<T: Tokenize + ?Sized>(
         .chat_template()
         .ok_or("\"messages\" record but the tokenizer has no chat template")?;
     // Re-parse into template values so object key order is kept (as Python dicts keep it).
-    let raw: minijinja::Value =
-        serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let raw: minijinja::Value = serde_json::from_str(line).map_err(json_line_err)?;
     let messages: Vec<minijinja::Value> = raw
         .get_attr("messages")
         .and_then(|m| m.try_iter().map(|it| it.collect()))

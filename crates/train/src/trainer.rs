@@ -14,7 +14,7 @@
 use tinytune_gpu::ops::optim::{self, AdamW};
 use tinytune_gpu::{Gpu, GpuBuffer};
 use tinytune_model::llama::LoraDropout;
-use tinytune_model::{LlamaModel, LoraGpu, PrefixGpu, PromptGpu, Workspace};
+use tinytune_model::{f32_bytes, LlamaModel, LoraGpu, PrefixGpu, PromptGpu, Workspace};
 use tinytune_reference::llama::{prompt_targets, shift_labels, Lora};
 
 use crate::adapters::AdapterGpu;
@@ -663,14 +663,14 @@ impl<'g> Trainer<'g> {
             // Prompt learning updates the virtual tokens' buffers in place.
             params: match &soft {
                 Some(s) => s.params_grads().0.clone(),
-                None => gpu.alloc("lora.params", (n * 4) as u64)?,
+                None => gpu.alloc("lora.params", f32_bytes(&[n]))?,
             },
             grads: match &soft {
                 Some(s) => s.params_grads().1.clone(),
-                None => gpu.alloc("lora.grads", (n * 4) as u64)?,
+                None => gpu.alloc("lora.grads", f32_bytes(&[n]))?,
             },
-            m: gpu.alloc("adam.exp_avg", (n * 4) as u64)?,
-            v: gpu.alloc("adam.exp_avg_sq", (n * 4) as u64)?,
+            m: gpu.alloc("adam.exp_avg", f32_bytes(&[n]))?,
+            v: gpu.alloc("adam.exp_avg_sq", f32_bytes(&[n]))?,
             norm: gpu.alloc("grad_norm", 4)?,
         };
         let mut enc = gpu.encoder();
