@@ -127,15 +127,18 @@ function nativeLosses(options = OPTIONS) {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "tinytune-native-"));
   fs.writeFileSync(path.join(tmp, "data.jsonl"), DATA + "\n");
   const args = ["train", "--model", modelDir, "--data", path.join(tmp, "data.jsonl"), "--output-dir", path.join(tmp, "out"), "--log-steps"];
-  for (const [k, v] of Object.entries(options)) args.push(`--${k.replaceAll("_", "-")}`, String(v));
+  for (const [k, v] of Object.entries(options)) {
+    const flag = `--${k.replaceAll("_", "-")}`;
+    if (v === true) args.push(flag);
+    else if (v !== false) args.push(flag, String(v));
+  }
   const r = spawnSync(bin, args, {
     encoding: "utf8",
     env: { ...process.env, WGPU_BACKEND: process.env.WGPU_BACKEND || "vulkan", XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || "/tmp" },
   });
-  if (r.status !== 0) {
-    log(`native ${bin} failed (${r.status}); skipping the native comparison:\n${r.stderr}`);
-    return null;
-  }
+  // A binary that exists must run the same options (rebuild a stale one: cargo build -p tinytune-cli).
+  check(r.status === 0, `native ${path.relative(root, bin)} ${args.slice(7).join(" ")} failed (${r.status}):\n${r.stderr}`);
+  if (r.status !== 0) return null;
   const lines = fs.readFileSync(path.join(tmp, "out/metrics.jsonl"), "utf8").trim().split("\n");
   fs.rmSync(tmp, { recursive: true, force: true });
   return { bin, losses: lines.map((l) => JSON.parse(l).loss) };
@@ -295,18 +298,28 @@ if (want("train")) {
 
     // Prompt and prefix tuning through the form's peft selector: 3 steps each, then generation
     // with the trained virtual tokens, and the native CLI's losses on the same run.
-    for (const peft of ["prompt-tuning", "prefix-tuning"]) {
-      const PT = { ...OPTIONS, peft, num_virtual_tokens: 4, num_steps: 3 };
+    const variants = [
+      { peft: "prompt-tuning" },
+      { peft: "prefix-tuning" },
+      { peft: "prefix-tuning", prefix_tuning_init: "text", prefix_tuning_init_text: "Arr" },
+      { peft: "prefix-tuning", prefix_projection: true },
+    ];
+    for (const variant of variants) {
+      const peft = variant.peft;
+      const PT = { ...OPTIONS, ...variant, num_virtual_tokens: 4, num_steps: 3 };
       await page.selectOption("#peft", peft);
       await page.fill("#num_virtual_tokens", "4");
       await page.fill("#num_steps", "3");
+      await page.selectOption("#prefix_tuning_init", variant.prefix_tuning_init || "random");
+      await page.fill("#prefix_tuning_init_text", variant.prefix_tuning_init_text || "");
+      await page.selectOption("#prefix_projection", String(!!variant.prefix_projection));
       await page.click("#train");
       await page.waitForFunction(() => (window.tinytune.state.summary && !window.tinytune.state.training) || document.querySelector("#train-status.error"));
       const pt = await page.evaluate(() => window.tinytune.state);
       check(pt.summary && pt.summary.peft === peft && pt.summary.steps === 3, `${peft}: ${await page.textContent("#train-status")}`);
       // Prompt tuning: 4 embeddings of the hidden size; prefix tuning: 4 key and value rows per layer.
       if (peft === "prompt-tuning") assert.equal(pt.summary.n_params, 4 * model.hidden_size);
-      else check(pt.summary.n_params > 0 && pt.summary.n_params % (4 * 2 * model.layers) === 0, `prefix parameters: ${pt.summary.n_params}`);
+      else if (!variant.prefix_projection) check(pt.summary.n_params > 0 && pt.summary.n_params % (4 * 2 * model.layers) === 0, `prefix parameters: ${pt.summary.n_params}`);
       const ptLosses = pt.steps.map((m) => m.loss);
       check(ptLosses[2] < ptLosses[0], `${peft}: the loss did not fall: ${ptLosses}`);
       await page.evaluate(() => (window.tinytune.state.lastGenerate = null));
@@ -314,11 +327,12 @@ if (want("train")) {
       await page.waitForFunction(() => window.tinytune.state.lastGenerate || document.querySelector("#gen-status.error"));
       const ptGen = await page.evaluate(() => window.tinytune.state.lastGenerate);
       check(ptGen && ptGen.adapted && ptGen.adapted.adapter, `${peft} generate: ${await page.textContent("#gen-status")}`);
-      log(`${peft}: losses ${ptLosses.map((l) => l.toFixed(4)).join(" ")}; adapted ${JSON.stringify(ptGen.adapted.text)}`);
+      const tag = `${peft}${variant.prefix_tuning_init ? " (text init)" : ""}${variant.prefix_projection ? " (projection)" : ""}`;
+      log(`${tag}: losses ${ptLosses.map((l) => l.toFixed(4)).join(" ")}; adapted ${JSON.stringify(ptGen.adapted.text)}`);
       const ptNative = nativeLosses(PT);
       if (ptNative) {
         const d = Math.max(...ptLosses.map((l, i) => Math.abs(l - ptNative.losses[i])));
-        log(`${peft} native: ${ptNative.losses.map((l) => l.toFixed(4)).join(" ")}; max diff ${d.toExponential(2)}`);
+        log(`${tag} native: ${ptNative.losses.map((l) => l.toFixed(4)).join(" ")}; max diff ${d.toExponential(2)}`);
         check(d <= 1e-4, `${peft}: browser and native losses differ: ${ptLosses} vs ${ptNative.losses}`);
       }
     }
