@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tinytune_gpu::{Gpu, GpuOptions};
-use tinytune_model::{LlamaModel, ModelSource};
+use tinytune_model::{LlamaModel, ModelSource, PrefixGpu};
 use tinytune_train::data::{DataConfig, EvalSplit, Stop, TextSplit};
 use tinytune_train::metrics::MetricsWriter;
 use tinytune_train::{
@@ -445,16 +445,21 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         format!(
             "{} prompt-tuning parameters ({} virtual tokens)",
             trainer.n_params(),
-            trainer.n_params() / model.config.hidden_size
+            trainer.virtual_tokens()
         )
     } else if trainer.method() == PeftMethod::PrefixTuning {
         let cfg = &model.config;
-        let per_token = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim;
+        let p = trainer.virtual_tokens();
+        let projected = trainer.n_params() != p * PrefixGpu::row_len(cfg);
         format!(
-            "{} prefix-tuning parameters ({} virtual tokens x {} layers x key+value)",
+            "{} prefix-tuning parameters ({p} virtual tokens x {} layers x key+value{})",
             trainer.n_params(),
-            trainer.n_params() / per_token,
-            cfg.num_hidden_layers
+            cfg.num_hidden_layers,
+            if projected {
+                ", through the projection MLP"
+            } else {
+                ""
+            }
         )
     } else {
         format!(

@@ -798,6 +798,15 @@ impl<'g> Trainer<'g> {
             .map_or(self.lora.n_params, Soft::n_params)
     }
 
+    /// Virtual tokens of a prompt- or prefix-tuning run (0 for LoRA).
+    pub fn virtual_tokens(&self) -> usize {
+        match &self.soft {
+            None => 0,
+            Some(Soft::Prompt(pg, _)) => pg.p,
+            Some(Soft::Prefix(pf, _)) => pf.p,
+        }
+    }
+
     /// The PEFT method this run trains.
     pub fn method(&self) -> PeftMethod {
         match &self.soft {
