@@ -35,6 +35,7 @@ const state = {
   lastGenerate: null,
   hasAdapter: false,
   loadProgress: [], // LoadProgress events of the last loadModel
+  downloadProgress: [], // download events of the last model URL
   saved: { model: null, run: null }, // what the worker found in OPFS
   checkpoints: [], // {step, total_steps} of the checkpoints saved during the current run
   memory: null, // info().memory: {live_bytes, peak_bytes} of tinytune's GPU buffers
@@ -83,6 +84,7 @@ function setBusy(busy) {
   busy = busy || !!state.gpuFailed;
   const has = !!state.model;
   $("load").disabled = busy || !state.ready || !pickedModelFiles().length;
+  $("load-url").disabled = busy || !state.ready || !$("model-url").value.trim();
   $("train").disabled = busy || !has;
   $("stop").disabled = !state.training;
   $("generate").disabled = busy || !has;
@@ -199,6 +201,11 @@ $("load").onclick = () => {
     call("loadModel", { files, quant: $("quant").value, cache }),
   );
 };
+$("model-url").oninput = () => setBusy(false);
+$("load-url").onclick = () => {
+  const url = $("model-url").value.trim();
+  return loadModel(`downloading ${url}…`, () => call("loadModelUrl", { url, quant: $("quant").value }));
+};
 $("use-cached").onclick = () =>
   loadModel("loading the cached model…", () => call("loadCachedModel", { quant: $("quant").value }));
 
@@ -206,6 +213,7 @@ async function loadModel(what, load) {
   $("model-info").textContent = what;
   $("model-info").classList.remove("error");
   state.loadProgress = [];
+  state.downloadProgress = [];
   showLoadProgress(null);
   setBusy(true);
   let ok = false;
@@ -240,7 +248,8 @@ async function loadModel(what, load) {
 }
 
 listeners.progress.push(({ progress }) => {
-  state.loadProgress.push(progress);
+  if (progress.phase === "download") state.downloadProgress.push(progress);
+  else state.loadProgress.push(progress);
   showLoadProgress(progress);
 });
 
@@ -248,6 +257,14 @@ function showLoadProgress(p, done = false) {
   const bar = $("load-progress");
   bar.hidden = done;
   if (done) return;
+  if (p && p.phase === "download") {
+    bar.max = p.total_bytes || 1;
+    bar.value = p.total_bytes ? p.bytes : 0;
+    $("model-info").textContent = `downloading ${p.file} (file ${p.files_done + 1} of ${p.files}): ${fmtBytes(p.bytes)}${
+      p.total_bytes ? ` of ${fmtBytes(p.total_bytes)}` : ""
+    } into this browser's storage`;
+    return;
+  }
   bar.max = p && p.total_tensors ? p.total_tensors : 1;
   bar.value = p ? p.loaded_tensors : 0;
   if (p) {

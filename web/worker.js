@@ -126,6 +126,72 @@ async function cacheModel(picked, quant) {
   return openCached(m);
 }
 
+/** The files of a model URL: a `.gguf`, or a Hugging Face folder (a `.../resolve/<rev>/` URL, or
+ * `https://huggingface.co/ORG/NAME`, read as its main branch): config.json, the safetensors (one
+ * file, or the shards its index names), tokenizer.json, tokenizer_config.json, chat_template.jinja. */
+async function urlFiles(url) {
+  let u;
+  try {
+    u = new URL(url, self.location.href);
+  } catch (_) {
+    throw new Error(`${url}: not a URL`);
+  }
+  if (/\.gguf$/i.test(u.pathname)) return [{ name: baseName(u.pathname), url: u.href, required: true }];
+  const hf = u.hostname === "huggingface.co" && /^\/[^/]+\/[^/]+\/?$/.test(u.pathname);
+  const dir = hf ? `${u.origin}${u.pathname.replace(/\/?$/, "")}/resolve/main/` : u.href.replace(/\/?$/, "/");
+  const head = async (name) => {
+    const r = await fetch(dir + name, { method: "HEAD" }).catch(() => null);
+    return r && r.ok;
+  };
+  if (!(await head("config.json"))) {
+    throw new Error(`${url}: neither a .gguf nor a model folder with a config.json (${dir}config.json is not there)`);
+  }
+  const out = [{ name: "config.json", url: dir + "config.json", required: true }];
+  const index = await fetch(dir + "model.safetensors.index.json").catch(() => null);
+  if (index && index.ok) {
+    const shards = [...new Set(Object.values((await index.json()).weight_map || {}))];
+    for (const s of shards) out.push({ name: s, url: dir + s, required: true });
+  } else out.push({ name: "model.safetensors", url: dir + "model.safetensors", required: true });
+  for (const n of ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]) {
+    if (await head(n)) out.push({ name: n, url: dir + n, required: false });
+  }
+  return out;
+}
+
+/** Downloads a model URL's files into OPFS (streamed, with progress) as the cached model and
+ * returns them as OPFS Files: they are then read tensor by tensor like picked files. */
+async function downloadModel(url, quant) {
+  const list = await urlFiles(url);
+  const root = await opfsDir("tinytune");
+  await removeEntry(root, "model");
+  const d = await opfsDir("tinytune/model");
+  const files = [];
+  let done = 0;
+  for (const f of list) {
+    const r = await fetch(f.url).catch((e) => {
+      throw new Error(`${f.url}: ${e.message}`);
+    });
+    if (!r.ok) throw new Error(`${f.url}: HTTP ${r.status} ${r.statusText}`);
+    const total = Number(r.headers.get("content-length")) || 0;
+    let bytes = 0;
+    const count = new TransformStream({
+      transform(chunk, ctl) {
+        bytes += chunk.byteLength;
+        postMessage({ event: "progress", progress: { phase: "download", file: f.name, files_done: done, files: list.length, bytes, total_bytes: total } });
+        ctl.enqueue(chunk);
+      },
+    });
+    const w = await (await d.getFileHandle(f.name, { create: true })).createWritable();
+    await r.body.pipeThrough(count).pipeTo(w);
+    files.push({ name: f.name, size: bytes });
+    done += 1;
+  }
+  const keys = list.map((f) => f.name);
+  const m = { keys, files, quant, name: /\.gguf$/i.test(keys[0]) ? keys[0] : baseName(url.replace(/\/(resolve\/[^/]+\/?)?$/, "")) || modelName(keys), url };
+  await writeFile(d, "model.json", JSON.stringify(m));
+  return openCached(m);
+}
+
 async function openCached(m) {
   const d = await opfsDir("tinytune/model");
   const out = {};
@@ -228,6 +294,17 @@ const commands = {
   init: () => open(),
   info: () => tt.info(),
   loadModel: ({ files: f, quant, cache }) => loadModel(f, quant, cache),
+  loadModelUrl: async ({ url, quant }) => {
+    const f = await downloadModel(url, quant);
+    let info;
+    try {
+      info = await tt.loadModel(files(f), quant || "nf4", (progress) => postMessage({ event: "progress", progress }));
+    } catch (e) {
+      await removeEntry(await opfsDir("tinytune"), "model");
+      throw e;
+    }
+    return { ...info, cached: true };
+  },
   loadCachedModel: async ({ quant }) => {
     const m = await cachedModel();
     if (!m) throw new Error("no cached model (or its files are incomplete): pick the files again");

@@ -545,6 +545,31 @@ if (want("errors")) {
     await page.click("#generate");
     await page.waitForFunction(() => window.tinytune.state.lastGenerate || document.querySelector("#gen-status.error"));
     check(await page.evaluate(() => window.tinytune.state.lastGenerate), `generate after a failed load: ${await page.textContent("#gen-status")}`);
+    // Model URLs: a .gguf and a Hugging Face folder (sharded, with its index) are downloaded into
+    // OPFS with progress and loaded from there; a URL that is neither is one message.
+    const loadUrl = async (url) => {
+      await page.evaluate(() => (window.tinytune.state.model = null));
+      await page.fill("#model-url", url);
+      await page.click("#load-url");
+      await page.waitForFunction(() => window.tinytune.state.model || document.querySelector("#model-info.error"));
+      return { text: await page.textContent("#model-info"), error: await page.isVisible("#model-info.error"), model: await page.evaluate(() => window.tinytune.state.model) };
+    };
+    r = await loadUrl(`${base}tests/fixtures/model/llama.gguf`);
+    check(!r.error && r.model && r.model.name === "llama.gguf" && r.model.cached, `the .gguf URL: ${r.text}`);
+    let dl = await page.evaluate(() => window.tinytune.state.downloadProgress);
+    check(dl.length > 0 && dl[dl.length - 1].bytes === gguf.length, `download progress of the .gguf: ${JSON.stringify(dl[dl.length - 1])}`);
+    assert.equal(r.model.file_bytes, gguf.length);
+    const hfBytes = fs.readdirSync(modelDir).filter((f) => f !== "model.safetensors.index.json").reduce((n, f) => n + fs.statSync(path.join(modelDir, f)).size, 0);
+    r = await loadUrl(`${base}tests/fixtures/model/llama_hf`);
+    check(!r.error && r.model && r.model.layers === 2 && r.model.chat_template, `the folder URL: ${r.text}`);
+    dl = await page.evaluate(() => window.tinytune.state.downloadProgress);
+    assert.equal(r.model.file_bytes, hfBytes, "the folder's files (shards, config, tokenizer) were downloaded");
+    check(new Set(dl.map((p) => p.file)).size >= 4, `files downloaded: ${[...new Set(dl.map((p) => p.file))]}`);
+    check(/Use cached model/.test(await page.textContent("#use-cached")), "the downloaded model is offered from the cache");
+    log(`model URLs: llama.gguf (${gguf.length} B) and llama_hf/ (${new Set(dl.map((p) => p.file)).size} files, ${hfBytes} B) downloaded into OPFS and loaded`);
+    r = await loadUrl(`${base}tests/fixtures/model/no-such-model/`);
+    check(r.error, `a URL without a model loaded: ${r.text}`);
+    oneMessage(r.text, "config.json", "a URL without a model");
     await page.screenshot({ path: path.join(artifacts, "errors.png"), fullPage: true });
     // A failed device (shown as the page would once info() has a gpu_error; a real loss is not
     // provoked): one banner with the message, every GPU button off, Reload reopens a working page.
