@@ -6,9 +6,9 @@
 // {event: "step", metrics} during training and {event: "token", tag, piece} during generation. {cmd: "stop"} needs no id and no reply.
 
 let tt = null;
+let mod = null; // the wasm module (its static functions, e.g. Tinytune.modelUrlFiles)
 
 async function open() {
-  let mod;
   try {
     mod = await import("./pkg/tinytune_wasm.js");
   } catch (e) {
@@ -126,42 +126,11 @@ async function cacheModel(picked, quant) {
   return openCached(m);
 }
 
-/** The files of a model URL: a `.gguf`, or a Hugging Face folder (a `.../resolve/<rev>/` URL, or
- * `https://huggingface.co/ORG/NAME`, read as its main branch): config.json, the safetensors (one
- * file, or the shards its index names), tokenizer.json, tokenizer_config.json, chat_template.jinja. */
-async function urlFiles(url) {
-  let u;
-  try {
-    u = new URL(url, self.location.href);
-  } catch (_) {
-    throw new Error(`${url}: not a URL`);
-  }
-  if (/\.gguf$/i.test(u.pathname)) return [{ name: baseName(u.pathname), url: u.href, required: true }];
-  const hf = u.hostname === "huggingface.co" && /^\/[^/]+\/[^/]+\/?$/.test(u.pathname);
-  const dir = hf ? `${u.origin}${u.pathname.replace(/\/?$/, "")}/resolve/main/` : u.href.replace(/\/?$/, "/");
-  const head = async (name) => {
-    const r = await fetch(dir + name, { method: "HEAD" }).catch(() => null);
-    return r && r.ok;
-  };
-  if (!(await head("config.json"))) {
-    throw new Error(`${url}: neither a .gguf nor a model folder with a config.json (${dir}config.json is not there)`);
-  }
-  const out = [{ name: "config.json", url: dir + "config.json", required: true }];
-  const index = await fetch(dir + "model.safetensors.index.json").catch(() => null);
-  if (index && index.ok) {
-    const shards = [...new Set(Object.values((await index.json()).weight_map || {}))];
-    for (const s of shards) out.push({ name: s, url: dir + s, required: true });
-  } else out.push({ name: "model.safetensors", url: dir + "model.safetensors", required: true });
-  for (const n of ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]) {
-    if (await head(n)) out.push({ name: n, url: dir + n, required: false });
-  }
-  return out;
-}
-
 /** Downloads a model URL's files into OPFS (streamed, with progress) as the cached model and
  * returns them as OPFS Files: they are then read tensor by tensor like picked files. */
 async function downloadModel(url, quant) {
-  const list = await urlFiles(url);
+  // The file list comes from the module (Tinytune.modelUrlFiles), as tt.loadModel(url) uses it.
+  const list = await mod.Tinytune.modelUrlFiles(url);
   const root = await opfsDir("tinytune");
   await removeEntry(root, "model");
   const d = await opfsDir("tinytune/model");

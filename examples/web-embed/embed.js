@@ -12,9 +12,8 @@ try {
   const tt = await Tinytune.create(); // rejects with a clear message without WebGPU
   log(`WebGPU adapter: ${tt.info().adapter.backend}`);
 
-  // Any File / Blob / Uint8Array works: a picked file, a fetched one, one from OPFS.
-  const gguf = await (await fetch("../../tests/fixtures/model/llama.gguf")).blob();
-  const model = await tt.loadModel({ "llama.gguf": gguf }, "nf4");
+  // A URL (a .gguf, or a Hugging Face folder), or {name: File | Blob | Uint8Array}.
+  const model = await tt.loadModel("../../tests/fixtures/model/llama.gguf", "nf4");
   log(`model: ${model.model_type}, ${model.layers} layers, vocab ${model.vocab_size}`);
 
   // Plain text (.txt) split into seq_len windows; options are `tinytune train`'s flags.

@@ -231,6 +231,105 @@ fn clock() -> Clock {
     }
 }
 
+/// `fetch(url, {method})` on the global scope (a page or a worker): the `Response`.
+async fn fetch(url: &str, method: &str) -> Result<JsValue, JsValue> {
+    let f = global_get("fetch")
+        .dyn_into::<Function>()
+        .map_err(|_| err("this context has no fetch()"))?;
+    let init = Object::new();
+    Reflect::set(&init, &"method".into(), &method.into())?;
+    let p: Promise = f
+        .call2(&JsValue::NULL, &url.into(), &init)?
+        .dyn_into()
+        .map_err(|_| err("fetch() did not return a Promise"))?;
+    JsFuture::from(p)
+        .await
+        .map_err(|e| err(format!("{url}: {}", js_message(&e))))
+}
+
+/// Calls a `Response`'s promise-returning method (`blob`, `json`).
+async fn response_call(resp: &JsValue, method: &str) -> Result<JsValue, JsValue> {
+    let f: Function = Reflect::get(resp, &method.into())?
+        .dyn_into()
+        .map_err(|_| err(format!("Response has no {method}()")))?;
+    let p: Promise = f
+        .call0(resp)?
+        .dyn_into()
+        .map_err(|_| err(format!("Response.{method}() did not return a Promise")))?;
+    JsFuture::from(p).await
+}
+
+fn response_ok(resp: &JsValue) -> bool {
+    Reflect::get(resp, &"ok".into())
+        .ok()
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false)
+}
+
+/// The files of a model URL, `(name, url)`: a `.gguf` (by its path), or a Hugging Face folder: a
+/// folder URL holding `config.json` (`https://huggingface.co/ORG/NAME` means its `resolve/main/`),
+/// its safetensors (the shards `model.safetensors.index.json` names, else `model.safetensors`) and
+/// whichever of `tokenizer.json`, `tokenizer_config.json`, `chat_template.jinja` it has.
+async fn model_url_files(url: &str) -> Result<Vec<(String, String)>, JsValue> {
+    let bare = url.split(['?', '#']).next().unwrap_or(url);
+    if bare.to_ascii_lowercase().ends_with(".gguf") {
+        let name = bare.rsplit('/').next().unwrap_or("model.gguf").to_string();
+        return Ok(vec![(name, url.to_string())]);
+    }
+    let trimmed = bare.trim_end_matches('/');
+    let hf_repo = trimmed
+        .strip_prefix("https://huggingface.co/")
+        .is_some_and(|rest| rest.split('/').count() == 2);
+    let dir = if hf_repo {
+        format!("{trimmed}/resolve/main/")
+    } else {
+        format!("{trimmed}/")
+    };
+    let exists = |name: &'static str| {
+        let u = format!("{dir}{name}");
+        async move { fetch(&u, "HEAD").await.is_ok_and(|r| response_ok(&r)) }
+    };
+    if !exists("config.json").await {
+        return Err(err(format!(
+            "{url}: neither a .gguf nor a model folder with a config.json ({dir}config.json is not there)"
+        )));
+    }
+    let mut out = vec![("config.json".to_string(), format!("{dir}config.json"))];
+    let index = fetch(&format!("{dir}model.safetensors.index.json"), "GET").await;
+    match index {
+        Ok(r) if response_ok(&r) => {
+            let v = response_call(&r, "json").await?;
+            let map = Reflect::get(&v, &"weight_map".into())?;
+            let mut shards: Vec<String> = Object::values(&map.unchecked_into::<Object>())
+                .iter()
+                .filter_map(|s: JsValue| s.as_string())
+                .collect();
+            shards.sort();
+            shards.dedup();
+            if shards.is_empty() {
+                return Err(err(format!(
+                    "{dir}model.safetensors.index.json: no weight_map"
+                )));
+            }
+            out.extend(shards.into_iter().map(|s| (s.clone(), format!("{dir}{s}"))));
+        }
+        _ => out.push((
+            "model.safetensors".to_string(),
+            format!("{dir}model.safetensors"),
+        )),
+    }
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
+        if exists(name).await {
+            out.push((name.to_string(), format!("{dir}{name}")));
+        }
+    }
+    Ok(out)
+}
+
 /// Lets the event loop run (messages such as a stop request, UI updates) between steps.
 async fn yield_now() {
     let set_timeout = global_get("setTimeout").dyn_into::<Function>();
@@ -308,7 +407,7 @@ async fn blob_source(blob: JsBlob, name: &str) -> Result<Box<dyn ByteSource>, Js
     Ok(Box::new(MemBytes::new(bytes, name)))
 }
 
-#[cfg(target_arch = "wasm32")]
+/// The message of a thrown JS value.
 fn js_message(e: &JsValue) -> String {
     e.dyn_ref::<js_sys::Error>()
         .map(|e| String::from(e.message()))
@@ -470,6 +569,24 @@ pub struct Tinytune {
 
 #[wasm_bindgen]
 impl Tinytune {
+    /// The files a model URL stands for, `[{name, url}]`: a `.gguf`, or a Hugging Face folder (a
+    /// folder URL holding `config.json`; `https://huggingface.co/ORG/NAME` means its
+    /// `resolve/main/`) with its safetensors (the shards its index names) and tokenizer files.
+    /// Rejects with a message when the URL is neither.
+    #[wasm_bindgen(js_name = modelUrlFiles, unchecked_return_type = "Promise<{ name: string; url: string }[]>")]
+    pub fn model_url_files(url: String) -> Promise {
+        future_to_promise(async move {
+            let out = Array::new();
+            for (name, u) in model_url_files(&url).await? {
+                let o = Object::new();
+                Reflect::set(&o, &"name".into(), &name.into())?;
+                Reflect::set(&o, &"url".into(), &u.into())?;
+                out.push(&o);
+            }
+            Ok(out.into())
+        })
+    }
+
     /// Opens WebGPU (the adapter's own maximum limits, as the native runtime does). Rejects with a
     /// message saying so when the browser has no WebGPU or no adapter.
     pub async fn create() -> Result<Tinytune, JsError> {
@@ -549,14 +666,16 @@ impl Tinytune {
 
     /// Loads a model from picked files, `{name: File | Blob | Uint8Array}`: one `.gguf`, or a
     /// Hugging Face folder's `config.json`, `*.safetensors`, `tokenizer.json` and
-    /// `tokenizer_config.json`. `quant` is `"nf4"` (QLoRA, default) or `"none"` (f32 base).
+    /// `tokenizer_config.json`; or from a URL string (see [`Tinytune::model_url_files`]; each file
+    /// is fetched as a `Blob`, which the browser keeps outside the JS heap and wasm memory). `quant`
+    /// is `"nf4"` (QLoRA, default) or `"none"` (f32 base).
     /// Replaces any model and adapter. In a worker, `File`s / `Blob`s are read tensor by tensor
     /// (`FileReaderSync`): the file is never whole in memory. `onProgress` gets
     /// [`LoadProgress`] after the headers and after each tensor.
     #[wasm_bindgen(js_name = loadModel, unchecked_return_type = "Promise<ModelInfo>")]
     pub fn load_model(
         &self,
-        #[wasm_bindgen(unchecked_param_type = "ModelFiles")] files: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "ModelFiles | string")] files: JsValue,
         quant: Option<String>,
         #[wasm_bindgen(js_name = onProgress, unchecked_param_type = "((progress: LoadProgress) => void) | null | undefined")]
         on_progress: Option<Function>,
@@ -571,6 +690,24 @@ impl Tinytune {
             };
             let t0 = (clock())();
             let counter = Arc::new(reader::LoadCounter::default());
+            let files = match files.as_string() {
+                Some(url) => {
+                    let obj = Object::new();
+                    for (name, u) in model_url_files(&url).await? {
+                        let r = fetch(&u, "GET").await?;
+                        if !response_ok(&r) {
+                            let status = Reflect::get(&r, &"status".into())?;
+                            return Err(err(format!(
+                                "{u}: HTTP {}",
+                                status.as_f64().unwrap_or(0.0)
+                            )));
+                        }
+                        Reflect::set(&obj, &name.into(), &response_call(&r, "blob").await?)?;
+                    }
+                    obj.into()
+                }
+                None => files,
+            };
             let (files, total_bytes) = named_files(&files, &counter).await?;
             let names: Vec<(String, bool)> = files
                 .iter()
