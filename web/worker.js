@@ -111,9 +111,7 @@ async function cachedModel() {
 
 /** Copies picked files into OPFS (streamed) and returns them as OPFS Files, under the same keys. */
 async function cacheModel(picked, quant) {
-  const root = await opfsDir("tinytune");
-  await removeEntry(root, "model");
-  const d = await opfsDir("tinytune/model");
+  const d = await newCacheDir();
   const keys = Object.keys(picked);
   const files = [];
   for (const k of keys) {
@@ -121,7 +119,17 @@ async function cacheModel(picked, quant) {
     await writeFile(d, baseName(k), v);
     files.push({ name: baseName(k), size: v instanceof Blob ? v.size : v.byteLength });
   }
-  const m = { keys, files, quant, name: modelName(keys) };
+  return finishCache(d, { keys, files, quant, name: modelName(keys) });
+}
+
+/** An empty tinytune/model/ (the previous cached model removed). */
+async function newCacheDir() {
+  await removeEntry(await opfsDir("tinytune"), "model");
+  return opfsDir("tinytune/model");
+}
+
+/** Writes the cached model's model.json (after its files) and returns the files as OPFS Files. */
+async function finishCache(d, m) {
   await writeFile(d, "model.json", JSON.stringify(m));
   return openCached(m);
 }
@@ -131,9 +139,7 @@ async function cacheModel(picked, quant) {
 async function downloadModel(url, quant) {
   // The file list comes from the module (Tinytune.modelUrlFiles), as tt.loadModel(url) uses it.
   const list = await mod.Tinytune.modelUrlFiles(url);
-  const root = await opfsDir("tinytune");
-  await removeEntry(root, "model");
-  const d = await opfsDir("tinytune/model");
+  const d = await newCacheDir();
   const files = [];
   let done = 0;
   for (const f of list) {
@@ -156,9 +162,8 @@ async function downloadModel(url, quant) {
     done += 1;
   }
   const keys = list.map((f) => f.name);
-  const m = { keys, files, quant, name: /\.gguf$/i.test(keys[0]) ? keys[0] : baseName(url.replace(/\/(resolve\/[^/]+\/?)?$/, "")) || modelName(keys), url };
-  await writeFile(d, "model.json", JSON.stringify(m));
-  return openCached(m);
+  const name = /\.gguf$/i.test(keys[0]) ? keys[0] : baseName(url.replace(/\/(resolve\/[^/]+\/?)?$/, "")) || modelName(keys);
+  return finishCache(d, { keys, files, quant, name, url });
 }
 
 async function openCached(m) {
@@ -176,17 +181,17 @@ function modelName(keys) {
   return `Hugging Face model (${keys.length} files)`;
 }
 
-async function loadModel(picked, quant, cache) {
-  const f = cache ? await cacheModel(picked, quant) : picked;
+/** Loads model files; `cached`: they are the OPFS copy, removed if they do not load. */
+async function loadModel(f, quant, cached) {
   let info;
   try {
     info = await tt.loadModel(files(f), quant || "nf4", (progress) => postMessage({ event: "progress", progress }));
   } catch (e) {
     // A model that does not load is not offered again after a reload.
-    if (cache) await removeEntry(await opfsDir("tinytune"), "model");
+    if (cached) await removeEntry(await opfsDir("tinytune"), "model");
     throw e;
   }
-  info.cached = !!cache;
+  info.cached = !!cached;
   return info;
 }
 
@@ -262,18 +267,8 @@ async function resume() {
 const commands = {
   init: () => open(),
   info: () => tt.info(),
-  loadModel: ({ files: f, quant, cache }) => loadModel(f, quant, cache),
-  loadModelUrl: async ({ url, quant }) => {
-    const f = await downloadModel(url, quant);
-    let info;
-    try {
-      info = await tt.loadModel(files(f), quant || "nf4", (progress) => postMessage({ event: "progress", progress }));
-    } catch (e) {
-      await removeEntry(await opfsDir("tinytune"), "model");
-      throw e;
-    }
-    return { ...info, cached: true };
-  },
+  loadModel: async ({ files: f, quant, cache }) => loadModel(cache ? await cacheModel(f, quant) : f, quant, cache),
+  loadModelUrl: async ({ url, quant }) => loadModel(await downloadModel(url, quant), quant, true),
   loadCachedModel: async ({ quant }) => {
     const m = await cachedModel();
     if (!m) throw new Error("no cached model (or its files are incomplete): pick the files again");

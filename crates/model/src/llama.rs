@@ -291,6 +291,17 @@ enum Virtual<'a> {
     Prefix(&'a PrefixGpu),
 }
 
+impl<'a> Virtual<'a> {
+    /// The prompt or the prefix of `virt`, if any.
+    fn split(virt: Option<Virtual<'a>>) -> (Option<&'a PromptGpu>, Option<&'a PrefixGpu>) {
+        match virt {
+            Some(Virtual::Prompt(pr)) => (Some(pr), None),
+            Some(Virtual::Prefix(pf)) => (None, Some(pf)),
+            None => (None, None),
+        }
+    }
+}
+
 /// The LM head + cross-entropy of a training pass runs only on the rows that carry a target (for
 /// chat data most positions are prompt), gathered in chunks (the logits of all rows at once would
 /// not fit one binding for large vocabularies): the chunk's rows of the normed hidden states, their
@@ -945,14 +956,10 @@ impl LlamaModel {
         let cfg = &self.config;
         let m = self.check_batch(ws, ids.len(), b, t)?;
         let c = cfg.hidden_size;
-        let (prompt, prefix) = match virt {
-            Some(Virtual::Prompt(pr)) => (Some(pr), None),
-            Some(Virtual::Prefix(pf)) => {
-                self.check_prefix(ws, pf, b, t)?;
-                (None, Some(pf))
-            }
-            None => (None, None),
-        };
+        let (prompt, prefix) = Virtual::split(virt);
+        if let Some(pf) = prefix {
+            self.check_prefix(ws, pf, b, t)?;
+        }
         gpu.write(&ws.ids, 0, bytemuck::cast_slice(ids));
         // With prefix tuning the tokens sit after the P virtual positions.
         let p0 = prefix.map_or(0, |pf| pf.p);
@@ -1290,11 +1297,7 @@ impl LlamaModel {
         virt: Option<Virtual<'_>>,
     ) -> Result<(), ModelError> {
         let g = grads_of(ws)?;
-        let (prompt, prefix) = match virt {
-            Some(Virtual::Prompt(pr)) => (Some(pr), None),
-            Some(Virtual::Prefix(pf)) => (None, Some(pf)),
-            None => (None, None),
-        };
+        let (prompt, prefix) = Virtual::split(virt);
         if targets.len() != ids.len() {
             return Err(ModelError::Shape(format!(
                 "forward_backward: {} targets for {} ids",

@@ -111,7 +111,7 @@ impl PrefixGpu {
     /// without a projection.
     pub fn refresh(&self, enc: &mut Encoder) -> Result<(), ModelError> {
         if let Some(pr) = &self.projection {
-            let n = self.n_layers * 2 * self.kvd;
+            let n = self.row();
             nn::prefix_proj_fwd(enc, &pr.params, &pr.h, &self.kv, self.p, pr.t, pr.e, n)?;
         }
         Ok(())
@@ -121,7 +121,7 @@ impl PrefixGpu {
     /// `projection.grads` (overwritten); nothing without a projection.
     pub fn backprop_projection(&self, enc: &mut Encoder) -> Result<(), ModelError> {
         if let Some(pr) = &self.projection {
-            let n = self.n_layers * 2 * self.kvd;
+            let n = self.row();
             nn::prefix_proj_bwd(
                 enc, &pr.params, &pr.h, &self.grad, &pr.dpre, &pr.grads, self.p, pr.t, pr.e, n,
             )?;
@@ -139,7 +139,7 @@ impl PrefixGpu {
 
     /// Number of trainable parameters.
     pub fn n_trainable(&self) -> usize {
-        let n = self.n_layers * 2 * self.kvd;
+        let n = self.row();
         match &self.projection {
             Some(pr) => self.p * pr.t + pr.e * pr.t + pr.e + n * pr.e + n,
             None => self.p * n,
@@ -151,8 +151,13 @@ impl PrefixGpu {
         enc.clear(&self.grad);
     }
 
+    /// Row length `L*2*KVD` of the prefix.
+    fn row(&self) -> usize {
+        self.n_layers * 2 * self.kvd
+    }
+
     fn len(&self) -> usize {
-        self.p * self.n_layers * 2 * self.kvd
+        self.p * self.row()
     }
 
     /// Reads the prefix back.

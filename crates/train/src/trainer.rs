@@ -859,10 +859,6 @@ impl<'g> Trainer<'g> {
         if let Some(s) = &self.soft {
             s.zero_grad(&mut enc);
         }
-        // A projected prefix: this step's prefix from the parameters as they are now.
-        if let Some(Soft::Prefix(pf, _)) = &self.soft {
-            pf.refresh(&mut enc)?;
-        }
         enc.submit();
         let mut loss_sum = 0.0;
         let mut tokens = 0u64;
@@ -940,6 +936,11 @@ impl<'g> Trainer<'g> {
             clip,
         )?;
         self.lora.copy_params_from(&mut enc, &f.params)?;
+        // A projected prefix follows its parameters right where they change (the upload made
+        // the first one), so steps, evaluation and saving all see the current prefix.
+        if let Some(Soft::Prefix(pf, _)) = &self.soft {
+            pf.refresh(&mut enc)?;
+        }
         enc.submit();
         let grad_norm = gpu.read::<f32>(&f.norm).await?[0] as f64;
         let now = (self.clock)();
@@ -982,12 +983,6 @@ impl<'g> Trainer<'g> {
 
     /// Token-weighted mean loss of the current adapters over `examples`.
     pub async fn loss_on(&self, examples: &[Example]) -> Result<f64> {
-        if let Some(Soft::Prefix(pf, _)) = &self.soft {
-            // A projected prefix from the parameters as they are now.
-            let mut enc = self.gpu.encoder();
-            pf.refresh(&mut enc)?;
-            enc.submit();
-        }
         let (sum, count) = loss_sum(
             self.gpu,
             self.model,
@@ -1020,16 +1015,11 @@ impl<'g> Trainer<'g> {
     /// The current prefix-tuning adapter in PEFT's layout (prefix-tuning runs only).
     pub async fn prefix_adapter(&self) -> Result<PrefixAdapter> {
         match &self.soft {
-            Some(Soft::Prefix(pf, cfg)) => {
-                // A projection is folded in, as PEFT saves it: the prefix of the current params.
-                let mut enc = self.gpu.encoder();
-                pf.refresh(&mut enc)?;
-                enc.submit();
-                Ok(PrefixAdapter {
-                    config: cfg.clone(),
-                    prefix: pf.download(self.gpu).await?,
-                })
-            }
+            // A projection is folded in, as PEFT saves it (the prefix follows the parameters).
+            Some(Soft::Prefix(pf, cfg)) => Ok(PrefixAdapter {
+                config: cfg.clone(),
+                prefix: pf.download(self.gpu).await?,
+            }),
             _ => Err(cfg_err("this run does not train a prefix (prefix tuning)")),
         }
     }
