@@ -374,10 +374,12 @@ async function runTraining(cmd, args) {
     $("train-status").textContent = e.message;
     $("train-status").classList.add("error");
   }
-  state.training = false;
-  setBusy(false);
+  // The run is over for the page once its memory and saved-run views are current (a finished run
+  // is no longer offered for resuming).
   await refreshMemory();
   await refreshSaved();
+  state.training = false;
+  setBusy(false);
 }
 
 $("stop").onclick = () => {

@@ -390,7 +390,7 @@ if (want("resume")) {
     log(`reloaded after ${before.length} steps; offered: "${offer}"; cached: "${await page.textContent("#use-cached")}"`);
     // Resume loads the cached model (no files picked) and continues from step k.
     await page.click("#resume");
-    await page.waitForFunction(() => window.tinytune.state.summary || document.querySelector("#train-status.error") || document.querySelector("#model-info.error"));
+    await page.waitForFunction(() => (window.tinytune.state.summary && !window.tinytune.state.training) || document.querySelector("#train-status.error") || document.querySelector("#model-info.error"));
     const st = await page.evaluate(() => window.tinytune.state);
     check(st.summary, `resume failed: ${await page.textContent("#train-status")} / ${await page.textContent("#model-info")}`);
     check(st.model.cached, "the model came from the browser's cache");
