@@ -1,8 +1,9 @@
-//! Every WGSL file validates with naga, and every file under `shaders/` is in the registry.
+//! Every joined WGSL kernel validates with naga, and every file under `shaders/` is a registered
+//! kernel or a common file a registered kernel uses.
 
 use std::path::Path;
 
-use tinytune::gpu::shaders::SHADERS;
+use tinytune::gpu::shaders::{self, SHADERS};
 
 #[test]
 fn every_shader_validates_with_naga() {
@@ -63,7 +64,10 @@ fn every_shader_file_is_registered() {
         "no shaders found under {}",
         root.display()
     );
-    let missing: Vec<&String> = files
+    // A kernel file is registered; a common file is joined to at least one registered kernel.
+    let (commons, kernels): (Vec<&String>, Vec<&String>) =
+        files.iter().partition(|f| shaders::is_common(f));
+    let missing: Vec<&&String> = kernels
         .iter()
         .filter(|f| !SHADERS.iter().any(|s| s.name == f.as_str()))
         .collect();
@@ -71,10 +75,36 @@ fn every_shader_file_is_registered() {
         missing.is_empty(),
         "shaders not in tinytune_gpu::shaders::SHADERS: {missing:?}"
     );
+    let unused: Vec<&&String> = commons
+        .iter()
+        .filter(|c| !SHADERS.iter().any(|s| s.commons.contains(&c.as_str())))
+        .collect();
+    assert!(unused.is_empty(), "common files no kernel uses: {unused:?}");
     for s in SHADERS {
         assert!(
-            files.iter().any(|f| f == s.name),
+            !shaders::is_common(s.name),
+            "common file {} registered as a kernel",
+            s.name
+        );
+        assert!(
+            kernels.iter().any(|f| *f == s.name),
             "registered shader {} has no file",
+            s.name
+        );
+        for c in s.commons {
+            assert!(
+                shaders::is_common(c) && commons.iter().any(|f| f == c),
+                "{}: {c} is not a common file under shaders/",
+                s.name
+            );
+        }
+        let mut cs = s.commons.to_vec();
+        cs.sort();
+        cs.dedup();
+        assert_eq!(
+            cs.len(),
+            s.commons.len(),
+            "{}: a common file joined twice",
             s.name
         );
     }
@@ -82,6 +112,26 @@ fn every_shader_file_is_registered() {
     names.sort();
     names.dedup();
     assert_eq!(names.len(), SHADERS.len(), "a shader is registered twice");
+}
+
+#[test]
+fn common_files_hold_no_entry_point_or_binding() {
+    // Common files are helpers only: a kernel's entry points and bindings stay in the kernel file.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    for s in SHADERS {
+        for c in s.commons {
+            let text = std::fs::read_to_string(root.join(format!("{c}.wgsl"))).expect("read");
+            assert!(
+                !text.contains("@compute") && !text.contains("@binding"),
+                "{c}.wgsl declares an entry point or binding"
+            );
+            assert!(
+                s.source.contains(&text),
+                "{}: source does not include {c}.wgsl",
+                s.name
+            );
+        }
+    }
 }
 
 #[test]

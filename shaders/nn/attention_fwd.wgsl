@@ -24,6 +24,7 @@
 // Entry point `repack`: dst[r, c] = src[r, c] for c < min(DS, DD), 0 for DS <= c < DD, over rows
 // r of head vectors (zero-pads or un-pads the head dimension; with ACC, dst += instead); one
 // invocation per dst element. Also used by the backward's launcher.
+// Joined with nn/attention_common.wgsl (crates/gpu/src/shaders.rs).
 
 override ROWS: u32 = 4u;   // query rows per invocation: 1, 2 or 4
 override WG: u32 = 64u;    // invocations per workgroup
@@ -65,18 +66,6 @@ struct RepackParams {
 @group(0) @binding(0) var<uniform> rp: RepackParams;
 @group(0) @binding(1) var<storage, read> src: array<f32>;             // (rows * heads, DS)
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;       // (rows * heads, DD)
-
-// Scores of one query row chunk: (x·k0, x·k1, x·k2, x·k3).
-fn dot4(x: vec4<f32>, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(dot(x, k0), dot(x, k1), dot(x, k2), dot(x, k3));
-}
-
-// Weighted sum of 8 rows: pa.x*v0 + ... + pb.w*v7.
-fn wsum(pa: vec4<f32>, pb: vec4<f32>, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
-        v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>) -> vec4<f32> {
-    return ((pa.x * v0 + pa.y * v1) + (pa.z * v2 + pa.w * v3))
-         + ((pb.x * v4 + pb.y * v5) + (pb.z * v6 + pb.w * v7));
-}
 
 fn hmax(x: vec4<f32>) -> f32 {
     return max(max(x.x, x.y), max(x.z, x.w));
