@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use tinytune::gpu::params;
 use tinytune::gpu::shaders::{self, SHADERS};
 
 #[test]
@@ -146,4 +147,79 @@ fn every_shader_documents_its_bindings() {
             );
         }
     }
+}
+
+fn wgsl_scalar(module: &naga::Module, ty: naga::Handle<naga::Type>) -> String {
+    match module.types[ty].inner {
+        naga::TypeInner::Scalar(s) if s == naga::Scalar::U32 => "u32".into(),
+        naga::TypeInner::Scalar(s) if s == naga::Scalar::F32 => "f32".into(),
+        naga::TypeInner::Scalar(s) if s == naga::Scalar::I32 => "i32".into(),
+        ref other => format!("{other:?}"),
+    }
+}
+
+#[test]
+fn every_kernel_params_struct_matches_its_rust_mirror() {
+    // Each uniform struct a kernel binds (`Params`, or e.g. attention's `RepackParams`) has a
+    // `#[repr(C)]` Pod mirror in tinytune_gpu::params with the same fields, offsets, types and size.
+    let mut failures = Vec::new();
+    let mut used = Vec::new();
+    for s in SHADERS {
+        let module = naga::front::wgsl::parse_str(s.source).expect("parses");
+        let uniforms: Vec<_> = module
+            .global_variables
+            .iter()
+            .filter(|(_, g)| g.space == naga::AddressSpace::Uniform)
+            .collect();
+        assert!(!uniforms.is_empty(), "{} binds no uniform params", s.name);
+        for (_, g) in uniforms {
+            let ty = &module.types[g.ty];
+            let wgsl = ty.name.clone().unwrap_or_default();
+            let naga::TypeInner::Struct { members, span } = &ty.inner else {
+                failures.push(format!("{}: uniform {wgsl} is not a struct", s.name));
+                continue;
+            };
+            let Some(layout) = params::layout(s.name, &wgsl) else {
+                failures.push(format!("{}: no Rust params struct for {wgsl}", s.name));
+                continue;
+            };
+            used.push((layout.rust_name, s.name));
+            let wgsl_fields: Vec<(String, usize, String)> = members
+                .iter()
+                .map(|m| {
+                    (
+                        m.name.clone().unwrap_or_default(),
+                        m.offset as usize,
+                        wgsl_scalar(&module, m.ty),
+                    )
+                })
+                .collect();
+            let rust_fields: Vec<(String, usize, String)> = layout
+                .fields
+                .iter()
+                .map(|f| (f.name.to_string(), f.offset, f.ty.to_string()))
+                .collect();
+            if wgsl_fields != rust_fields || *span as usize != layout.size {
+                failures.push(format!(
+                    "{} {wgsl} ({span} bytes): {wgsl_fields:?}\n  != {} ({} bytes): {rust_fields:?}",
+                    s.name, layout.rust_name, layout.size
+                ));
+            }
+            if layout.size % 16 != 0 {
+                failures.push(format!("{}: {} bytes", layout.rust_name, layout.size));
+            }
+        }
+    }
+    for l in params::PARAMS {
+        for k in l.kernels {
+            if !used.contains(&(l.rust_name, *k)) {
+                failures.push(format!("{} lists {k}, which does not bind it", l.rust_name));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "params mismatches:\n{}",
+        failures.join("\n")
+    );
 }

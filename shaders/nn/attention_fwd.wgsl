@@ -40,8 +40,8 @@ struct Params {
     h: u32,        // query heads
     kvh: u32,      // key/value heads (divides h)
     scale: f32,    // score scale, usually 1/sqrt(D)
-    nqb: u32,      // ceil(tq / ROWS): query blocks per (batch, head)
-    nitems: u32,   // nqb * b * h: invocations with work
+    nblk: u32,     // ceil(tq / ROWS): query blocks per (batch, head)
+    nitems: u32,   // nblk * b * h: invocations with work
     d4: u32,       // head dimension / 4 (D % 4 == 0, D <= 4 * DMAX4)
     _p0: u32,
     _p1: u32,
@@ -84,7 +84,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     let d4 = p.d4;
     let bh = p.b * p.h;
-    let i0 = (p.nqb - 1u - t / bh) * ROWS;  // heaviest query block first
+    let i0 = (p.nblk - 1u - t / bh) * ROWS;  // heaviest query block first
     let bi = (t % bh) / p.h;
     let hh = t % p.h;
     let kh = hh / (p.h / p.kvh);

@@ -10,6 +10,7 @@
 use super::{check_distinct, check_f32, groups_for};
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
+use crate::params::LoraParams;
 
 /// Workgroup size of every LoRA kernel; each invocation computes a 4 x 4 output tile.
 const WG: u64 = 64;
@@ -46,17 +47,15 @@ fn check_dims(kernel: &str, m: usize, k: usize, n: usize, r: usize) -> Result<()
     Ok(())
 }
 
-fn params(m: usize, k: usize, n: usize, r: usize, scale: f32) -> [u32; 8] {
-    [
-        m as u32,
-        k as u32,
-        n as u32,
-        r as u32,
-        scale.to_bits(),
-        0,
-        0,
-        0,
-    ]
+fn params(m: usize, k: usize, n: usize, r: usize, scale: f32) -> LoraParams {
+    LoraParams {
+        m: m as u32,
+        k: k as u32,
+        n: n as u32,
+        r: r as u32,
+        scale,
+        ..Default::default()
+    }
 }
 
 /// LoRA forward: writes `h = x · aᵀ` (`[M,R]`, kept for [`bwd`]) and accumulates

@@ -9,6 +9,7 @@ pub use super::nf4_matmul::*;
 use super::{check_f32, groups_for};
 use crate::device::{Encoder, Gpu, GpuBuffer};
 use crate::error::{shape_err, Result};
+use crate::params::{AbsmaxMeanParams, AbsmaxQuantizeParams, DequantizeParams, QuantizeParams};
 
 /// A frozen NF4 weight on the device. Codes are bitsandbytes' packed bytes, read as u32 words.
 pub struct Nf4Weight {
@@ -129,7 +130,12 @@ pub fn quantize(
     let codes = gpu.alloc(&format!("{label}.codes"), nbytes as u64)?;
     let absmax_f = gpu.alloc(&format!("{label}.absmax"), nblocks as u64 * 4)?;
     let k = gpu.kernel(K, "main", &[("BLOCK", block as f64)])?;
-    let params = [n as u32, nblocks as u32, nbytes.div_ceil(4) as u32, 0];
+    let params = QuantizeParams {
+        n: n as u32,
+        nblocks: nblocks as u32,
+        nwords: nbytes.div_ceil(4) as u32,
+        ..Default::default()
+    };
     enc.dispatch(
         &k,
         &params,
@@ -155,14 +161,21 @@ pub fn quantize(
     let mean = gpu.kernel("nf4/absmax_mean", "main", &[])?;
     enc.dispatch(
         &mean,
-        &[nblocks as u32, 0, 0, 0],
+        &AbsmaxMeanParams {
+            nblocks: nblocks as u32,
+            ..Default::default()
+        },
         &[&absmax_f, &dq],
         [1, 1, 1],
     )?;
     let qk = gpu.kernel("nf4/absmax_quantize", "main", &[])?;
     enc.dispatch(
         &qk,
-        &[nblocks as u32, nnested as u32, 0, 0],
+        &AbsmaxQuantizeParams {
+            nblocks: nblocks as u32,
+            nnested: nnested as u32,
+            ..Default::default()
+        },
         &[&absmax_f, &qabsmax, &dq],
         groups_for(gpu, nnested as u64, 64),
     )?;
@@ -191,7 +204,10 @@ pub fn dequantize(enc: &mut Encoder, w: &Nf4Weight, out: &GpuBuffer) -> Result<(
     )?;
     enc.dispatch(
         &k,
-        &[w.n as u32, 0, 0, 0],
+        &DequantizeParams {
+            n: w.n as u32,
+            ..Default::default()
+        },
         &[&w.codes, &w.absmax, &w.dq, out],
         groups_for(gpu, w.n as u64, 64),
     )

@@ -17,7 +17,8 @@
 
 use crate::device::{Encoder, Gpu, GpuBuffer};
 use crate::error::{shape_err, Result};
-use crate::ops::{check_distinct, check_f32, check_u32, f, groups_for, mul};
+use crate::ops::{check_distinct, check_f32, check_u32, groups_for, mul};
+use crate::params::{AttentionParams, RepackParams};
 
 /// Largest head dimension: the kernels hold `ROWS` rows of up to 128 floats per operand in
 /// private arrays.
@@ -86,7 +87,7 @@ fn check_dims(
     )
 }
 
-/// The uniform words shared by the attention kernels (the `Params` structs in the WGSL); `d` is
+/// The `Params` of the attention kernels; `d` is
 /// the (padded) head size, a multiple of 4.
 #[allow(clippy::too_many_arguments)]
 fn params(
@@ -99,21 +100,19 @@ fn params(
     scale: f32,
     nblk: usize,
     nitems: usize,
-) -> [u32; 12] {
-    [
-        b as u32,
-        tq as u32,
-        tk as u32,
-        h as u32,
-        kvh as u32,
-        f(scale),
-        nblk as u32,
-        nitems as u32,
-        (d / 4) as u32,
-        0,
-        0,
-        0,
-    ]
+) -> AttentionParams {
+    AttentionParams {
+        b: b as u32,
+        tq: tq as u32,
+        tk: tk as u32,
+        h: h as u32,
+        kvh: kvh as u32,
+        scale,
+        nblk: nblk as u32,
+        nitems: nitems as u32,
+        d4: (d / 4) as u32,
+        ..Default::default()
+    }
 }
 
 /// Records `dst[r, c] = src[r, c]` for `c < min(ds, dd)` and `0` for `ds <= c < dd` over `rows`
@@ -136,7 +135,12 @@ fn repack(
     )?;
     enc.dispatch(
         &kern,
-        &[n as u32, ds as u32, dd as u32, 0],
+        &RepackParams {
+            n: n as u32,
+            ds: ds as u32,
+            dd: dd as u32,
+            ..Default::default()
+        },
         &[src, dst],
         groups_for(gpu, n as u64, WG_REPACK),
     )

@@ -6,7 +6,8 @@
 use super::swiglu::{check_elems, ITEMS, WG};
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
-use crate::ops::{check_distinct, check_f32, f, groups_for};
+use crate::ops::{check_distinct, check_f32, groups_for};
+use crate::params::DropoutParams;
 use tinytune_reference::nn::{dropout_scale, dropout_threshold};
 
 /// `y = mask(seed, i) * x / (1 - p)` elementwise over the first `n` elements, overwriting `y`;
@@ -73,16 +74,14 @@ fn launch(
     )?;
     enc.dispatch(
         &kern,
-        &[
-            n as u32,
-            dropout_threshold(p),
-            f(dropout_scale(p)),
-            seed as u32,
-            (seed >> 32) as u32,
-            0,
-            0,
-            0,
-        ],
+        &DropoutParams {
+            n: n as u32,
+            threshold: dropout_threshold(p),
+            scale: dropout_scale(p),
+            seed_lo: seed as u32,
+            seed_hi: (seed >> 32) as u32,
+            ..Default::default()
+        },
         &[input, output],
         groups_for(gpu, n as u64, WG * ITEMS),
     )

@@ -2,7 +2,8 @@
 
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
-use crate::ops::{check_distinct, check_f32, check_u32, f, groups_for, mul};
+use crate::ops::{check_distinct, check_f32, check_u32, groups_for, mul};
+use crate::params::{MatmulBwdInputParams, MatmulFwdParams};
 
 /// Column tile of the matmul kernels: each invocation owns 8 output columns.
 pub(crate) const TILE_N: usize = 8;
@@ -96,16 +97,16 @@ pub fn matmul_fwd_strided(
             ("WG", wg as f64),
         ],
     )?;
-    let params = [
-        m as u32,
-        k as u32,
-        n as u32,
-        f(alpha),
-        ntn as u32,
-        ntiles as u32,
-        ldy as u32,
-        col0 as u32,
-    ];
+    let params = MatmulFwdParams {
+        m: m as u32,
+        k: k as u32,
+        n: n as u32,
+        alpha,
+        ntn: ntn as u32,
+        ntiles: ntiles as u32,
+        ldy: ldy as u32,
+        col0: col0 as u32,
+    };
     enc.dispatch(
         &kern,
         &params,
@@ -222,16 +223,16 @@ pub fn matmul_bwd_input_strided(
             ("WG", wg as f64),
         ],
     )?;
-    let params = [
-        m as u32,
-        k as u32,
-        n as u32,
-        ntk as u32,
-        ntiles as u32,
-        lddy as u32,
-        col0 as u32,
-        0,
-    ];
+    let params = MatmulBwdInputParams {
+        m: m as u32,
+        k: k as u32,
+        n: n as u32,
+        ntk: ntk as u32,
+        ntiles: ntiles as u32,
+        lddy: lddy as u32,
+        col0: col0 as u32,
+        ..Default::default()
+    };
     enc.dispatch(
         &kern,
         &params,

@@ -10,6 +10,7 @@
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
 use crate::ops::{check_distinct, check_f32, check_u32, groups_for, mul};
+use crate::params::{PrefixParams, PrefixProjParams};
 
 const WG: u64 = 64;
 
@@ -30,7 +31,6 @@ fn check_dims(kernel: &str, layer: usize, n_layers: usize, p: usize, kvd: usize)
     Ok(n_layers * 2 * kvd)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn params(
     b: usize,
     t: usize,
@@ -39,17 +39,17 @@ fn params(
     stride: usize,
     layer: usize,
     n: u64,
-) -> [u32; 8] {
-    [
-        b as u32,
-        t as u32,
-        p as u32,
-        kvd as u32,
-        stride as u32,
-        (layer * 2 * kvd) as u32,
-        n as u32,
-        0,
-    ]
+) -> PrefixParams {
+    PrefixParams {
+        b: b as u32,
+        t: t as u32,
+        p: p as u32,
+        kvd: kvd as u32,
+        stride: stride as u32,
+        col: (layer * 2 * kvd) as u32,
+        n: n as u32,
+        ..Default::default()
+    }
 }
 
 /// Forward (`nn/prefix_fwd`): **overwrites** `kf` and `vf` (`[B*(P+T), KVD]`) with, per sequence,
@@ -156,16 +156,23 @@ pub fn prefix_bwd(
     )
 }
 
-/// The uniform words of the projection kernels: `p, t, e, n` and the offsets of `w1, b1, w2,
+/// The `Params` of the projection kernels: `p, t, e, n` and the offsets of `w1, b1, w2,
 /// b2` in the flat parameters.
-fn proj_params(p: usize, t: usize, e: usize, n: usize) -> [u32; 8] {
+fn proj_params(p: usize, t: usize, e: usize, n: usize) -> PrefixProjParams {
     let w1 = p * t;
     let b1 = w1 + e * t;
     let w2 = b1 + e;
     let b2 = w2 + n * e;
-    [
-        p as u32, t as u32, e as u32, n as u32, w1 as u32, b1 as u32, w2 as u32, b2 as u32,
-    ]
+    PrefixProjParams {
+        p: p as u32,
+        t: t as u32,
+        e: e as u32,
+        n: n as u32,
+        w1: w1 as u32,
+        b1: b1 as u32,
+        w2: w2 as u32,
+        b2: b2 as u32,
+    }
 }
 
 /// Checks the projection's shapes; returns the number of flat parameters.

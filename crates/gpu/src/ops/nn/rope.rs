@@ -12,6 +12,7 @@
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
 use crate::ops::{check_distinct, check_f32, check_u32, groups_for, mul};
+use crate::params::RopeParams;
 
 /// Invocations per workgroup; one invocation per (row, i < D/2) pair, looping over the heads.
 const WG: u64 = 64;
@@ -56,7 +57,14 @@ fn launch(
     let n = mul(m, half);
     let gpu = enc.gpu;
     let kern = gpu.kernel(kernel, "main", &[])?;
-    let params = [m as u32, h as u32, d as u32, half as u32, n as u32, 0, 0, 0];
+    let params = RopeParams {
+        m: m as u32,
+        h: h as u32,
+        d: d as u32,
+        half: half as u32,
+        n: n as u32,
+        ..Default::default()
+    };
     enc.dispatch(&kern, &params, &[x, pos, inv_freq], groups_for(gpu, n, WG))
 }
 
