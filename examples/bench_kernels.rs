@@ -255,23 +255,24 @@ fn main() {
             let dbb = gpu.alloc("dB", (n * rr * 4) as u64).expect("alloc");
             let dhb = gpu.alloc("dH", (m * rr * 4) as u64).expect("alloc");
             rows.push(Row {
-                kernel: "lora/fwd (R=16)",
+                kernel: "lora/adapter_fwd (R=16)",
                 shape: tag(t),
                 gpu_ms: time_gpu(&gpu, |enc| {
-                    lora::fwd(enc, &xb, &ab, &bb, &hb, &yb, m, k, n, rr, 2.0).expect("lora fwd")
+                    lora::adapter_fwd(enc, &xb, &ab, &bb, &hb, &yb, m, k, n, rr, 2.0)
+                        .expect("lora fwd")
                 }),
                 flops: 2.0 * (m * rr * (k + n)) as f64,
                 bytes: 4.0 * (m * k + rr * k + n * rr + 2 * m * rr + 2 * m * n) as f64,
                 ref_ms: time_ref(true, || {
-                    std::hint::black_box(r::lora::fwd(&x, &a, &b, m, k, n, rr, 2.0));
+                    std::hint::black_box(r::lora::adapter_fwd(&x, &a, &b, m, k, n, rr, 2.0));
                 }),
             });
-            let h = r::lora::fwd(&x, &a, &b, m, k, n, rr, 2.0).0;
+            let h = r::lora::adapter_fwd(&x, &a, &b, m, k, n, rr, 2.0).0;
             rows.push(Row {
-                kernel: "lora/bwd (R=16)",
+                kernel: "lora/adapter_bwd (R=16)",
                 shape: tag(t),
                 gpu_ms: time_gpu(&gpu, |enc| {
-                    lora::bwd(
+                    lora::adapter_bwd(
                         enc, &xb, &hb, &dyb, &ab, &bb, &dab, &dbb, &dxb, &dhb, m, k, n, rr, 2.0,
                     )
                     .expect("lora bwd")
@@ -279,7 +280,9 @@ fn main() {
                 flops: 4.0 * (m * rr * (k + n)) as f64,
                 bytes: 4.0 * (2 * m * n + 2 * m * k + 3 * m * rr + 3 * rr * k + 3 * n * rr) as f64,
                 ref_ms: time_ref(true, || {
-                    std::hint::black_box(r::lora::bwd(&x, &h, &dy_h, &a, &b, m, k, n, rr, 2.0));
+                    std::hint::black_box(r::lora::adapter_bwd(
+                        &x, &h, &dy_h, &a, &b, m, k, n, rr, 2.0,
+                    ));
                 }),
             });
         }

@@ -94,7 +94,7 @@ fn gpu_fwd(
 }
 
 #[test]
-fn nn_attention_fwd_matches_reference() {
+fn attention_fwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (si, &(b, tq, tk, h, kvh, d)) in SHAPES.iter().enumerate() {
         let mut rng = Rng::new(1000 + si as u64);
@@ -109,7 +109,7 @@ fn nn_attention_fwd_matches_reference() {
 }
 
 #[test]
-fn nn_attention_bwd_matches_reference() {
+fn attention_bwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (si, &(b, tq, tk, h, kvh, d)) in SHAPES.iter().enumerate() {
         let mut rng = Rng::new(2000 + si as u64);
@@ -201,7 +201,7 @@ fn nn_attention_bwd_matches_reference() {
 /// (exact in binary) the truncation error (O(step²)) and the rounding error (≈1e-7·|L|/step) both
 /// stay far below the tolerance.
 #[test]
-fn nn_attention_bwd_matches_finite_differences() {
+fn attention_bwd_matches_finite_differences() {
     const STEP: f32 = 1.0 / 64.0;
     const ATOL: f64 = 2e-4;
     const RTOL: f64 = 2e-3;
@@ -248,7 +248,7 @@ fn nn_attention_bwd_matches_finite_differences() {
 /// keys up to its position, which is the same causal row), plus dq of the same rows from the
 /// backward (dq of a row depends only on that row's inputs and the keys it sees).
 #[test]
-fn nn_attention_t2048_smoke() {
+fn attention_t2048_smoke() {
     let Some(gpu) = gpu() else { return };
     let (b, t, h, kvh, d) = (1usize, 2048usize, 9usize, 3usize, 64usize);
     let mut rng = Rng::new(4000);
@@ -312,7 +312,7 @@ fn nn_attention_t2048_smoke() {
 }
 
 #[test]
-fn nn_attention_rejects_bad_shapes() {
+fn attention_rejects_bad_shapes() {
     let Some(gpu) = gpu() else { return };
     let buf = |n: usize| gpu.alloc("buf", (n * 4) as u64).unwrap();
     let (q, k, v, o, l) = (
@@ -347,7 +347,7 @@ fn nn_attention_rejects_bad_shapes() {
 /// `cargo test --test nn_attention -- --ignored --nocapture`.
 #[test]
 #[ignore]
-fn nn_attention_timing() {
+fn attention_timing() {
     let Some(gpu) = gpu() else { return };
     let (b, t, h, kvh, d) = (1usize, 256usize, 9usize, 3usize, 64usize);
     let mut rng = Rng::new(7);

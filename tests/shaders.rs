@@ -223,3 +223,89 @@ fn every_kernel_params_struct_matches_its_rust_mirror() {
         failures.join("\n")
     );
 }
+
+/// `.rs` files of module `family` under `dir`: `family.rs`, `family/**.rs` and `family_*.rs`
+/// (e.g. `ops/nf4_matmul.rs`, re-exported by `ops::nf4`).
+fn family_sources(dir: &Path, family: &str) -> Vec<(String, String)> {
+    fn walk(p: &Path, out: &mut Vec<(String, String)>) {
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).expect("read dir") {
+                walk(&e.expect("dir entry").path(), out);
+            }
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(p).expect("read source");
+            out.push((p.display().to_string(), text));
+        }
+    }
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read dir") {
+        let p = e.expect("dir entry").path();
+        let stem = p
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if stem == family || stem.starts_with(&format!("{family}_")) {
+            walk(&p, &mut out);
+        }
+    }
+    out
+}
+
+#[test]
+fn every_kernel_has_one_name_in_four_places() {
+    // Kernel `shaders/<family>/<name>.wgsl` ↔ launcher `gpu::ops::<family>::<name>` (a `pub fn
+    // <name>(` in the family's ops sources that also names the kernel) ↔ reference
+    // `reference::<family>::<name>` ↔ test `<name>_matches_reference` in `tests/<family>_<op>.rs`,
+    // where `<name>` starts with `<op>` (`nn/matmul_bwd_input` is tested in tests/nn_matmul.rs).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tests: Vec<(String, String)> = std::fs::read_dir(root.join("tests"))
+        .expect("read tests/")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .map(|p| {
+            let stem = p
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            (stem, std::fs::read_to_string(&p).expect("read test"))
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for s in SHADERS {
+        let (family, name) = s.name.split_once('/').expect("family/name");
+        let launcher = format!("pub fn {name}(");
+        let ops = family_sources(&root.join("crates/gpu/src/ops"), family);
+        if !ops
+            .iter()
+            .any(|(_, t)| t.contains(&launcher) && t.contains(&format!("\"{}\"", s.name)))
+        {
+            failures.push(format!(
+                "{}: no launcher gpu::ops::{family}::{name}",
+                s.name
+            ));
+        }
+        let refs = family_sources(&root.join("crates/reference/src"), family);
+        if !refs.iter().any(|(_, t)| t.contains(&launcher)) {
+            failures.push(format!("{}: no reference::{family}::{name}", s.name));
+        }
+        let test = format!("fn {name}_matches_reference(");
+        let found = tests.iter().any(|(stem, t)| {
+            stem.strip_prefix(&format!("{family}_"))
+                .is_some_and(|op| name.starts_with(op))
+                && t.contains(&test)
+        });
+        if !found {
+            failures.push(format!(
+                "{}: no test {name}_matches_reference in tests/{family}_<op>.rs",
+                s.name
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "kernel names out of step:\n{}",
+        failures.join("\n")
+    );
+}

@@ -332,8 +332,8 @@ kernel_params! {
         b2: u32,
     }
 
-    /// `lora/fwd` and `lora/bwd` (every entry point).
-    ["lora/fwd", "lora/bwd"] pub struct LoraParams {
+    /// `lora/adapter_fwd` and `lora/adapter_bwd` (every entry point).
+    ["lora/adapter_fwd", "lora/adapter_bwd"] pub struct LoraParams {
         m: u32,
         k: u32,
         n: u32,

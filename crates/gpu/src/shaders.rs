@@ -58,8 +58,8 @@ shaders!(
     "nn/prefix_bwd",
     "nn/prefix_proj_fwd" => ["nn/prefix_proj_common"],
     "nn/prefix_proj_bwd" => ["nn/prefix_proj_common"],
-    "lora/fwd" => ["lora/common"],
-    "lora/bwd" => ["lora/common"],
+    "lora/adapter_fwd" => ["lora/common"],
+    "lora/adapter_bwd" => ["lora/common"],
     "optim/adamw_step",
     "optim/grad_norm",
 );

@@ -698,7 +698,7 @@ impl LlamaModel {
                 }
                 None => x,
             };
-            lora::fwd(enc, x, &p.a, &p.b, h, y, m, p.n_in, p.n_out, l.r, l.scale)?;
+            lora::adapter_fwd(enc, x, &p.a, &p.b, h, y, m, p.n_in, p.n_out, l.r, l.scale)?;
         }
         Ok(())
     }
@@ -745,7 +745,7 @@ impl LlamaModel {
                 }
                 None => (x, dx, None),
             };
-            lora::bwd(
+            lora::adapter_bwd(
                 enc,
                 x_in,
                 h,

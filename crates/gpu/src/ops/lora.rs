@@ -1,4 +1,4 @@
-//! LoRA adapter launchers (PEFT semantics): `shaders/lora/fwd.wgsl` and `shaders/lora/bwd.wgsl`.
+//! LoRA adapter launchers (PEFT semantics): `shaders/lora/adapter_fwd.wgsl` and `shaders/lora/adapter_bwd.wgsl`.
 //!
 //! Shapes (f32, row-major): `x[M,K]`, `a[R,K]` (`lora_A.weight`), `b[N,R]` (`lora_B.weight`),
 //! `h[M,R] = x · aᵀ`, `y[M,N]`, and `scale = alpha / R` (or `alpha / sqrt(R)` with rsLoRA; the
@@ -58,14 +58,14 @@ fn params(m: usize, k: usize, n: usize, r: usize, scale: f32) -> LoraParams {
     }
 }
 
-/// LoRA forward: writes `h = x · aᵀ` (`[M,R]`, kept for [`bwd`]) and accumulates
+/// LoRA forward: writes `h = x · aᵀ` (`[M,R]`, kept for [`adapter_bwd`]) and accumulates
 /// `y += scale · h · bᵀ` into `y` (`[M,N]`, typically already holding the base layer's output).
-/// Two dispatches of `lora/fwd` (`stage_h`, then `stage_y`).
+/// Two dispatches of `lora/adapter_fwd` (`stage_h`, then `stage_y`).
 ///
 /// Errors with [`crate::GpuError::Shape`] on an empty shape, a buffer shorter than its shape,
 /// more than 2^32 elements in one operand, or `h`/`y` aliasing another operand.
 #[allow(clippy::too_many_arguments)]
-pub fn fwd(
+pub fn adapter_fwd(
     enc: &mut Encoder,
     x: &GpuBuffer,
     a: &GpuBuffer,
@@ -78,7 +78,7 @@ pub fn fwd(
     r: usize,
     scale: f32,
 ) -> Result<()> {
-    const K: &str = "lora/fwd";
+    const K: &str = "lora/adapter_fwd";
     check_dims(K, m, k, n, r)?;
     check_f32(K, "x", x, &[m, k])?;
     check_f32(K, "a", a, &[r, k])?;
@@ -104,12 +104,12 @@ pub fn fwd(
 ///
 /// `da`, `db` and `dx` **accumulate**: zero them before the first micro-batch (gradient
 /// accumulation), and let the frozen base weight add its share of `dx` before or after.
-/// Four dispatches of `lora/bwd` (`stage_dh`, `stage_db`, `stage_da`, `stage_dx`).
+/// Four dispatches of `lora/adapter_bwd` (`stage_dh`, `stage_db`, `stage_da`, `stage_dx`).
 ///
 /// Errors with [`crate::GpuError::Shape`] on an empty shape, a buffer shorter than its shape,
 /// more than 2^32 elements in one operand, or an output aliasing another operand.
 #[allow(clippy::too_many_arguments)]
-pub fn bwd(
+pub fn adapter_bwd(
     enc: &mut Encoder,
     x: &GpuBuffer,
     h: &GpuBuffer,
@@ -126,7 +126,7 @@ pub fn bwd(
     r: usize,
     scale: f32,
 ) -> Result<()> {
-    const K: &str = "lora/bwd";
+    const K: &str = "lora/adapter_bwd";
     check_dims(K, m, k, n, r)?;
     check_f32(K, "x", x, &[m, k])?;
     check_f32(K, "h", h, &[m, r])?;
