@@ -212,7 +212,8 @@ fn main() {
                 kernel: "nn/matmul_fwd (f32 W)",
                 shape: tag(t),
                 gpu_ms: time_gpu(&gpu, |enc| {
-                    nn::matmul_fwd(enc, &xb, &wb, &yb, m, k, n, 1.0, false).expect("matmul")
+                    nn::matmul_fwd(enc, &xb, &wb, &yb, nn::MatmulShape { m, k, n }, 1.0, false)
+                        .expect("matmul")
                 }),
                 flops: mm_flops,
                 bytes: 4.0 * (m * k + n * k + m * n) as f64,
@@ -225,7 +226,8 @@ fn main() {
                 kernel: "nf4/matmul_fwd",
                 shape: tag(t),
                 gpu_ms: time_gpu(&gpu, |enc| {
-                    nf4::matmul_fwd(enc, &xb, &wn, &yb, m, k, n, 1.0, false).expect("matmul")
+                    nf4::matmul_fwd(enc, &xb, &wn, &yb, nf4::MatmulShape { m, k, n }, 1.0, false)
+                        .expect("matmul")
                 }),
                 flops: mm_flops,
                 bytes: nf4_bytes,
@@ -237,7 +239,8 @@ fn main() {
                 kernel: "nf4/matmul_bwd_input",
                 shape: tag(t),
                 gpu_ms: time_gpu(&gpu, |enc| {
-                    nf4::matmul_bwd_input(enc, &dyb, &wn, &dxb, m, k, n, false).expect("bwd")
+                    nf4::matmul_bwd_input(enc, &dyb, &wn, &dxb, nf4::MatmulShape { m, k, n }, false)
+                        .expect("bwd")
                 }),
                 flops: mm_flops,
                 bytes: nf4_bytes,

@@ -73,7 +73,16 @@ fn matmul_fwd_matches_reference() {
         for &(alpha, accumulate) in modes {
             let yb = gpu.upload("y", &y0).unwrap();
             let mut enc = gpu.encoder();
-            nf4::matmul_fwd(&mut enc, &xb, &c.w, &yb, m, k, n, alpha, accumulate).unwrap();
+            nf4::matmul_fwd(
+                &mut enc,
+                &xb,
+                &c.w,
+                &yb,
+                nf4::MatmulShape { m, k, n },
+                alpha,
+                accumulate,
+            )
+            .unwrap();
             enc.submit();
             let got = gpu.read_blocking::<f32>(&yb).unwrap();
             let want = expected(&prod, &y0, alpha, accumulate);
@@ -100,7 +109,15 @@ fn matmul_bwd_input_matches_reference() {
         } {
             let dxb = gpu.upload("dx", &dx0).unwrap();
             let mut enc = gpu.encoder();
-            nf4::matmul_bwd_input(&mut enc, &dyb, &c.w, &dxb, m, k, n, accumulate).unwrap();
+            nf4::matmul_bwd_input(
+                &mut enc,
+                &dyb,
+                &c.w,
+                &dxb,
+                nf4::MatmulShape { m, k, n },
+                accumulate,
+            )
+            .unwrap();
             enc.submit();
             let got = gpu.read_blocking::<f32>(&dxb).unwrap();
             let want = expected(&prod, &dx0, 1.0, accumulate);
@@ -129,28 +146,72 @@ fn matmul_shape_mismatch_is_an_error() {
     let mut enc = gpu.encoder();
     // NF4: the weight's element count must be n*k.
     is_shape_err(
-        nf4::matmul_fwd(&mut enc, &x, &c.w, &y, m, k, n - 1, 1.0, false),
+        nf4::matmul_fwd(
+            &mut enc,
+            &x,
+            &c.w,
+            &y,
+            nf4::MatmulShape { m, k, n: n - 1 },
+            1.0,
+            false,
+        ),
         "nf4 fwd n",
     );
     // Same element count (k/2 * 2n), but then y is too small for (m, 2n).
     is_shape_err(
-        nf4::matmul_fwd(&mut enc, &x, &c.w, &y, m, k / 2, n * 2, 1.0, false),
+        nf4::matmul_fwd(
+            &mut enc,
+            &x,
+            &c.w,
+            &y,
+            nf4::MatmulShape {
+                m,
+                k: k / 2,
+                n: n * 2,
+            },
+            1.0,
+            false,
+        ),
         "nf4 fwd y",
     );
     is_shape_err(
-        nf4::matmul_fwd(&mut enc, &x, &c.w, &y, m + 1, k, n, 1.0, false),
+        nf4::matmul_fwd(
+            &mut enc,
+            &x,
+            &c.w,
+            &y,
+            nf4::MatmulShape { m: m + 1, k, n },
+            1.0,
+            false,
+        ),
         "nf4 fwd x rows",
     );
     is_shape_err(
-        nf4::matmul_bwd_input(&mut enc, &y, &c.w, &x, m, k + 1, n, false),
+        nf4::matmul_bwd_input(
+            &mut enc,
+            &y,
+            &c.w,
+            &x,
+            nf4::MatmulShape { m, k: k + 1, n },
+            false,
+        ),
         "nf4 bwd k",
     );
     is_shape_err(
-        nf4::matmul_bwd_input(&mut enc, &y, &c.w, &y, m, k, n, true),
+        nf4::matmul_bwd_input(&mut enc, &y, &c.w, &y, nf4::MatmulShape { m, k, n }, true),
         "nf4 bwd dx too small",
     );
     // The valid call still works after the rejected ones.
-    nf4::matmul_fwd(&mut enc, &x, &c.w, &y, m, k, n, 1.0, false).unwrap();
+    nf4::matmul_fwd(
+        &mut enc,
+        &x,
+        &c.w,
+        &y,
+        nf4::MatmulShape { m, k, n },
+        1.0,
+        false,
+    )
+    .unwrap();
     enc.submit();
     gpu.sync().unwrap();
     // A hand-built weight whose buffers do not match its layout, or with an invalid block size.
@@ -173,7 +234,15 @@ fn matmul_shape_mismatch_is_an_error() {
     };
     let mut enc = gpu.encoder();
     is_shape_err(
-        nf4::matmul_fwd(&mut enc, &x, &bad, &y, m, k, n, 1.0, false),
+        nf4::matmul_fwd(
+            &mut enc,
+            &x,
+            &bad,
+            &y,
+            nf4::MatmulShape { m, k, n },
+            1.0,
+            false,
+        ),
         "nf4 fwd short codes",
     );
     let bad = nf4::Nf4Weight {
@@ -182,7 +251,7 @@ fn matmul_shape_mismatch_is_an_error() {
         ..bad
     };
     is_shape_err(
-        nf4::matmul_bwd_input(&mut enc, &y, &bad, &x, m, k, n, false),
+        nf4::matmul_bwd_input(&mut enc, &y, &bad, &x, nf4::MatmulShape { m, k, n }, false),
         "nf4 bwd block 48",
     );
 }

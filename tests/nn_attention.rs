@@ -86,7 +86,21 @@ fn gpu_fwd(
     let lb = up(gpu, "lse", &vec![f32::NAN; b * h * tq]);
     let mut enc = gpu.encoder();
     nn::attention_fwd(
-        &mut enc, &qb, &kb, &vb, &ob, &lb, b, tq, tk, h, kvh, d, dt.scale,
+        &mut enc,
+        &qb,
+        &kb,
+        &vb,
+        &ob,
+        &lb,
+        nn::AttentionShape {
+            b,
+            tq,
+            tk,
+            h,
+            kvh,
+            d,
+            scale: dt.scale,
+        },
     )
     .unwrap();
     enc.submit();
@@ -153,8 +167,25 @@ fn attention_bwd_matches_reference() {
             nn::attention_bwd
         };
         run(
-            &mut enc, &gb, &qb, &kb, &vb, &ob, &lb, &dqb, &dkb, &dvb, b, tq, tk, h, kvh, d,
-            dt.scale,
+            &mut enc,
+            &gb,
+            &qb,
+            &kb,
+            &vb,
+            &ob,
+            &lb,
+            &dqb,
+            &dkb,
+            &dvb,
+            nn::AttentionShape {
+                b,
+                tq,
+                tk,
+                h,
+                kvh,
+                d,
+                scale: dt.scale,
+            },
         )
         .unwrap();
         enc.submit();
@@ -267,11 +298,43 @@ fn attention_t2048_smoke() {
     let dvb = up(gpu, "dv", &vec![f32::NAN; t * kvh * d]);
     let mut enc = gpu.encoder();
     nn::attention_fwd(
-        &mut enc, &qb, &kb, &vb, &ob, &lb, b, t, t, h, kvh, d, dt.scale,
+        &mut enc,
+        &qb,
+        &kb,
+        &vb,
+        &ob,
+        &lb,
+        nn::AttentionShape {
+            b,
+            tq: t,
+            tk: t,
+            h,
+            kvh,
+            d,
+            scale: dt.scale,
+        },
     )
     .unwrap();
     nn::attention_bwd(
-        &mut enc, &gb, &qb, &kb, &vb, &ob, &lb, &dqb, &dkb, &dvb, b, t, t, h, kvh, d, dt.scale,
+        &mut enc,
+        &gb,
+        &qb,
+        &kb,
+        &vb,
+        &ob,
+        &lb,
+        &dqb,
+        &dkb,
+        &dvb,
+        nn::AttentionShape {
+            b,
+            tq: t,
+            tk: t,
+            h,
+            kvh,
+            d,
+            scale: dt.scale,
+        },
     )
     .unwrap();
     enc.submit();
@@ -324,7 +387,23 @@ fn attention_rejects_bad_shapes() {
     );
     let mut enc = gpu.encoder();
     let mut fwd = |o: &GpuBuffer, tq: usize, tk: usize, h: usize, kvh: usize, d: usize| {
-        nn::attention_fwd(&mut enc, &q, &k, &v, o, &l, 1, tq, tk, h, kvh, d, 0.5)
+        nn::attention_fwd(
+            &mut enc,
+            &q,
+            &k,
+            &v,
+            o,
+            &l,
+            nn::AttentionShape {
+                b: 1,
+                tq,
+                tk,
+                h,
+                kvh,
+                d,
+                scale: 0.5,
+            },
+        )
     };
     let is_shape = |r: Result<(), GpuError>| matches!(r, Err(GpuError::Shape { .. }));
     assert!(fwd(&o, 4, 4, 4, 2, 8).is_ok());
@@ -337,7 +416,25 @@ fn attention_rejects_bad_shapes() {
     assert!(is_shape(fwd(&q, 4, 4, 4, 2, 8)), "o aliases q");
     let dq = buf(4 * 4 * 8);
     let r = nn::attention_bwd(
-        &mut enc, &o, &q, &k, &v, &o, &l, &dq, &dq, &v, 1, 4, 4, 4, 2, 8, 0.5,
+        &mut enc,
+        &o,
+        &q,
+        &k,
+        &v,
+        &o,
+        &l,
+        &dq,
+        &dq,
+        &v,
+        nn::AttentionShape {
+            b: 1,
+            tq: 4,
+            tk: 4,
+            h: 4,
+            kvh: 2,
+            d: 8,
+            scale: 0.5,
+        },
     );
     assert!(is_shape(r), "dk aliases dq");
 }
@@ -383,7 +480,21 @@ fn attention_timing() {
     let fwd = time(&|| {
         let mut enc = gpu.encoder();
         nn::attention_fwd(
-            &mut enc, &qb, &kb, &vb, &ob, &lb, b, t, t, h, kvh, d, dt.scale,
+            &mut enc,
+            &qb,
+            &kb,
+            &vb,
+            &ob,
+            &lb,
+            nn::AttentionShape {
+                b,
+                tq: t,
+                tk: t,
+                h,
+                kvh,
+                d,
+                scale: dt.scale,
+            },
         )
         .unwrap();
         enc.submit();
@@ -391,7 +502,25 @@ fn attention_timing() {
     let bwd = time(&|| {
         let mut enc = gpu.encoder();
         nn::attention_bwd(
-            &mut enc, &gb, &qb, &kb, &vb, &ob, &lb, &dqb, &dkb, &dvb, b, t, t, h, kvh, d, dt.scale,
+            &mut enc,
+            &gb,
+            &qb,
+            &kb,
+            &vb,
+            &ob,
+            &lb,
+            &dqb,
+            &dkb,
+            &dvb,
+            nn::AttentionShape {
+                b,
+                tq: t,
+                tk: t,
+                h,
+                kvh,
+                d,
+                scale: dt.scale,
+            },
         )
         .unwrap();
         enc.submit();

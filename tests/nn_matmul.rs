@@ -47,7 +47,16 @@ fn run_nn(gpu: &Gpu, m: usize, k: usize, n: usize, alpha: f32, accumulate: bool,
     let wb = gpu.upload("w", &w).unwrap();
     let yb = gpu.upload("y", &y0).unwrap();
     let mut enc = gpu.encoder();
-    nn::matmul_fwd(&mut enc, &xb, &wb, &yb, m, k, n, alpha, accumulate).unwrap();
+    nn::matmul_fwd(
+        &mut enc,
+        &xb,
+        &wb,
+        &yb,
+        nn::MatmulShape { m, k, n },
+        alpha,
+        accumulate,
+    )
+    .unwrap();
     enc.submit();
     let got = gpu.read_blocking::<f32>(&yb).unwrap();
     let want = expected(&rnn::matmul_fwd(&x, &w, m, k, n), &y0, alpha, accumulate);
@@ -79,7 +88,15 @@ fn run_nn_bwd_input(gpu: &Gpu, m: usize, k: usize, n: usize, accumulate: bool, s
     let wb = gpu.upload("w", &w).unwrap();
     let dxb = gpu.upload("dx", &dx0).unwrap();
     let mut enc = gpu.encoder();
-    nn::matmul_bwd_input(&mut enc, &dyb, &wb, &dxb, m, k, n, accumulate).unwrap();
+    nn::matmul_bwd_input(
+        &mut enc,
+        &dyb,
+        &wb,
+        &dxb,
+        nn::MatmulShape { m, k, n },
+        accumulate,
+    )
+    .unwrap();
     enc.submit();
     let got = gpu.read_blocking::<f32>(&dxb).unwrap();
     let want = expected(
@@ -116,27 +133,55 @@ fn matmul_bwd_input_matches_reference() {
     let dx = gpu.alloc("dx", (m * k * 4) as u64).unwrap();
     let mut enc = gpu.encoder();
     is_shape_err(
-        nn::matmul_bwd_input(&mut enc, &dy, &w, &dx, m + 1, k, n, false),
+        nn::matmul_bwd_input(
+            &mut enc,
+            &dy,
+            &w,
+            &dx,
+            nn::MatmulShape { m: m + 1, k, n },
+            false,
+        ),
         "nn bwd dy rows",
     );
     is_shape_err(
-        nn::matmul_bwd_input(&mut enc, &dy, &w, &dx, m, k, n + 1, false),
+        nn::matmul_bwd_input(
+            &mut enc,
+            &dy,
+            &w,
+            &dx,
+            nn::MatmulShape { m, k, n: n + 1 },
+            false,
+        ),
         "nn bwd n",
     );
     is_shape_err(
-        nn::matmul_bwd_input(&mut enc, &dy, &w, &dx, m, k + 1, n, true),
+        nn::matmul_bwd_input(
+            &mut enc,
+            &dy,
+            &w,
+            &dx,
+            nn::MatmulShape { m, k: k + 1, n },
+            true,
+        ),
         "nn bwd k",
     );
     is_shape_err(
-        nn::matmul_bwd_input(&mut enc, &dy, &w, &dy, m, k, n, false),
+        nn::matmul_bwd_input(&mut enc, &dy, &w, &dy, nn::MatmulShape { m, k, n }, false),
         "nn bwd dx too small",
     );
     is_shape_err(
-        nn::matmul_bwd_input(&mut enc, &w, &w, &w, 8, 16, 8, false),
+        nn::matmul_bwd_input(
+            &mut enc,
+            &w,
+            &w,
+            &w,
+            nn::MatmulShape { m: 8, k: 16, n: 8 },
+            false,
+        ),
         "nn bwd dx aliases dy and w",
     );
     // The valid call still works after the rejected ones.
-    nn::matmul_bwd_input(&mut enc, &dy, &w, &dx, m, k, n, true).unwrap();
+    nn::matmul_bwd_input(&mut enc, &dy, &w, &dx, nn::MatmulShape { m, k, n }, true).unwrap();
     enc.submit();
     gpu.sync().unwrap();
 }
@@ -158,15 +203,39 @@ fn matmul_shape_mismatch_is_an_error() {
     let mut enc = gpu.encoder();
     // f32: every operand too small for its shape.
     is_shape_err(
-        nn::matmul_fwd(&mut enc, &x, &wf, &y, m + 1, k, n, 1.0, false),
+        nn::matmul_fwd(
+            &mut enc,
+            &x,
+            &wf,
+            &y,
+            nn::MatmulShape { m: m + 1, k, n },
+            1.0,
+            false,
+        ),
         "nn x rows",
     );
     is_shape_err(
-        nn::matmul_fwd(&mut enc, &x, &wf, &y, m, k, n + 1, 1.0, false),
+        nn::matmul_fwd(
+            &mut enc,
+            &x,
+            &wf,
+            &y,
+            nn::MatmulShape { m, k, n: n + 1 },
+            1.0,
+            false,
+        ),
         "nn w rows",
     );
     is_shape_err(
-        nn::matmul_fwd(&mut enc, &x, &y, &wf, m, k, n, 1.0, false),
+        nn::matmul_fwd(
+            &mut enc,
+            &x,
+            &y,
+            &wf,
+            nn::MatmulShape { m, k, n },
+            1.0,
+            false,
+        ),
         "nn w/y swapped",
     );
     enc.submit();
@@ -247,7 +316,15 @@ fn matmul_fwd_strided_matches_reference() {
             let yb = gpu.upload("y", &y0).unwrap();
             let mut enc = gpu.encoder();
             nn::matmul_fwd_strided(
-                &mut enc, &xb, &wb, &yb, m, k, n, ldy, col0, alpha, accumulate,
+                &mut enc,
+                &xb,
+                &wb,
+                &yb,
+                nn::MatmulShape { m, k, n },
+                ldy,
+                col0,
+                alpha,
+                accumulate,
             )
             .unwrap();
             enc.submit();
@@ -270,18 +347,59 @@ fn matmul_fwd_strided_matches_reference() {
     let short = gpu.alloc("y_short", ((exact - 1) * 4) as u64).unwrap();
     let mut enc = gpu.encoder();
     is_shape_err(
-        nn::matmul_fwd_strided(&mut enc, &x, &w, &short, m, k, n, ldy, col0, 1.0, false),
+        nn::matmul_fwd_strided(
+            &mut enc,
+            &x,
+            &w,
+            &short,
+            nn::MatmulShape { m, k, n },
+            ldy,
+            col0,
+            1.0,
+            false,
+        ),
         "nn fwd strided y short by one",
     );
     is_shape_err(
-        nn::matmul_fwd_strided(&mut enc, &x, &w, &y, m, k, n, ldy, col0 + 1, 1.0, false),
+        nn::matmul_fwd_strided(
+            &mut enc,
+            &x,
+            &w,
+            &y,
+            nn::MatmulShape { m, k, n },
+            ldy,
+            col0 + 1,
+            1.0,
+            false,
+        ),
         "nn fwd strided band over the stride",
     );
     is_shape_err(
-        nn::matmul_fwd_strided(&mut enc, &x, &w, &y, m, k, n, 4, 0, 1.0, false),
+        nn::matmul_fwd_strided(
+            &mut enc,
+            &x,
+            &w,
+            &y,
+            nn::MatmulShape { m, k, n },
+            4,
+            0,
+            1.0,
+            false,
+        ),
         "nn fwd strided ldy < n",
     );
-    nn::matmul_fwd_strided(&mut enc, &x, &w, &y, m, k, n, ldy, col0, 1.0, true).unwrap();
+    nn::matmul_fwd_strided(
+        &mut enc,
+        &x,
+        &w,
+        &y,
+        nn::MatmulShape { m, k, n },
+        ldy,
+        col0,
+        1.0,
+        true,
+    )
+    .unwrap();
     enc.submit();
     gpu.sync().unwrap();
 }
@@ -311,7 +429,14 @@ fn matmul_bwd_input_strided_matches_reference() {
             let dxb = gpu.upload("dx", &dx0).unwrap();
             let mut enc = gpu.encoder();
             nn::matmul_bwd_input_strided(
-                &mut enc, &dyb, &wb, &dxb, m, k, n, lddy, col0, accumulate,
+                &mut enc,
+                &dyb,
+                &wb,
+                &dxb,
+                nn::MatmulShape { m, k, n },
+                lddy,
+                col0,
+                accumulate,
             )
             .unwrap();
             enc.submit();
@@ -338,18 +463,55 @@ fn matmul_bwd_input_strided_matches_reference() {
     let dx = gpu.alloc("dx", (m * k * 4) as u64).unwrap();
     let mut enc = gpu.encoder();
     is_shape_err(
-        nn::matmul_bwd_input_strided(&mut enc, &short, &w, &dx, m, k, n, lddy, col0, false),
+        nn::matmul_bwd_input_strided(
+            &mut enc,
+            &short,
+            &w,
+            &dx,
+            nn::MatmulShape { m, k, n },
+            lddy,
+            col0,
+            false,
+        ),
         "nn bwd strided dy short by one",
     );
     is_shape_err(
-        nn::matmul_bwd_input_strided(&mut enc, &dy, &w, &dx, m, k, n, lddy, col0 + 1, false),
+        nn::matmul_bwd_input_strided(
+            &mut enc,
+            &dy,
+            &w,
+            &dx,
+            nn::MatmulShape { m, k, n },
+            lddy,
+            col0 + 1,
+            false,
+        ),
         "nn bwd strided band over the stride",
     );
     is_shape_err(
-        nn::matmul_bwd_input_strided(&mut enc, &dy, &w, &dy, m, k, n, lddy, col0, false),
+        nn::matmul_bwd_input_strided(
+            &mut enc,
+            &dy,
+            &w,
+            &dy,
+            nn::MatmulShape { m, k, n },
+            lddy,
+            col0,
+            false,
+        ),
         "nn bwd strided dx aliases dy",
     );
-    nn::matmul_bwd_input_strided(&mut enc, &dy, &w, &dx, m, k, n, lddy, col0, true).unwrap();
+    nn::matmul_bwd_input_strided(
+        &mut enc,
+        &dy,
+        &w,
+        &dx,
+        nn::MatmulShape { m, k, n },
+        lddy,
+        col0,
+        true,
+    )
+    .unwrap();
     enc.submit();
     gpu.sync().unwrap();
 }
@@ -382,16 +544,23 @@ fn vocab_chunked_head_equals_whole() {
             let whole = gpu.upload("logits", &y0).unwrap();
             let chunked = gpu.upload("logits_chunked", &y0).unwrap();
             let mut enc = gpu.encoder();
-            nn::matmul_fwd(&mut enc, &xb, &wb, &whole, m, c, v, alpha, accumulate).unwrap();
+            nn::matmul_fwd(
+                &mut enc,
+                &xb,
+                &wb,
+                &whole,
+                nn::MatmulShape { m, k: c, n: v },
+                alpha,
+                accumulate,
+            )
+            .unwrap();
             for (&(a, b), wc) in chunks.iter().zip(&wcb) {
                 nn::matmul_fwd_strided(
                     &mut enc,
                     &xb,
                     wc,
                     &chunked,
-                    m,
-                    c,
-                    b - a,
+                    nn::MatmulShape { m, k: c, n: b - a },
                     v,
                     a,
                     alpha,
@@ -420,10 +589,27 @@ fn vocab_chunked_head_equals_whole() {
         let dx_whole = gpu.alloc("dx", (m * c * 4) as u64).unwrap();
         let dx_chunked = gpu.upload("dx_chunked", &vec![f32::NAN; m * c]).unwrap();
         let mut enc = gpu.encoder();
-        nn::matmul_bwd_input(&mut enc, &dyb, &wb, &dx_whole, m, c, v, false).unwrap();
+        nn::matmul_bwd_input(
+            &mut enc,
+            &dyb,
+            &wb,
+            &dx_whole,
+            nn::MatmulShape { m, k: c, n: v },
+            false,
+        )
+        .unwrap();
         for (j, (&(a, b), wc)) in chunks.iter().zip(&wcb).enumerate() {
-            nn::matmul_bwd_input_strided(&mut enc, &dyb, wc, &dx_chunked, m, c, b - a, v, a, j > 0)
-                .unwrap();
+            nn::matmul_bwd_input_strided(
+                &mut enc,
+                &dyb,
+                wc,
+                &dx_chunked,
+                nn::MatmulShape { m, k: c, n: b - a },
+                v,
+                a,
+                j > 0,
+            )
+            .unwrap();
         }
         enc.submit();
         let got = gpu.read_blocking::<f32>(&dx_chunked).unwrap();

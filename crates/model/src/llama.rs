@@ -676,12 +676,32 @@ impl LlamaModel {
     ) -> Result<(), ModelError> {
         let lin = &self.layers[i].linears[t];
         match &lin.weight {
-            Weight::F32(w) => {
-                nn::matmul_fwd(enc, x, w, y, m, lin.n_in, lin.n_out, 1.0, accumulate)?
-            }
-            Weight::Nf4(w) => {
-                nf4::matmul_fwd(enc, x, w, y, m, lin.n_in, lin.n_out, 1.0, accumulate)?
-            }
+            Weight::F32(w) => nn::matmul_fwd(
+                enc,
+                x,
+                w,
+                y,
+                nn::MatmulShape {
+                    m,
+                    k: lin.n_in,
+                    n: lin.n_out,
+                },
+                1.0,
+                accumulate,
+            )?,
+            Weight::Nf4(w) => nf4::matmul_fwd(
+                enc,
+                x,
+                w,
+                y,
+                nf4::MatmulShape {
+                    m,
+                    k: lin.n_in,
+                    n: lin.n_out,
+                },
+                1.0,
+                accumulate,
+            )?,
         }
         if let Some(b) = &lin.bias {
             nn::bias_add_fwd(enc, b, y, m, lin.n_out)?;
@@ -723,12 +743,30 @@ impl LlamaModel {
     ) -> Result<(), ModelError> {
         let lin = &self.layers[i].linears[t];
         match &lin.weight {
-            Weight::F32(w) => {
-                nn::matmul_bwd_input(enc, dy, w, dx, m, lin.n_in, lin.n_out, accumulate)?
-            }
-            Weight::Nf4(w) => {
-                nf4::matmul_bwd_input(enc, dy, w, dx, m, lin.n_in, lin.n_out, accumulate)?
-            }
+            Weight::F32(w) => nn::matmul_bwd_input(
+                enc,
+                dy,
+                w,
+                dx,
+                nn::MatmulShape {
+                    m,
+                    k: lin.n_in,
+                    n: lin.n_out,
+                },
+                accumulate,
+            )?,
+            Weight::Nf4(w) => nf4::matmul_bwd_input(
+                enc,
+                dy,
+                w,
+                dx,
+                nf4::MatmulShape {
+                    m,
+                    k: lin.n_in,
+                    n: lin.n_out,
+                },
+                accumulate,
+            )?,
         }
         if let Some((lora, p)) = lora.and_then(|l| l.pair(i, t).map(|p| (l, p))) {
             let h = acts.lora_h[t].as_ref().ok_or_else(|| {
@@ -869,7 +907,21 @@ impl LlamaModel {
         let scale = 1.0 / (hd as f32).sqrt();
         match (prefix, ws.prefix_kv(i)) {
             (None, _) => nn::attention_fwd(
-                enc, &a.q, &a.k, &a.v, &a.attn, &a.lse, b, t, t, h, kvh, hd, scale,
+                enc,
+                &a.q,
+                &a.k,
+                &a.v,
+                &a.attn,
+                &a.lse,
+                nn::AttentionShape {
+                    b,
+                    tq: t,
+                    tk: t,
+                    h,
+                    kvh,
+                    d: hd,
+                    scale,
+                },
             )?,
             (Some(pf), Some((kf, vf))) => {
                 nn::prefix_fwd(
@@ -893,13 +945,15 @@ impl LlamaModel {
                     vf,
                     &a.attn,
                     &a.lse,
-                    b,
-                    t,
-                    pf.p + t,
-                    h,
-                    kvh,
-                    hd,
-                    scale,
+                    nn::AttentionShape {
+                        b,
+                        tq: t,
+                        tk: pf.p + t,
+                        h,
+                        kvh,
+                        d: hd,
+                        scale,
+                    },
                 )?;
             }
             (Some(_), None) => {
@@ -1497,13 +1551,15 @@ impl LlamaModel {
                         &g.dq,
                         dkf,
                         dvf,
-                        b,
-                        t,
-                        pf.p + t,
-                        h,
-                        kvh,
-                        hd,
-                        scale,
+                        nn::AttentionShape {
+                            b,
+                            tq: t,
+                            tk: pf.p + t,
+                            h,
+                            kvh,
+                            d: hd,
+                            scale,
+                        },
                     )?;
                     nn::prefix_bwd(
                         &mut enc,
@@ -1527,8 +1583,25 @@ impl LlamaModel {
                     ))
                 }
                 (None, _, _) => nn::attention_bwd(
-                    &mut enc, &g.dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, &g.dq, &g.dk, &g.dv, b,
-                    t, t, h, kvh, hd, scale,
+                    &mut enc,
+                    &g.dattn,
+                    &a.q,
+                    &a.k,
+                    &a.v,
+                    &a.attn,
+                    &a.lse,
+                    &g.dq,
+                    &g.dk,
+                    &g.dv,
+                    nn::AttentionShape {
+                        b,
+                        tq: t,
+                        tk: t,
+                        h,
+                        kvh,
+                        d: hd,
+                        scale,
+                    },
                 )?,
             }
             // Prefix tuning: below layer 0's keys and values nothing is trained.

@@ -5,6 +5,7 @@
 use tinytune_reference::nf4::{valid_block_size, NESTED_BLOCK};
 
 use super::nf4::{Nf4Weight, DQ_NESTED};
+pub use super::nn::MatmulShape;
 use super::nn::{rows_for, wg_for, TILE_N};
 use super::{check_f32, check_u32, groups_for, mul};
 use crate::device::{Encoder, GpuBuffer};
@@ -75,19 +76,17 @@ fn constants(w: &Nf4Weight, k: usize, rows: usize, accumulate: bool) -> [(&'stat
 ///
 /// Errors with [`crate::GpuError::Shape`] if `w.n != n * k`, a buffer is smaller than its shape, or
 /// a shape overflows u32 indexing. `m == 0` or `n == 0` records nothing.
-#[allow(clippy::too_many_arguments)]
 pub fn matmul_fwd(
     enc: &mut Encoder,
     x: &GpuBuffer,
     w: &Nf4Weight,
     y: &GpuBuffer,
-    m: usize,
-    k: usize,
-    n: usize,
+    s: MatmulShape,
     alpha: f32,
     accumulate: bool,
 ) -> Result<()> {
     const K: &str = "nf4/matmul_fwd";
+    let MatmulShape { m, k, n } = s;
     check_weight(K, w, k, n)?;
     check_u32(
         K,
@@ -133,18 +132,16 @@ pub fn matmul_fwd(
 ///
 /// Errors with [`crate::GpuError::Shape`] if `w.n != n * k`, a buffer is smaller than its shape, or
 /// a shape overflows u32 indexing. `m == 0` or `k == 0` records nothing; `n == 0` writes (or adds) zeros.
-#[allow(clippy::too_many_arguments)]
 pub fn matmul_bwd_input(
     enc: &mut Encoder,
     dy: &GpuBuffer,
     w: &Nf4Weight,
     dx: &GpuBuffer,
-    m: usize,
-    k: usize,
-    n: usize,
+    s: MatmulShape,
     accumulate: bool,
 ) -> Result<()> {
     const K: &str = "nf4/matmul_bwd_input";
+    let MatmulShape { m, k, n } = s;
     check_weight(K, w, k, n)?;
     check_u32(
         K,

@@ -48,15 +48,30 @@ fn wg_for(gpu: &Gpu) -> usize {
     }
 }
 
-fn check_dims(
-    kernel: &str,
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-) -> Result<()> {
+/// The shape of one attention call and its score scale: `b` sequences of `tq` query rows and
+/// `tk >= tq` key rows, `h` query heads sharing `kvh` key/value heads, head size `d`; scores are
+/// `q·kᵀ·scale` (usually `scale = 1/sqrt(d)`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionShape {
+    pub b: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub h: usize,
+    pub kvh: usize,
+    pub d: usize,
+    pub scale: f32,
+}
+
+fn check_dims(kernel: &str, s: &AttentionShape) -> Result<()> {
+    let AttentionShape {
+        b,
+        tq,
+        tk,
+        h,
+        kvh,
+        d,
+        ..
+    } = *s;
     if h == 0 || kvh == 0 || !h.is_multiple_of(kvh) {
         return Err(shape_err(
             kernel,
@@ -87,20 +102,17 @@ fn check_dims(
     )
 }
 
-/// The `Params` of the attention kernels; `d` is
-/// the (padded) head size, a multiple of 4.
-#[allow(clippy::too_many_arguments)]
-fn params(
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-    scale: f32,
-    nblk: usize,
-    nitems: usize,
-) -> AttentionParams {
+/// The `Params` of the attention kernels; `s.d` is the (padded) head size, a multiple of 4.
+fn params(s: &AttentionShape, nblk: usize, nitems: usize) -> AttentionParams {
+    let AttentionShape {
+        b,
+        tq,
+        tk,
+        h,
+        kvh,
+        d,
+        scale,
+    } = *s;
     AttentionParams {
         b: b as u32,
         tq: tq as u32,
@@ -162,7 +174,6 @@ fn padded(
 }
 
 /// The forward on operands whose head size `d` is a multiple of 4.
-#[allow(clippy::too_many_arguments)]
 fn fwd_aligned(
     enc: &mut Encoder,
     q: &GpuBuffer,
@@ -170,14 +181,9 @@ fn fwd_aligned(
     v: &GpuBuffer,
     o: &GpuBuffer,
     lse: &GpuBuffer,
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-    scale: f32,
+    s: &AttentionShape,
 ) -> Result<()> {
+    let AttentionShape { b, tq, h, .. } = *s;
     let gpu = enc.gpu;
     let rows = rows_for(tq);
     let wg = wg_for(gpu);
@@ -190,7 +196,7 @@ fn fwd_aligned(
     )?;
     enc.dispatch(
         &kern,
-        &params(b, tq, tk, h, kvh, d, scale, nblk, n),
+        &params(s, nblk, n),
         &[q, k, v, o, lse],
         groups_for(gpu, n as u64, wg as u64),
     )
@@ -204,7 +210,6 @@ fn fwd_aligned(
 /// Errors with [`crate::GpuError::Shape`] if `H` is not a positive multiple of `KVH`, `D` is not
 /// in `1..=`[`ATTENTION_MAX_D`], `Tk < Tq`, a buffer is smaller than its shape, a count overflows
 /// u32 indexing, or `o`/`lse` alias another operand. `B == 0` or `Tq == 0` records nothing.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_fwd(
     enc: &mut Encoder,
     q: &GpuBuffer,
@@ -212,16 +217,19 @@ pub fn attention_fwd(
     v: &GpuBuffer,
     o: &GpuBuffer,
     lse: &GpuBuffer,
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-    scale: f32,
+    s: AttentionShape,
 ) -> Result<()> {
     const K: &str = "nn/attention_fwd";
-    check_dims(K, b, tq, tk, h, kvh, d)?;
+    let AttentionShape {
+        b,
+        tq,
+        tk,
+        h,
+        kvh,
+        d,
+        ..
+    } = s;
+    check_dims(K, &s)?;
     check_f32(K, "q", q, &[b * tq, h * d])?;
     check_f32(K, "k", k, &[b * tk, kvh * d])?;
     check_f32(K, "v", v, &[b * tk, kvh * d])?;
@@ -236,7 +244,7 @@ pub fn attention_fwd(
         return Ok(());
     }
     if d.is_multiple_of(4) {
-        return fwd_aligned(enc, q, k, v, o, lse, b, tq, tk, h, kvh, d, scale);
+        return fwd_aligned(enc, q, k, v, o, lse, &s);
     }
     let dp = d.next_multiple_of(4);
     let qp = padded(enc, "attention q (padded)", q, b * tq * h, d, dp)?;
@@ -245,7 +253,7 @@ pub fn attention_fwd(
     let op = enc
         .gpu
         .alloc("attention o (padded)", (b * tq * h * dp * 4) as u64)?;
-    fwd_aligned(enc, &qp, &kp, &vp, &op, lse, b, tq, tk, h, kvh, dp, scale)?;
+    fwd_aligned(enc, &qp, &kp, &vp, &op, lse, &AttentionShape { d: dp, ..s })?;
     repack(enc, &op, o, b * tq * h, dp, d, false)
 }
 
@@ -262,16 +270,13 @@ fn bwd_aligned(
     dq: &GpuBuffer,
     dk: &GpuBuffer,
     dv: &GpuBuffer,
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-    scale: f32,
+    s: &AttentionShape,
     accumulate: bool,
 ) -> Result<()> {
     const K: &str = "nn/attention_bwd";
+    let AttentionShape {
+        b, tq, tk, h, kvh, ..
+    } = *s;
     let gpu = enc.gpu;
     let wg = wg_for(gpu);
     let acc = if accumulate { 1.0 } else { 0.0 };
@@ -292,7 +297,7 @@ fn bwd_aligned(
         )?;
         enc.dispatch(
             &kern,
-            &params(b, tq, tk, h, kvh, d, scale, nblk, n),
+            &params(s, nblk, n),
             &[q, k, v, dout, lse, o, &delta, dq],
             groups_for(gpu, n as u64, wg as u64),
         )?;
@@ -311,7 +316,7 @@ fn bwd_aligned(
     )?;
     enc.dispatch(
         &kern,
-        &params(b, tq, tk, h, kvh, d, scale, nblk, n),
+        &params(s, nblk, n),
         &[q, k, v, dout, lse, &delta, dk, dv],
         groups_for(gpu, n as u64, wg as u64),
     )
@@ -329,17 +334,20 @@ fn bwd(
     dq: &GpuBuffer,
     dk: &GpuBuffer,
     dv: &GpuBuffer,
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-    scale: f32,
+    s: &AttentionShape,
     accumulate: bool,
 ) -> Result<()> {
     const K: &str = "nn/attention_bwd";
-    check_dims(K, b, tq, tk, h, kvh, d)?;
+    let AttentionShape {
+        b,
+        tq,
+        tk,
+        h,
+        kvh,
+        d,
+        ..
+    } = *s;
+    check_dims(K, s)?;
     check_f32(K, "dout", dout, &[b * tq, h * d])?;
     check_f32(K, "q", q, &[b * tq, h * d])?;
     check_f32(K, "k", k, &[b * tk, kvh * d])?;
@@ -366,9 +374,7 @@ fn bwd(
         return Ok(());
     }
     if d.is_multiple_of(4) {
-        return bwd_aligned(
-            enc, dout, q, k, v, o, lse, dq, dk, dv, b, tq, tk, h, kvh, d, scale, accumulate,
-        );
+        return bwd_aligned(enc, dout, q, k, v, o, lse, dq, dk, dv, s, accumulate);
     }
     let dp = d.next_multiple_of(4);
     let (nq, nk) = (b * tq * h, b * tk * kvh);
@@ -381,8 +387,9 @@ fn bwd(
     let dqp = gpu.alloc("attention dq (padded)", (nq * dp * 4) as u64)?;
     let dkp = gpu.alloc("attention dk (padded)", (nk * dp * 4) as u64)?;
     let dvp = gpu.alloc("attention dv (padded)", (nk * dp * 4) as u64)?;
+    let sp = AttentionShape { d: dp, ..*s };
     bwd_aligned(
-        enc, &gp, &qp, &kp, &vp, &op, lse, &dqp, &dkp, &dvp, b, tq, tk, h, kvh, dp, scale, false,
+        enc, &gp, &qp, &kp, &vp, &op, lse, &dqp, &dkp, &dvp, &sp, false,
     )?;
     repack(enc, &dqp, dq, nq, dp, d, accumulate)?;
     repack(enc, &dkp, dk, nk, dp, d, accumulate)?;
@@ -413,17 +420,9 @@ pub fn attention_bwd(
     dq: &GpuBuffer,
     dk: &GpuBuffer,
     dv: &GpuBuffer,
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-    scale: f32,
+    s: AttentionShape,
 ) -> Result<()> {
-    bwd(
-        enc, dout, q, k, v, o, lse, dq, dk, dv, b, tq, tk, h, kvh, d, scale, false,
-    )
+    bwd(enc, dout, q, k, v, o, lse, dq, dk, dv, &s, false)
 }
 
 /// [`attention_bwd`] that **adds** the gradients to `dq`, `dk` and `dv` (gradient accumulation,
@@ -441,15 +440,7 @@ pub fn attention_bwd_accumulate(
     dq: &GpuBuffer,
     dk: &GpuBuffer,
     dv: &GpuBuffer,
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-    scale: f32,
+    s: AttentionShape,
 ) -> Result<()> {
-    bwd(
-        enc, dout, q, k, v, o, lse, dq, dk, dv, b, tq, tk, h, kvh, d, scale, true,
-    )
+    bwd(enc, dout, q, k, v, o, lse, dq, dk, dv, &s, true)
 }

@@ -26,7 +26,7 @@ pub fn dropout_fwd(
     p: f32,
     seed: u64,
 ) -> Result<()> {
-    launch(enc, "x", x, "y", y, n, p, seed, false)
+    launch(enc, ("x", x), ("y", y), n, p, seed, false)
 }
 
 /// Backward of [`dropout_fwd`] with the forward's `seed` and `p`: `dx += mask(seed, i) * dy /
@@ -43,16 +43,14 @@ pub fn dropout_bwd(
     p: f32,
     seed: u64,
 ) -> Result<()> {
-    launch(enc, "dy", dy, "dx", dx, n, p, seed, true)
+    launch(enc, ("dy", dy), ("dx", dx), n, p, seed, true)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `input` and `output` are (name in error messages, buffer).
 fn launch(
     enc: &mut Encoder,
-    in_name: &str,
-    input: &GpuBuffer,
-    out_name: &str,
-    output: &GpuBuffer,
+    (in_name, input): (&str, &GpuBuffer),
+    (out_name, output): (&str, &GpuBuffer),
     n: usize,
     p: f32,
     seed: u64,

@@ -17,13 +17,11 @@ use crate::params::RopeParams;
 /// Invocations per workgroup; one invocation per (row, i < D/2) pair, looping over the heads.
 const WG: u64 = 64;
 
-#[allow(clippy::too_many_arguments)]
+/// `[x, pos, inv_freq]`: the rotated buffer, the positions and the frequencies.
 fn launch(
     kernel: &'static str,
     enc: &mut Encoder,
-    x: &GpuBuffer,
-    pos: &GpuBuffer,
-    inv_freq: &GpuBuffer,
+    [x, pos, inv_freq]: [&GpuBuffer; 3],
     m: usize,
     h: usize,
     d: usize,
@@ -84,7 +82,7 @@ pub fn rope_fwd(
     h: usize,
     d: usize,
 ) -> Result<()> {
-    launch("nn/rope_fwd", enc, x, pos, inv_freq, m, h, d)
+    launch("nn/rope_fwd", enc, [x, pos, inv_freq], m, h, d)
 }
 
 /// RoPE backward in place on the gradient `dx[M, H*D]` (f32): the transpose rotation
@@ -101,5 +99,5 @@ pub fn rope_bwd(
     h: usize,
     d: usize,
 ) -> Result<()> {
-    launch("nn/rope_bwd", enc, dx, pos, inv_freq, m, h, d)
+    launch("nn/rope_bwd", enc, [dx, pos, inv_freq], m, h, d)
 }
