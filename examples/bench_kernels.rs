@@ -261,8 +261,22 @@ fn main() {
                 kernel: "lora/adapter_fwd (R=16)",
                 shape: tag(t),
                 gpu_ms: time_gpu(&gpu, |enc| {
-                    lora::adapter_fwd(enc, &xb, &ab, &bb, &hb, &yb, m, k, n, rr, 2.0)
-                        .expect("lora fwd")
+                    lora::adapter_fwd(
+                        enc,
+                        &xb,
+                        &ab,
+                        &bb,
+                        &hb,
+                        &yb,
+                        lora::LoraShape {
+                            m,
+                            k,
+                            n,
+                            r: rr,
+                            scale: 2.0,
+                        },
+                    )
+                    .expect("lora fwd")
                 }),
                 flops: 2.0 * (m * rr * (k + n)) as f64,
                 bytes: 4.0 * (m * k + rr * k + n * rr + 2 * m * rr + 2 * m * n) as f64,
@@ -276,7 +290,23 @@ fn main() {
                 shape: tag(t),
                 gpu_ms: time_gpu(&gpu, |enc| {
                     lora::adapter_bwd(
-                        enc, &xb, &hb, &dyb, &ab, &bb, &dab, &dbb, &dxb, &dhb, m, k, n, rr, 2.0,
+                        enc,
+                        &xb,
+                        &hb,
+                        &dyb,
+                        &ab,
+                        &bb,
+                        &dab,
+                        &dbb,
+                        &dxb,
+                        &dhb,
+                        lora::LoraShape {
+                            m,
+                            k,
+                            n,
+                            r: rr,
+                            scale: 2.0,
+                        },
                     )
                     .expect("lora bwd")
                 }),

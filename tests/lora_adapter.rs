@@ -69,7 +69,22 @@ fn adapter_fwd_matches_reference() {
         let hb = up(gpu, "h", &vec![f32::NAN; m * r]); // every element must be overwritten
         let yb = up(gpu, "y", &y0);
         let mut enc = gpu.encoder();
-        lora::adapter_fwd(&mut enc, &xb, &ab, &bb, &hb, &yb, m, k, n, r, d.scale).unwrap();
+        lora::adapter_fwd(
+            &mut enc,
+            &xb,
+            &ab,
+            &bb,
+            &hb,
+            &yb,
+            lora::LoraShape {
+                m,
+                k,
+                n,
+                r,
+                scale: d.scale,
+            },
+        )
+        .unwrap();
         enc.submit();
         let tag = format!("lora/adapter_fwd m={m} k={k} n={n} r={r}");
         assert_close(
@@ -119,7 +134,23 @@ fn adapter_bwd_matches_reference() {
         let mut enc = gpu.encoder();
         for _ in 0..reps {
             lora::adapter_bwd(
-                &mut enc, &xb, &hb, &dyb, &ab, &bb, &dab, &dbb, &dxb, &dhb, m, k, n, r, d.scale,
+                &mut enc,
+                &xb,
+                &hb,
+                &dyb,
+                &ab,
+                &bb,
+                &dab,
+                &dbb,
+                &dxb,
+                &dhb,
+                lora::LoraShape {
+                    m,
+                    k,
+                    n,
+                    r,
+                    scale: d.scale,
+                },
             )
             .unwrap();
         }
@@ -243,39 +274,138 @@ fn lora_launchers_reject_bad_shapes() {
     let is_shape = |e: Result<(), GpuError>| matches!(e, Err(GpuError::Shape { .. }));
     assert!(
         is_shape(lora::adapter_fwd(
-            &mut enc, &short, &a, &b, &h, &y, m, k, n, r, 1.0
+            &mut enc,
+            &short,
+            &a,
+            &b,
+            &h,
+            &y,
+            lora::LoraShape {
+                m,
+                k,
+                n,
+                r,
+                scale: 1.0
+            }
         )),
         "short x"
     );
     assert!(
         is_shape(lora::adapter_fwd(
-            &mut enc, &x, &a, &b, &h, &y, m, k, n, 0, 1.0
+            &mut enc,
+            &x,
+            &a,
+            &b,
+            &h,
+            &y,
+            lora::LoraShape {
+                m,
+                k,
+                n,
+                r: 0,
+                scale: 1.0
+            }
         )),
         "r = 0"
     );
     assert!(
         is_shape(lora::adapter_fwd(
-            &mut enc, &x, &a, &b, &y, &y, m, k, n, r, 1.0
+            &mut enc,
+            &x,
+            &a,
+            &b,
+            &y,
+            &y,
+            lora::LoraShape {
+                m,
+                k,
+                n,
+                r,
+                scale: 1.0
+            }
         )),
         "h aliases y"
     );
     assert!(
         is_shape(lora::adapter_bwd(
-            &mut enc, &x, &h, &y, &a, &b, &da, &db, &short, &dh, m, k, n, r, 1.0
+            &mut enc,
+            &x,
+            &h,
+            &y,
+            &a,
+            &b,
+            &da,
+            &db,
+            &short,
+            &dh,
+            lora::LoraShape {
+                m,
+                k,
+                n,
+                r,
+                scale: 1.0
+            }
         )),
         "short dx"
     );
     assert!(
         is_shape(lora::adapter_bwd(
-            &mut enc, &x, &h, &y, &a, &b, &da, &db, &dx, &da, m, k, n, r, 1.0
+            &mut enc,
+            &x,
+            &h,
+            &y,
+            &a,
+            &b,
+            &da,
+            &db,
+            &dx,
+            &da,
+            lora::LoraShape {
+                m,
+                k,
+                n,
+                r,
+                scale: 1.0
+            }
         )),
         "scratch aliases da"
     );
-    assert!(lora::adapter_fwd(&mut enc, &x, &a, &b, &h, &y, m, k, n, r, 1.0).is_ok());
-    assert!(
-        lora::adapter_bwd(&mut enc, &x, &h, &y, &a, &b, &da, &db, &dx, &dh, m, k, n, r, 1.0)
-            .is_ok()
-    );
+    assert!(lora::adapter_fwd(
+        &mut enc,
+        &x,
+        &a,
+        &b,
+        &h,
+        &y,
+        lora::LoraShape {
+            m,
+            k,
+            n,
+            r,
+            scale: 1.0
+        }
+    )
+    .is_ok());
+    assert!(lora::adapter_bwd(
+        &mut enc,
+        &x,
+        &h,
+        &y,
+        &a,
+        &b,
+        &da,
+        &db,
+        &dx,
+        &dh,
+        lora::LoraShape {
+            m,
+            k,
+            n,
+            r,
+            scale: 1.0
+        }
+    )
+    .is_ok());
     enc.submit();
     gpu.sync().unwrap();
 }

@@ -30,7 +30,23 @@ fn prefix_fwd_matches_reference() {
         let kf = gpu.alloc("kf", (b * (p + t) * kvd * 4) as u64).unwrap();
         let vf = gpu.alloc("vf", (b * (p + t) * kvd * 4) as u64).unwrap();
         let mut enc = gpu.encoder();
-        nn::prefix_fwd(&mut enc, &pb, &kb, &vb, &kf, &vf, layer, nl, b, t, p, kvd).unwrap();
+        nn::prefix_fwd(
+            &mut enc,
+            &pb,
+            &kb,
+            &vb,
+            &kf,
+            &vf,
+            nn::PrefixShape {
+                layer,
+                n_layers: nl,
+                b,
+                t,
+                p,
+                kvd,
+            },
+        )
+        .unwrap();
         enc.submit();
         // Pure copies: bit-exact.
         assert_eq!(gpu.read_blocking::<f32>(&kf).unwrap(), wk, "kf, shape {si}");
@@ -55,7 +71,20 @@ fn prefix_bwd_matches_reference() {
         let dv = gpu.alloc("dv", (b * t * kvd * 4) as u64).unwrap();
         let mut enc = gpu.encoder();
         nn::prefix_bwd(
-            &mut enc, &dkfb, &dvfb, &dk, &dv, &gb, layer, nl, b, t, p, kvd,
+            &mut enc,
+            &dkfb,
+            &dvfb,
+            &dk,
+            &dv,
+            &gb,
+            nn::PrefixShape {
+                layer,
+                n_layers: nl,
+                b,
+                t,
+                p,
+                kvd,
+            },
         )
         .unwrap();
         enc.submit();
@@ -78,7 +107,20 @@ fn prefix_launchers_reject_bad_shapes() {
     let is_shape = |e: Result<(), GpuError>| matches!(e, Err(GpuError::Shape { .. }));
     let mut enc = gpu.encoder();
     assert!(is_shape(nn::prefix_fwd(
-        &mut enc, &prefix, &k, &v, &kf, &vf, 2, nl, b, t, p, kvd
+        &mut enc,
+        &prefix,
+        &k,
+        &v,
+        &kf,
+        &vf,
+        nn::PrefixShape {
+            layer: 2,
+            n_layers: nl,
+            b,
+            t,
+            p,
+            kvd
+        }
     )));
     assert!(is_shape(nn::prefix_fwd(
         &mut enc,
@@ -87,20 +129,64 @@ fn prefix_launchers_reject_bad_shapes() {
         &v,
         &kf,
         &vf,
-        0,
-        nl,
-        b,
-        t + 1,
-        p,
-        kvd
+        nn::PrefixShape {
+            layer: 0,
+            n_layers: nl,
+            b,
+            t: t + 1,
+            p,
+            kvd
+        }
     )));
     assert!(is_shape(nn::prefix_fwd(
-        &mut enc, &prefix, &k, &v, &kf, &kf, 0, nl, b, t, p, kvd
+        &mut enc,
+        &prefix,
+        &k,
+        &v,
+        &kf,
+        &kf,
+        nn::PrefixShape {
+            layer: 0,
+            n_layers: nl,
+            b,
+            t,
+            p,
+            kvd
+        }
     )));
     assert!(is_shape(nn::prefix_fwd(
-        &mut enc, &prefix, &k, &v, &kf, &vf, 0, nl, b, t, 0, kvd
+        &mut enc,
+        &prefix,
+        &k,
+        &v,
+        &kf,
+        &vf,
+        nn::PrefixShape {
+            layer: 0,
+            n_layers: nl,
+            b,
+            t,
+            p: 0,
+            kvd
+        }
     )));
-    assert!(nn::prefix_fwd(&mut enc, &prefix, &k, &v, &kf, &vf, 1, nl, b, t, p, kvd).is_ok());
+    assert!(nn::prefix_fwd(
+        &mut enc,
+        &prefix,
+        &k,
+        &v,
+        &kf,
+        &vf,
+        nn::PrefixShape {
+            layer: 1,
+            n_layers: nl,
+            b,
+            t,
+            p,
+            kvd
+        }
+    )
+    .is_ok());
     let grad = a(p * nl * 2 * kvd);
     assert!(is_shape(nn::prefix_bwd(
         &mut enc,
@@ -109,17 +195,48 @@ fn prefix_launchers_reject_bad_shapes() {
         &k,
         &v,
         &a(3),
-        0,
-        nl,
-        b,
-        t,
-        p,
-        kvd
+        nn::PrefixShape {
+            layer: 0,
+            n_layers: nl,
+            b,
+            t,
+            p,
+            kvd
+        }
     )));
     assert!(is_shape(nn::prefix_bwd(
-        &mut enc, &kf, &vf, &k, &k, &grad, 0, nl, b, t, p, kvd
+        &mut enc,
+        &kf,
+        &vf,
+        &k,
+        &k,
+        &grad,
+        nn::PrefixShape {
+            layer: 0,
+            n_layers: nl,
+            b,
+            t,
+            p,
+            kvd
+        }
     )));
-    assert!(nn::prefix_bwd(&mut enc, &kf, &vf, &k, &v, &grad, 1, nl, b, t, p, kvd).is_ok());
+    assert!(nn::prefix_bwd(
+        &mut enc,
+        &kf,
+        &vf,
+        &k,
+        &v,
+        &grad,
+        nn::PrefixShape {
+            layer: 1,
+            n_layers: nl,
+            b,
+            t,
+            p,
+            kvd
+        }
+    )
+    .is_ok());
 }
 
 /// `nn/prefix_proj_*`: sums of t, e or n products per element, in the reference's order; the
@@ -145,7 +262,7 @@ fn prefix_proj_fwd_matches_reference() {
         let a = |n: usize| gpu.alloc("x", (n * 4) as u64).unwrap();
         let (h, kv) = (a(p * e), a(p * n));
         let mut enc = gpu.encoder();
-        nn::prefix_proj_fwd(&mut enc, &pb, &h, &kv, p, t, e, n).unwrap();
+        nn::prefix_proj_fwd(&mut enc, &pb, &h, &kv, nn::PrefixProjShape { p, t, e, n }).unwrap();
         enc.submit();
         let what = format!("prefix_proj_fwd shape {si}");
         let got_h = gpu.read_blocking::<f32>(&h).unwrap();
@@ -163,9 +280,45 @@ fn prefix_proj_fwd_matches_reference() {
     let x = gpu.alloc("x", 64).unwrap();
     let y = gpu.alloc("y", 64).unwrap();
     let mut enc = gpu.encoder();
-    assert!(nn::prefix_proj_fwd(&mut enc, &x, &y, &x, 1, 1, 1, 1).is_err());
-    assert!(nn::prefix_proj_fwd(&mut enc, &x, &y, &y, 1, 1, 1, 1).is_err());
-    assert!(nn::prefix_proj_fwd(&mut enc, &x, &y, &x, 1, 0, 1, 1).is_err());
+    assert!(nn::prefix_proj_fwd(
+        &mut enc,
+        &x,
+        &y,
+        &x,
+        nn::PrefixProjShape {
+            p: 1,
+            t: 1,
+            e: 1,
+            n: 1
+        }
+    )
+    .is_err());
+    assert!(nn::prefix_proj_fwd(
+        &mut enc,
+        &x,
+        &y,
+        &y,
+        nn::PrefixProjShape {
+            p: 1,
+            t: 1,
+            e: 1,
+            n: 1
+        }
+    )
+    .is_err());
+    assert!(nn::prefix_proj_fwd(
+        &mut enc,
+        &x,
+        &y,
+        &x,
+        nn::PrefixProjShape {
+            p: 1,
+            t: 0,
+            e: 1,
+            n: 1
+        }
+    )
+    .is_err());
 }
 
 #[test]
@@ -187,7 +340,16 @@ fn prefix_proj_bwd_matches_reference() {
         let a = |n: usize| gpu.alloc("x", (n * 4) as u64).unwrap();
         let (dpre, g) = (a(p * e), a(d.len()));
         let mut enc = gpu.encoder();
-        nn::prefix_proj_bwd(&mut enc, &pb, &h, &dkvb, &dpre, &g, p, t, e, n).unwrap();
+        nn::prefix_proj_bwd(
+            &mut enc,
+            &pb,
+            &h,
+            &dkvb,
+            &dpre,
+            &g,
+            nn::PrefixProjShape { p, t, e, n },
+        )
+        .unwrap();
         enc.submit();
         let got_g = gpu.read_blocking::<f32>(&g).unwrap();
         assert_close(

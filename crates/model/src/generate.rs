@@ -222,12 +222,14 @@ impl<'a> KvDecoder<'a> {
                     &self.acts.v,
                     &self.kcache[i],
                     &self.vcache[i],
-                    i,
-                    pf.n_layers,
-                    1,
-                    0,
-                    pf.p,
-                    pf.kvd,
+                    nn::PrefixShape {
+                        layer: i,
+                        n_layers: pf.n_layers,
+                        b: 1,
+                        t: 0,
+                        p: pf.p,
+                        kvd: pf.kvd,
+                    },
                 )?;
             }
             enc.submit();

@@ -718,7 +718,21 @@ impl LlamaModel {
                 }
                 None => x,
             };
-            lora::adapter_fwd(enc, x, &p.a, &p.b, h, y, m, p.n_in, p.n_out, l.r, l.scale)?;
+            lora::adapter_fwd(
+                enc,
+                x,
+                &p.a,
+                &p.b,
+                h,
+                y,
+                lora::LoraShape {
+                    m,
+                    k: p.n_in,
+                    n: p.n_out,
+                    r: l.r,
+                    scale: l.scale,
+                },
+            )?;
         }
         Ok(())
     }
@@ -794,11 +808,13 @@ impl LlamaModel {
                 &p.db,
                 dx_out,
                 &g.dh_scratch,
-                m,
-                p.n_in,
-                p.n_out,
-                lora.r,
-                lora.scale,
+                lora::LoraShape {
+                    m,
+                    k: p.n_in,
+                    n: p.n_out,
+                    r: lora.r,
+                    scale: lora.scale,
+                },
             )?;
             if let Some((pd, seed)) = mask {
                 nn::dropout_bwd(enc, dx_out, dx, m * p.n_in, pd, seed)?;
@@ -931,12 +947,14 @@ impl LlamaModel {
                     &a.v,
                     kf,
                     vf,
-                    i,
-                    pf.n_layers,
-                    b,
-                    t,
-                    pf.p,
-                    pf.kvd,
+                    nn::PrefixShape {
+                        layer: i,
+                        n_layers: pf.n_layers,
+                        b,
+                        t,
+                        p: pf.p,
+                        kvd: pf.kvd,
+                    },
                 )?;
                 nn::attention_fwd(
                     enc,
@@ -1568,12 +1586,14 @@ impl LlamaModel {
                         &g.dk,
                         &g.dv,
                         &pf.grad,
-                        i,
-                        pf.n_layers,
-                        b,
-                        t,
-                        pf.p,
-                        pf.kvd,
+                        nn::PrefixShape {
+                            layer: i,
+                            n_layers: pf.n_layers,
+                            b,
+                            t,
+                            p: pf.p,
+                            kvd: pf.kvd,
+                        },
                     )?;
                 }
                 (Some(_), _, _) => {

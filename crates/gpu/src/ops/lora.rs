@@ -47,7 +47,19 @@ fn check_dims(kernel: &str, m: usize, k: usize, n: usize, r: usize) -> Result<()
     Ok(())
 }
 
-fn params(m: usize, k: usize, n: usize, r: usize, scale: f32) -> LoraParams {
+/// The shape of one LoRA adapter call: `m` rows, `k` inputs, `n` outputs, rank `r`, and its
+/// `scale` (PEFT's `lora_alpha / r`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoraShape {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub r: usize,
+    pub scale: f32,
+}
+
+fn params(s: LoraShape) -> LoraParams {
+    let LoraShape { m, k, n, r, scale } = s;
     LoraParams {
         m: m as u32,
         k: k as u32,
@@ -64,7 +76,6 @@ fn params(m: usize, k: usize, n: usize, r: usize, scale: f32) -> LoraParams {
 ///
 /// Errors with [`crate::GpuError::Shape`] on an empty shape, a buffer shorter than its shape,
 /// more than 2^32 elements in one operand, or `h`/`y` aliasing another operand.
-#[allow(clippy::too_many_arguments)]
 pub fn adapter_fwd(
     enc: &mut Encoder,
     x: &GpuBuffer,
@@ -72,13 +83,10 @@ pub fn adapter_fwd(
     b: &GpuBuffer,
     h: &GpuBuffer,
     y: &GpuBuffer,
-    m: usize,
-    k: usize,
-    n: usize,
-    r: usize,
-    scale: f32,
+    s: LoraShape,
 ) -> Result<()> {
     const K: &str = "lora/adapter_fwd";
+    let LoraShape { m, k, n, r, .. } = s;
     check_dims(K, m, k, n, r)?;
     check_f32(K, "x", x, &[m, k])?;
     check_f32(K, "a", a, &[r, k])?;
@@ -87,7 +95,7 @@ pub fn adapter_fwd(
     check_f32(K, "y", y, &[m, n])?;
     check_distinct(K, &[("h", h), ("y", y)], &[("x", x), ("a", a), ("b", b)])?;
     let gpu = enc.gpu;
-    let pr = params(m, k, n, r, scale);
+    let pr = params(s);
     let kh = gpu.kernel(K, "stage_h", &[])?;
     enc.dispatch(&kh, &pr, &[x, a, h], groups_for(gpu, tiles(m, r), WG))?;
     let ky = gpu.kernel(K, "stage_y", &[])?;
@@ -120,13 +128,10 @@ pub fn adapter_bwd(
     db: &GpuBuffer,
     dx: &GpuBuffer,
     dh_scratch: &GpuBuffer,
-    m: usize,
-    k: usize,
-    n: usize,
-    r: usize,
-    scale: f32,
+    s: LoraShape,
 ) -> Result<()> {
     const K: &str = "lora/adapter_bwd";
+    let LoraShape { m, k, n, r, .. } = s;
     check_dims(K, m, k, n, r)?;
     check_f32(K, "x", x, &[m, k])?;
     check_f32(K, "h", h, &[m, r])?;
@@ -148,7 +153,7 @@ pub fn adapter_bwd(
         &[("x", x), ("h", h), ("dy", dy), ("a", a), ("b", b)],
     )?;
     let gpu = enc.gpu;
-    let pr = params(m, k, n, r, scale);
+    let pr = params(s);
     let k_dh = gpu.kernel(K, "stage_dh", &[])?;
     enc.dispatch(
         &k_dh,

@@ -14,6 +14,29 @@ use crate::params::{PrefixParams, PrefixProjParams};
 
 const WG: u64 = 64;
 
+/// Which layer of a prefix and the shapes of [`prefix_fwd`] / [`prefix_bwd`]: layer `layer` of
+/// an `n_layers`-layer prefix of `p` virtual tokens, `b` sequences of `t` real tokens, key/value
+/// width `kvd` (`KVH*D`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixShape {
+    pub layer: usize,
+    pub n_layers: usize,
+    pub b: usize,
+    pub t: usize,
+    pub p: usize,
+    pub kvd: usize,
+}
+
+/// The shape of [`prefix_proj_fwd`] / [`prefix_proj_bwd`]: `p` virtual tokens of width `t`,
+/// hidden size `e`, output width `n`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixProjShape {
+    pub p: usize,
+    pub t: usize,
+    pub e: usize,
+    pub n: usize,
+}
+
 /// Shape checks shared by both passes; returns the prefix row length `L*2*KVD`.
 fn check_dims(kernel: &str, layer: usize, n_layers: usize, p: usize, kvd: usize) -> Result<usize> {
     if layer >= n_layers {
@@ -58,7 +81,6 @@ fn params(
 ///
 /// Errors with [`crate::GpuError::Shape`] if `layer >= n_layers`, `P` or `KVD` is 0, a buffer is
 /// smaller than its shape, a count overflows u32 indexing, or `kf`/`vf` alias another operand.
-#[allow(clippy::too_many_arguments)]
 pub fn prefix_fwd(
     enc: &mut Encoder,
     prefix: &GpuBuffer,
@@ -66,14 +88,17 @@ pub fn prefix_fwd(
     v: &GpuBuffer,
     kf: &GpuBuffer,
     vf: &GpuBuffer,
-    layer: usize,
-    n_layers: usize,
-    b: usize,
-    t: usize,
-    p: usize,
-    kvd: usize,
+    s: PrefixShape,
 ) -> Result<()> {
     const K: &str = "nn/prefix_fwd";
+    let PrefixShape {
+        layer,
+        n_layers,
+        b,
+        t,
+        p,
+        kvd,
+    } = s;
     let stride = check_dims(K, layer, n_layers, p, kvd)?;
     let n = mul(mul(b, p + t) as usize, kvd);
     check_u32(K, &[("kf", n), ("prefix", mul(p, stride))])?;
@@ -107,7 +132,6 @@ pub fn prefix_fwd(
 ///
 /// Errors with [`crate::GpuError::Shape`] like [`prefix_fwd`], or if the outputs alias each other
 /// or an input.
-#[allow(clippy::too_many_arguments)]
 pub fn prefix_bwd(
     enc: &mut Encoder,
     dkf: &GpuBuffer,
@@ -115,14 +139,17 @@ pub fn prefix_bwd(
     dk: &GpuBuffer,
     dv: &GpuBuffer,
     grad: &GpuBuffer,
-    layer: usize,
-    n_layers: usize,
-    b: usize,
-    t: usize,
-    p: usize,
-    kvd: usize,
+    s: PrefixShape,
 ) -> Result<()> {
     const K: &str = "nn/prefix_bwd";
+    let PrefixShape {
+        layer,
+        n_layers,
+        b,
+        t,
+        p,
+        kvd,
+    } = s;
     let stride = check_dims(K, layer, n_layers, p, kvd)?;
     let n = mul(mul(b, t) as usize + p, kvd);
     check_u32(
@@ -196,18 +223,15 @@ fn check_proj(kernel: &str, p: usize, t: usize, e: usize, n: usize) -> Result<us
 ///
 /// Errors with [`crate::GpuError::Shape`] if a dimension is 0, a buffer is smaller than its
 /// shape, a count overflows u32 indexing, or the outputs alias each other or `params`.
-#[allow(clippy::too_many_arguments)]
 pub fn prefix_proj_fwd(
     enc: &mut Encoder,
     params: &GpuBuffer,
     h: &GpuBuffer,
     kv: &GpuBuffer,
-    p: usize,
-    t: usize,
-    e: usize,
-    n: usize,
+    s: PrefixProjShape,
 ) -> Result<()> {
     const K: &str = "nn/prefix_proj_fwd";
+    let PrefixProjShape { p, t, e, n } = s;
     let len = check_proj(K, p, t, e, n)?;
     check_f32(K, "params", params, &[len])?;
     check_f32(K, "h", h, &[p, e])?;
@@ -228,7 +252,6 @@ pub fn prefix_proj_fwd(
 ///
 /// Errors with [`crate::GpuError::Shape`] like [`prefix_proj_fwd`], or if `dpre`/`grads` alias
 /// each other or an input.
-#[allow(clippy::too_many_arguments)]
 pub fn prefix_proj_bwd(
     enc: &mut Encoder,
     params: &GpuBuffer,
@@ -236,12 +259,10 @@ pub fn prefix_proj_bwd(
     dkv: &GpuBuffer,
     dpre: &GpuBuffer,
     grads: &GpuBuffer,
-    p: usize,
-    t: usize,
-    e: usize,
-    n: usize,
+    s: PrefixProjShape,
 ) -> Result<()> {
     const K: &str = "nn/prefix_proj_bwd";
+    let PrefixProjShape { p, t, e, n } = s;
     let len = check_proj(K, p, t, e, n)?;
     check_f32(K, "params", params, &[len])?;
     check_f32(K, "h", h, &[p, e])?;
