@@ -18,7 +18,6 @@ const WG: u64 = 64;
 /// Errors with [`crate::GpuError::Shape`] if a buffer is smaller than its shape (`ids` holds `m`
 /// u32), `table` or `x` has more than 2^32 elements, or `x` is also `ids` or `table`.
 /// `m == 0` or `c == 0` records nothing.
-#[allow(clippy::too_many_arguments)]
 pub fn embedding_fwd(
     enc: &mut Encoder,
     ids: &GpuBuffer,
