@@ -212,7 +212,8 @@ fn main() {
                 kernel: "nn/matmul_fwd (f32 W)",
                 shape: tag(t),
                 gpu_ms: time_gpu(&gpu, |enc| {
-                    nn::matmul_fwd(enc, &xb, &wb, &yb, m, k, n, 1.0, false).expect("matmul")
+                    nn::matmul_fwd(enc, &xb, &wb, &yb, nn::MatmulShape { m, k, n }, 1.0, false)
+                        .expect("matmul")
                 }),
                 flops: mm_flops,
                 bytes: 4.0 * (m * k + n * k + m * n) as f64,
@@ -225,7 +226,8 @@ fn main() {
                 kernel: "nf4/matmul_fwd",
                 shape: tag(t),
                 gpu_ms: time_gpu(&gpu, |enc| {
-                    nf4::matmul_fwd(enc, &xb, &wn, &yb, m, k, n, 1.0, false).expect("matmul")
+                    nf4::matmul_fwd(enc, &xb, &wn, &yb, nf4::MatmulShape { m, k, n }, 1.0, false)
+                        .expect("matmul")
                 }),
                 flops: mm_flops,
                 bytes: nf4_bytes,
@@ -237,7 +239,8 @@ fn main() {
                 kernel: "nf4/matmul_bwd_input",
                 shape: tag(t),
                 gpu_ms: time_gpu(&gpu, |enc| {
-                    nf4::matmul_bwd_input(enc, &dyb, &wn, &dxb, m, k, n, false).expect("bwd")
+                    nf4::matmul_bwd_input(enc, &dyb, &wn, &dxb, nf4::MatmulShape { m, k, n }, false)
+                        .expect("bwd")
                 }),
                 flops: mm_flops,
                 bytes: nf4_bytes,
@@ -255,31 +258,64 @@ fn main() {
             let dbb = gpu.alloc("dB", (n * rr * 4) as u64).expect("alloc");
             let dhb = gpu.alloc("dH", (m * rr * 4) as u64).expect("alloc");
             rows.push(Row {
-                kernel: "lora/fwd (R=16)",
+                kernel: "lora/adapter_fwd (R=16)",
                 shape: tag(t),
                 gpu_ms: time_gpu(&gpu, |enc| {
-                    lora::fwd(enc, &xb, &ab, &bb, &hb, &yb, m, k, n, rr, 2.0).expect("lora fwd")
+                    lora::adapter_fwd(
+                        enc,
+                        &xb,
+                        &ab,
+                        &bb,
+                        &hb,
+                        &yb,
+                        lora::LoraShape {
+                            m,
+                            k,
+                            n,
+                            r: rr,
+                            scale: 2.0,
+                        },
+                    )
+                    .expect("lora fwd")
                 }),
                 flops: 2.0 * (m * rr * (k + n)) as f64,
                 bytes: 4.0 * (m * k + rr * k + n * rr + 2 * m * rr + 2 * m * n) as f64,
                 ref_ms: time_ref(true, || {
-                    std::hint::black_box(r::lora::fwd(&x, &a, &b, m, k, n, rr, 2.0));
+                    std::hint::black_box(r::lora::adapter_fwd(&x, &a, &b, m, k, n, rr, 2.0));
                 }),
             });
-            let h = r::lora::fwd(&x, &a, &b, m, k, n, rr, 2.0).0;
+            let h = r::lora::adapter_fwd(&x, &a, &b, m, k, n, rr, 2.0).0;
             rows.push(Row {
-                kernel: "lora/bwd (R=16)",
+                kernel: "lora/adapter_bwd (R=16)",
                 shape: tag(t),
                 gpu_ms: time_gpu(&gpu, |enc| {
-                    lora::bwd(
-                        enc, &xb, &hb, &dyb, &ab, &bb, &dab, &dbb, &dxb, &dhb, m, k, n, rr, 2.0,
+                    lora::adapter_bwd(
+                        enc,
+                        &xb,
+                        &hb,
+                        &dyb,
+                        &ab,
+                        &bb,
+                        &dab,
+                        &dbb,
+                        &dxb,
+                        &dhb,
+                        lora::LoraShape {
+                            m,
+                            k,
+                            n,
+                            r: rr,
+                            scale: 2.0,
+                        },
                     )
                     .expect("lora bwd")
                 }),
                 flops: 4.0 * (m * rr * (k + n)) as f64,
                 bytes: 4.0 * (2 * m * n + 2 * m * k + 3 * m * rr + 3 * rr * k + 3 * n * rr) as f64,
                 ref_ms: time_ref(true, || {
-                    std::hint::black_box(r::lora::bwd(&x, &h, &dy_h, &a, &b, m, k, n, rr, 2.0));
+                    std::hint::black_box(r::lora::adapter_bwd(
+                        &x, &h, &dy_h, &a, &b, m, k, n, rr, 2.0,
+                    ));
                 }),
             });
         }

@@ -295,7 +295,7 @@ fn nf4_quantize_matches_cuda_emulation_bit_for_bit() {
         }
         // Double quantization with the offset bitsandbytes computed.
         let off = bnb_offset(&st, &c);
-        let dq = nf4::double_quantize_with_offset(&absmax, off);
+        let dq = nf4::absmax_quantize(&absmax, off);
         assert_eq!(
             dq.codes,
             t_u8(&st, c.name, "cuda.absmax_codes"),
@@ -425,7 +425,7 @@ fn nf4_quantize_matches_bnb_cpu_except_documented_cases() {
             Nf4Tensor::quantize(&c.x, c.block, false)
         } else {
             let off = bnb_offset(&st, &c);
-            let dq = nf4::double_quantize_with_offset(&absmax, off);
+            let dq = nf4::absmax_quantize(&absmax, off);
             let bnb_codes = t_u8(&st, c.name, "bnb.qs.absmax");
             assert_eq!(bnb_codes.len(), absmax.len(), "{}", c.name);
             let nested = t_f32(&st, c.name, "bnb.qs.nested_absmax");

@@ -13,7 +13,7 @@ const ADD_ATOL: f32 = 2e-7;
 const ADD_RTOL: f32 = 1e-7;
 
 #[test]
-fn nn_add_fwd_matches_reference() {
+fn add_fwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (si, &(n, alpha)) in [
         (1usize, 1.0f32),
@@ -56,7 +56,7 @@ fn nn_add_fwd_matches_reference() {
 }
 
 #[test]
-fn nn_add_launcher_rejects_bad_shapes() {
+fn add_launcher_rejects_bad_shapes() {
     let Some(gpu) = gpu() else { return };
     let a = gpu.alloc("a", 4 * 10).unwrap();
     let b = gpu.alloc("b", 4 * 9).unwrap();

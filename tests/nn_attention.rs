@@ -86,7 +86,21 @@ fn gpu_fwd(
     let lb = up(gpu, "lse", &vec![f32::NAN; b * h * tq]);
     let mut enc = gpu.encoder();
     nn::attention_fwd(
-        &mut enc, &qb, &kb, &vb, &ob, &lb, b, tq, tk, h, kvh, d, dt.scale,
+        &mut enc,
+        &qb,
+        &kb,
+        &vb,
+        &ob,
+        &lb,
+        nn::AttentionShape {
+            b,
+            tq,
+            tk,
+            h,
+            kvh,
+            d,
+            scale: dt.scale,
+        },
     )
     .unwrap();
     enc.submit();
@@ -94,7 +108,7 @@ fn gpu_fwd(
 }
 
 #[test]
-fn nn_attention_fwd_matches_reference() {
+fn attention_fwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (si, &(b, tq, tk, h, kvh, d)) in SHAPES.iter().enumerate() {
         let mut rng = Rng::new(1000 + si as u64);
@@ -109,7 +123,7 @@ fn nn_attention_fwd_matches_reference() {
 }
 
 #[test]
-fn nn_attention_bwd_matches_reference() {
+fn attention_bwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (si, &(b, tq, tk, h, kvh, d)) in SHAPES.iter().enumerate() {
         let mut rng = Rng::new(2000 + si as u64);
@@ -153,8 +167,25 @@ fn nn_attention_bwd_matches_reference() {
             nn::attention_bwd
         };
         run(
-            &mut enc, &gb, &qb, &kb, &vb, &ob, &lb, &dqb, &dkb, &dvb, b, tq, tk, h, kvh, d,
-            dt.scale,
+            &mut enc,
+            &gb,
+            &qb,
+            &kb,
+            &vb,
+            &ob,
+            &lb,
+            &dqb,
+            &dkb,
+            &dvb,
+            nn::AttentionShape {
+                b,
+                tq,
+                tk,
+                h,
+                kvh,
+                d,
+                scale: dt.scale,
+            },
         )
         .unwrap();
         enc.submit();
@@ -201,7 +232,7 @@ fn nn_attention_bwd_matches_reference() {
 /// (exact in binary) the truncation error (O(step²)) and the rounding error (≈1e-7·|L|/step) both
 /// stay far below the tolerance.
 #[test]
-fn nn_attention_bwd_matches_finite_differences() {
+fn attention_bwd_matches_finite_differences() {
     const STEP: f32 = 1.0 / 64.0;
     const ATOL: f64 = 2e-4;
     const RTOL: f64 = 2e-3;
@@ -248,7 +279,7 @@ fn nn_attention_bwd_matches_finite_differences() {
 /// keys up to its position, which is the same causal row), plus dq of the same rows from the
 /// backward (dq of a row depends only on that row's inputs and the keys it sees).
 #[test]
-fn nn_attention_t2048_smoke() {
+fn attention_t2048_smoke() {
     let Some(gpu) = gpu() else { return };
     let (b, t, h, kvh, d) = (1usize, 2048usize, 9usize, 3usize, 64usize);
     let mut rng = Rng::new(4000);
@@ -267,11 +298,43 @@ fn nn_attention_t2048_smoke() {
     let dvb = up(gpu, "dv", &vec![f32::NAN; t * kvh * d]);
     let mut enc = gpu.encoder();
     nn::attention_fwd(
-        &mut enc, &qb, &kb, &vb, &ob, &lb, b, t, t, h, kvh, d, dt.scale,
+        &mut enc,
+        &qb,
+        &kb,
+        &vb,
+        &ob,
+        &lb,
+        nn::AttentionShape {
+            b,
+            tq: t,
+            tk: t,
+            h,
+            kvh,
+            d,
+            scale: dt.scale,
+        },
     )
     .unwrap();
     nn::attention_bwd(
-        &mut enc, &gb, &qb, &kb, &vb, &ob, &lb, &dqb, &dkb, &dvb, b, t, t, h, kvh, d, dt.scale,
+        &mut enc,
+        &gb,
+        &qb,
+        &kb,
+        &vb,
+        &ob,
+        &lb,
+        &dqb,
+        &dkb,
+        &dvb,
+        nn::AttentionShape {
+            b,
+            tq: t,
+            tk: t,
+            h,
+            kvh,
+            d,
+            scale: dt.scale,
+        },
     )
     .unwrap();
     enc.submit();
@@ -312,7 +375,7 @@ fn nn_attention_t2048_smoke() {
 }
 
 #[test]
-fn nn_attention_rejects_bad_shapes() {
+fn attention_rejects_bad_shapes() {
     let Some(gpu) = gpu() else { return };
     let buf = |n: usize| gpu.alloc("buf", (n * 4) as u64).unwrap();
     let (q, k, v, o, l) = (
@@ -324,7 +387,23 @@ fn nn_attention_rejects_bad_shapes() {
     );
     let mut enc = gpu.encoder();
     let mut fwd = |o: &GpuBuffer, tq: usize, tk: usize, h: usize, kvh: usize, d: usize| {
-        nn::attention_fwd(&mut enc, &q, &k, &v, o, &l, 1, tq, tk, h, kvh, d, 0.5)
+        nn::attention_fwd(
+            &mut enc,
+            &q,
+            &k,
+            &v,
+            o,
+            &l,
+            nn::AttentionShape {
+                b: 1,
+                tq,
+                tk,
+                h,
+                kvh,
+                d,
+                scale: 0.5,
+            },
+        )
     };
     let is_shape = |r: Result<(), GpuError>| matches!(r, Err(GpuError::Shape { .. }));
     assert!(fwd(&o, 4, 4, 4, 2, 8).is_ok());
@@ -337,7 +416,25 @@ fn nn_attention_rejects_bad_shapes() {
     assert!(is_shape(fwd(&q, 4, 4, 4, 2, 8)), "o aliases q");
     let dq = buf(4 * 4 * 8);
     let r = nn::attention_bwd(
-        &mut enc, &o, &q, &k, &v, &o, &l, &dq, &dq, &v, 1, 4, 4, 4, 2, 8, 0.5,
+        &mut enc,
+        &o,
+        &q,
+        &k,
+        &v,
+        &o,
+        &l,
+        &dq,
+        &dq,
+        &v,
+        nn::AttentionShape {
+            b: 1,
+            tq: 4,
+            tk: 4,
+            h: 4,
+            kvh: 2,
+            d: 8,
+            scale: 0.5,
+        },
     );
     assert!(is_shape(r), "dk aliases dq");
 }
@@ -347,7 +444,7 @@ fn nn_attention_rejects_bad_shapes() {
 /// `cargo test --test nn_attention -- --ignored --nocapture`.
 #[test]
 #[ignore]
-fn nn_attention_timing() {
+fn attention_timing() {
     let Some(gpu) = gpu() else { return };
     let (b, t, h, kvh, d) = (1usize, 256usize, 9usize, 3usize, 64usize);
     let mut rng = Rng::new(7);
@@ -383,7 +480,21 @@ fn nn_attention_timing() {
     let fwd = time(&|| {
         let mut enc = gpu.encoder();
         nn::attention_fwd(
-            &mut enc, &qb, &kb, &vb, &ob, &lb, b, t, t, h, kvh, d, dt.scale,
+            &mut enc,
+            &qb,
+            &kb,
+            &vb,
+            &ob,
+            &lb,
+            nn::AttentionShape {
+                b,
+                tq: t,
+                tk: t,
+                h,
+                kvh,
+                d,
+                scale: dt.scale,
+            },
         )
         .unwrap();
         enc.submit();
@@ -391,7 +502,25 @@ fn nn_attention_timing() {
     let bwd = time(&|| {
         let mut enc = gpu.encoder();
         nn::attention_bwd(
-            &mut enc, &gb, &qb, &kb, &vb, &ob, &lb, &dqb, &dkb, &dvb, b, t, t, h, kvh, d, dt.scale,
+            &mut enc,
+            &gb,
+            &qb,
+            &kb,
+            &vb,
+            &ob,
+            &lb,
+            &dqb,
+            &dkb,
+            &dvb,
+            nn::AttentionShape {
+                b,
+                tq: t,
+                tk: t,
+                h,
+                kvh,
+                d,
+                scale: dt.scale,
+            },
         )
         .unwrap();
         enc.submit();

@@ -7,7 +7,7 @@ use tinytune::gpu::ops::nn;
 use tinytune::reference::nn as r;
 
 #[test]
-fn nn_bias_add_fwd_matches_reference() {
+fn bias_add_fwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for &(m, n) in &[(1usize, 1usize), (1, 7), (5, 64), (13, 131), (300, 3)] {
         let mut rng = Rng::new((m * 1000 + n) as u64);
@@ -32,7 +32,7 @@ fn nn_bias_add_fwd_matches_reference() {
 }
 
 #[test]
-fn nn_bias_add_rejects_short_buffers() {
+fn bias_add_rejects_short_buffers() {
     let Some(gpu) = gpu() else { return };
     let bb = gpu.upload("bias", &[1f32; 3]).unwrap();
     let yb = gpu.upload("y", &[0f32; 8]).unwrap();

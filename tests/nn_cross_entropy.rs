@@ -132,7 +132,7 @@ fn gpu_fwd(gpu: &Gpu, c: &Case) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
 }
 
 #[test]
-fn nn_cross_entropy_fwd_matches_reference() {
+fn cross_entropy_fwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (ci, &(m, v, kind)) in CASES.iter().enumerate() {
         let c = make_case(600 + ci as u64, m, v, kind);
@@ -207,7 +207,7 @@ fn scale_for(ci: usize, count: u32) -> f32 {
 }
 
 #[test]
-fn nn_cross_entropy_bwd_matches_reference() {
+fn cross_entropy_bwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (ci, &(m, v, kind)) in CASES.iter().enumerate() {
         let c = make_case(700 + ci as u64, m, v, kind);
@@ -237,7 +237,7 @@ fn nn_cross_entropy_bwd_matches_reference() {
 /// Forward then backward in one submission on the device, as the trainer runs them (the backward
 /// reads the forward's lse and overwrites the logits).
 #[test]
-fn nn_cross_entropy_fwd_then_bwd_on_device() {
+fn cross_entropy_fwd_then_bwd_on_device() {
     let Some(gpu) = gpu() else { return };
     let (m, v) = (6, 1531);
     let c = make_case(800, m, v, Logits::Normal(2.0));
@@ -269,7 +269,7 @@ fn mean_loss(logits: &[f32], targets: &[i32], m: usize, v: usize) -> f64 {
 }
 
 #[test]
-fn nn_cross_entropy_bwd_matches_finite_differences() {
+fn cross_entropy_bwd_matches_finite_differences() {
     let (m, v) = (5, 7);
     let mut rng = Rng::new(9);
     let logits = rng.vec(m * v, 1.5);
@@ -309,7 +309,7 @@ fn nn_cross_entropy_bwd_matches_finite_differences() {
 /// print([repr(x) for x in logits.grad.flatten().tolist()])
 /// ```
 #[test]
-fn nn_cross_entropy_reference_matches_torch() {
+fn cross_entropy_reference_matches_torch() {
     let (m, v) = (4, 5);
     #[rustfmt::skip]
     let logits = [
@@ -377,7 +377,7 @@ fn nn_cross_entropy_reference_matches_torch() {
 }
 
 #[test]
-fn nn_cross_entropy_launchers_reject_bad_shapes() {
+fn cross_entropy_launchers_reject_bad_shapes() {
     let Some(gpu) = gpu() else { return };
     let (m, v) = (3, 10);
     let logits = gpu.alloc("logits", 4 * (m * v) as u64).unwrap();

@@ -18,7 +18,7 @@ const SHAPES: &[(usize, usize, usize)] = &[
 ];
 
 #[test]
-fn nn_embedding_fwd_matches_reference() {
+fn embedding_fwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (si, &(m, v, c)) in SHAPES.iter().enumerate() {
         let mut rng = Rng::new(80 + si as u64);
@@ -56,7 +56,7 @@ fn nn_embedding_fwd_matches_reference() {
 }
 
 #[test]
-fn nn_embedding_launcher_rejects_bad_shapes() {
+fn embedding_launcher_rejects_bad_shapes() {
     let Some(gpu) = gpu() else { return };
     let (m, v, c) = (4, 10, 6);
     let ids = gpu.alloc("ids", (m * 4) as u64).unwrap();

@@ -30,7 +30,23 @@ fn prefix_fwd_matches_reference() {
         let kf = gpu.alloc("kf", (b * (p + t) * kvd * 4) as u64).unwrap();
         let vf = gpu.alloc("vf", (b * (p + t) * kvd * 4) as u64).unwrap();
         let mut enc = gpu.encoder();
-        nn::prefix_fwd(&mut enc, &pb, &kb, &vb, &kf, &vf, layer, nl, b, t, p, kvd).unwrap();
+        nn::prefix_fwd(
+            &mut enc,
+            &pb,
+            &kb,
+            &vb,
+            &kf,
+            &vf,
+            nn::PrefixShape {
+                layer,
+                n_layers: nl,
+                b,
+                t,
+                p,
+                kvd,
+            },
+        )
+        .unwrap();
         enc.submit();
         // Pure copies: bit-exact.
         assert_eq!(gpu.read_blocking::<f32>(&kf).unwrap(), wk, "kf, shape {si}");
@@ -55,7 +71,20 @@ fn prefix_bwd_matches_reference() {
         let dv = gpu.alloc("dv", (b * t * kvd * 4) as u64).unwrap();
         let mut enc = gpu.encoder();
         nn::prefix_bwd(
-            &mut enc, &dkfb, &dvfb, &dk, &dv, &gb, layer, nl, b, t, p, kvd,
+            &mut enc,
+            &dkfb,
+            &dvfb,
+            &dk,
+            &dv,
+            &gb,
+            nn::PrefixShape {
+                layer,
+                n_layers: nl,
+                b,
+                t,
+                p,
+                kvd,
+            },
         )
         .unwrap();
         enc.submit();
@@ -78,7 +107,20 @@ fn prefix_launchers_reject_bad_shapes() {
     let is_shape = |e: Result<(), GpuError>| matches!(e, Err(GpuError::Shape { .. }));
     let mut enc = gpu.encoder();
     assert!(is_shape(nn::prefix_fwd(
-        &mut enc, &prefix, &k, &v, &kf, &vf, 2, nl, b, t, p, kvd
+        &mut enc,
+        &prefix,
+        &k,
+        &v,
+        &kf,
+        &vf,
+        nn::PrefixShape {
+            layer: 2,
+            n_layers: nl,
+            b,
+            t,
+            p,
+            kvd
+        }
     )));
     assert!(is_shape(nn::prefix_fwd(
         &mut enc,
@@ -87,20 +129,64 @@ fn prefix_launchers_reject_bad_shapes() {
         &v,
         &kf,
         &vf,
-        0,
-        nl,
-        b,
-        t + 1,
-        p,
-        kvd
+        nn::PrefixShape {
+            layer: 0,
+            n_layers: nl,
+            b,
+            t: t + 1,
+            p,
+            kvd
+        }
     )));
     assert!(is_shape(nn::prefix_fwd(
-        &mut enc, &prefix, &k, &v, &kf, &kf, 0, nl, b, t, p, kvd
+        &mut enc,
+        &prefix,
+        &k,
+        &v,
+        &kf,
+        &kf,
+        nn::PrefixShape {
+            layer: 0,
+            n_layers: nl,
+            b,
+            t,
+            p,
+            kvd
+        }
     )));
     assert!(is_shape(nn::prefix_fwd(
-        &mut enc, &prefix, &k, &v, &kf, &vf, 0, nl, b, t, 0, kvd
+        &mut enc,
+        &prefix,
+        &k,
+        &v,
+        &kf,
+        &vf,
+        nn::PrefixShape {
+            layer: 0,
+            n_layers: nl,
+            b,
+            t,
+            p: 0,
+            kvd
+        }
     )));
-    assert!(nn::prefix_fwd(&mut enc, &prefix, &k, &v, &kf, &vf, 1, nl, b, t, p, kvd).is_ok());
+    assert!(nn::prefix_fwd(
+        &mut enc,
+        &prefix,
+        &k,
+        &v,
+        &kf,
+        &vf,
+        nn::PrefixShape {
+            layer: 1,
+            n_layers: nl,
+            b,
+            t,
+            p,
+            kvd
+        }
+    )
+    .is_ok());
     let grad = a(p * nl * 2 * kvd);
     assert!(is_shape(nn::prefix_bwd(
         &mut enc,
@@ -109,17 +195,48 @@ fn prefix_launchers_reject_bad_shapes() {
         &k,
         &v,
         &a(3),
-        0,
-        nl,
-        b,
-        t,
-        p,
-        kvd
+        nn::PrefixShape {
+            layer: 0,
+            n_layers: nl,
+            b,
+            t,
+            p,
+            kvd
+        }
     )));
     assert!(is_shape(nn::prefix_bwd(
-        &mut enc, &kf, &vf, &k, &k, &grad, 0, nl, b, t, p, kvd
+        &mut enc,
+        &kf,
+        &vf,
+        &k,
+        &k,
+        &grad,
+        nn::PrefixShape {
+            layer: 0,
+            n_layers: nl,
+            b,
+            t,
+            p,
+            kvd
+        }
     )));
-    assert!(nn::prefix_bwd(&mut enc, &kf, &vf, &k, &v, &grad, 1, nl, b, t, p, kvd).is_ok());
+    assert!(nn::prefix_bwd(
+        &mut enc,
+        &kf,
+        &vf,
+        &k,
+        &v,
+        &grad,
+        nn::PrefixShape {
+            layer: 1,
+            n_layers: nl,
+            b,
+            t,
+            p,
+            kvd
+        }
+    )
+    .is_ok());
 }
 
 /// `nn/prefix_proj_*`: sums of t, e or n products per element, in the reference's order; the
@@ -127,31 +244,27 @@ fn prefix_launchers_reject_bad_shapes() {
 const PROJ_ATOL: f32 = 1e-5;
 const PROJ_RTOL: f32 = 1e-4;
 
+/// (P, t, e, n): single rows, odd sizes, e != t.
+const PROJ_SHAPES: &[(usize, usize, usize, usize)] =
+    &[(1, 4, 4, 8), (3, 5, 7, 12), (20, 32, 24, 128)];
+
 #[test]
-fn prefix_proj_fwd_and_bwd_match_reference() {
+fn prefix_proj_fwd_matches_reference() {
     use common::assert_close;
     use tinytune::reference::nn::ProjDims;
     let Some(gpu) = gpu() else { return };
-    // (P, t, e, n): single rows, odd sizes, e != t.
-    for (si, &(p, t, e, n)) in [(1, 4, 4, 8), (3, 5, 7, 12), (20, 32, 24, 128)]
-        .iter()
-        .enumerate()
-    {
+    for (si, &(p, t, e, n)) in PROJ_SHAPES.iter().enumerate() {
         let d = ProjDims { p, t, e, n };
         let mut rng = Rng::new(990 + si as u64);
         let params = rng.vec(d.len(), 0.5);
-        let dkv = rng.vec(p * n, 1.0);
         let (want_h, want_kv) = rnn::prefix_proj_fwd(&params, d);
-        let want_g = rnn::prefix_proj_bwd(&params, &want_h, &dkv, d);
         let pb = gpu.upload("params", &params).unwrap();
-        let dkvb = gpu.upload("dkv", &dkv).unwrap();
         let a = |n: usize| gpu.alloc("x", (n * 4) as u64).unwrap();
-        let (h, kv, dpre, g) = (a(p * e), a(p * n), a(p * e), a(d.len()));
+        let (h, kv) = (a(p * e), a(p * n));
         let mut enc = gpu.encoder();
-        nn::prefix_proj_fwd(&mut enc, &pb, &h, &kv, p, t, e, n).unwrap();
-        nn::prefix_proj_bwd(&mut enc, &pb, &h, &dkvb, &dpre, &g, p, t, e, n).unwrap();
+        nn::prefix_proj_fwd(&mut enc, &pb, &h, &kv, nn::PrefixProjShape { p, t, e, n }).unwrap();
         enc.submit();
-        let what = format!("prefix_proj shape {si}");
+        let what = format!("prefix_proj_fwd shape {si}");
         let got_h = gpu.read_blocking::<f32>(&h).unwrap();
         assert_close(&format!("{what} h"), &got_h, &want_h, PROJ_ATOL, PROJ_RTOL);
         let got_kv = gpu.read_blocking::<f32>(&kv).unwrap();
@@ -162,20 +275,89 @@ fn prefix_proj_fwd_and_bwd_match_reference() {
             PROJ_ATOL,
             PROJ_RTOL,
         );
+    }
+    // Bad shapes are typed errors.
+    let x = gpu.alloc("x", 64).unwrap();
+    let y = gpu.alloc("y", 64).unwrap();
+    let mut enc = gpu.encoder();
+    assert!(nn::prefix_proj_fwd(
+        &mut enc,
+        &x,
+        &y,
+        &x,
+        nn::PrefixProjShape {
+            p: 1,
+            t: 1,
+            e: 1,
+            n: 1
+        }
+    )
+    .is_err());
+    assert!(nn::prefix_proj_fwd(
+        &mut enc,
+        &x,
+        &y,
+        &y,
+        nn::PrefixProjShape {
+            p: 1,
+            t: 1,
+            e: 1,
+            n: 1
+        }
+    )
+    .is_err());
+    assert!(nn::prefix_proj_fwd(
+        &mut enc,
+        &x,
+        &y,
+        &x,
+        nn::PrefixProjShape {
+            p: 1,
+            t: 0,
+            e: 1,
+            n: 1
+        }
+    )
+    .is_err());
+}
+
+#[test]
+fn prefix_proj_bwd_matches_reference() {
+    use common::assert_close;
+    use tinytune::reference::nn::ProjDims;
+    let Some(gpu) = gpu() else { return };
+    for (si, &(p, t, e, n)) in PROJ_SHAPES.iter().enumerate() {
+        let d = ProjDims { p, t, e, n };
+        let mut rng = Rng::new(990 + si as u64);
+        let params = rng.vec(d.len(), 0.5);
+        let dkv = rng.vec(p * n, 1.0);
+        // The forward's h from the reference, so that the backward is checked on its own.
+        let (want_h, _) = rnn::prefix_proj_fwd(&params, d);
+        let want_g = rnn::prefix_proj_bwd(&params, &want_h, &dkv, d);
+        let pb = gpu.upload("params", &params).unwrap();
+        let h = gpu.upload("h", &want_h).unwrap();
+        let dkvb = gpu.upload("dkv", &dkv).unwrap();
+        let a = |n: usize| gpu.alloc("x", (n * 4) as u64).unwrap();
+        let (dpre, g) = (a(p * e), a(d.len()));
+        let mut enc = gpu.encoder();
+        nn::prefix_proj_bwd(
+            &mut enc,
+            &pb,
+            &h,
+            &dkvb,
+            &dpre,
+            &g,
+            nn::PrefixProjShape { p, t, e, n },
+        )
+        .unwrap();
+        enc.submit();
         let got_g = gpu.read_blocking::<f32>(&g).unwrap();
         assert_close(
-            &format!("{what} grads"),
+            &format!("prefix_proj_bwd shape {si} grads"),
             &got_g,
             &want_g,
             PROJ_ATOL,
             PROJ_RTOL,
         );
     }
-    // Bad shapes are typed errors.
-    let x = gpu.alloc("x", 64).unwrap();
-    let y = gpu.alloc("y", 64).unwrap();
-    let mut enc = gpu.encoder();
-    assert!(nn::prefix_proj_fwd(&mut enc, &x, &y, &x, 1, 1, 1, 1).is_err());
-    assert!(nn::prefix_proj_fwd(&mut enc, &x, &y, &y, 1, 1, 1, 1).is_err());
-    assert!(nn::prefix_proj_fwd(&mut enc, &x, &y, &x, 1, 0, 1, 1).is_err());
 }

@@ -59,7 +59,7 @@ fn weight(rng: &mut Rng, c: usize) -> Vec<f32> {
 }
 
 #[test]
-fn nn_rmsnorm_fwd_matches_reference() {
+fn rmsnorm_fwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (si, &(m, c)) in SHAPES.iter().enumerate() {
         let eps = if si % 2 == 0 { 1e-5 } else { 1e-6 };
@@ -83,7 +83,7 @@ fn nn_rmsnorm_fwd_matches_reference() {
 }
 
 #[test]
-fn nn_rmsnorm_bwd_matches_reference() {
+fn rmsnorm_bwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (si, &(m, c)) in SHAPES.iter().enumerate() {
         let mut rng = Rng::new(20 + si as u64);
@@ -125,7 +125,7 @@ fn nn_rmsnorm_bwd_matches_reference() {
 }
 
 #[test]
-fn nn_rmsnorm_bwd_weight_matches_reference() {
+fn rmsnorm_bwd_weight_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (si, &(m, c)) in SHAPES.iter().enumerate() {
         let mut rng = Rng::new(30 + si as u64);
@@ -165,7 +165,7 @@ fn nn_rmsnorm_bwd_weight_matches_reference() {
 /// `L = Σ G ⊙ y` with random `G` (so `dL/dy = G`). y is smooth in x, so the step trades f32
 /// rounding of the forward (L summed in f64) against the O(step²) truncation error.
 #[test]
-fn nn_rmsnorm_bwd_matches_finite_differences() {
+fn rmsnorm_bwd_matches_finite_differences() {
     const STEP: f32 = 1.0 / 256.0; // exact in binary
     const TOL: f64 = 2e-3;
     for &(m, c, eps) in &[(1usize, 7usize, 1e-5f32), (3, 5, 1e-6), (2, 16, 1e-2)] {
@@ -202,7 +202,7 @@ fn nn_rmsnorm_bwd_matches_finite_differences() {
 }
 
 #[test]
-fn nn_rmsnorm_launchers_reject_bad_shapes() {
+fn rmsnorm_launchers_reject_bad_shapes() {
     let Some(gpu) = gpu() else { return };
     let (m, c) = (3, 8);
     let buf = |label: &str, len: usize| gpu.alloc(label, len as u64 * 4).unwrap();

@@ -87,7 +87,7 @@ fn run(
 }
 
 #[test]
-fn nn_rope_fwd_matches_reference() {
+fn rope_fwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (ci, (m, h, d, theta, scaling)) in cases().into_iter().enumerate() {
         let mut rng = Rng::new(50 + ci as u64);
@@ -107,7 +107,7 @@ fn nn_rope_fwd_matches_reference() {
 }
 
 #[test]
-fn nn_rope_bwd_matches_reference() {
+fn rope_bwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (ci, (m, h, d, theta, scaling)) in cases().into_iter().enumerate() {
         let mut rng = Rng::new(60 + ci as u64);
@@ -130,7 +130,7 @@ fn nn_rope_bwd_matches_reference() {
 /// `pos * inv_freq` to f32, then takes cos/sin): a head vector of ones then zeros rotates into
 /// `(cos a_i, sin a_i)`. Positions up to Llama 3.1's 131072, all D/2 = 32 frequencies.
 #[test]
-fn nn_rope_fwd_angles_match_f64() {
+fn rope_fwd_angles_match_f64() {
     let Some(gpu) = gpu() else { return };
     let (h, d) = (1, 64);
     let inv_freq = rope_inv_freq(d, 500000.0, None);
@@ -167,7 +167,7 @@ fn nn_rope_fwd_angles_match_f64() {
 /// `L = Σ G ⊙ rope_fwd(x)` with random `G`. The rotation is linear in x, so a large step leaves
 /// only f32 rounding of the forward (L summed in f64).
 #[test]
-fn nn_rope_bwd_matches_finite_differences() {
+fn rope_bwd_matches_finite_differences() {
     const STEP: f32 = 0.5;
     const TOL: f64 = 1e-5;
     for &(m, h, d) in &[(1usize, 1usize, 2usize), (3, 2, 6), (2, 3, 8)] {
@@ -215,7 +215,7 @@ fn nn_rope_bwd_matches_finite_differences() {
 /// low_freq_factor 0.5) with all three wavelength bands.
 #[test]
 #[allow(clippy::type_complexity)]
-fn nn_rope_inv_freq_llama3() {
+fn rope_inv_freq_llama3() {
     let cases: &[(usize, f64, Option<Llama3Scaling>, &[u32])] = &[
         (
             64,
@@ -318,7 +318,7 @@ fn nn_rope_inv_freq_llama3() {
 }
 
 #[test]
-fn nn_rope_launchers_reject_bad_shapes() {
+fn rope_launchers_reject_bad_shapes() {
     let Some(gpu) = gpu() else { return };
     let (m, h, d) = (3, 2, 8);
     let x = gpu.alloc("x", (m * h * d * 4) as u64).unwrap();

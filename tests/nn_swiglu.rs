@@ -54,7 +54,7 @@ fn read(gpu: &Gpu, b: &GpuBuffer) -> Vec<f32> {
 }
 
 #[test]
-fn nn_swiglu_fwd_matches_reference() {
+fn swiglu_fwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (si, &n) in SIZES.iter().enumerate() {
         let mut rng = Rng::new(300 + si as u64);
@@ -77,7 +77,7 @@ fn nn_swiglu_fwd_matches_reference() {
 }
 
 #[test]
-fn nn_swiglu_bwd_matches_reference() {
+fn swiglu_bwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (si, &n) in SIZES.iter().enumerate() {
         let mut rng = Rng::new(400 + si as u64);
@@ -116,7 +116,7 @@ fn nn_swiglu_bwd_matches_reference() {
 /// `L = Σ dh * swiglu_fwd(gate, up)`; its central differences in each gate and up element must
 /// match `swiglu_bwd`.
 #[test]
-fn nn_swiglu_bwd_matches_finite_differences() {
+fn swiglu_bwd_matches_finite_differences() {
     let mut rng = Rng::new(7);
     let n = 48;
     // Moderate gates so the step stays small against the curvature; include 0 and the root of
@@ -179,7 +179,7 @@ fn nn_swiglu_bwd_matches_finite_differences() {
 /// (torch's `x / (1 + exp(-x))` underflows to -0 at x = -100 where the stable form gives
 /// -1.9e-42; both are within the absolute floor.)
 #[test]
-fn nn_swiglu_reference_matches_torch() {
+fn swiglu_reference_matches_torch() {
     let gate = [-100.0f32, -20.0, -1.5, 0.0, 0.75, 20.0, 100.0];
     let upv = [0.5f32, -2.0, 1.25, 3.0, -0.75, 1.5, -0.25];
     let dh = [1.0f32, -0.5, 2.0, 0.25, 1.5, -1.0, 0.75];
@@ -222,7 +222,7 @@ fn nn_swiglu_reference_matches_torch() {
 }
 
 #[test]
-fn nn_swiglu_launchers_reject_bad_shapes() {
+fn swiglu_launchers_reject_bad_shapes() {
     let Some(gpu) = gpu() else { return };
     let a = gpu.alloc("a", 4 * 10).unwrap();
     let b = gpu.alloc("b", 4 * 10).unwrap();

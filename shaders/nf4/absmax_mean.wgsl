@@ -1,6 +1,7 @@
 // Double quantization, step 1: offset = mean(absmax), in a fixed summation order (the reference
 // `nf4::absmax_mean` mirrors it): 256 lanes sum strided slices, then a pairwise tree.
 // One workgroup. Writes dq[256]; dq[0..256] already holds the dynamic map.
+// Joined with nf4/common.wgsl (crates/gpu/src/shaders.rs).
 
 struct Params {
     nblocks: u32,  // number of NF4 blocks (absmax entries)
@@ -32,56 +33,4 @@ fn main(@builtin(local_invocation_index) t: u32) {
     if (t == 0u) {
         dq[256] = div_rn(lanes[0], f32(p.nblocks));
     }
-}
-
-// Correctly rounded a / b for positive normal f32 (WGSL only promises 2.5 ULP for `/`, and
-// lavapipe's reciprocal is not exact; bitsandbytes' CUDA `1.0f / absmax` is). Mantissa long
-// division in u32, round to nearest even. Falls back to `/` if the result leaves the normal range.
-fn div_rn(a: f32, b: f32) -> f32 {
-    let ua = bitcast<u32>(a);
-    let ub = bitcast<u32>(b);
-    let ea = i32((ua >> 23u) & 255u);
-    let eb = i32((ub >> 23u) & 255u);
-    if (a == 0.0) {
-        return 0.0;
-    }
-    if (ea == 0 || eb == 0 || ea == 255 || eb == 255 || a < 0.0 || b < 0.0) {
-        return a / b;
-    }
-    let mb = (ub & 0x7fffffu) | 0x800000u;
-    var r = (ua & 0x7fffffu) | 0x800000u;
-    var q = 0u;
-    for (var i = 0u; i < 26u; i++) {
-        let d = r >= mb;
-        if (d) {
-            r -= mb;
-        }
-        q = (q << 1u) | u32(d);
-        r <<= 1u;
-    }
-    // q = floor(ma / mb * 2^25), in [2^24, 2^26).
-    var e = ea - eb + 127;
-    var mant: u32;
-    var guard: u32;
-    var sticky = u32(r != 0u);
-    if (q >= 0x2000000u) {
-        mant = q >> 2u;
-        guard = (q >> 1u) & 1u;
-        sticky |= q & 1u;
-    } else {
-        mant = q >> 1u;
-        guard = q & 1u;
-        e -= 1;
-    }
-    if (guard == 1u && (sticky == 1u || (mant & 1u) == 1u)) {
-        mant += 1u;
-        if (mant == 0x1000000u) {
-            mant >>= 1u;
-            e += 1;
-        }
-    }
-    if (e <= 0 || e >= 255) {
-        return a / b;
-    }
-    return bitcast<f32>((u32(e) << 23u) | (mant & 0x7fffffu));
 }

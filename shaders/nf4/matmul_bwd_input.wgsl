@@ -9,6 +9,7 @@
 // (2 vec4 per row) and walks N: per W row it loads one code word (two with SHIFTED), one scale
 // (reloaded only when the block changes), ROWS values of dy, and does ROWS × 8 multiply-adds.
 // In the last k tile the lanes beyond K compute garbage from clamped indices and are not stored.
+// Joined with nf4/common.wgsl, nf4/blocks_common.wgsl, nf4/matmul_common.wgsl (crates/gpu/src/shaders.rs).
 
 override BLOCK: u32 = 64u;          // elements per scale block, a power of two in 32..4096
 override DOUBLE_QUANT: bool = true; // absmax = dq[q] * dq[257 + b/256] + dq[256]
@@ -35,31 +36,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read> absmax: array<u32>;     // (ceil(nblocks/4)) u8 codes, or (nblocks) f32 bits
 @group(0) @binding(4) var<storage, read> dq: array<f32>;         // (256 + 1 + nnested) [map, offset, nested], or (1) [0]
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;   // (M, K)
-
-fn nf4_value(c: u32) -> f32 {
-    var t = array<u32, 16>(
-        0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu, 0xbdba7871u, 0x00000000u,
-        0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au, 0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u);
-    return bitcast<f32>(t[c]);
-}
-
-fn block_absmax(b: u32) -> f32 {
-    if (DOUBLE_QUANT) {
-        let q = (absmax[b / 4u] >> (8u * (b % 4u))) & 255u;
-        return dq[q] * dq[257u + b / 256u] + dq[256];
-    }
-    return bitcast<f32>(absmax[b]);
-}
-
-// Nibble order made linear: element j of the word at bits 4j.
-fn linear(w: u32) -> u32 {
-    return ((w >> 4u) & 0x0f0f0f0fu) | ((w & 0x0f0f0f0fu) << 4u);
-}
-
-// Bit offset of element j (0..8) of a code word: linear after `linear`, else the byte's nibble swapped.
-fn nib(j: u32) -> u32 {
-    return select((4u * j) ^ 4u, 4u * j, SHIFTED);
-}
 
 fn store(row: u32, col: u32, v: f32) {
     if (col < p.k) {

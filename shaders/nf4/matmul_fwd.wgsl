@@ -13,6 +13,7 @@
 // nf4/dequantize) and does ROWS × 8 multiply-adds with ROWS scalar x loads (an outer product, sums
 // in increasing k like the reference). x reads as 0 beyond K, which handles K % 8 (the W values
 // there are finite: the next row's, or clamped / padding codes; they are multiplied by 0).
+// Joined with nf4/common.wgsl, nf4/blocks_common.wgsl, nf4/matmul_common.wgsl (crates/gpu/src/shaders.rs).
 
 override BLOCK: u32 = 64u;          // elements per scale block, a power of two in 32..4096
 override DOUBLE_QUANT: bool = true; // absmax = dq[q] * dq[257 + b/256] + dq[256]
@@ -39,31 +40,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read> absmax: array<u32>;     // (ceil(nblocks/4)) u8 codes, or (nblocks) f32 bits
 @group(0) @binding(4) var<storage, read> dq: array<f32>;         // (256 + 1 + nnested) [map, offset, nested], or (1) [0]
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;    // (M, N)
-
-fn nf4_value(c: u32) -> f32 {
-    var t = array<u32, 16>(
-        0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu, 0xbdba7871u, 0x00000000u,
-        0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au, 0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u);
-    return bitcast<f32>(t[c]);
-}
-
-fn block_absmax(b: u32) -> f32 {
-    if (DOUBLE_QUANT) {
-        let q = (absmax[b / 4u] >> (8u * (b % 4u))) & 255u;
-        return dq[q] * dq[257u + b / 256u] + dq[256];
-    }
-    return bitcast<f32>(absmax[b]);
-}
-
-// Nibble order made linear: element j of the word at bits 4j.
-fn linear(w: u32) -> u32 {
-    return ((w >> 4u) & 0x0f0f0f0fu) | ((w & 0x0f0f0f0fu) << 4u);
-}
-
-// Bit offset of element j (0..8) of a code word: linear after `linear`, else the byte's nibble swapped.
-fn nib(j: u32) -> u32 {
-    return select((4u * j) ^ 4u, 4u * j, SHIFTED);
-}
 
 struct State {
     f: array<u32, 8>,    // flat index of each column's W row start

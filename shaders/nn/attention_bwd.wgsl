@@ -21,6 +21,7 @@
 // (q then dO, or k then v): with both in one loop twice as many vectors are live and lavapipe's
 // spilling made stage_dkdv 3-5x slower. Invocations are numbered with the fastest-varying head
 // first and the heaviest block first; 1-D grid (wid.x + wid.y * nwg.x).
+// Joined with nn/attention_common.wgsl (crates/gpu/src/shaders.rs).
 
 override ROWS: u32 = 4u;            // owned rows per invocation: 1, 2 or 4
 override WG: u32 = 64u;             // invocations per workgroup
@@ -57,16 +58,6 @@ struct Params {
 @group(0) @binding(6) var<storage, read> delta_in: array<f32>;           // (B, H, Tq)
 @group(0) @binding(7) var<storage, read_write> dk: array<vec4<f32>>;     // (B*Tk, KVH*D)
 @group(0) @binding(8) var<storage, read_write> dv: array<vec4<f32>>;     // (B*Tk, KVH*D)
-
-fn dot4(x: vec4<f32>, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(dot(x, k0), dot(x, k1), dot(x, k2), dot(x, k3));
-}
-
-fn wsum(pa: vec4<f32>, pb: vec4<f32>, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
-        v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>) -> vec4<f32> {
-    return ((pa.x * v0 + pa.y * v1) + (pa.z * v2 + pa.w * v3))
-         + ((pb.x * v4 + pb.y * v5) + (pb.z * v6 + pb.w * v7));
-}
 
 const OFS = vec4<u32>(0u, 1u, 2u, 3u);
 

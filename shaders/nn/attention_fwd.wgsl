@@ -24,6 +24,7 @@
 // Entry point `repack`: dst[r, c] = src[r, c] for c < min(DS, DD), 0 for DS <= c < DD, over rows
 // r of head vectors (zero-pads or un-pads the head dimension; with ACC, dst += instead); one
 // invocation per dst element. Also used by the backward's launcher.
+// Joined with nn/attention_common.wgsl (crates/gpu/src/shaders.rs).
 
 override ROWS: u32 = 4u;   // query rows per invocation: 1, 2 or 4
 override WG: u32 = 64u;    // invocations per workgroup
@@ -39,8 +40,8 @@ struct Params {
     h: u32,        // query heads
     kvh: u32,      // key/value heads (divides h)
     scale: f32,    // score scale, usually 1/sqrt(D)
-    nqb: u32,      // ceil(tq / ROWS): query blocks per (batch, head)
-    nitems: u32,   // nqb * b * h: invocations with work
+    nblk: u32,     // ceil(tq / ROWS): query blocks per (batch, head)
+    nitems: u32,   // nblk * b * h: invocations with work
     d4: u32,       // head dimension / 4 (D % 4 == 0, D <= 4 * DMAX4)
     _p0: u32,
     _p1: u32,
@@ -66,18 +67,6 @@ struct RepackParams {
 @group(0) @binding(1) var<storage, read> src: array<f32>;             // (rows * heads, DS)
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;       // (rows * heads, DD)
 
-// Scores of one query row chunk: (x·k0, x·k1, x·k2, x·k3).
-fn dot4(x: vec4<f32>, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(dot(x, k0), dot(x, k1), dot(x, k2), dot(x, k3));
-}
-
-// Weighted sum of 8 rows: pa.x*v0 + ... + pb.w*v7.
-fn wsum(pa: vec4<f32>, pb: vec4<f32>, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
-        v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>) -> vec4<f32> {
-    return ((pa.x * v0 + pa.y * v1) + (pa.z * v2 + pa.w * v3))
-         + ((pb.x * v4 + pb.y * v5) + (pb.z * v6 + pb.w * v7));
-}
-
 fn hmax(x: vec4<f32>) -> f32 {
     return max(max(x.x, x.y), max(x.z, x.w));
 }
@@ -95,7 +84,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     let d4 = p.d4;
     let bh = p.b * p.h;
-    let i0 = (p.nqb - 1u - t / bh) * ROWS;  // heaviest query block first
+    let i0 = (p.nblk - 1u - t / bh) * ROWS;  // heaviest query block first
     let bi = (t % bh) / p.h;
     let hh = t % p.h;
     let kh = hh / (p.h / p.kvh);

@@ -6,6 +6,7 @@
 // - `w1`: dW1 = dpreᵀ · embedding, db1 = Σ_rows dpre and d(embedding) = dpre · w1
 //   (e*t + e + P*t invocations).
 // Plain loops, sums in index order (as the reference); every element has one writer.
+// Joined with nn/prefix_proj_common.wgsl (crates/gpu/src/shaders.rs).
 
 const WG: u32 = 64u;
 
@@ -34,10 +35,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> params_c: array<f32>;       // (P*t + e*t + e + n*e + n)
 @group(0) @binding(2) var<storage, read> dpre_c: array<f32>;         // (P, e)
 @group(0) @binding(3) var<storage, read_write> grads_c: array<f32>;  // (P*t + e*t + e + n*e + n), like params
-
-fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid;
-}
 
 @compute @workgroup_size(64)
 fn w2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -4,6 +4,7 @@
 // Plain loops (P is tens of rows; this runs once per optimizer step): entry point `hidden` has one
 // invocation per element of h, `out` one per element of kv. Sums start from the bias and run in
 // index order, as the reference does.
+// Joined with nn/prefix_proj_common.wgsl (crates/gpu/src/shaders.rs).
 
 const WG: u32 = 64u;
 
@@ -25,10 +26,6 @@ struct Params {
 // out
 @group(0) @binding(2) var<storage, read> h: array<f32>;            // (P, e)
 @group(0) @binding(3) var<storage, read_write> kv: array<f32>;     // (P, n)
-
-fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid;
-}
 
 @compute @workgroup_size(64)
 fn hidden(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -11,6 +11,7 @@
 //
 // Each entry point declares its own bindings (the launcher passes exactly those buffers in that
 // order); binding numbers repeat across entry points, never within one.
+// Joined with nn/rmsnorm_common.wgsl (crates/gpu/src/shaders.rs).
 
 override ACCUMULATE: bool = false;
 
@@ -36,19 +37,6 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> dw: array<f32>;     // (C)
 
 var<workgroup> red: array<f32, WG>;
-
-// Tree-sums v over the workgroup; every invocation gets the total (call in uniform control flow).
-fn reduce(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    return red[0];
-}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -5,6 +5,7 @@
 // loop), then every invocation writes its strided run of y. The mean is sum * (1/C) with 1/C
 // rounded on the host (WGSL `/` is not correctly rounded on every driver). Rows are numbered over a
 // 1-D grid split across x and y (wid.x + wid.y * nwg.x).
+// Joined with nn/rmsnorm_common.wgsl (crates/gpu/src/shaders.rs).
 
 const WG: u32 = 64u;
 
@@ -22,19 +23,6 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> rstd: array<f32>;   // (M)
 
 var<workgroup> red: array<f32, WG>;
-
-// Tree-sums v over the workgroup; every invocation gets the total (call in uniform control flow).
-fn reduce(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    return red[0];
-}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -3,6 +3,7 @@
 //   dup   = dh * silu(gate)
 // sigmoid as in swiglu_fwd (one exp of -|x|, no overflow).
 // Each invocation handles ITEMS elements strided by WG (coalesced; no shared memory).
+// Joined with nn/swiglu_common.wgsl (crates/gpu/src/shaders.rs).
 
 const WG: u32 = 256u;
 const ITEMS: u32 = 16u;  // elements per invocation, strided by WG (a workgroup covers WG * ITEMS)
@@ -20,12 +21,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read> up: array<f32>;           // (M, I)
 @group(0) @binding(4) var<storage, read_write> dgate: array<f32>;  // (M, I)
 @group(0) @binding(5) var<storage, read_write> dup: array<f32>;    // (M, I)
-
-fn sigmoid(x: f32) -> f32 {
-    let e = exp(-abs(x));
-    let r = 1.0 / (1.0 + e);
-    return select(e * r, r, x >= 0.0);
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -2,6 +2,7 @@
 // sigmoid without overflow: with e = exp(-|x|) in (0, 1], sigmoid(x) = 1/(1+e) for x >= 0 and
 // e/(1+e) for x < 0 (one exp, no inf for large |x|).
 // Each invocation handles ITEMS elements strided by WG (coalesced; no shared memory).
+// Joined with nn/swiglu_common.wgsl (crates/gpu/src/shaders.rs).
 
 const WG: u32 = 256u;
 const ITEMS: u32 = 16u;  // elements per invocation, strided by WG (a workgroup covers WG * ITEMS)
@@ -17,12 +18,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> gate: array<f32>;     // (M, I)
 @group(0) @binding(2) var<storage, read> up: array<f32>;       // (M, I)
 @group(0) @binding(3) var<storage, read_write> h: array<f32>;  // (M, I)
-
-fn sigmoid(x: f32) -> f32 {
-    let e = exp(-abs(x));
-    let r = 1.0 / (1.0 + e);
-    return select(e * r, r, x >= 0.0);
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -70,3 +70,4 @@ pub fn assert_close(kernel: &str, got: &[f32], want: &[f32], atol: f32, rtol: f3
     }
 }
 pub mod hf;
+pub mod nf4;

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{GpuError, Result};
+use crate::params::KernelParams;
 use crate::shaders;
 
 /// Options for opening a device. `Default` honours `WGPU_BACKEND` and `WGPU_ADAPTER_NAME`.
@@ -442,15 +443,27 @@ pub struct Encoder<'g> {
 }
 
 impl<'g> Encoder<'g> {
-    /// Records one dispatch. Binding 0 is the uniform `params` (u32 words, padded to 16 bytes);
-    /// bindings 1.. are `buffers` in order, matching the WGSL file's declarations.
-    pub fn dispatch(
+    /// Records one dispatch. Binding 0 is the uniform `params`, the kernel's WGSL `struct Params`
+    /// ([`crate::params`]); bindings 1.. are `buffers` in order, matching the WGSL file's
+    /// declarations. Fails if `P` is not the params struct of `kernel`.
+    pub fn dispatch<P: KernelParams>(
         &mut self,
         kernel: &Kernel,
-        params: &[u32],
+        params: &P,
         buffers: &[&GpuBuffer],
         groups: [u32; 3],
     ) -> Result<()> {
+        if !P::KERNELS.contains(&kernel.name) {
+            return Err(GpuError::Pipeline {
+                kernel: kernel.name.into(),
+                entry: kernel.entry.into(),
+                message: format!(
+                    "params {} are for {:?}",
+                    std::any::type_name::<P>(),
+                    P::KERNELS
+                ),
+            });
+        }
         let max = self.gpu.limits.max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max) {
             let total = groups.iter().map(|&g| g as u64).product();
@@ -463,13 +476,11 @@ impl<'g> Encoder<'g> {
         if groups.contains(&0) {
             return Ok(());
         }
-        let mut words = params.to_vec();
-        words.resize(params.len().max(1).div_ceil(4) * 4, 0);
         let uniform = wgpu::util::DeviceExt::create_buffer_init(
             &self.gpu.device,
             &wgpu::util::BufferInitDescriptor {
                 label: Some("params"),
-                contents: bytemuck::cast_slice(&words),
+                contents: bytemuck::bytes_of(params),
                 usage: wgpu::BufferUsages::UNIFORM,
             },
         );

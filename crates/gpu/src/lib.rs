@@ -4,6 +4,7 @@
 pub mod device;
 pub mod error;
 pub mod ops;
+pub mod params;
 pub mod shaders;
 
 #[cfg(not(target_arch = "wasm32"))]

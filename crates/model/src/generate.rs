@@ -222,12 +222,14 @@ impl<'a> KvDecoder<'a> {
                     &self.acts.v,
                     &self.kcache[i],
                     &self.vcache[i],
-                    i,
-                    pf.n_layers,
-                    1,
-                    0,
-                    pf.p,
-                    pf.kvd,
+                    nn::PrefixShape {
+                        layer: i,
+                        n_layers: pf.n_layers,
+                        b: 1,
+                        t: 0,
+                        p: pf.p,
+                        kvd: pf.kvd,
+                    },
                 )?;
             }
             enc.submit();
@@ -343,7 +345,21 @@ impl<'a> KvDecoder<'a> {
                 enc.copy(&a.k, 0, kc, p0 as u64 * kvw, m as u64 * kvw);
                 enc.copy(&a.v, 0, vc, p0 as u64 * kvw, m as u64 * kvw);
                 Ok(nn::attention_fwd(
-                    enc, &a.q, kc, vc, &a.attn, &a.lse, 1, m, tk, h, kvh, hd, scale,
+                    enc,
+                    &a.q,
+                    kc,
+                    vc,
+                    &a.attn,
+                    &a.lse,
+                    nn::AttentionShape {
+                        b: 1,
+                        tq: m,
+                        tk,
+                        h,
+                        kvh,
+                        d: hd,
+                        scale,
+                    },
                 )?)
             })?;
             // Prompt chunks: bound the size of one command buffer, as the full forward does.

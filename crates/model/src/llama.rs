@@ -676,12 +676,32 @@ impl LlamaModel {
     ) -> Result<(), ModelError> {
         let lin = &self.layers[i].linears[t];
         match &lin.weight {
-            Weight::F32(w) => {
-                nn::matmul_fwd(enc, x, w, y, m, lin.n_in, lin.n_out, 1.0, accumulate)?
-            }
-            Weight::Nf4(w) => {
-                nf4::matmul_fwd(enc, x, w, y, m, lin.n_in, lin.n_out, 1.0, accumulate)?
-            }
+            Weight::F32(w) => nn::matmul_fwd(
+                enc,
+                x,
+                w,
+                y,
+                nn::MatmulShape {
+                    m,
+                    k: lin.n_in,
+                    n: lin.n_out,
+                },
+                1.0,
+                accumulate,
+            )?,
+            Weight::Nf4(w) => nf4::matmul_fwd(
+                enc,
+                x,
+                w,
+                y,
+                nf4::MatmulShape {
+                    m,
+                    k: lin.n_in,
+                    n: lin.n_out,
+                },
+                1.0,
+                accumulate,
+            )?,
         }
         if let Some(b) = &lin.bias {
             nn::bias_add_fwd(enc, b, y, m, lin.n_out)?;
@@ -698,7 +718,21 @@ impl LlamaModel {
                 }
                 None => x,
             };
-            lora::fwd(enc, x, &p.a, &p.b, h, y, m, p.n_in, p.n_out, l.r, l.scale)?;
+            lora::adapter_fwd(
+                enc,
+                x,
+                &p.a,
+                &p.b,
+                h,
+                y,
+                lora::LoraShape {
+                    m,
+                    k: p.n_in,
+                    n: p.n_out,
+                    r: l.r,
+                    scale: l.scale,
+                },
+            )?;
         }
         Ok(())
     }
@@ -723,12 +757,30 @@ impl LlamaModel {
     ) -> Result<(), ModelError> {
         let lin = &self.layers[i].linears[t];
         match &lin.weight {
-            Weight::F32(w) => {
-                nn::matmul_bwd_input(enc, dy, w, dx, m, lin.n_in, lin.n_out, accumulate)?
-            }
-            Weight::Nf4(w) => {
-                nf4::matmul_bwd_input(enc, dy, w, dx, m, lin.n_in, lin.n_out, accumulate)?
-            }
+            Weight::F32(w) => nn::matmul_bwd_input(
+                enc,
+                dy,
+                w,
+                dx,
+                nn::MatmulShape {
+                    m,
+                    k: lin.n_in,
+                    n: lin.n_out,
+                },
+                accumulate,
+            )?,
+            Weight::Nf4(w) => nf4::matmul_bwd_input(
+                enc,
+                dy,
+                w,
+                dx,
+                nf4::MatmulShape {
+                    m,
+                    k: lin.n_in,
+                    n: lin.n_out,
+                },
+                accumulate,
+            )?,
         }
         if let Some((lora, p)) = lora.and_then(|l| l.pair(i, t).map(|p| (l, p))) {
             let h = acts.lora_h[t].as_ref().ok_or_else(|| {
@@ -745,7 +797,7 @@ impl LlamaModel {
                 }
                 None => (x, dx, None),
             };
-            lora::bwd(
+            lora::adapter_bwd(
                 enc,
                 x_in,
                 h,
@@ -756,11 +808,13 @@ impl LlamaModel {
                 &p.db,
                 dx_out,
                 &g.dh_scratch,
-                m,
-                p.n_in,
-                p.n_out,
-                lora.r,
-                lora.scale,
+                lora::LoraShape {
+                    m,
+                    k: p.n_in,
+                    n: p.n_out,
+                    r: lora.r,
+                    scale: lora.scale,
+                },
             )?;
             if let Some((pd, seed)) = mask {
                 nn::dropout_bwd(enc, dx_out, dx, m * p.n_in, pd, seed)?;
@@ -869,7 +923,21 @@ impl LlamaModel {
         let scale = 1.0 / (hd as f32).sqrt();
         match (prefix, ws.prefix_kv(i)) {
             (None, _) => nn::attention_fwd(
-                enc, &a.q, &a.k, &a.v, &a.attn, &a.lse, b, t, t, h, kvh, hd, scale,
+                enc,
+                &a.q,
+                &a.k,
+                &a.v,
+                &a.attn,
+                &a.lse,
+                nn::AttentionShape {
+                    b,
+                    tq: t,
+                    tk: t,
+                    h,
+                    kvh,
+                    d: hd,
+                    scale,
+                },
             )?,
             (Some(pf), Some((kf, vf))) => {
                 nn::prefix_fwd(
@@ -879,12 +947,14 @@ impl LlamaModel {
                     &a.v,
                     kf,
                     vf,
-                    i,
-                    pf.n_layers,
-                    b,
-                    t,
-                    pf.p,
-                    pf.kvd,
+                    nn::PrefixShape {
+                        layer: i,
+                        n_layers: pf.n_layers,
+                        b,
+                        t,
+                        p: pf.p,
+                        kvd: pf.kvd,
+                    },
                 )?;
                 nn::attention_fwd(
                     enc,
@@ -893,13 +963,15 @@ impl LlamaModel {
                     vf,
                     &a.attn,
                     &a.lse,
-                    b,
-                    t,
-                    pf.p + t,
-                    h,
-                    kvh,
-                    hd,
-                    scale,
+                    nn::AttentionShape {
+                        b,
+                        tq: t,
+                        tk: pf.p + t,
+                        h,
+                        kvh,
+                        d: hd,
+                        scale,
+                    },
                 )?;
             }
             (Some(_), None) => {
@@ -1497,13 +1569,15 @@ impl LlamaModel {
                         &g.dq,
                         dkf,
                         dvf,
-                        b,
-                        t,
-                        pf.p + t,
-                        h,
-                        kvh,
-                        hd,
-                        scale,
+                        nn::AttentionShape {
+                            b,
+                            tq: t,
+                            tk: pf.p + t,
+                            h,
+                            kvh,
+                            d: hd,
+                            scale,
+                        },
                     )?;
                     nn::prefix_bwd(
                         &mut enc,
@@ -1512,12 +1586,14 @@ impl LlamaModel {
                         &g.dk,
                         &g.dv,
                         &pf.grad,
-                        i,
-                        pf.n_layers,
-                        b,
-                        t,
-                        pf.p,
-                        pf.kvd,
+                        nn::PrefixShape {
+                            layer: i,
+                            n_layers: pf.n_layers,
+                            b,
+                            t,
+                            p: pf.p,
+                            kvd: pf.kvd,
+                        },
                     )?;
                 }
                 (Some(_), _, _) => {
@@ -1527,8 +1603,25 @@ impl LlamaModel {
                     ))
                 }
                 (None, _, _) => nn::attention_bwd(
-                    &mut enc, &g.dattn, &a.q, &a.k, &a.v, &a.attn, &a.lse, &g.dq, &g.dk, &g.dv, b,
-                    t, t, h, kvh, hd, scale,
+                    &mut enc,
+                    &g.dattn,
+                    &a.q,
+                    &a.k,
+                    &a.v,
+                    &a.attn,
+                    &a.lse,
+                    &g.dq,
+                    &g.dk,
+                    &g.dv,
+                    nn::AttentionShape {
+                        b,
+                        tq: t,
+                        tk: t,
+                        h,
+                        kvh,
+                        d: hd,
+                        scale,
+                    },
                 )?,
             }
             // Prefix tuning: below layer 0's keys and values nothing is trained.

@@ -112,7 +112,18 @@ impl PrefixGpu {
     pub fn refresh(&self, enc: &mut Encoder) -> Result<(), ModelError> {
         if let Some(pr) = &self.projection {
             let n = self.row();
-            nn::prefix_proj_fwd(enc, &pr.params, &pr.h, &self.kv, self.p, pr.t, pr.e, n)?;
+            nn::prefix_proj_fwd(
+                enc,
+                &pr.params,
+                &pr.h,
+                &self.kv,
+                nn::PrefixProjShape {
+                    p: self.p,
+                    t: pr.t,
+                    e: pr.e,
+                    n,
+                },
+            )?;
         }
         Ok(())
     }
@@ -123,7 +134,18 @@ impl PrefixGpu {
         if let Some(pr) = &self.projection {
             let n = self.row();
             nn::prefix_proj_bwd(
-                enc, &pr.params, &pr.h, &self.grad, &pr.dpre, &pr.grads, self.p, pr.t, pr.e, n,
+                enc,
+                &pr.params,
+                &pr.h,
+                &self.grad,
+                &pr.dpre,
+                &pr.grads,
+                nn::PrefixProjShape {
+                    p: self.p,
+                    t: pr.t,
+                    e: pr.e,
+                    n,
+                },
             )?;
         }
         Ok(())
@@ -204,12 +226,14 @@ impl PrefixGpu {
                 &dummy_k,
                 &dummy_v,
                 &pf.kv,
-                i,
-                pf.n_layers,
-                1,
-                0,
-                p,
-                pf.kvd,
+                tinytune_gpu::ops::nn::PrefixShape {
+                    layer: i,
+                    n_layers: pf.n_layers,
+                    b: 1,
+                    t: 0,
+                    p,
+                    kvd: pf.kvd,
+                },
             )?;
         }
         enc.submit();

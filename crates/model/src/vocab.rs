@@ -91,11 +91,35 @@ impl VocabTable {
         m: usize,
     ) -> Result<(), ModelError> {
         match self.chunks.as_slice() {
-            [one] => nn::matmul_fwd(enc, h, &one.buf, logits, m, self.c, self.v, 1.0, false)?,
+            [one] => nn::matmul_fwd(
+                enc,
+                h,
+                &one.buf,
+                logits,
+                nn::MatmulShape {
+                    m,
+                    k: self.c,
+                    n: self.v,
+                },
+                1.0,
+                false,
+            )?,
             chunks => {
                 for ch in chunks {
                     nn::matmul_fwd_strided(
-                        enc, h, &ch.buf, logits, m, self.c, ch.rows, self.v, ch.row0, 1.0, false,
+                        enc,
+                        h,
+                        &ch.buf,
+                        logits,
+                        nn::MatmulShape {
+                            m,
+                            k: self.c,
+                            n: ch.rows,
+                        },
+                        self.v,
+                        ch.row0,
+                        1.0,
+                        false,
                     )?;
                 }
             }
@@ -112,7 +136,18 @@ impl VocabTable {
         m: usize,
     ) -> Result<(), ModelError> {
         match self.chunks.as_slice() {
-            [one] => nn::matmul_bwd_input(enc, dlogits, &one.buf, dh, m, self.c, self.v, false)?,
+            [one] => nn::matmul_bwd_input(
+                enc,
+                dlogits,
+                &one.buf,
+                dh,
+                nn::MatmulShape {
+                    m,
+                    k: self.c,
+                    n: self.v,
+                },
+                false,
+            )?,
             chunks => {
                 for (j, ch) in chunks.iter().enumerate() {
                     nn::matmul_bwd_input_strided(
@@ -120,9 +155,11 @@ impl VocabTable {
                         dlogits,
                         &ch.buf,
                         dh,
-                        m,
-                        self.c,
-                        ch.rows,
+                        nn::MatmulShape {
+                            m,
+                            k: self.c,
+                            n: ch.rows,
+                        },
                         self.v,
                         ch.row0,
                         j > 0,

@@ -191,7 +191,7 @@ fn linear(
     let mut h = Vec::new();
     if let Some(p) = pair {
         let x = dropped(x, drop);
-        let (hh, dy) = lora::fwd(&x, &p.a, &p.b, m, k, n, r, scale);
+        let (hh, dy) = lora::adapter_fwd(&x, &p.a, &p.b, m, k, n, r, scale);
         for (v, d) in y.iter_mut().zip(&dy) {
             *v += d;
         }
@@ -502,7 +502,7 @@ fn loss_grads_dx(
             if let Some(p) = pair(Some(lora), li, ti) {
                 let mask = adapter_drop(drop, li, ti);
                 let input = dropped(input, mask);
-                let mut lg = lora::bwd(
+                let mut lg = lora::adapter_bwd(
                     &input,
                     &cache.lora_h[ti],
                     dy,

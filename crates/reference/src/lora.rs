@@ -32,7 +32,7 @@ fn check(name: &str, v: &[f32], rows: usize, cols: usize) {
 ///
 /// Panics if a slice is shorter than its shape.
 #[allow(clippy::too_many_arguments)]
-pub fn fwd(
+pub fn adapter_fwd(
     x: &[f32],
     a: &[f32],
     b: &[f32],
@@ -87,13 +87,13 @@ pub fn dh(dy: &[f32], b: &[f32], m: usize, n: usize, r: usize, scale: f32) -> Ve
     dh
 }
 
-/// Backward of [`fwd`] for the upstream gradient `dy[M,N]`, given the saved `h = x · aᵀ`:
+/// Backward of [`adapter_fwd`] for the upstream gradient `dy[M,N]`, given the saved `h = x · aᵀ`:
 /// `dh = scale · dy · b`, `da = dhᵀ · x`, `db = scale · dyᵀ · h`, `dx = dh · a`.
 /// Returns fresh gradients (the GPU kernels accumulate them into existing buffers).
 ///
 /// Panics if a slice is shorter than its shape.
 #[allow(clippy::too_many_arguments)]
-pub fn bwd(
+pub fn adapter_bwd(
     x: &[f32],
     h: &[f32],
     dy: &[f32],

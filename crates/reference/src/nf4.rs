@@ -214,7 +214,7 @@ pub struct DoubleQuant {
 }
 
 /// Double-quantizes `absmax` with a given `offset` (normally [`absmax_mean`]).
-pub fn double_quantize_with_offset(absmax: &[f32], offset: f32) -> DoubleQuant {
+pub fn absmax_quantize(absmax: &[f32], offset: f32) -> DoubleQuant {
     let n = absmax.len();
     let mut codes = vec![0u8; n];
     let nb = n.div_ceil(NESTED_BLOCK);
@@ -244,7 +244,7 @@ pub fn double_quantize_with_offset(absmax: &[f32], offset: f32) -> DoubleQuant {
 
 /// Double-quantizes `absmax` with bitsandbytes' defaults.
 pub fn double_quantize(absmax: &[f32]) -> DoubleQuant {
-    double_quantize_with_offset(absmax, absmax_mean(absmax))
+    absmax_quantize(absmax, absmax_mean(absmax))
 }
 
 /// `absmax[b] = DYNAMIC_MAP[code[b]] * nested_absmax[b / 256] + offset`.
@@ -307,4 +307,18 @@ impl Nf4Tensor {
     pub fn dequantize(&self) -> Vec<f32> {
         dequantize(&self.packed, &self.absmax_f32(), self.block, self.n)
     }
+}
+
+/// `y[M,N] = x[M,K] · dequant(w)[N,K]ᵀ`, the reference of `nf4/matmul_fwd` (with `alpha = 1`, no
+/// accumulation): the dense matmul ([`crate::nn::matmul_fwd`]) of the dequantized weight.
+pub fn matmul_fwd(x: &[f32], w: &Nf4Tensor, m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(w.n, n * k, "an [n, k] weight holds n * k elements");
+    crate::nn::matmul_fwd(x, &w.dequantize(), m, k, n)
+}
+
+/// `dx[M,K] = dy[M,N] · dequant(w)[N,K]`, the reference of `nf4/matmul_bwd_input` (no
+/// accumulation): [`crate::nn::matmul_bwd_input`] of the dequantized weight.
+pub fn matmul_bwd_input(dy: &[f32], w: &Nf4Tensor, m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(w.n, n * k, "an [n, k] weight holds n * k elements");
+    crate::nn::matmul_bwd_input(dy, &w.dequantize(), m, k, n)
 }

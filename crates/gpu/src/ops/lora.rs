@@ -1,4 +1,4 @@
-//! LoRA adapter launchers (PEFT semantics): `shaders/lora/fwd.wgsl` and `shaders/lora/bwd.wgsl`.
+//! LoRA adapter launchers (PEFT semantics): `shaders/lora/adapter_fwd.wgsl` and `shaders/lora/adapter_bwd.wgsl`.
 //!
 //! Shapes (f32, row-major): `x[M,K]`, `a[R,K]` (`lora_A.weight`), `b[N,R]` (`lora_B.weight`),
 //! `h[M,R] = x · aᵀ`, `y[M,N]`, and `scale = alpha / R` (or `alpha / sqrt(R)` with rsLoRA; the
@@ -10,6 +10,7 @@
 use super::{check_distinct, check_f32, groups_for};
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
+use crate::params::LoraParams;
 
 /// Workgroup size of every LoRA kernel; each invocation computes a 4 x 4 output tile.
 const WG: u64 = 64;
@@ -46,40 +47,46 @@ fn check_dims(kernel: &str, m: usize, k: usize, n: usize, r: usize) -> Result<()
     Ok(())
 }
 
-fn params(m: usize, k: usize, n: usize, r: usize, scale: f32) -> [u32; 8] {
-    [
-        m as u32,
-        k as u32,
-        n as u32,
-        r as u32,
-        scale.to_bits(),
-        0,
-        0,
-        0,
-    ]
+/// The shape of one LoRA adapter call: `m` rows, `k` inputs, `n` outputs, rank `r`, and its
+/// `scale` (PEFT's `lora_alpha / r`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoraShape {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub r: usize,
+    pub scale: f32,
 }
 
-/// LoRA forward: writes `h = x · aᵀ` (`[M,R]`, kept for [`bwd`]) and accumulates
+fn params(s: LoraShape) -> LoraParams {
+    let LoraShape { m, k, n, r, scale } = s;
+    LoraParams {
+        m: m as u32,
+        k: k as u32,
+        n: n as u32,
+        r: r as u32,
+        scale,
+        ..Default::default()
+    }
+}
+
+/// LoRA forward: writes `h = x · aᵀ` (`[M,R]`, kept for [`adapter_bwd`]) and accumulates
 /// `y += scale · h · bᵀ` into `y` (`[M,N]`, typically already holding the base layer's output).
-/// Two dispatches of `lora/fwd` (`stage_h`, then `stage_y`).
+/// Two dispatches of `lora/adapter_fwd` (`stage_h`, then `stage_y`).
 ///
 /// Errors with [`crate::GpuError::Shape`] on an empty shape, a buffer shorter than its shape,
 /// more than 2^32 elements in one operand, or `h`/`y` aliasing another operand.
-#[allow(clippy::too_many_arguments)]
-pub fn fwd(
+pub fn adapter_fwd(
     enc: &mut Encoder,
     x: &GpuBuffer,
     a: &GpuBuffer,
     b: &GpuBuffer,
     h: &GpuBuffer,
     y: &GpuBuffer,
-    m: usize,
-    k: usize,
-    n: usize,
-    r: usize,
-    scale: f32,
+    s: LoraShape,
 ) -> Result<()> {
-    const K: &str = "lora/fwd";
+    const K: &str = "lora/adapter_fwd";
+    let LoraShape { m, k, n, r, .. } = s;
     check_dims(K, m, k, n, r)?;
     check_f32(K, "x", x, &[m, k])?;
     check_f32(K, "a", a, &[r, k])?;
@@ -88,7 +95,7 @@ pub fn fwd(
     check_f32(K, "y", y, &[m, n])?;
     check_distinct(K, &[("h", h), ("y", y)], &[("x", x), ("a", a), ("b", b)])?;
     let gpu = enc.gpu;
-    let pr = params(m, k, n, r, scale);
+    let pr = params(s);
     let kh = gpu.kernel(K, "stage_h", &[])?;
     enc.dispatch(&kh, &pr, &[x, a, h], groups_for(gpu, tiles(m, r), WG))?;
     let ky = gpu.kernel(K, "stage_y", &[])?;
@@ -105,12 +112,12 @@ pub fn fwd(
 ///
 /// `da`, `db` and `dx` **accumulate**: zero them before the first micro-batch (gradient
 /// accumulation), and let the frozen base weight add its share of `dx` before or after.
-/// Four dispatches of `lora/bwd` (`stage_dh`, `stage_db`, `stage_da`, `stage_dx`).
+/// Four dispatches of `lora/adapter_bwd` (`stage_dh`, `stage_db`, `stage_da`, `stage_dx`).
 ///
 /// Errors with [`crate::GpuError::Shape`] on an empty shape, a buffer shorter than its shape,
 /// more than 2^32 elements in one operand, or an output aliasing another operand.
 #[allow(clippy::too_many_arguments)]
-pub fn bwd(
+pub fn adapter_bwd(
     enc: &mut Encoder,
     x: &GpuBuffer,
     h: &GpuBuffer,
@@ -121,13 +128,10 @@ pub fn bwd(
     db: &GpuBuffer,
     dx: &GpuBuffer,
     dh_scratch: &GpuBuffer,
-    m: usize,
-    k: usize,
-    n: usize,
-    r: usize,
-    scale: f32,
+    s: LoraShape,
 ) -> Result<()> {
-    const K: &str = "lora/bwd";
+    const K: &str = "lora/adapter_bwd";
+    let LoraShape { m, k, n, r, .. } = s;
     check_dims(K, m, k, n, r)?;
     check_f32(K, "x", x, &[m, k])?;
     check_f32(K, "h", h, &[m, r])?;
@@ -149,7 +153,7 @@ pub fn bwd(
         &[("x", x), ("h", h), ("dy", dy), ("a", a), ("b", b)],
     )?;
     let gpu = enc.gpu;
-    let pr = params(m, k, n, r, scale);
+    let pr = params(s);
     let k_dh = gpu.kernel(K, "stage_dh", &[])?;
     enc.dispatch(
         &k_dh,

@@ -15,11 +15,6 @@ pub(crate) fn groups_for(gpu: &Gpu, n: u64, wg: u64) -> [u32; 3] {
 }
 
 #[allow(dead_code)]
-pub(crate) fn f(v: f32) -> u32 {
-    v.to_bits()
-}
-
-#[allow(dead_code)]
 pub(crate) type Enc<'a, 'g> = &'a mut Encoder<'g>;
 
 /// `a * b` without overflow on 32-bit targets.

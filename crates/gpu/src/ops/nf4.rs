@@ -6,9 +6,10 @@ use tinytune_reference::nf4::{
 };
 
 pub use super::nf4_matmul::*;
-use super::{check_f32, groups_for};
+use super::{check_distinct, check_f32, groups_for};
 use crate::device::{Encoder, Gpu, GpuBuffer};
 use crate::error::{shape_err, Result};
+use crate::params::{AbsmaxMeanParams, AbsmaxQuantizeParams, DequantizeParams, QuantizeParams};
 
 /// A frozen NF4 weight on the device. Codes are bitsandbytes' packed bytes, read as u32 words.
 pub struct Nf4Weight {
@@ -129,7 +130,12 @@ pub fn quantize(
     let codes = gpu.alloc(&format!("{label}.codes"), nbytes as u64)?;
     let absmax_f = gpu.alloc(&format!("{label}.absmax"), nblocks as u64 * 4)?;
     let k = gpu.kernel(K, "main", &[("BLOCK", block as f64)])?;
-    let params = [n as u32, nblocks as u32, nbytes.div_ceil(4) as u32, 0];
+    let params = QuantizeParams {
+        n: n as u32,
+        nblocks: nblocks as u32,
+        nwords: nbytes.div_ceil(4) as u32,
+        ..Default::default()
+    };
     enc.dispatch(
         &k,
         &params,
@@ -152,20 +158,8 @@ pub fn quantize(
     dqv[..256].copy_from_slice(&DYNAMIC_MAP);
     let dq = gpu.upload(&format!("{label}.dq"), &dqv)?;
     let qabsmax = gpu.alloc(&format!("{label}.absmax"), nblocks as u64)?;
-    let mean = gpu.kernel("nf4/absmax_mean", "main", &[])?;
-    enc.dispatch(
-        &mean,
-        &[nblocks as u32, 0, 0, 0],
-        &[&absmax_f, &dq],
-        [1, 1, 1],
-    )?;
-    let qk = gpu.kernel("nf4/absmax_quantize", "main", &[])?;
-    enc.dispatch(
-        &qk,
-        &[nblocks as u32, nnested as u32, 0, 0],
-        &[&absmax_f, &qabsmax, &dq],
-        groups_for(gpu, nnested as u64, 64),
-    )?;
+    absmax_mean(enc, &absmax_f, &dq, nblocks)?;
+    absmax_quantize(enc, &absmax_f, &qabsmax, &dq, nblocks)?;
     Ok(Nf4Weight {
         n,
         block,
@@ -174,6 +168,85 @@ pub fn quantize(
         absmax: qabsmax,
         dq,
     })
+}
+
+/// Double quantization, step 1 (`nf4/absmax_mean`): writes `dq[DQ_OFFSET] = mean(absmax[..nblocks])`
+/// in the fixed summation order of [`tinytune_reference::nf4::absmax_mean`]. One workgroup.
+///
+/// Errors with [`crate::GpuError::Shape`] if `nblocks` is 0 or a buffer is smaller than its shape
+/// (`dq` holds `DQ_NESTED + ceil(nblocks / 256)` f32).
+pub fn absmax_mean(
+    enc: &mut Encoder,
+    absmax: &GpuBuffer,
+    dq: &GpuBuffer,
+    nblocks: usize,
+) -> Result<()> {
+    const K: &str = "nf4/absmax_mean";
+    check_absmax(K, absmax, dq, nblocks)?;
+    let kern = enc.gpu.kernel(K, "main", &[])?;
+    enc.dispatch(
+        &kern,
+        &AbsmaxMeanParams {
+            nblocks: nblocks as u32,
+            ..Default::default()
+        },
+        &[absmax, dq],
+        [1, 1, 1],
+    )
+}
+
+/// Double quantization, step 2 (`nf4/absmax_quantize`): 8-bit codes of `absmax - dq[DQ_OFFSET]`
+/// against the dynamic map `dq[..256]` in blocks of 256, one byte per NF4 block into `qabsmax`
+/// (packed 4 per u32), and each nested block's absmax into `dq[DQ_NESTED..]`, as
+/// [`tinytune_reference::nf4::absmax_quantize`].
+///
+/// Errors with [`crate::GpuError::Shape`] if `nblocks` is 0 or a buffer is smaller than its shape.
+pub fn absmax_quantize(
+    enc: &mut Encoder,
+    absmax: &GpuBuffer,
+    qabsmax: &GpuBuffer,
+    dq: &GpuBuffer,
+    nblocks: usize,
+) -> Result<()> {
+    const K: &str = "nf4/absmax_quantize";
+    check_absmax(K, absmax, dq, nblocks)?;
+    if qabsmax.len < nblocks as u64 {
+        return Err(shape_err(
+            K,
+            format!(
+                "qabsmax ({nblocks}) u8 needs {nblocks} bytes, buffer {:?} holds {}",
+                qabsmax.label, qabsmax.len
+            ),
+        ));
+    }
+    let nnested = nblocks.div_ceil(NESTED_BLOCK);
+    let gpu = enc.gpu;
+    let kern = gpu.kernel(K, "main", &[])?;
+    enc.dispatch(
+        &kern,
+        &AbsmaxQuantizeParams {
+            nblocks: nblocks as u32,
+            nnested: nnested as u32,
+            ..Default::default()
+        },
+        &[absmax, qabsmax, dq],
+        groups_for(gpu, nnested as u64, 64),
+    )
+}
+
+/// Checks the operands of the double quantization kernels.
+fn check_absmax(kernel: &str, absmax: &GpuBuffer, dq: &GpuBuffer, nblocks: usize) -> Result<()> {
+    if nblocks == 0 || nblocks > u32::MAX as usize / 2 {
+        return Err(shape_err(kernel, format!("{nblocks} blocks")));
+    }
+    check_f32(kernel, "absmax", absmax, &[nblocks])?;
+    check_f32(
+        kernel,
+        "dq",
+        dq,
+        &[DQ_NESTED + nblocks.div_ceil(NESTED_BLOCK)],
+    )?;
+    check_distinct(kernel, &[("dq", dq)], &[("absmax", absmax)])
 }
 
 /// `out[i] = dequant(w)[i]` for all `w.n` elements (`nf4/dequantize`).
@@ -191,7 +264,10 @@ pub fn dequantize(enc: &mut Encoder, w: &Nf4Weight, out: &GpuBuffer) -> Result<(
     )?;
     enc.dispatch(
         &k,
-        &[w.n as u32, 0, 0, 0],
+        &DequantizeParams {
+            n: w.n as u32,
+            ..Default::default()
+        },
         &[&w.codes, &w.absmax, &w.dq, out],
         groups_for(gpu, w.n as u64, 64),
     )

@@ -5,10 +5,12 @@
 use tinytune_reference::nf4::{valid_block_size, NESTED_BLOCK};
 
 use super::nf4::{Nf4Weight, DQ_NESTED};
+pub use super::nn::MatmulShape;
 use super::nn::{rows_for, wg_for, TILE_N};
-use super::{check_f32, check_u32, f, groups_for, mul};
+use super::{check_f32, check_u32, groups_for, mul};
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
+use crate::params::{Nf4MatmulBwdInputParams, Nf4MatmulFwdParams};
 
 /// Checks that `w` holds an `[n, k]` matrix and that its buffers match its layout.
 fn check_weight(kernel: &str, w: &Nf4Weight, k: usize, n: usize) -> Result<()> {
@@ -74,19 +76,17 @@ fn constants(w: &Nf4Weight, k: usize, rows: usize, accumulate: bool) -> [(&'stat
 ///
 /// Errors with [`crate::GpuError::Shape`] if `w.n != n * k`, a buffer is smaller than its shape, or
 /// a shape overflows u32 indexing. `m == 0` or `n == 0` records nothing.
-#[allow(clippy::too_many_arguments)]
 pub fn matmul_fwd(
     enc: &mut Encoder,
     x: &GpuBuffer,
     w: &Nf4Weight,
     y: &GpuBuffer,
-    m: usize,
-    k: usize,
-    n: usize,
+    s: MatmulShape,
     alpha: f32,
     accumulate: bool,
 ) -> Result<()> {
     const K: &str = "nf4/matmul_fwd";
+    let MatmulShape { m, k, n } = s;
     check_weight(K, w, k, n)?;
     check_u32(
         K,
@@ -108,16 +108,16 @@ pub fn matmul_fwd(
     let gpu = enc.gpu;
     let kern = gpu.kernel(K, "main", &constants(w, k, rows, accumulate))?;
     let nwords = (n * k).div_ceil(8);
-    let params = [
-        m as u32,
-        k as u32,
-        n as u32,
-        f(alpha),
-        ntn as u32,
-        ntiles as u32,
-        nwords as u32,
-        0,
-    ];
+    let params = Nf4MatmulFwdParams {
+        m: m as u32,
+        k: k as u32,
+        n: n as u32,
+        alpha,
+        ntn: ntn as u32,
+        ntiles: ntiles as u32,
+        nwords: nwords as u32,
+        ..Default::default()
+    };
     enc.dispatch(
         &kern,
         &params,
@@ -132,18 +132,16 @@ pub fn matmul_fwd(
 ///
 /// Errors with [`crate::GpuError::Shape`] if `w.n != n * k`, a buffer is smaller than its shape, or
 /// a shape overflows u32 indexing. `m == 0` or `k == 0` records nothing; `n == 0` writes (or adds) zeros.
-#[allow(clippy::too_many_arguments)]
 pub fn matmul_bwd_input(
     enc: &mut Encoder,
     dy: &GpuBuffer,
     w: &Nf4Weight,
     dx: &GpuBuffer,
-    m: usize,
-    k: usize,
-    n: usize,
+    s: MatmulShape,
     accumulate: bool,
 ) -> Result<()> {
     const K: &str = "nf4/matmul_bwd_input";
+    let MatmulShape { m, k, n } = s;
     check_weight(K, w, k, n)?;
     check_u32(
         K,
@@ -165,16 +163,15 @@ pub fn matmul_bwd_input(
     let gpu = enc.gpu;
     let kern = gpu.kernel(K, "main", &constants(w, k, rows, accumulate))?;
     let nwords = (n * k).div_ceil(8);
-    let params = [
-        m as u32,
-        k as u32,
-        n as u32,
-        ntk as u32,
-        ntiles as u32,
-        nwords as u32,
-        0,
-        0,
-    ];
+    let params = Nf4MatmulBwdInputParams {
+        m: m as u32,
+        k: k as u32,
+        n: n as u32,
+        ntk: ntk as u32,
+        ntiles: ntiles as u32,
+        nwords: nwords as u32,
+        ..Default::default()
+    };
     enc.dispatch(
         &kern,
         &params,

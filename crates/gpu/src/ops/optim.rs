@@ -11,6 +11,7 @@ pub use tinytune_reference::optim::{AdamW, StepCoefficients};
 use super::{check_distinct, check_f32, groups_for};
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
+use crate::params::{AdamwParams, GradNormParams};
 
 /// Elements one `stage_partial` workgroup of `optim/grad_norm` reduces (256 invocations x 16).
 const NORM_CHUNK: u64 = 4096;
@@ -49,7 +50,11 @@ pub fn grad_norm(
     let gpu = enc.gpu;
     let nparts = (n as u64).div_ceil(NORM_CHUNK);
     let parts = gpu.alloc("grad_norm.partials", nparts * 4)?;
-    let params = [n as u32, nparts as u32, 0, 0];
+    let params = GradNormParams {
+        n: n as u32,
+        nparts: nparts as u32,
+        ..Default::default()
+    };
     let kp = gpu.kernel(K, "stage_partial", &[])?;
     enc.dispatch(&kp, &params, &[grads, &parts], groups_for(gpu, nparts, 1))?;
     let kf = gpu.kernel(K, "stage_finish", &[])?;
@@ -138,17 +143,18 @@ pub fn adamw_step(
         "main",
         &[("CLIP", if clip.is_some() { 1.0 } else { 0.0 })],
     )?;
-    let pr = [
-        n as u32,
-        c.decay.to_bits(),
-        c.w1.to_bits(),
-        c.beta2.to_bits(),
-        c.w2.to_bits(),
-        c.step_size.to_bits(),
-        c.bc2_sqrt.to_bits(),
-        c.eps.to_bits(),
-        max_norm.to_bits(),
-    ];
+    let pr = AdamwParams {
+        n: n as u32,
+        decay: c.decay,
+        w1: c.w1,
+        beta2: c.beta2,
+        w2: c.w2,
+        step_size: c.step_size,
+        bc2_sqrt: c.bc2_sqrt,
+        eps: c.eps,
+        max_norm,
+        ..Default::default()
+    };
     enc.dispatch(
         &k,
         &pr,

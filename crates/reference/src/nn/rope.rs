@@ -251,7 +251,6 @@ fn check(kernel: &str, x: &[f32], pos: &[u32], inv_freq: &[f32], m: usize, h: us
 }
 
 /// Rotates every head of every row by `sign * angle` (see the module docs), returning a new array.
-#[allow(clippy::too_many_arguments)]
 fn rotate(
     x: &[f32],
     pos: &[u32],

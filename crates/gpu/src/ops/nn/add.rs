@@ -4,7 +4,8 @@
 use super::swiglu::{check_elems, ITEMS, WG};
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::Result;
-use crate::ops::{check_distinct, check_f32, f, groups_for};
+use crate::ops::{check_distinct, check_f32, groups_for};
+use crate::params::AddParams;
 
 /// `y += alpha * x` elementwise over the first `n` elements, in place in `y`. One dispatch of
 /// `nn/add_fwd`; `n = 0` records nothing.
@@ -27,7 +28,11 @@ pub fn add_fwd(
     let kern = gpu.kernel(K, "main", &[])?;
     enc.dispatch(
         &kern,
-        &[n as u32, f(alpha), 0, 0],
+        &AddParams {
+            n: n as u32,
+            alpha,
+            ..Default::default()
+        },
         &[x, y],
         groups_for(gpu, n as u64, WG * ITEMS),
     )

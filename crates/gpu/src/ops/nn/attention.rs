@@ -17,7 +17,8 @@
 
 use crate::device::{Encoder, Gpu, GpuBuffer};
 use crate::error::{shape_err, Result};
-use crate::ops::{check_distinct, check_f32, check_u32, f, groups_for, mul};
+use crate::ops::{check_distinct, check_f32, check_u32, groups_for, mul};
+use crate::params::{AttentionParams, RepackParams};
 
 /// Largest head dimension: the kernels hold `ROWS` rows of up to 128 floats per operand in
 /// private arrays.
@@ -47,15 +48,30 @@ fn wg_for(gpu: &Gpu) -> usize {
     }
 }
 
-fn check_dims(
-    kernel: &str,
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-) -> Result<()> {
+/// The shape of one attention call and its score scale: `b` sequences of `tq` query rows and
+/// `tk >= tq` key rows, `h` query heads sharing `kvh` key/value heads, head size `d`; scores are
+/// `q·kᵀ·scale` (usually `scale = 1/sqrt(d)`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionShape {
+    pub b: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub h: usize,
+    pub kvh: usize,
+    pub d: usize,
+    pub scale: f32,
+}
+
+fn check_dims(kernel: &str, s: &AttentionShape) -> Result<()> {
+    let AttentionShape {
+        b,
+        tq,
+        tk,
+        h,
+        kvh,
+        d,
+        ..
+    } = *s;
     if h == 0 || kvh == 0 || !h.is_multiple_of(kvh) {
         return Err(shape_err(
             kernel,
@@ -86,34 +102,29 @@ fn check_dims(
     )
 }
 
-/// The uniform words shared by the attention kernels (the `Params` structs in the WGSL); `d` is
-/// the (padded) head size, a multiple of 4.
-#[allow(clippy::too_many_arguments)]
-fn params(
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-    scale: f32,
-    nblk: usize,
-    nitems: usize,
-) -> [u32; 12] {
-    [
-        b as u32,
-        tq as u32,
-        tk as u32,
-        h as u32,
-        kvh as u32,
-        f(scale),
-        nblk as u32,
-        nitems as u32,
-        (d / 4) as u32,
-        0,
-        0,
-        0,
-    ]
+/// The `Params` of the attention kernels; `s.d` is the (padded) head size, a multiple of 4.
+fn params(s: &AttentionShape, nblk: usize, nitems: usize) -> AttentionParams {
+    let AttentionShape {
+        b,
+        tq,
+        tk,
+        h,
+        kvh,
+        d,
+        scale,
+    } = *s;
+    AttentionParams {
+        b: b as u32,
+        tq: tq as u32,
+        tk: tk as u32,
+        h: h as u32,
+        kvh: kvh as u32,
+        scale,
+        nblk: nblk as u32,
+        nitems: nitems as u32,
+        d4: (d / 4) as u32,
+        ..Default::default()
+    }
 }
 
 /// Records `dst[r, c] = src[r, c]` for `c < min(ds, dd)` and `0` for `ds <= c < dd` over `rows`
@@ -136,7 +147,12 @@ fn repack(
     )?;
     enc.dispatch(
         &kern,
-        &[n as u32, ds as u32, dd as u32, 0],
+        &RepackParams {
+            n: n as u32,
+            ds: ds as u32,
+            dd: dd as u32,
+            ..Default::default()
+        },
         &[src, dst],
         groups_for(gpu, n as u64, WG_REPACK),
     )
@@ -158,7 +174,6 @@ fn padded(
 }
 
 /// The forward on operands whose head size `d` is a multiple of 4.
-#[allow(clippy::too_many_arguments)]
 fn fwd_aligned(
     enc: &mut Encoder,
     q: &GpuBuffer,
@@ -166,14 +181,9 @@ fn fwd_aligned(
     v: &GpuBuffer,
     o: &GpuBuffer,
     lse: &GpuBuffer,
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-    scale: f32,
+    s: &AttentionShape,
 ) -> Result<()> {
+    let AttentionShape { b, tq, h, .. } = *s;
     let gpu = enc.gpu;
     let rows = rows_for(tq);
     let wg = wg_for(gpu);
@@ -186,7 +196,7 @@ fn fwd_aligned(
     )?;
     enc.dispatch(
         &kern,
-        &params(b, tq, tk, h, kvh, d, scale, nblk, n),
+        &params(s, nblk, n),
         &[q, k, v, o, lse],
         groups_for(gpu, n as u64, wg as u64),
     )
@@ -200,7 +210,6 @@ fn fwd_aligned(
 /// Errors with [`crate::GpuError::Shape`] if `H` is not a positive multiple of `KVH`, `D` is not
 /// in `1..=`[`ATTENTION_MAX_D`], `Tk < Tq`, a buffer is smaller than its shape, a count overflows
 /// u32 indexing, or `o`/`lse` alias another operand. `B == 0` or `Tq == 0` records nothing.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_fwd(
     enc: &mut Encoder,
     q: &GpuBuffer,
@@ -208,16 +217,19 @@ pub fn attention_fwd(
     v: &GpuBuffer,
     o: &GpuBuffer,
     lse: &GpuBuffer,
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-    scale: f32,
+    s: AttentionShape,
 ) -> Result<()> {
     const K: &str = "nn/attention_fwd";
-    check_dims(K, b, tq, tk, h, kvh, d)?;
+    let AttentionShape {
+        b,
+        tq,
+        tk,
+        h,
+        kvh,
+        d,
+        ..
+    } = s;
+    check_dims(K, &s)?;
     check_f32(K, "q", q, &[b * tq, h * d])?;
     check_f32(K, "k", k, &[b * tk, kvh * d])?;
     check_f32(K, "v", v, &[b * tk, kvh * d])?;
@@ -232,7 +244,7 @@ pub fn attention_fwd(
         return Ok(());
     }
     if d.is_multiple_of(4) {
-        return fwd_aligned(enc, q, k, v, o, lse, b, tq, tk, h, kvh, d, scale);
+        return fwd_aligned(enc, q, k, v, o, lse, &s);
     }
     let dp = d.next_multiple_of(4);
     let qp = padded(enc, "attention q (padded)", q, b * tq * h, d, dp)?;
@@ -241,7 +253,7 @@ pub fn attention_fwd(
     let op = enc
         .gpu
         .alloc("attention o (padded)", (b * tq * h * dp * 4) as u64)?;
-    fwd_aligned(enc, &qp, &kp, &vp, &op, lse, b, tq, tk, h, kvh, dp, scale)?;
+    fwd_aligned(enc, &qp, &kp, &vp, &op, lse, &AttentionShape { d: dp, ..s })?;
     repack(enc, &op, o, b * tq * h, dp, d, false)
 }
 
@@ -258,16 +270,13 @@ fn bwd_aligned(
     dq: &GpuBuffer,
     dk: &GpuBuffer,
     dv: &GpuBuffer,
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-    scale: f32,
+    s: &AttentionShape,
     accumulate: bool,
 ) -> Result<()> {
     const K: &str = "nn/attention_bwd";
+    let AttentionShape {
+        b, tq, tk, h, kvh, ..
+    } = *s;
     let gpu = enc.gpu;
     let wg = wg_for(gpu);
     let acc = if accumulate { 1.0 } else { 0.0 };
@@ -288,7 +297,7 @@ fn bwd_aligned(
         )?;
         enc.dispatch(
             &kern,
-            &params(b, tq, tk, h, kvh, d, scale, nblk, n),
+            &params(s, nblk, n),
             &[q, k, v, dout, lse, o, &delta, dq],
             groups_for(gpu, n as u64, wg as u64),
         )?;
@@ -307,7 +316,7 @@ fn bwd_aligned(
     )?;
     enc.dispatch(
         &kern,
-        &params(b, tq, tk, h, kvh, d, scale, nblk, n),
+        &params(s, nblk, n),
         &[q, k, v, dout, lse, &delta, dk, dv],
         groups_for(gpu, n as u64, wg as u64),
     )
@@ -325,17 +334,20 @@ fn bwd(
     dq: &GpuBuffer,
     dk: &GpuBuffer,
     dv: &GpuBuffer,
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-    scale: f32,
+    s: &AttentionShape,
     accumulate: bool,
 ) -> Result<()> {
     const K: &str = "nn/attention_bwd";
-    check_dims(K, b, tq, tk, h, kvh, d)?;
+    let AttentionShape {
+        b,
+        tq,
+        tk,
+        h,
+        kvh,
+        d,
+        ..
+    } = *s;
+    check_dims(K, s)?;
     check_f32(K, "dout", dout, &[b * tq, h * d])?;
     check_f32(K, "q", q, &[b * tq, h * d])?;
     check_f32(K, "k", k, &[b * tk, kvh * d])?;
@@ -362,9 +374,7 @@ fn bwd(
         return Ok(());
     }
     if d.is_multiple_of(4) {
-        return bwd_aligned(
-            enc, dout, q, k, v, o, lse, dq, dk, dv, b, tq, tk, h, kvh, d, scale, accumulate,
-        );
+        return bwd_aligned(enc, dout, q, k, v, o, lse, dq, dk, dv, s, accumulate);
     }
     let dp = d.next_multiple_of(4);
     let (nq, nk) = (b * tq * h, b * tk * kvh);
@@ -377,8 +387,9 @@ fn bwd(
     let dqp = gpu.alloc("attention dq (padded)", (nq * dp * 4) as u64)?;
     let dkp = gpu.alloc("attention dk (padded)", (nk * dp * 4) as u64)?;
     let dvp = gpu.alloc("attention dv (padded)", (nk * dp * 4) as u64)?;
+    let sp = AttentionShape { d: dp, ..*s };
     bwd_aligned(
-        enc, &gp, &qp, &kp, &vp, &op, lse, &dqp, &dkp, &dvp, b, tq, tk, h, kvh, dp, scale, false,
+        enc, &gp, &qp, &kp, &vp, &op, lse, &dqp, &dkp, &dvp, &sp, false,
     )?;
     repack(enc, &dqp, dq, nq, dp, d, accumulate)?;
     repack(enc, &dkp, dk, nk, dp, d, accumulate)?;
@@ -409,17 +420,9 @@ pub fn attention_bwd(
     dq: &GpuBuffer,
     dk: &GpuBuffer,
     dv: &GpuBuffer,
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-    scale: f32,
+    s: AttentionShape,
 ) -> Result<()> {
-    bwd(
-        enc, dout, q, k, v, o, lse, dq, dk, dv, b, tq, tk, h, kvh, d, scale, false,
-    )
+    bwd(enc, dout, q, k, v, o, lse, dq, dk, dv, &s, false)
 }
 
 /// [`attention_bwd`] that **adds** the gradients to `dq`, `dk` and `dv` (gradient accumulation,
@@ -437,15 +440,7 @@ pub fn attention_bwd_accumulate(
     dq: &GpuBuffer,
     dk: &GpuBuffer,
     dv: &GpuBuffer,
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    kvh: usize,
-    d: usize,
-    scale: f32,
+    s: AttentionShape,
 ) -> Result<()> {
-    bwd(
-        enc, dout, q, k, v, o, lse, dq, dk, dv, b, tq, tk, h, kvh, d, scale, true,
-    )
+    bwd(enc, dout, q, k, v, o, lse, dq, dk, dv, &s, true)
 }

@@ -3,6 +3,7 @@
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::Result;
 use crate::ops::{check_distinct, check_f32, check_u32, groups_for, mul};
+use crate::params::BiasAddParams;
 
 /// `y[M,N] += bias[N]` on every row (`nn/bias_add_fwd`).
 ///
@@ -28,7 +29,12 @@ pub fn bias_add_fwd(
     let k = gpu.kernel(K, "main", &[])?;
     enc.dispatch(
         &k,
-        &[m as u32, n as u32, nq as u32, 0],
+        &BiasAddParams {
+            m: m as u32,
+            n: n as u32,
+            nq: nq as u32,
+            ..Default::default()
+        },
         &[bias, y],
         groups_for(gpu, mul(m, nq), 64),
     )

@@ -13,7 +13,8 @@ pub use tinytune_reference::nn::IGNORE_INDEX;
 
 use crate::device::{groups_1d, Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
-use crate::ops::{check_distinct, check_f32, check_u32, f, mul};
+use crate::ops::{check_distinct, check_f32, check_u32, mul};
+use crate::params::{CrossEntropyBwdParams, CrossEntropyFwdParams};
 
 fn check_dims(
     kernel: &str,
@@ -79,7 +80,11 @@ pub fn cross_entropy_fwd(
         )?;
     }
     let gpu = enc.gpu;
-    let params = [m as u32, v as u32, 0, 0];
+    let params = CrossEntropyFwdParams {
+        m: m as u32,
+        v: v as u32,
+        ..Default::default()
+    };
     if m > 0 {
         let kr = gpu.kernel(K, "main", &[])?;
         enc.dispatch(
@@ -129,7 +134,12 @@ pub fn cross_entropy_bwd(
     let kern = gpu.kernel(K, "main", &[])?;
     enc.dispatch(
         &kern,
-        &[m as u32, v as u32, f(scale), 0],
+        &CrossEntropyBwdParams {
+            m: m as u32,
+            v: v as u32,
+            scale,
+            ..Default::default()
+        },
         &[logits, targets, lse],
         groups_1d(gpu, m as u64),
     )

@@ -6,7 +6,8 @@
 use super::swiglu::{check_elems, ITEMS, WG};
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
-use crate::ops::{check_distinct, check_f32, f, groups_for};
+use crate::ops::{check_distinct, check_f32, groups_for};
+use crate::params::DropoutParams;
 use tinytune_reference::nn::{dropout_scale, dropout_threshold};
 
 /// `y = mask(seed, i) * x / (1 - p)` elementwise over the first `n` elements, overwriting `y`;
@@ -25,7 +26,7 @@ pub fn dropout_fwd(
     p: f32,
     seed: u64,
 ) -> Result<()> {
-    launch(enc, "x", x, "y", y, n, p, seed, false)
+    launch(enc, ("x", x), ("y", y), n, p, seed, false)
 }
 
 /// Backward of [`dropout_fwd`] with the forward's `seed` and `p`: `dx += mask(seed, i) * dy /
@@ -42,16 +43,14 @@ pub fn dropout_bwd(
     p: f32,
     seed: u64,
 ) -> Result<()> {
-    launch(enc, "dy", dy, "dx", dx, n, p, seed, true)
+    launch(enc, ("dy", dy), ("dx", dx), n, p, seed, true)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `input` and `output` are (name in error messages, buffer).
 fn launch(
     enc: &mut Encoder,
-    in_name: &str,
-    input: &GpuBuffer,
-    out_name: &str,
-    output: &GpuBuffer,
+    (in_name, input): (&str, &GpuBuffer),
+    (out_name, output): (&str, &GpuBuffer),
     n: usize,
     p: f32,
     seed: u64,
@@ -73,16 +72,14 @@ fn launch(
     )?;
     enc.dispatch(
         &kern,
-        &[
-            n as u32,
-            dropout_threshold(p),
-            f(dropout_scale(p)),
-            seed as u32,
-            (seed >> 32) as u32,
-            0,
-            0,
-            0,
-        ],
+        &DropoutParams {
+            n: n as u32,
+            threshold: dropout_threshold(p),
+            scale: dropout_scale(p),
+            seed_lo: seed as u32,
+            seed_hi: (seed >> 32) as u32,
+            ..Default::default()
+        },
         &[input, output],
         groups_for(gpu, n as u64, WG * ITEMS),
     )

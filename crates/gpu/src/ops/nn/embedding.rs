@@ -5,6 +5,7 @@
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
 use crate::ops::{check_distinct, check_f32, check_u32, groups_for, mul};
+use crate::params::EmbeddingParams;
 
 /// Invocations per workgroup; one invocation per output element.
 const WG: u64 = 64;
@@ -17,7 +18,6 @@ const WG: u64 = 64;
 /// Errors with [`crate::GpuError::Shape`] if a buffer is smaller than its shape (`ids` holds `m`
 /// u32), `table` or `x` has more than 2^32 elements, or `x` is also `ids` or `table`.
 /// `m == 0` or `c == 0` records nothing.
-#[allow(clippy::too_many_arguments)]
 pub fn embedding_fwd(
     enc: &mut Encoder,
     ids: &GpuBuffer,
@@ -93,15 +93,14 @@ pub fn embedding_fwd_rows(
     let n = mul(m, c);
     let gpu = enc.gpu;
     let kern = gpu.kernel(K, "main", &[])?;
-    let params = [
-        m as u32,
-        v_total as u32,
-        c as u32,
-        n as u32,
-        row0 as u32,
-        rows as u32,
-        0,
-        0,
-    ];
+    let params = EmbeddingParams {
+        m: m as u32,
+        v: v_total as u32,
+        c: c as u32,
+        n: n as u32,
+        row0: row0 as u32,
+        rows: rows as u32,
+        ..Default::default()
+    };
     enc.dispatch(&kern, &params, &[ids, table, x], groups_for(gpu, n, WG))
 }

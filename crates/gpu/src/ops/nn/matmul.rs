@@ -2,7 +2,8 @@
 
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
-use crate::ops::{check_distinct, check_f32, check_u32, f, groups_for, mul};
+use crate::ops::{check_distinct, check_f32, check_u32, groups_for, mul};
+use crate::params::{MatmulBwdInputParams, MatmulFwdParams};
 
 /// Column tile of the matmul kernels: each invocation owns 8 output columns.
 pub(crate) const TILE_N: usize = 8;
@@ -13,6 +14,15 @@ pub(crate) const WG: usize = 64;
 /// Workgroup size of matrix-vector products (M=1): a 1536-column product is then 12 workgroups
 /// rather than 3, which lavapipe's worker threads share out evenly (20-50% faster there).
 pub(crate) const WG_MATVEC: usize = 16;
+
+/// The shape of a matmul in torch `Linear` layout: `m` rows of `x` (`dy`), `k` inputs, `n`
+/// outputs (`w` is `[n, k]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulShape {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+}
 
 /// The kernels' `ROWS` override for `m` output rows: the next power of two up to [`MAX_ROWS`]
 /// (M=1 matrix-vector products do no wasted work; few pipeline variants to compile).
@@ -35,19 +45,16 @@ pub(crate) fn wg_for(rows: usize) -> usize {
 ///
 /// Errors with [`crate::GpuError::Shape`] if a buffer is smaller than its shape or a shape
 /// overflows u32 indexing. `m == 0` or `n == 0` records nothing; `k == 0` writes (or adds) zeros.
-#[allow(clippy::too_many_arguments)]
 pub fn matmul_fwd(
     enc: &mut Encoder,
     x: &GpuBuffer,
     w: &GpuBuffer,
     y: &GpuBuffer,
-    m: usize,
-    k: usize,
-    n: usize,
+    s: MatmulShape,
     alpha: f32,
     accumulate: bool,
 ) -> Result<()> {
-    matmul_fwd_strided(enc, x, w, y, m, k, n, n, 0, alpha, accumulate)
+    matmul_fwd_strided(enc, x, w, y, s, s.n, 0, alpha, accumulate)
 }
 
 /// [`matmul_fwd`] into a column band of a wider output: element `(row, col)` of the `[M,N]` product
@@ -65,15 +72,14 @@ pub fn matmul_fwd_strided(
     x: &GpuBuffer,
     w: &GpuBuffer,
     y: &GpuBuffer,
-    m: usize,
-    k: usize,
-    n: usize,
+    s: MatmulShape,
     ldy: usize,
     col0: usize,
     alpha: f32,
     accumulate: bool,
 ) -> Result<()> {
     const K: &str = "nn/matmul_fwd";
+    let MatmulShape { m, k, n } = s;
     let y_len = check_band(K, "y", y, m, n, ldy, col0)?;
     check_u32(K, &[("x", mul(m, k)), ("w", mul(n, k)), ("y", y_len)])?;
     check_f32(K, "x", x, &[m, k])?;
@@ -96,16 +102,16 @@ pub fn matmul_fwd_strided(
             ("WG", wg as f64),
         ],
     )?;
-    let params = [
-        m as u32,
-        k as u32,
-        n as u32,
-        f(alpha),
-        ntn as u32,
-        ntiles as u32,
-        ldy as u32,
-        col0 as u32,
-    ];
+    let params = MatmulFwdParams {
+        m: m as u32,
+        k: k as u32,
+        n: n as u32,
+        alpha,
+        ntn: ntn as u32,
+        ntiles: ntiles as u32,
+        ldy: ldy as u32,
+        col0: col0 as u32,
+    };
     enc.dispatch(
         &kern,
         &params,
@@ -161,18 +167,15 @@ fn check_band(
 /// Errors with [`crate::GpuError::Shape`] if a buffer is smaller than its shape or a shape
 /// overflows u32 indexing, or if `dx` is also bound as `dy` or `w`. `m == 0` or `k == 0` records
 /// nothing; `n == 0` writes (or adds) zeros.
-#[allow(clippy::too_many_arguments)]
 pub fn matmul_bwd_input(
     enc: &mut Encoder,
     dy: &GpuBuffer,
     w: &GpuBuffer,
     dx: &GpuBuffer,
-    m: usize,
-    k: usize,
-    n: usize,
+    s: MatmulShape,
     accumulate: bool,
 ) -> Result<()> {
-    matmul_bwd_input_strided(enc, dy, w, dx, m, k, n, n, 0, accumulate)
+    matmul_bwd_input_strided(enc, dy, w, dx, s, s.n, 0, accumulate)
 }
 
 /// [`matmul_bwd_input`] reading `dy` from a column band of a wider matrix: `dy(row, j)` is
@@ -191,14 +194,13 @@ pub fn matmul_bwd_input_strided(
     dy: &GpuBuffer,
     w: &GpuBuffer,
     dx: &GpuBuffer,
-    m: usize,
-    k: usize,
-    n: usize,
+    s: MatmulShape,
     lddy: usize,
     col0: usize,
     accumulate: bool,
 ) -> Result<()> {
     const K: &str = "nn/matmul_bwd_input";
+    let MatmulShape { m, k, n } = s;
     let dy_len = check_band(K, "dy", dy, m, n, lddy, col0)?;
     check_u32(K, &[("dy", dy_len), ("w", mul(n, k)), ("dx", mul(m, k))])?;
     check_f32(K, "w", w, &[n, k])?;
@@ -222,16 +224,16 @@ pub fn matmul_bwd_input_strided(
             ("WG", wg as f64),
         ],
     )?;
-    let params = [
-        m as u32,
-        k as u32,
-        n as u32,
-        ntk as u32,
-        ntiles as u32,
-        lddy as u32,
-        col0 as u32,
-        0,
-    ];
+    let params = MatmulBwdInputParams {
+        m: m as u32,
+        k: k as u32,
+        n: n as u32,
+        ntk: ntk as u32,
+        ntiles: ntiles as u32,
+        lddy: lddy as u32,
+        col0: col0 as u32,
+        ..Default::default()
+    };
     enc.dispatch(
         &kern,
         &params,

@@ -10,8 +10,32 @@
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
 use crate::ops::{check_distinct, check_f32, check_u32, groups_for, mul};
+use crate::params::{PrefixParams, PrefixProjParams};
 
 const WG: u64 = 64;
+
+/// Which layer of a prefix and the shapes of [`prefix_fwd`] / [`prefix_bwd`]: layer `layer` of
+/// an `n_layers`-layer prefix of `p` virtual tokens, `b` sequences of `t` real tokens, key/value
+/// width `kvd` (`KVH*D`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixShape {
+    pub layer: usize,
+    pub n_layers: usize,
+    pub b: usize,
+    pub t: usize,
+    pub p: usize,
+    pub kvd: usize,
+}
+
+/// The shape of [`prefix_proj_fwd`] / [`prefix_proj_bwd`]: `p` virtual tokens of width `t`,
+/// hidden size `e`, output width `n`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixProjShape {
+    pub p: usize,
+    pub t: usize,
+    pub e: usize,
+    pub n: usize,
+}
 
 /// Shape checks shared by both passes; returns the prefix row length `L*2*KVD`.
 fn check_dims(kernel: &str, layer: usize, n_layers: usize, p: usize, kvd: usize) -> Result<usize> {
@@ -30,7 +54,6 @@ fn check_dims(kernel: &str, layer: usize, n_layers: usize, p: usize, kvd: usize)
     Ok(n_layers * 2 * kvd)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn params(
     b: usize,
     t: usize,
@@ -39,17 +62,17 @@ fn params(
     stride: usize,
     layer: usize,
     n: u64,
-) -> [u32; 8] {
-    [
-        b as u32,
-        t as u32,
-        p as u32,
-        kvd as u32,
-        stride as u32,
-        (layer * 2 * kvd) as u32,
-        n as u32,
-        0,
-    ]
+) -> PrefixParams {
+    PrefixParams {
+        b: b as u32,
+        t: t as u32,
+        p: p as u32,
+        kvd: kvd as u32,
+        stride: stride as u32,
+        col: (layer * 2 * kvd) as u32,
+        n: n as u32,
+        ..Default::default()
+    }
 }
 
 /// Forward (`nn/prefix_fwd`): **overwrites** `kf` and `vf` (`[B*(P+T), KVD]`) with, per sequence,
@@ -58,7 +81,6 @@ fn params(
 ///
 /// Errors with [`crate::GpuError::Shape`] if `layer >= n_layers`, `P` or `KVD` is 0, a buffer is
 /// smaller than its shape, a count overflows u32 indexing, or `kf`/`vf` alias another operand.
-#[allow(clippy::too_many_arguments)]
 pub fn prefix_fwd(
     enc: &mut Encoder,
     prefix: &GpuBuffer,
@@ -66,14 +88,17 @@ pub fn prefix_fwd(
     v: &GpuBuffer,
     kf: &GpuBuffer,
     vf: &GpuBuffer,
-    layer: usize,
-    n_layers: usize,
-    b: usize,
-    t: usize,
-    p: usize,
-    kvd: usize,
+    s: PrefixShape,
 ) -> Result<()> {
     const K: &str = "nn/prefix_fwd";
+    let PrefixShape {
+        layer,
+        n_layers,
+        b,
+        t,
+        p,
+        kvd,
+    } = s;
     let stride = check_dims(K, layer, n_layers, p, kvd)?;
     let n = mul(mul(b, p + t) as usize, kvd);
     check_u32(K, &[("kf", n), ("prefix", mul(p, stride))])?;
@@ -107,7 +132,6 @@ pub fn prefix_fwd(
 ///
 /// Errors with [`crate::GpuError::Shape`] like [`prefix_fwd`], or if the outputs alias each other
 /// or an input.
-#[allow(clippy::too_many_arguments)]
 pub fn prefix_bwd(
     enc: &mut Encoder,
     dkf: &GpuBuffer,
@@ -115,14 +139,17 @@ pub fn prefix_bwd(
     dk: &GpuBuffer,
     dv: &GpuBuffer,
     grad: &GpuBuffer,
-    layer: usize,
-    n_layers: usize,
-    b: usize,
-    t: usize,
-    p: usize,
-    kvd: usize,
+    s: PrefixShape,
 ) -> Result<()> {
     const K: &str = "nn/prefix_bwd";
+    let PrefixShape {
+        layer,
+        n_layers,
+        b,
+        t,
+        p,
+        kvd,
+    } = s;
     let stride = check_dims(K, layer, n_layers, p, kvd)?;
     let n = mul(mul(b, t) as usize + p, kvd);
     check_u32(
@@ -156,16 +183,23 @@ pub fn prefix_bwd(
     )
 }
 
-/// The uniform words of the projection kernels: `p, t, e, n` and the offsets of `w1, b1, w2,
+/// The `Params` of the projection kernels: `p, t, e, n` and the offsets of `w1, b1, w2,
 /// b2` in the flat parameters.
-fn proj_params(p: usize, t: usize, e: usize, n: usize) -> [u32; 8] {
+fn proj_params(p: usize, t: usize, e: usize, n: usize) -> PrefixProjParams {
     let w1 = p * t;
     let b1 = w1 + e * t;
     let w2 = b1 + e;
     let b2 = w2 + n * e;
-    [
-        p as u32, t as u32, e as u32, n as u32, w1 as u32, b1 as u32, w2 as u32, b2 as u32,
-    ]
+    PrefixProjParams {
+        p: p as u32,
+        t: t as u32,
+        e: e as u32,
+        n: n as u32,
+        w1: w1 as u32,
+        b1: b1 as u32,
+        w2: w2 as u32,
+        b2: b2 as u32,
+    }
 }
 
 /// Checks the projection's shapes; returns the number of flat parameters.
@@ -189,18 +223,15 @@ fn check_proj(kernel: &str, p: usize, t: usize, e: usize, n: usize) -> Result<us
 ///
 /// Errors with [`crate::GpuError::Shape`] if a dimension is 0, a buffer is smaller than its
 /// shape, a count overflows u32 indexing, or the outputs alias each other or `params`.
-#[allow(clippy::too_many_arguments)]
 pub fn prefix_proj_fwd(
     enc: &mut Encoder,
     params: &GpuBuffer,
     h: &GpuBuffer,
     kv: &GpuBuffer,
-    p: usize,
-    t: usize,
-    e: usize,
-    n: usize,
+    s: PrefixProjShape,
 ) -> Result<()> {
     const K: &str = "nn/prefix_proj_fwd";
+    let PrefixProjShape { p, t, e, n } = s;
     let len = check_proj(K, p, t, e, n)?;
     check_f32(K, "params", params, &[len])?;
     check_f32(K, "h", h, &[p, e])?;
@@ -221,7 +252,6 @@ pub fn prefix_proj_fwd(
 ///
 /// Errors with [`crate::GpuError::Shape`] like [`prefix_proj_fwd`], or if `dpre`/`grads` alias
 /// each other or an input.
-#[allow(clippy::too_many_arguments)]
 pub fn prefix_proj_bwd(
     enc: &mut Encoder,
     params: &GpuBuffer,
@@ -229,12 +259,10 @@ pub fn prefix_proj_bwd(
     dkv: &GpuBuffer,
     dpre: &GpuBuffer,
     grads: &GpuBuffer,
-    p: usize,
-    t: usize,
-    e: usize,
-    n: usize,
+    s: PrefixProjShape,
 ) -> Result<()> {
     const K: &str = "nn/prefix_proj_bwd";
+    let PrefixProjShape { p, t, e, n } = s;
     let len = check_proj(K, p, t, e, n)?;
     check_f32(K, "params", params, &[len])?;
     check_f32(K, "h", h, &[p, e])?;

@@ -3,15 +3,16 @@
 
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
-use crate::ops::{check_distinct, check_f32, check_u32, f, groups_for, mul};
+use crate::ops::{check_distinct, check_f32, check_u32, groups_for, mul};
+use crate::params::{RmsnormBwdParams, RmsnormFwdParams};
 
 /// Invocations per workgroup of the `weight_grad` entry point (one per column).
 const WG: u64 = 64;
 
 /// `1 / C` rounded once on the host (the kernels multiply by it: WGSL `/` is not correctly
 /// rounded on every driver).
-fn inv(c: usize) -> u32 {
-    f((1.0f64 / c as f64) as f32)
+fn inv(c: usize) -> f32 {
+    (1.0f64 / c as f64) as f32
 }
 
 /// RMSNorm forward: `rstd[m] = 1 / sqrt(mean_c(x[m,c]²) + eps)` (kept for [`rmsnorm_bwd`]) and
@@ -50,7 +51,12 @@ pub fn rmsnorm_fwd(
     }
     let gpu = enc.gpu;
     let kern = gpu.kernel(K, "main", &[])?;
-    let params = [m as u32, c as u32, f(eps), inv(c)];
+    let params = RmsnormFwdParams {
+        m: m as u32,
+        c: c as u32,
+        eps,
+        inv_c: inv(c),
+    };
     enc.dispatch(
         &kern,
         &params,
@@ -99,7 +105,12 @@ pub fn rmsnorm_bwd(
         "main",
         &[("ACCUMULATE", if accumulate { 1.0 } else { 0.0 })],
     )?;
-    let params = [m as u32, c as u32, inv(c), 0];
+    let params = RmsnormBwdParams {
+        m: m as u32,
+        c: c as u32,
+        inv_c: inv(c),
+        ..Default::default()
+    };
     enc.dispatch(
         &kern,
         &params,
@@ -142,7 +153,12 @@ pub fn rmsnorm_bwd_weight(
         "weight_grad",
         &[("ACCUMULATE", if accumulate { 1.0 } else { 0.0 })],
     )?;
-    let params = [m as u32, c as u32, inv(c), 0];
+    let params = RmsnormBwdParams {
+        m: m as u32,
+        c: c as u32,
+        inv_c: inv(c),
+        ..Default::default()
+    };
     enc.dispatch(
         &kern,
         &params,

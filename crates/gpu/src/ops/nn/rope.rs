@@ -12,17 +12,16 @@
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
 use crate::ops::{check_distinct, check_f32, check_u32, groups_for, mul};
+use crate::params::RopeParams;
 
 /// Invocations per workgroup; one invocation per (row, i < D/2) pair, looping over the heads.
 const WG: u64 = 64;
 
-#[allow(clippy::too_many_arguments)]
+/// `[x, pos, inv_freq]`: the rotated buffer, the positions and the frequencies.
 fn launch(
     kernel: &'static str,
     enc: &mut Encoder,
-    x: &GpuBuffer,
-    pos: &GpuBuffer,
-    inv_freq: &GpuBuffer,
+    [x, pos, inv_freq]: [&GpuBuffer; 3],
     m: usize,
     h: usize,
     d: usize,
@@ -56,7 +55,14 @@ fn launch(
     let n = mul(m, half);
     let gpu = enc.gpu;
     let kern = gpu.kernel(kernel, "main", &[])?;
-    let params = [m as u32, h as u32, d as u32, half as u32, n as u32, 0, 0, 0];
+    let params = RopeParams {
+        m: m as u32,
+        h: h as u32,
+        d: d as u32,
+        half: half as u32,
+        n: n as u32,
+        ..Default::default()
+    };
     enc.dispatch(&kern, &params, &[x, pos, inv_freq], groups_for(gpu, n, WG))
 }
 
@@ -76,7 +82,7 @@ pub fn rope_fwd(
     h: usize,
     d: usize,
 ) -> Result<()> {
-    launch("nn/rope_fwd", enc, x, pos, inv_freq, m, h, d)
+    launch("nn/rope_fwd", enc, [x, pos, inv_freq], m, h, d)
 }
 
 /// RoPE backward in place on the gradient `dx[M, H*D]` (f32): the transpose rotation
@@ -93,5 +99,5 @@ pub fn rope_bwd(
     h: usize,
     d: usize,
 ) -> Result<()> {
-    launch("nn/rope_bwd", enc, dx, pos, inv_freq, m, h, d)
+    launch("nn/rope_bwd", enc, [dx, pos, inv_freq], m, h, d)
 }

@@ -5,6 +5,7 @@
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
 use crate::ops::{check_distinct, check_f32, groups_for};
+use crate::params::SwigluParams;
 
 /// Invocations per workgroup of the elementwise kernels (their `WG`).
 pub(crate) const WG: u64 = 256;
@@ -47,7 +48,10 @@ pub fn swiglu_fwd(
     let kern = gpu.kernel(K, "main", &[])?;
     enc.dispatch(
         &kern,
-        &[n as u32, 0, 0, 0],
+        &SwigluParams {
+            n: n as u32,
+            ..Default::default()
+        },
         &[gate, up, h],
         groups_for(gpu, n as u64, WG * ITEMS),
     )
@@ -85,7 +89,10 @@ pub fn swiglu_bwd(
     let kern = gpu.kernel(K, "main", &[])?;
     enc.dispatch(
         &kern,
-        &[n as u32, 0, 0, 0],
+        &SwigluParams {
+            n: n as u32,
+            ..Default::default()
+        },
         &[dh, gate, up, dgate, dup],
         groups_for(gpu, n as u64, WG * ITEMS),
     )

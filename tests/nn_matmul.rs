@@ -1,11 +1,11 @@
-//! Matmul kernels (f32 and dequantizing NF4) against the plain-loop reference, on awkward shapes.
+//! Dense f32 matmul kernels (`nn/matmul_fwd`, `nn/matmul_bwd_input`) against the plain-loop
+//! reference, on awkward shapes.
 
 mod common;
 
 use common::{assert_close, gpu, Rng};
-use tinytune::gpu::ops::{nf4, nn};
+use tinytune::gpu::ops::nn;
 use tinytune::gpu::{Gpu, GpuError};
-use tinytune::reference::nf4::Nf4Tensor;
 use tinytune::reference::nn as rnn;
 
 /// f32 sums of K products in a different order: absolute error grows like sqrt(K) ulps of the terms.
@@ -47,7 +47,16 @@ fn run_nn(gpu: &Gpu, m: usize, k: usize, n: usize, alpha: f32, accumulate: bool,
     let wb = gpu.upload("w", &w).unwrap();
     let yb = gpu.upload("y", &y0).unwrap();
     let mut enc = gpu.encoder();
-    nn::matmul_fwd(&mut enc, &xb, &wb, &yb, m, k, n, alpha, accumulate).unwrap();
+    nn::matmul_fwd(
+        &mut enc,
+        &xb,
+        &wb,
+        &yb,
+        nn::MatmulShape { m, k, n },
+        alpha,
+        accumulate,
+    )
+    .unwrap();
     enc.submit();
     let got = gpu.read_blocking::<f32>(&yb).unwrap();
     let want = expected(&rnn::matmul_fwd(&x, &w, m, k, n), &y0, alpha, accumulate);
@@ -61,7 +70,7 @@ fn run_nn(gpu: &Gpu, m: usize, k: usize, n: usize, alpha: f32, accumulate: bool,
 }
 
 #[test]
-fn nn_matmul_fwd_matches_reference() {
+fn matmul_fwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (i, &(m, k, n)) in SHAPES.iter().enumerate() {
         run_nn(gpu, m, k, n, 1.0, false, 100 + i as u64);
@@ -79,7 +88,15 @@ fn run_nn_bwd_input(gpu: &Gpu, m: usize, k: usize, n: usize, accumulate: bool, s
     let wb = gpu.upload("w", &w).unwrap();
     let dxb = gpu.upload("dx", &dx0).unwrap();
     let mut enc = gpu.encoder();
-    nn::matmul_bwd_input(&mut enc, &dyb, &wb, &dxb, m, k, n, accumulate).unwrap();
+    nn::matmul_bwd_input(
+        &mut enc,
+        &dyb,
+        &wb,
+        &dxb,
+        nn::MatmulShape { m, k, n },
+        accumulate,
+    )
+    .unwrap();
     enc.submit();
     let got = gpu.read_blocking::<f32>(&dxb).unwrap();
     let want = expected(
@@ -98,7 +115,7 @@ fn run_nn_bwd_input(gpu: &Gpu, m: usize, k: usize, n: usize, accumulate: bool, s
 }
 
 #[test]
-fn nn_matmul_bwd_input_matches_reference() {
+fn matmul_bwd_input_matches_reference() {
     let Some(gpu) = gpu() else { return };
     // SHAPES as (M, K, N): M=1, K=7, K=100, K=129, N odd, several workgroups.
     for (i, &(m, k, n)) in SHAPES.iter().enumerate() {
@@ -116,119 +133,57 @@ fn nn_matmul_bwd_input_matches_reference() {
     let dx = gpu.alloc("dx", (m * k * 4) as u64).unwrap();
     let mut enc = gpu.encoder();
     is_shape_err(
-        nn::matmul_bwd_input(&mut enc, &dy, &w, &dx, m + 1, k, n, false),
+        nn::matmul_bwd_input(
+            &mut enc,
+            &dy,
+            &w,
+            &dx,
+            nn::MatmulShape { m: m + 1, k, n },
+            false,
+        ),
         "nn bwd dy rows",
     );
     is_shape_err(
-        nn::matmul_bwd_input(&mut enc, &dy, &w, &dx, m, k, n + 1, false),
+        nn::matmul_bwd_input(
+            &mut enc,
+            &dy,
+            &w,
+            &dx,
+            nn::MatmulShape { m, k, n: n + 1 },
+            false,
+        ),
         "nn bwd n",
     );
     is_shape_err(
-        nn::matmul_bwd_input(&mut enc, &dy, &w, &dx, m, k + 1, n, true),
+        nn::matmul_bwd_input(
+            &mut enc,
+            &dy,
+            &w,
+            &dx,
+            nn::MatmulShape { m, k: k + 1, n },
+            true,
+        ),
         "nn bwd k",
     );
     is_shape_err(
-        nn::matmul_bwd_input(&mut enc, &dy, &w, &dy, m, k, n, false),
+        nn::matmul_bwd_input(&mut enc, &dy, &w, &dy, nn::MatmulShape { m, k, n }, false),
         "nn bwd dx too small",
     );
     is_shape_err(
-        nn::matmul_bwd_input(&mut enc, &w, &w, &w, 8, 16, 8, false),
+        nn::matmul_bwd_input(
+            &mut enc,
+            &w,
+            &w,
+            &w,
+            nn::MatmulShape { m: 8, k: 16, n: 8 },
+            false,
+        ),
         "nn bwd dx aliases dy and w",
     );
     // The valid call still works after the rejected ones.
-    nn::matmul_bwd_input(&mut enc, &dy, &w, &dx, m, k, n, true).unwrap();
+    nn::matmul_bwd_input(&mut enc, &dy, &w, &dx, nn::MatmulShape { m, k, n }, true).unwrap();
     enc.submit();
     gpu.sync().unwrap();
-}
-
-/// NF4 cases (M, K, N, block, double_quant, also run with accumulate): M=1, N odd, K % 8 != 0
-/// (W rows start mid-word), K % block != 0 and K < block (blocks straddle rows), > 256 blocks (a
-/// second nested scale), blocks 32 and 4096, several workgroups. Each (rows tile, block, dq, K % 8 != 0, accumulate)
-/// combination is a pipeline to compile (about a second on lavapipe), so cases share them.
-const NF4_CASES: &[(usize, usize, usize, usize, bool, bool)] = &[
-    (1, 100, 9, 64, true, true),
-    (1, 64, 37, 64, false, false),
-    (5, 100, 7, 64, true, true),
-    (13, 100, 33, 64, false, false),
-    (13, 7, 5, 64, false, false),
-    (17, 130, 9, 64, false, false),
-    (9, 576, 24, 64, true, true),
-    (11, 200, 101, 64, true, false),
-    (64, 72, 203, 64, true, false),
-    (13, 96, 33, 32, true, false),
-    (9, 1000, 3, 4096, true, false),
-];
-
-struct Nf4Case {
-    t: Nf4Tensor,
-    w: nf4::Nf4Weight,
-    deq: Vec<f32>,
-}
-
-fn nf4_case(gpu: &Gpu, k: usize, n: usize, block: usize, dq: bool, seed: u64) -> Nf4Case {
-    let wf = Rng::new(seed).vec(n * k, 0.5);
-    let t = Nf4Tensor::quantize(&wf, block, dq);
-    let w = nf4::Nf4Weight::upload(gpu, "w", &t).unwrap();
-    let deq = t.dequantize();
-    Nf4Case { t, w, deq }
-}
-
-#[test]
-fn nf4_matmul_fwd_matches_reference() {
-    let Some(gpu) = gpu() else { return };
-    for (ci, &(m, k, n, block, dq, acc)) in NF4_CASES.iter().enumerate() {
-        let c = nf4_case(gpu, k, n, block, dq, 300 + ci as u64);
-        assert_eq!(c.t.n, n * k);
-        let mut rng = Rng::new(400 + ci as u64);
-        let x = rng.vec(m * k, 1.0);
-        let y0 = rng.vec(m * n, 1.0);
-        let xb = gpu.upload("x", &x).unwrap();
-        let prod = rnn::matmul_fwd(&x, &c.deq, m, k, n);
-        let modes: &[(f32, bool)] = if acc {
-            &[(1.0, false), (0.5, true)]
-        } else {
-            &[(-1.5, false)]
-        };
-        for &(alpha, accumulate) in modes {
-            let yb = gpu.upload("y", &y0).unwrap();
-            let mut enc = gpu.encoder();
-            nf4::matmul_fwd(&mut enc, &xb, &c.w, &yb, m, k, n, alpha, accumulate).unwrap();
-            enc.submit();
-            let got = gpu.read_blocking::<f32>(&yb).unwrap();
-            let want = expected(&prod, &y0, alpha, accumulate);
-            let name = format!("nf4/matmul_fwd m={m} k={k} n={n} block={block} dq={dq} alpha={alpha} acc={accumulate}");
-            assert_close(&name, &got, &want, atol(k), MATMUL_RTOL);
-        }
-    }
-}
-
-#[test]
-fn nf4_matmul_bwd_input_matches_reference() {
-    let Some(gpu) = gpu() else { return };
-    for (ci, &(m, k, n, block, dq, acc)) in NF4_CASES.iter().enumerate() {
-        let c = nf4_case(gpu, k, n, block, dq, 500 + ci as u64);
-        let mut rng = Rng::new(600 + ci as u64);
-        let dy = rng.vec(m * n, 1.0);
-        let dx0 = rng.vec(m * k, 1.0);
-        let dyb = gpu.upload("dy", &dy).unwrap();
-        let prod = rnn::matmul_bwd_input(&dy, &c.deq, m, k, n);
-        for &accumulate in if acc {
-            &[false, true][..]
-        } else {
-            &[false][..]
-        } {
-            let dxb = gpu.upload("dx", &dx0).unwrap();
-            let mut enc = gpu.encoder();
-            nf4::matmul_bwd_input(&mut enc, &dyb, &c.w, &dxb, m, k, n, accumulate).unwrap();
-            enc.submit();
-            let got = gpu.read_blocking::<f32>(&dxb).unwrap();
-            let want = expected(&prod, &dx0, 1.0, accumulate);
-            let name = format!(
-                "nf4/matmul_bwd_input m={m} k={k} n={n} block={block} dq={dq} acc={accumulate}"
-            );
-            assert_close(&name, &got, &want, atol(n), MATMUL_RTOL);
-        }
-    }
 }
 
 fn is_shape_err<T: std::fmt::Debug>(r: Result<T, GpuError>, what: &str) {
@@ -245,79 +200,46 @@ fn matmul_shape_mismatch_is_an_error() {
     let x = gpu.alloc("x", (m * k * 4) as u64).unwrap();
     let wf = gpu.alloc("w", (n * k * 4) as u64).unwrap();
     let y = gpu.alloc("y", (m * n * 4) as u64).unwrap();
-    let c = nf4_case(gpu, k, n, 64, true, 7);
     let mut enc = gpu.encoder();
     // f32: every operand too small for its shape.
     is_shape_err(
-        nn::matmul_fwd(&mut enc, &x, &wf, &y, m + 1, k, n, 1.0, false),
+        nn::matmul_fwd(
+            &mut enc,
+            &x,
+            &wf,
+            &y,
+            nn::MatmulShape { m: m + 1, k, n },
+            1.0,
+            false,
+        ),
         "nn x rows",
     );
     is_shape_err(
-        nn::matmul_fwd(&mut enc, &x, &wf, &y, m, k, n + 1, 1.0, false),
+        nn::matmul_fwd(
+            &mut enc,
+            &x,
+            &wf,
+            &y,
+            nn::MatmulShape { m, k, n: n + 1 },
+            1.0,
+            false,
+        ),
         "nn w rows",
     );
     is_shape_err(
-        nn::matmul_fwd(&mut enc, &x, &y, &wf, m, k, n, 1.0, false),
+        nn::matmul_fwd(
+            &mut enc,
+            &x,
+            &y,
+            &wf,
+            nn::MatmulShape { m, k, n },
+            1.0,
+            false,
+        ),
         "nn w/y swapped",
     );
-    // NF4: the weight's element count must be n*k.
-    is_shape_err(
-        nf4::matmul_fwd(&mut enc, &x, &c.w, &y, m, k, n - 1, 1.0, false),
-        "nf4 fwd n",
-    );
-    // Same element count (k/2 * 2n), but then y is too small for (m, 2n).
-    is_shape_err(
-        nf4::matmul_fwd(&mut enc, &x, &c.w, &y, m, k / 2, n * 2, 1.0, false),
-        "nf4 fwd y",
-    );
-    is_shape_err(
-        nf4::matmul_fwd(&mut enc, &x, &c.w, &y, m + 1, k, n, 1.0, false),
-        "nf4 fwd x rows",
-    );
-    is_shape_err(
-        nf4::matmul_bwd_input(&mut enc, &y, &c.w, &x, m, k + 1, n, false),
-        "nf4 bwd k",
-    );
-    is_shape_err(
-        nf4::matmul_bwd_input(&mut enc, &y, &c.w, &y, m, k, n, true),
-        "nf4 bwd dx too small",
-    );
-    // The valid call still works after the rejected ones.
-    nf4::matmul_fwd(&mut enc, &x, &c.w, &y, m, k, n, 1.0, false).unwrap();
     enc.submit();
     gpu.sync().unwrap();
-    // A hand-built weight whose buffers do not match its layout, or with an invalid block size.
-    let nf4::Nf4Weight {
-        n: wn,
-        block,
-        double_quant,
-        codes,
-        absmax,
-        dq,
-    } = c.w;
-    let short = gpu.alloc("short", 4).unwrap();
-    let bad = nf4::Nf4Weight {
-        n: wn,
-        block,
-        double_quant,
-        codes: short,
-        absmax,
-        dq,
-    };
-    let mut enc = gpu.encoder();
-    is_shape_err(
-        nf4::matmul_fwd(&mut enc, &x, &bad, &y, m, k, n, 1.0, false),
-        "nf4 fwd short codes",
-    );
-    let bad = nf4::Nf4Weight {
-        block: 48,
-        codes,
-        ..bad
-    };
-    is_shape_err(
-        nf4::matmul_bwd_input(&mut enc, &y, &bad, &x, m, k, n, false),
-        "nf4 bwd block 48",
-    );
 }
 
 /// Sentinel for the elements of a strided output outside the written band (a NaN with a payload,
@@ -394,7 +316,15 @@ fn matmul_fwd_strided_matches_reference() {
             let yb = gpu.upload("y", &y0).unwrap();
             let mut enc = gpu.encoder();
             nn::matmul_fwd_strided(
-                &mut enc, &xb, &wb, &yb, m, k, n, ldy, col0, alpha, accumulate,
+                &mut enc,
+                &xb,
+                &wb,
+                &yb,
+                nn::MatmulShape { m, k, n },
+                ldy,
+                col0,
+                alpha,
+                accumulate,
             )
             .unwrap();
             enc.submit();
@@ -417,18 +347,59 @@ fn matmul_fwd_strided_matches_reference() {
     let short = gpu.alloc("y_short", ((exact - 1) * 4) as u64).unwrap();
     let mut enc = gpu.encoder();
     is_shape_err(
-        nn::matmul_fwd_strided(&mut enc, &x, &w, &short, m, k, n, ldy, col0, 1.0, false),
+        nn::matmul_fwd_strided(
+            &mut enc,
+            &x,
+            &w,
+            &short,
+            nn::MatmulShape { m, k, n },
+            ldy,
+            col0,
+            1.0,
+            false,
+        ),
         "nn fwd strided y short by one",
     );
     is_shape_err(
-        nn::matmul_fwd_strided(&mut enc, &x, &w, &y, m, k, n, ldy, col0 + 1, 1.0, false),
+        nn::matmul_fwd_strided(
+            &mut enc,
+            &x,
+            &w,
+            &y,
+            nn::MatmulShape { m, k, n },
+            ldy,
+            col0 + 1,
+            1.0,
+            false,
+        ),
         "nn fwd strided band over the stride",
     );
     is_shape_err(
-        nn::matmul_fwd_strided(&mut enc, &x, &w, &y, m, k, n, 4, 0, 1.0, false),
+        nn::matmul_fwd_strided(
+            &mut enc,
+            &x,
+            &w,
+            &y,
+            nn::MatmulShape { m, k, n },
+            4,
+            0,
+            1.0,
+            false,
+        ),
         "nn fwd strided ldy < n",
     );
-    nn::matmul_fwd_strided(&mut enc, &x, &w, &y, m, k, n, ldy, col0, 1.0, true).unwrap();
+    nn::matmul_fwd_strided(
+        &mut enc,
+        &x,
+        &w,
+        &y,
+        nn::MatmulShape { m, k, n },
+        ldy,
+        col0,
+        1.0,
+        true,
+    )
+    .unwrap();
     enc.submit();
     gpu.sync().unwrap();
 }
@@ -458,7 +429,14 @@ fn matmul_bwd_input_strided_matches_reference() {
             let dxb = gpu.upload("dx", &dx0).unwrap();
             let mut enc = gpu.encoder();
             nn::matmul_bwd_input_strided(
-                &mut enc, &dyb, &wb, &dxb, m, k, n, lddy, col0, accumulate,
+                &mut enc,
+                &dyb,
+                &wb,
+                &dxb,
+                nn::MatmulShape { m, k, n },
+                lddy,
+                col0,
+                accumulate,
             )
             .unwrap();
             enc.submit();
@@ -485,18 +463,55 @@ fn matmul_bwd_input_strided_matches_reference() {
     let dx = gpu.alloc("dx", (m * k * 4) as u64).unwrap();
     let mut enc = gpu.encoder();
     is_shape_err(
-        nn::matmul_bwd_input_strided(&mut enc, &short, &w, &dx, m, k, n, lddy, col0, false),
+        nn::matmul_bwd_input_strided(
+            &mut enc,
+            &short,
+            &w,
+            &dx,
+            nn::MatmulShape { m, k, n },
+            lddy,
+            col0,
+            false,
+        ),
         "nn bwd strided dy short by one",
     );
     is_shape_err(
-        nn::matmul_bwd_input_strided(&mut enc, &dy, &w, &dx, m, k, n, lddy, col0 + 1, false),
+        nn::matmul_bwd_input_strided(
+            &mut enc,
+            &dy,
+            &w,
+            &dx,
+            nn::MatmulShape { m, k, n },
+            lddy,
+            col0 + 1,
+            false,
+        ),
         "nn bwd strided band over the stride",
     );
     is_shape_err(
-        nn::matmul_bwd_input_strided(&mut enc, &dy, &w, &dy, m, k, n, lddy, col0, false),
+        nn::matmul_bwd_input_strided(
+            &mut enc,
+            &dy,
+            &w,
+            &dy,
+            nn::MatmulShape { m, k, n },
+            lddy,
+            col0,
+            false,
+        ),
         "nn bwd strided dx aliases dy",
     );
-    nn::matmul_bwd_input_strided(&mut enc, &dy, &w, &dx, m, k, n, lddy, col0, true).unwrap();
+    nn::matmul_bwd_input_strided(
+        &mut enc,
+        &dy,
+        &w,
+        &dx,
+        nn::MatmulShape { m, k, n },
+        lddy,
+        col0,
+        true,
+    )
+    .unwrap();
     enc.submit();
     gpu.sync().unwrap();
 }
@@ -529,16 +544,23 @@ fn vocab_chunked_head_equals_whole() {
             let whole = gpu.upload("logits", &y0).unwrap();
             let chunked = gpu.upload("logits_chunked", &y0).unwrap();
             let mut enc = gpu.encoder();
-            nn::matmul_fwd(&mut enc, &xb, &wb, &whole, m, c, v, alpha, accumulate).unwrap();
+            nn::matmul_fwd(
+                &mut enc,
+                &xb,
+                &wb,
+                &whole,
+                nn::MatmulShape { m, k: c, n: v },
+                alpha,
+                accumulate,
+            )
+            .unwrap();
             for (&(a, b), wc) in chunks.iter().zip(&wcb) {
                 nn::matmul_fwd_strided(
                     &mut enc,
                     &xb,
                     wc,
                     &chunked,
-                    m,
-                    c,
-                    b - a,
+                    nn::MatmulShape { m, k: c, n: b - a },
                     v,
                     a,
                     alpha,
@@ -567,10 +589,27 @@ fn vocab_chunked_head_equals_whole() {
         let dx_whole = gpu.alloc("dx", (m * c * 4) as u64).unwrap();
         let dx_chunked = gpu.upload("dx_chunked", &vec![f32::NAN; m * c]).unwrap();
         let mut enc = gpu.encoder();
-        nn::matmul_bwd_input(&mut enc, &dyb, &wb, &dx_whole, m, c, v, false).unwrap();
+        nn::matmul_bwd_input(
+            &mut enc,
+            &dyb,
+            &wb,
+            &dx_whole,
+            nn::MatmulShape { m, k: c, n: v },
+            false,
+        )
+        .unwrap();
         for (j, (&(a, b), wc)) in chunks.iter().zip(&wcb).enumerate() {
-            nn::matmul_bwd_input_strided(&mut enc, &dyb, wc, &dx_chunked, m, c, b - a, v, a, j > 0)
-                .unwrap();
+            nn::matmul_bwd_input_strided(
+                &mut enc,
+                &dyb,
+                wc,
+                &dx_chunked,
+                nn::MatmulShape { m, k: c, n: b - a },
+                v,
+                a,
+                j > 0,
+            )
+            .unwrap();
         }
         enc.submit();
         let got = gpu.read_blocking::<f32>(&dx_chunked).unwrap();

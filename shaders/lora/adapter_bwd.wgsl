@@ -14,6 +14,7 @@
 // index with no shared memory and no barriers (lavapipe-friendly). Tile rows/columns past the edge
 // are clamped to the last valid index so loads never go out of range; their results are not
 // stored. Every output is summed in increasing index order, like the CPU reference.
+// Joined with lora/common.wgsl (crates/gpu/src/shaders.rs).
 
 struct Params {
     m: u32,      // rows of X, Y
@@ -46,17 +47,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;      // (M, K)
 
 const WG: u32 = 64u;
-
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid;
-}
-
-// The four (clamped) indices of tile `t` along an axis of length `len` (len >= 1).
-fn tile4(t: u32, len: u32) -> vec4<u32> {
-    let last = len - 1u;
-    let i0 = t * 4u;
-    return vec4<u32>(min(i0, last), min(i0 + 1u, last), min(i0 + 2u, last), min(i0 + 3u, last));
-}
 
 @compute @workgroup_size(64)
 fn stage_dh(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -8,11 +8,11 @@ use tinytune::gpu::ops::lora;
 use tinytune::gpu::{Gpu, GpuBuffer, GpuError};
 use tinytune::reference::lora as rlora;
 
-/// |gpu - ref| <= atol + rtol * |ref| for `lora/fwd` (same summation order as the reference; the
+/// |gpu - ref| <= atol + rtol * |ref| for `lora/adapter_fwd` (same summation order as the reference; the
 /// margin covers a driver contracting mul+add into fma).
 const FWD_ATOL: f32 = 2e-5;
 const FWD_RTOL: f32 = 1e-5;
-/// Same for `lora/bwd`.
+/// Same for `lora/adapter_bwd`.
 const BWD_ATOL: f32 = 2e-5;
 const BWD_RTOL: f32 = 1e-5;
 
@@ -55,23 +55,38 @@ fn up(gpu: &Gpu, label: &str, v: &[f32]) -> GpuBuffer {
 }
 
 #[test]
-fn lora_fwd_matches_reference() {
+fn adapter_fwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (si, &(m, k, n, r)) in SHAPES.iter().enumerate() {
         let mut rng = Rng::new(100 + si as u64);
         let d = data(&mut rng, m, k, n, r);
         // y already holds the base layer's output: the adapter must add to it.
         let y0 = rng.vec(m * n, 1.0);
-        let (want_h, y_delta) = rlora::fwd(&d.x, &d.a, &d.b, m, k, n, r, d.scale);
+        let (want_h, y_delta) = rlora::adapter_fwd(&d.x, &d.a, &d.b, m, k, n, r, d.scale);
         let want_y = add(&y0, &y_delta);
 
         let (xb, ab, bb) = (up(gpu, "x", &d.x), up(gpu, "a", &d.a), up(gpu, "b", &d.b));
         let hb = up(gpu, "h", &vec![f32::NAN; m * r]); // every element must be overwritten
         let yb = up(gpu, "y", &y0);
         let mut enc = gpu.encoder();
-        lora::fwd(&mut enc, &xb, &ab, &bb, &hb, &yb, m, k, n, r, d.scale).unwrap();
+        lora::adapter_fwd(
+            &mut enc,
+            &xb,
+            &ab,
+            &bb,
+            &hb,
+            &yb,
+            lora::LoraShape {
+                m,
+                k,
+                n,
+                r,
+                scale: d.scale,
+            },
+        )
+        .unwrap();
         enc.submit();
-        let tag = format!("lora/fwd m={m} k={k} n={n} r={r}");
+        let tag = format!("lora/adapter_fwd m={m} k={k} n={n} r={r}");
         assert_close(
             &format!("{tag} h"),
             &gpu.read_blocking::<f32>(&hb).unwrap(),
@@ -90,14 +105,14 @@ fn lora_fwd_matches_reference() {
 }
 
 #[test]
-fn lora_bwd_matches_reference() {
+fn adapter_bwd_matches_reference() {
     let Some(gpu) = gpu() else { return };
     for (si, &(m, k, n, r)) in SHAPES.iter().enumerate() {
         let mut rng = Rng::new(200 + si as u64);
         let d = data(&mut rng, m, k, n, r);
-        let (h, _) = rlora::fwd(&d.x, &d.a, &d.b, m, k, n, r, d.scale);
+        let (h, _) = rlora::adapter_fwd(&d.x, &d.a, &d.b, m, k, n, r, d.scale);
         let dy = rng.vec(m * n, 1.0);
-        let want = rlora::bwd(&d.x, &h, &dy, &d.a, &d.b, m, k, n, r, d.scale);
+        let want = rlora::adapter_bwd(&d.x, &h, &dy, &d.a, &d.b, m, k, n, r, d.scale);
         let want_dh = rlora::dh(&dy, &d.b, m, n, r, d.scale);
         // Nonzero starting gradients: the kernels must accumulate into them.
         let (da0, db0, dx0) = (
@@ -118,8 +133,24 @@ fn lora_bwd_matches_reference() {
         let dhb = up(gpu, "dh", &vec![f32::NAN; m * r]);
         let mut enc = gpu.encoder();
         for _ in 0..reps {
-            lora::bwd(
-                &mut enc, &xb, &hb, &dyb, &ab, &bb, &dab, &dbb, &dxb, &dhb, m, k, n, r, d.scale,
+            lora::adapter_bwd(
+                &mut enc,
+                &xb,
+                &hb,
+                &dyb,
+                &ab,
+                &bb,
+                &dab,
+                &dbb,
+                &dxb,
+                &dhb,
+                lora::LoraShape {
+                    m,
+                    k,
+                    n,
+                    r,
+                    scale: d.scale,
+                },
             )
             .unwrap();
         }
@@ -133,7 +164,7 @@ fn lora_bwd_matches_reference() {
             want_db = add(&want_db, &want.db);
             want_dx = add(&want_dx, &want.dx);
         }
-        let tag = format!("lora/bwd m={m} k={k} n={n} r={r} x{reps}");
+        let tag = format!("lora/adapter_bwd m={m} k={k} n={n} r={r} x{reps}");
         assert_close(
             &format!("{tag} dh"),
             &gpu.read_blocking::<f32>(&dhb).unwrap(),
@@ -170,7 +201,7 @@ fn lora_bwd_matches_reference() {
 /// each of X, A and B on its own, so a central difference has no truncation error and a large
 /// step only leaves f32 rounding of the forward (L is summed in f64).
 #[test]
-fn lora_bwd_matches_finite_differences() {
+fn adapter_bwd_matches_finite_differences() {
     const STEP: f32 = 0.125; // exact in binary, so x ± STEP is the intended perturbation
     const TOL: f64 = 2e-4;
     for &(m, k, n, r, scale) in &[
@@ -182,14 +213,14 @@ fn lora_bwd_matches_finite_differences() {
         let d = data(&mut rng, m, k, n, r);
         let g = rng.vec(m * n, 1.0);
         let loss = |x: &[f32], a: &[f32], b: &[f32]| -> f64 {
-            let (_, y) = rlora::fwd(x, a, b, m, k, n, r, scale);
+            let (_, y) = rlora::adapter_fwd(x, a, b, m, k, n, r, scale);
             y.iter()
                 .zip(&g)
                 .map(|(&yi, &gi)| yi as f64 * gi as f64)
                 .sum()
         };
-        let (h, _) = rlora::fwd(&d.x, &d.a, &d.b, m, k, n, r, scale);
-        let grads = rlora::bwd(&d.x, &h, &g, &d.a, &d.b, m, k, n, r, scale);
+        let (h, _) = rlora::adapter_fwd(&d.x, &d.a, &d.b, m, k, n, r, scale);
+        let grads = rlora::adapter_bwd(&d.x, &h, &g, &d.a, &d.b, m, k, n, r, scale);
         // Central difference of L in element i of one of the three operands.
         let fd = |which: usize, i: usize| -> f64 {
             let mut ops = [d.x.clone(), d.a.clone(), d.b.clone()];
@@ -242,31 +273,139 @@ fn lora_launchers_reject_bad_shapes() {
     let mut enc = gpu.encoder();
     let is_shape = |e: Result<(), GpuError>| matches!(e, Err(GpuError::Shape { .. }));
     assert!(
-        is_shape(lora::fwd(&mut enc, &short, &a, &b, &h, &y, m, k, n, r, 1.0)),
+        is_shape(lora::adapter_fwd(
+            &mut enc,
+            &short,
+            &a,
+            &b,
+            &h,
+            &y,
+            lora::LoraShape {
+                m,
+                k,
+                n,
+                r,
+                scale: 1.0
+            }
+        )),
         "short x"
     );
     assert!(
-        is_shape(lora::fwd(&mut enc, &x, &a, &b, &h, &y, m, k, n, 0, 1.0)),
+        is_shape(lora::adapter_fwd(
+            &mut enc,
+            &x,
+            &a,
+            &b,
+            &h,
+            &y,
+            lora::LoraShape {
+                m,
+                k,
+                n,
+                r: 0,
+                scale: 1.0
+            }
+        )),
         "r = 0"
     );
     assert!(
-        is_shape(lora::fwd(&mut enc, &x, &a, &b, &y, &y, m, k, n, r, 1.0)),
+        is_shape(lora::adapter_fwd(
+            &mut enc,
+            &x,
+            &a,
+            &b,
+            &y,
+            &y,
+            lora::LoraShape {
+                m,
+                k,
+                n,
+                r,
+                scale: 1.0
+            }
+        )),
         "h aliases y"
     );
     assert!(
-        is_shape(lora::bwd(
-            &mut enc, &x, &h, &y, &a, &b, &da, &db, &short, &dh, m, k, n, r, 1.0
+        is_shape(lora::adapter_bwd(
+            &mut enc,
+            &x,
+            &h,
+            &y,
+            &a,
+            &b,
+            &da,
+            &db,
+            &short,
+            &dh,
+            lora::LoraShape {
+                m,
+                k,
+                n,
+                r,
+                scale: 1.0
+            }
         )),
         "short dx"
     );
     assert!(
-        is_shape(lora::bwd(
-            &mut enc, &x, &h, &y, &a, &b, &da, &db, &dx, &da, m, k, n, r, 1.0
+        is_shape(lora::adapter_bwd(
+            &mut enc,
+            &x,
+            &h,
+            &y,
+            &a,
+            &b,
+            &da,
+            &db,
+            &dx,
+            &da,
+            lora::LoraShape {
+                m,
+                k,
+                n,
+                r,
+                scale: 1.0
+            }
         )),
         "scratch aliases da"
     );
-    assert!(lora::fwd(&mut enc, &x, &a, &b, &h, &y, m, k, n, r, 1.0).is_ok());
-    assert!(lora::bwd(&mut enc, &x, &h, &y, &a, &b, &da, &db, &dx, &dh, m, k, n, r, 1.0).is_ok());
+    assert!(lora::adapter_fwd(
+        &mut enc,
+        &x,
+        &a,
+        &b,
+        &h,
+        &y,
+        lora::LoraShape {
+            m,
+            k,
+            n,
+            r,
+            scale: 1.0
+        }
+    )
+    .is_ok());
+    assert!(lora::adapter_bwd(
+        &mut enc,
+        &x,
+        &h,
+        &y,
+        &a,
+        &b,
+        &da,
+        &db,
+        &dx,
+        &dh,
+        lora::LoraShape {
+            m,
+            k,
+            n,
+            r,
+            scale: 1.0
+        }
+    )
+    .is_ok());
     enc.submit();
     gpu.sync().unwrap();
 }

@@ -11,6 +11,7 @@
 // are clamped to the last valid index so loads never go out of range and loops stay branch-free;
 // their results are simply not stored. Every output is summed in increasing index order, the same
 // order as the CPU reference.
+// Joined with lora/common.wgsl (crates/gpu/src/shaders.rs).
 
 struct Params {
     m: u32,      // rows of X, Y, H
@@ -36,17 +37,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;       // (M, N)
 
 const WG: u32 = 64u;
-
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid;
-}
-
-// The four (clamped) indices of tile `t` along an axis of length `len` (len >= 1).
-fn tile4(t: u32, len: u32) -> vec4<u32> {
-    let last = len - 1u;
-    let i0 = t * 4u;
-    return vec4<u32>(min(i0, last), min(i0 + 1u, last), min(i0 + 2u, last), min(i0 + 3u, last));
-}
 
 @compute @workgroup_size(64)
 fn stage_h(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

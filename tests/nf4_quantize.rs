@@ -1,37 +1,12 @@
-//! NF4 kernels against the reference: bit-exact codes and absmax, on awkward shapes.
+//! `nf4/quantize` against the reference (with the double quantization kernels of
+//! `ops::nf4::quantize`, and the dequantized round trip): bit-exact codes and absmax, on awkward shapes.
 
 mod common;
 
-use common::{gpu, Rng};
+use common::gpu;
+use common::nf4::{awkward, bits};
 use tinytune::gpu::ops::nf4;
-use tinytune::reference::nf4::{self as rnf4, Absmax, Nf4Tensor};
-
-/// Data with the corner cases the issue lists: an all-zero block, values exactly on NF4 codes and
-/// exactly halfway between two codes (ties), a single huge value.
-fn awkward(n: usize, block: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    let mut x = rng.vec(n, 0.02);
-    if n >= 2 * block {
-        // Block 1: all zeros.
-        x[block..2 * block].iter_mut().for_each(|v| *v = 0.0);
-    }
-    if n >= 3 * block {
-        // Block 2: absmax 1.0 at its first element, then every midpoint and every code exactly.
-        let b = &mut x[2 * block..3 * block];
-        b[0] = 1.0;
-        for (j, m) in rnf4::NF4_MIDPOINTS.iter().enumerate() {
-            if 1 + j < b.len() {
-                b[1 + j] = *m;
-            }
-        }
-        for (j, c) in rnf4::NF4.iter().enumerate() {
-            if 16 + j < b.len() {
-                b[16 + j] = *c;
-            }
-        }
-    }
-    x
-}
+use tinytune::reference::nf4::{Absmax, Nf4Tensor};
 
 fn run(n: usize, block: usize, double_quant: bool) {
     let Some(gpu) = gpu() else { return };
@@ -83,12 +58,8 @@ fn run(n: usize, block: usize, double_quant: bool) {
     );
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|f| f.to_bits()).collect()
-}
-
 #[test]
-fn nf4_quantize_matches_reference() {
+fn quantize_matches_reference() {
     // Odd n (pad nibble), partial last block, single block, many blocks (> 256 for the nested blocks).
     for &(n, block) in &[
         (1usize, 64usize),
@@ -104,7 +75,7 @@ fn nf4_quantize_matches_reference() {
 }
 
 #[test]
-fn nf4_double_quant_matches_reference() {
+fn quantize_double_quant_matches_reference() {
     for &(n, block) in &[
         (1usize, 64usize),
         (64 * 3 + 7, 64),
@@ -117,30 +88,7 @@ fn nf4_double_quant_matches_reference() {
 }
 
 #[test]
-fn nf4_dequantize_matches_reference() {
-    // Dequantize a host tensor uploaded from the reference (the path a loaded checkpoint takes).
-    let Some(gpu) = gpu() else { return };
-    for &(n, block, dq) in &[
-        (999usize, 64usize, true),
-        (999, 64, false),
-        (5000, 256, true),
-    ] {
-        let x = awkward(n, block, 7);
-        let t = Nf4Tensor::quantize(&x, block, dq);
-        let w = nf4::Nf4Weight::upload(gpu, "w", &t).unwrap();
-        let out = gpu.alloc("deq", n as u64 * 4).unwrap();
-        let mut enc = gpu.encoder();
-        nf4::dequantize(&mut enc, &w, &out).unwrap();
-        enc.submit();
-        assert_eq!(
-            bits(&gpu.read_blocking::<f32>(&out).unwrap()),
-            bits(&t.dequantize())
-        );
-    }
-}
-
-#[test]
-fn nf4_rejects_bad_block_size() {
+fn quantize_rejects_bad_block_size() {
     let Some(gpu) = gpu() else { return };
     let xb = gpu.upload("x", &[0f32; 100]).unwrap();
     let mut enc = gpu.encoder();
@@ -148,21 +96,4 @@ fn nf4_rejects_bad_block_size() {
         .err()
         .expect("block 48 must be refused");
     assert!(err.to_string().contains("block size 48"), "{err}");
-}
-
-#[test]
-fn nf4_dequantize_large_dispatch_splits_groups() {
-    // More than 65535 workgroups of 64: the launcher splits them over x and y.
-    let Some(gpu) = gpu() else { return };
-    let n = 65536 * 64 + 100;
-    let mut rng = Rng::new(3);
-    let x = rng.vec(n, 1.0);
-    let t = Nf4Tensor::quantize(&x, 64, true);
-    let w = nf4::Nf4Weight::upload(gpu, "w", &t).unwrap();
-    let out = gpu.alloc("deq", n as u64 * 4).unwrap();
-    let mut enc = gpu.encoder();
-    nf4::dequantize(&mut enc, &w, &out).unwrap();
-    enc.submit();
-    let got = gpu.read_blocking::<f32>(&out).unwrap();
-    assert_eq!(bits(&got), bits(&t.dequantize()));
 }
