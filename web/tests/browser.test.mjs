@@ -469,7 +469,7 @@ if (want("virtual")) {
       watch(page, "virtual");
       page.setDefaultTimeout(timeoutMs);
       // Any page of the origin: the module runs on its main thread.
-      await page.goto(`${base}web/tests/blank`);
+      await page.goto(`${base}tests/fixtures/model/llama_hf/config.json`);
       const loaded = await page.evaluate(async (url) => {
         const mod = await import("/web/pkg/tinytune_wasm.js");
         await mod.default();

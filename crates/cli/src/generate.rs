@@ -22,7 +22,7 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
     /// Storage of the base model's linear layers.
-    #[arg(long, value_enum, default_value_t = QuantArg::Nf4)]
+    #[arg(long, value_enum, default_value_t = QuantArg::default())]
     pub quant: QuantArg,
     /// PEFT adapter folder (adapter_config.json + adapter_model.safetensors; LoRA, prompt tuning
     /// or prefix tuning), e.g. the output of `tinytune train` [default: none, the base model

@@ -37,7 +37,7 @@ pub struct ModelDataArgs {
     pub model: PathBuf,
     /// Storage of the frozen base's linear layers: nf4 = QLoRA (bitsandbytes NF4, block 64,
     /// double quant), none = f32.
-    #[arg(long, value_enum, default_value_t = QuantArg::Nf4)]
+    #[arg(long, value_enum, default_value_t = QuantArg::default())]
     pub quant: QuantArg,
     /// Dataset file(s), repeatable: .txt (plain text), or .jsonl with {"text"},
     /// {"prompt","completion"} or {"messages":[{"role","content"}...]} records (chat records go

@@ -50,7 +50,7 @@ pub use metrics::{MetricsRecord, MetricsWriter};
 pub use model_tok::ModelTokenizer;
 pub use options::{
     parse_gen_options, parse_train_options, GenOptions, Layers, Names, NumOrText, Peft, PromptInit,
-    TrainOptions,
+    QuantOption, TrainOptions,
 };
 pub use peft::{Adapter, LoraConfig, LoraKey, LoraModule, LoraPair, LoraWeights, TargetModules};
 pub use prefix::{PrefixAdapter, PrefixTuningConfig};

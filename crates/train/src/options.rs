@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Deserialize;
-use tinytune_model::SamplingParams;
+use tinytune_model::{Quant, SamplingParams};
 
 use crate::config::{
     check_layers, eval_split_from, parse_layers_to_transform, parse_target_modules, AdamWConfig,
@@ -129,6 +129,45 @@ pub enum PromptInit {
     /// From the init text: its embeddings (prompt tuning), or the keys and values of every layer
     /// on it (prefix tuning).
     Text,
+}
+
+/// `--quant` (train, generate, eval, logits) and `loadModel`'s `quant`: storage of the frozen
+/// base model's linear layers.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantOption {
+    /// NF4, block 64, double-quantized absmax (QLoRA, bitsandbytes-compatible).
+    #[default]
+    Nf4,
+    /// f32, as loaded.
+    None,
+}
+
+impl QuantOption {
+    /// The loader's setting.
+    pub fn quant(self) -> Quant {
+        match self {
+            QuantOption::Nf4 => Quant::NF4,
+            QuantOption::None => Quant::None,
+        }
+    }
+
+    /// `"nf4"` or `"none"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantOption::Nf4 => "nf4",
+            QuantOption::None => "none",
+        }
+    }
+
+    /// Parses `"nf4"` or `"none"`.
+    pub fn parse(s: &str) -> Result<QuantOption, String> {
+        match s {
+            "nf4" => Ok(QuantOption::Nf4),
+            "none" => Ok(QuantOption::None),
+            q => Err(format!("quant {q:?}: expected \"nf4\" or \"none\"")),
+        }
+    }
 }
 
 fn defaults() -> TrainOptions {

@@ -33,10 +33,10 @@ use std::sync::Arc;
 use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
 use serde_json::json;
 use tinytune_gpu::{Gpu, GpuOptions};
-use tinytune_model::{ByteSource, LlamaModel, MemBytes, Quant, StopReason, TextStream};
+use tinytune_model::{ByteSource, LlamaModel, MemBytes, StopReason, TextStream};
 use tinytune_train::{
     plan_run, prompt_ids, AdapterGpu, Checkpoint, Clock, Dataset, GenerateSession, ModelTokenizer,
-    PeftAdapter, RunFrom, TrainSession, Trainer,
+    PeftAdapter, QuantOption, RunFrom, TrainSession, Trainer,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
@@ -680,10 +680,9 @@ impl Tinytune {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let _busy = inner.begin("loadModel")?;
-            let quant = match quant.as_deref().unwrap_or("nf4") {
-                "nf4" => Quant::NF4,
-                "none" => Quant::None,
-                q => return Err(err(format!("quant {q:?}: expected \"nf4\" or \"none\""))),
+            let quant = match quant.as_deref() {
+                Some(q) => QuantOption::parse(q).map_err(err)?,
+                None => QuantOption::default(),
             };
             let t0 = (clock())();
             let counter = Arc::new(reader::LoadCounter::default());
@@ -730,7 +729,7 @@ impl Tinytune {
             report_progress(&counter);
             inner.model.replace(None);
             inner.adapter.replace(None);
-            let model = LlamaModel::load(&inner.gpu, &src, quant)
+            let model = LlamaModel::load(&inner.gpu, &src, quant.quant())
                 .map_err(|e| gpu_err("loadModel")(format!("cannot load the model: {e}")))?;
             let tok = src
                 .tokenizer()
@@ -755,7 +754,7 @@ impl Tinytune {
                 "hidden_size": c.hidden_size,
                 "vocab_size": c.vocab_size,
                 "max_position_embeddings": c.max_position_embeddings,
-                "quant": if quant == Quant::None { "none" } else { "nf4" },
+                "quant": quant.name(),
                 "chat_template": tok.as_ref().is_ok_and(|t| t.template.is_some()),
                 "tokenizer_error": tok.as_ref().err(),
                 "load_s": (clock())() - t0,
