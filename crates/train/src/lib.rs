@@ -103,6 +103,9 @@ pub enum TrainError {
     /// An invalid argument (schedule, split, batch plan, config).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A run that cannot fit the device (the message says what to change).
+    #[error("{0}")]
+    DeviceLimit(String),
 }
 
 /// Result alias of the train crate.

@@ -615,7 +615,7 @@ impl<'g> Trainer<'g> {
             widest,
             gpu.max_binding().min(u32::MAX as u64),
         )
-        .map_err(TrainError::Config)?;
+        .map_err(TrainError::DeviceLimit)?;
         let mut soft_start = None;
         let (weights, lora_config, opt, resumed) = match start {
             Start::Prompt(_) | Start::Prefix(_) => {

@@ -18,8 +18,11 @@
 //! `generate` to finish after its current step or token. Run it in a Web Worker: model loading and
 //! data tokenization are synchronous.
 //!
-//! The logic that needs no browser (option parsing with the CLI's names and defaults, models and
-//! adapters from named in-memory files) lives in [`options`] and [`files`] and is tested natively.
+//! The options (the CLI's names and defaults), how a run starts and is driven, and the generate
+//! setup are `tinytune_train`'s [`options`](tinytune_train::options) and
+//! [`session`](tinytune_train::session), shared with the CLI; this crate adds the JS glue, the JS-only
+//! `"adapter"` key ([`options`]) and models and adapters from named in-memory files ([`files`]),
+//! tested natively.
 
 pub mod files;
 pub mod health;
