@@ -300,3 +300,42 @@ impl<'a> GenerateSession<'a> {
         Ok(self.dec.generate(&self.ids, &self.opts, on_token).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> LlamaConfig {
+        LlamaConfig::from_json(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../tests/fixtures/model/llama_hf/config.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_kv_cache_holds_the_virtual_tokens_too() {
+        let cfg = config(); // max_position_embeddings 256
+        let opts = |max_new_tokens, max_length| GenOptions {
+            max_new_tokens,
+            max_length,
+            ..GenOptions::default()
+        };
+        // Fewer new tokens than virtual tokens: all of them still fit.
+        assert_eq!(kv_length(&cfg, 30, 8, &opts(3, None)), Ok(41));
+        assert_eq!(kv_length(&cfg, 30, 0, &opts(3, None)), Ok(33));
+        // Capped by max_length, then by the model.
+        assert_eq!(kv_length(&cfg, 30, 8, &opts(100, Some(64))), Ok(64));
+        assert_eq!(kv_length(&cfg, 30, 8, &opts(1000, None)), Ok(256));
+        let e = kv_length(&cfg, 30, 8, &opts(3, Some(38))).unwrap_err();
+        assert!(e.contains("8 virtual tokens"), "{e}");
+        assert!(kv_length(&cfg, 30, 0, &opts(3, Some(30))).is_err());
+        assert!(kv_length(&cfg, 3, 0, &opts(3, Some(257)))
+            .unwrap_err()
+            .contains("max_position_embeddings"));
+        assert!(kv_length(&cfg, 0, 0, &opts(3, None)).is_err());
+    }
+}
