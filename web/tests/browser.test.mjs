@@ -294,7 +294,8 @@ if (want("train")) {
     await page.click("#train");
     await page.waitForFunction(() => window.tinytune.state.steps.length >= 2);
     await page.click("#stop");
-    await page.waitForFunction(() => window.tinytune.state.summary || document.querySelector("#train-status.error"));
+    // The run is over for the page (buttons back on) once its memory and saved-run views are current.
+    await page.waitForFunction(() => (window.tinytune.state.summary && !window.tinytune.state.training) || document.querySelector("#train-status.error"));
     const stopped = await page.evaluate(() => window.tinytune.state.summary);
     check(stopped && stopped.stopped && stopped.steps >= 2 && stopped.steps < 200, `stop: ${JSON.stringify(stopped)}`);
     check(/^stopped: /.test(await page.textContent("#train-status")), "the page says it stopped");
