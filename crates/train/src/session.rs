@@ -26,6 +26,7 @@ use crate::trainer::{Clock, PrefixStart, PromptStart, Start, Trainer};
 use crate::Result;
 
 /// Where a run starts.
+#[allow(clippy::large_enum_variant)] // one per run, consumed at once
 pub enum RunFrom {
     /// A new adapter, initialised as the options say.
     Fresh,
