@@ -13,6 +13,9 @@
 //    the uninterrupted run's losses and adapter exactly.
 // 1c. examples/web-embed (the README's snippet for web developers) trains 5 steps on the main
 //    thread; the loss must fall.
+// 1e. Prompt- and prefix-tuning adapters trained by the native `tinytune` (8 virtual tokens):
+//    the module's loadAdapter + generate (greedy, max_new_tokens 3, fewer than the virtual
+//    tokens) gives the same text and as many tokens as `tinytune generate --adapter`.
 // 2. WebGPU missing (an insecure origin has no navigator.gpu) and WebGPU without an adapter
 //    (Chromium without --enable-unsafe-webgpu): the page says so.
 //
@@ -116,13 +119,18 @@ function safetensorsHeader(buf) {
   return JSON.parse(buf.subarray(8, 8 + n).toString("utf8"));
 }
 
-/** The native CLI on the same run, if a binary is there: its per-step losses. */
-function nativeLosses(options = OPTIONS) {
-  // The newest of the two builds (scripts/test.sh's cargo test leaves a fresh debug one).
-  const bin = ["target/release/tinytune", "target/debug/tinytune"]
+/** The newest native `tinytune` binary (scripts/test.sh's cargo test leaves a fresh debug one). */
+function nativeBin() {
+  return ["target/release/tinytune", "target/debug/tinytune"]
     .map((b) => path.join(root, b))
     .filter((b) => fs.existsSync(b))
     .sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs)[0];
+}
+const nativeEnv = { ...process.env, WGPU_BACKEND: process.env.WGPU_BACKEND || "vulkan", XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || "/tmp" };
+
+/** The native CLI on the same run, if a binary is there: its per-step losses. */
+function nativeLosses(options = OPTIONS) {
+  const bin = nativeBin();
   if (!bin) return null;
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "tinytune-native-"));
   fs.writeFileSync(path.join(tmp, "data.jsonl"), DATA + "\n");
@@ -132,10 +140,7 @@ function nativeLosses(options = OPTIONS) {
     if (v === true) args.push(flag);
     else if (v !== false) args.push(flag, String(v));
   }
-  const r = spawnSync(bin, args, {
-    encoding: "utf8",
-    env: { ...process.env, WGPU_BACKEND: process.env.WGPU_BACKEND || "vulkan", XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || "/tmp" },
-  });
+  const r = spawnSync(bin, args, { encoding: "utf8", env: nativeEnv });
   // A binary that exists must run the same options (rebuild a stale one: cargo build -p tinytune-cli).
   check(r.status === 0, `native ${path.relative(root, bin)} ${args.slice(7).join(" ")} failed (${r.status}):\n${r.stderr}`);
   if (r.status !== 0) return null;
@@ -145,7 +150,7 @@ function nativeLosses(options = OPTIONS) {
 }
 
 const started = Date.now();
-// TINYTUNE_BROWSER_ONLY=train,resume,embed,errors,nogpu runs only those parts (default: all).
+// TINYTUNE_BROWSER_ONLY=train,resume,embed,virtual,errors,nogpu runs only those parts (default: all).
 const only = (process.env.TINYTUNE_BROWSER_ONLY || "").split(",").filter(Boolean);
 const want = (part) => !only.length || only.includes(part);
 let uninterrupted = null; // test 1's per-step losses
@@ -289,7 +294,8 @@ if (want("train")) {
     await page.click("#train");
     await page.waitForFunction(() => window.tinytune.state.steps.length >= 2);
     await page.click("#stop");
-    await page.waitForFunction(() => window.tinytune.state.summary || document.querySelector("#train-status.error"));
+    // The run is over for the page (buttons back on) once its memory and saved-run views are current.
+    await page.waitForFunction(() => (window.tinytune.state.summary && !window.tinytune.state.training) || document.querySelector("#train-status.error"));
     const stopped = await page.evaluate(() => window.tinytune.state.summary);
     check(stopped && stopped.stopped && stopped.steps >= 2 && stopped.steps < 200, `stop: ${JSON.stringify(stopped)}`);
     check(/^stopped: /.test(await page.textContent("#train-status")), "the page says it stopped");
@@ -448,6 +454,81 @@ if (want("embed")) {
     console.error("[browser-test] FAILED (embedding example):", e);
   } finally {
     await close(b);
+  }
+}
+
+// ---- 1e. prompt- and prefix-tuning adapters generate in the page as `tinytune generate` ----
+if (want("virtual")) {
+  const bin = nativeBin();
+  if (!bin) {
+    log("virtual tokens: no native tinytune binary (cargo build -p tinytune-cli): skipped");
+  } else {
+    const b = await launch(["--enable-unsafe-webgpu"]);
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "tinytune-virtual-"));
+    try {
+      const page = await b.ctx.newPage();
+      watch(page, "virtual");
+      page.setDefaultTimeout(timeoutMs);
+      // Any page of the origin: the module runs on its main thread.
+      await page.goto(`${base}tests/fixtures/model/llama_hf/config.json`);
+      const loaded = await page.evaluate(async (url) => {
+        const mod = await import("/web/pkg/tinytune_wasm.js");
+        await mod.default();
+        window.tt = await mod.Tinytune.create();
+        return window.tt.loadModel(url, "nf4");
+      }, `${base}tests/fixtures/model/llama_hf/`);
+      check(loaded.layers === 2 && loaded.chat_template, `the fixture model: ${JSON.stringify(loaded)}`);
+      fs.writeFileSync(path.join(tmp, "data.jsonl"), DATA + "\n");
+      const run = (args) => {
+        const r = spawnSync(bin, args, { encoding: "utf8", env: nativeEnv });
+        check(r.status === 0, `native tinytune ${args.join(" ")} failed (${r.status}):\n${r.stderr}`);
+        return r;
+      };
+      const VIRTUAL = 8;
+      const K = 3; // fewer new tokens than virtual tokens
+      for (const [peft, prompt, raw] of [["prompt-tuning", "What is the capital of France?", false], ["prefix-tuning", "the sky be", true]]) {
+        const out = path.join(tmp, peft);
+        run(["train", "--model", modelDir, "--data", path.join(tmp, "data.jsonl"), "--output-dir", out, "--log-steps",
+          "--peft", peft, "--num-virtual-tokens", String(VIRTUAL), "--num-steps", "2", "--batch-size", "4", "--seq-len", "64",
+          "--learning-rate", "1e-2", "--seed", "7"]);
+        const gen = ["generate", "--model", modelDir, "--adapter", out, "--prompt", prompt, "--max-new-tokens", String(K)];
+        const cli = run(raw ? [...gen, "--raw"] : gen);
+        const m = /^(\d+) tokens, stopped by/m.exec(cli.stderr);
+        check(m, `tinytune generate's token count: ${cli.stderr}`);
+        const cliTokens = Number(m[1]);
+        const files = {};
+        for (const f of ["adapter_config.json", "adapter_model.safetensors"]) files[f] = [...fs.readFileSync(path.join(out, f))];
+        const r = await page.evaluate(async ({ files, prompt, opts }) => {
+          const picked = {};
+          for (const [name, bytes] of Object.entries(files)) picked[name] = new Uint8Array(bytes);
+          try {
+            const info = await window.tt.loadAdapter(picked);
+            const g = await window.tt.generate(prompt, JSON.stringify(opts));
+            return { info, text: g.text, tokens: g.tokens, stop: g.stop, adapter: g.adapter };
+          } catch (e) {
+            return { error: e.message };
+          }
+        }, { files, prompt, opts: { max_new_tokens: K, raw } });
+        check(!r.error, `${peft}: the page's generate failed: ${r.error}`);
+        if (r.error) continue;
+        assert.equal(r.info.peft, peft);
+        assert.equal(r.info.num_virtual_tokens, VIRTUAL);
+        check(r.adapter, `${peft}: generated without the adapter`);
+        // The CLI ends its output with a newline unless the text already does.
+        const pageOut = r.text.endsWith("\n") ? r.text : r.text + "\n";
+        check(cliTokens === K && r.tokens.length === cliTokens, `${peft}: the page generated ${r.tokens.length} tokens (${r.stop}), tinytune generate ${cliTokens}, asked ${K}`);
+        check(pageOut === cli.stdout, `${peft}: the page's ${JSON.stringify(r.text)} vs tinytune generate's ${JSON.stringify(cli.stdout)}`);
+        log(`${peft} (${VIRTUAL} virtual tokens): page and CLI generate ${r.tokens.length} tokens ${JSON.stringify(r.text)}`);
+      }
+      passed++;
+    } catch (e) {
+      failures++;
+      failed = true;
+      console.error("[browser-test] FAILED (virtual tokens):", e);
+    } finally {
+      await close(b);
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
   }
 }
 

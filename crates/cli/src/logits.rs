@@ -4,28 +4,13 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use tinytune_gpu::{Gpu, GpuOptions};
-use tinytune_model::{LlamaModel, ModelSource, Quant};
+use tinytune_model::{LlamaModel, ModelSource};
 use tinytune_train::{AdapterGpu, PeftAdapter};
 
-/// Storage of the frozen base model's linear layers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum QuantArg {
-    /// NF4, block 64, double-quantized absmax (QLoRA, bitsandbytes-compatible).
-    Nf4,
-    /// f32, as loaded.
-    None,
-}
-
-impl QuantArg {
-    pub fn quant(self) -> Quant {
-        match self {
-            QuantArg::Nf4 => Quant::NF4,
-            QuantArg::None => Quant::None,
-        }
-    }
-}
+/// Storage of the frozen base model's linear layers (the options table's `quant`).
+pub use tinytune_train::QuantOption as QuantArg;
 
 #[derive(Args, Debug)]
 pub struct LogitsArgs {
@@ -38,7 +23,7 @@ pub struct LogitsArgs {
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
     /// Storage of the base model's linear layers [default: nf4].
-    #[arg(long, value_enum, default_value_t = QuantArg::Nf4)]
+    #[arg(long, value_enum, default_value_t = QuantArg::default())]
     pub quant: QuantArg,
     /// Comma-separated token ids, e.g. `--ids 1,2,3` [one of --ids or --prompt is required].
     #[arg(

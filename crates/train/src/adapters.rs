@@ -148,6 +148,15 @@ impl AdapterGpu {
         }
     }
 
+    /// How many virtual positions the adapter puts in front of the tokens (0 for LoRA).
+    pub fn virtual_tokens(&self) -> usize {
+        match self {
+            AdapterGpu::Lora(_) => 0,
+            AdapterGpu::Prompt(p) => p.p,
+            AdapterGpu::Prefix(p) => p.p,
+        }
+    }
+
     /// The virtual tokens of a prompt-learning adapter.
     pub fn soft(&self) -> Option<SoftRef<'_>> {
         match self {

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataConfig, EvalSplit, Stop, TextSplit};
+use crate::options::TrainOptions;
 use crate::peft::{LoraConfig, LoraModule};
 use crate::schedule::{Schedule, ScheduleKind};
 use crate::{Result, TrainError};
@@ -28,7 +29,7 @@ impl Default for AdamWConfig {
     }
 }
 
-/// LoRA hyper-parameters (defaults: r 8, alpha 16, no dropout, all seven projections).
+/// LoRA hyper-parameters (defaults: [`TrainOptions`]'s).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LoraHyper {
@@ -44,14 +45,7 @@ pub struct LoraHyper {
 
 impl Default for LoraHyper {
     fn default() -> Self {
-        LoraHyper {
-            r: 8,
-            alpha: 16.0,
-            dropout: 0.0,
-            targets: LoraModule::ALL.to_vec(),
-            use_rslora: false,
-            layers_to_transform: None,
-        }
+        TrainConfig::default().lora
     }
 }
 
@@ -91,27 +85,11 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
+    /// The defaults of [`TrainOptions`] (the one table of option defaults).
     fn default() -> Self {
-        TrainConfig {
-            base_model: String::new(),
-            data: Vec::new(),
-            seq_len: 512,
-            text_split: TextSplit::Document,
-            batch_size: 4,
-            grad_accum: 1,
-            stop: Stop::Epochs(1),
-            eval_split: EvalSplit::None,
-            eval_every: 0,
-            save_every: 0,
-            seed: 42,
-            lr: 2e-4,
-            schedule: ScheduleKind::Linear,
-            warmup_steps: 0,
-            max_grad_norm: 1.0,
-            gradient_checkpointing: false,
-            adamw: AdamWConfig::default(),
-            lora: LoraHyper::default(),
-        }
+        TrainOptions::default()
+            .to_config("", Vec::new(), 0, false)
+            .expect("the default options are valid")
     }
 }
 

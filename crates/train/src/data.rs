@@ -72,7 +72,7 @@ impl Example {
 }
 
 /// How a `.txt` file is split into documents (each followed by EOS).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum TextSplit {
     /// The whole file is one document.

@@ -25,11 +25,13 @@ pub mod data;
 pub mod fsio;
 pub mod metrics;
 pub mod model_tok;
+pub mod options;
 pub mod peft;
 pub mod prefix;
 pub mod prompt;
 pub mod rng;
 pub mod schedule;
+pub mod session;
 pub mod tokenize;
 pub mod trainer;
 
@@ -46,15 +48,22 @@ pub use data::{
 };
 pub use metrics::{MetricsRecord, MetricsWriter};
 pub use model_tok::ModelTokenizer;
+pub use options::{
+    parse_gen_options, parse_train_options, GenOptions, Layers, Names, NumOrText, Peft, PromptInit,
+    QuantOption, TrainOptions,
+};
 pub use peft::{Adapter, LoraConfig, LoraKey, LoraModule, LoraPair, LoraWeights, TargetModules};
 pub use prefix::{PrefixAdapter, PrefixTuningConfig};
 pub use prompt::{peft_type, PromptAdapter, PromptTuningConfig};
 pub use rng::Rng;
 pub use schedule::{Schedule, ScheduleKind};
+pub use session::{
+    kv_length, plan_run, prompt_ids, GenerateSession, RunFrom, RunPlan, StepEvent, TrainSession,
+};
 pub use tokenize::{Tokenize, WithChatTemplate};
 pub use trainer::{
-    evaluate, upload_adapter, Clock, PeftMethod, PrefixStart, PromptStart, SoftRef, Start, Trainer,
-    VirtualInit,
+    check_batch_fits, evaluate, upload_adapter, Clock, PeftMethod, PrefixStart, PromptStart,
+    SoftRef, Start, Trainer, VirtualInit,
 };
 
 /// Errors of the train crate. Every variant that comes from a file names it (and, for datasets,
@@ -94,6 +103,9 @@ pub enum TrainError {
     /// An invalid argument (schedule, split, batch plan, config).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A run that cannot fit the device (the message says what to change).
+    #[error("{0}")]
+    DeviceLimit(String),
 }
 
 /// Result alias of the train crate.

@@ -545,6 +545,36 @@ fn count_targets(targets: &[i32], v: usize) -> usize {
         .count()
 }
 
+/// Checks before allocating that one training micro-batch's activations fit: `batch_size` ×
+/// (`seq_len` + `virtual_tokens`) rows of `widest` f32s (the model's widest activation: hidden,
+/// attention or MLP width) must fit one storage binding of `limit` bytes. Computed in u64: on
+/// wasm32 the workspace's own sizes (usize) would wrap around instead.
+pub fn check_batch_fits(
+    batch_size: usize,
+    seq_len: usize,
+    virtual_tokens: usize,
+    widest: usize,
+    limit: u64,
+) -> std::result::Result<(), String> {
+    let rows = (batch_size as u64).saturating_mul(seq_len as u64 + virtual_tokens as u64);
+    let bytes = rows.saturating_mul(widest as u64).saturating_mul(4);
+    if bytes <= limit {
+        return Ok(());
+    }
+    let fit = (limit / (widest as u64 * 4)).max(1);
+    Err(format!(
+        "batch_size {batch_size} x seq_len {seq_len}{} = {rows} rows need {bytes} bytes per \
+         activation buffer ({widest} floats a row), but the device allows at most {limit} bytes \
+         per buffer. This does not fit the GPU: use a smaller batch_size or seq_len (batch_size \
+         x seq_len at most {fit}), or a smaller model.",
+        if virtual_tokens > 0 {
+            format!(" (+ {virtual_tokens} virtual tokens)")
+        } else {
+            String::new()
+        }
+    ))
+}
+
 impl<'g> Trainer<'g> {
     /// Sets up a run over `data` (split into train/eval by `config.eval_split`).
     pub fn new(
@@ -560,6 +590,32 @@ impl<'g> Trainer<'g> {
                 "batch size and gradient accumulation must be at least 1",
             ));
         }
+        // Refuse a micro-batch whose activations cannot fit one binding before allocating.
+        let c = &model.config;
+        let widest = c
+            .hidden_size
+            .max(c.num_attention_heads * c.head_dim)
+            .max(c.intermediate_size);
+        // Prompt tuning prepends its virtual tokens to every row (prefix tuning does not).
+        let virtual_rows = match &start {
+            Start::Prompt(PromptStart::Random { num_virtual_tokens })
+            | Start::Prompt(PromptStart::Text {
+                num_virtual_tokens, ..
+            }) => *num_virtual_tokens,
+            Start::Prompt(PromptStart::Adapter(a)) => a.config.num_virtual_tokens,
+            Start::Resume(ck) if matches!(ck.adapter, PeftAdapter::Prompt(_)) => {
+                ck.adapter.virtual_tokens()
+            }
+            _ => 0,
+        };
+        check_batch_fits(
+            config.batch_size,
+            config.seq_len,
+            virtual_rows,
+            widest,
+            gpu.max_binding().min(u32::MAX as u64),
+        )
+        .map_err(TrainError::DeviceLimit)?;
         let mut soft_start = None;
         let (weights, lora_config, opt, resumed) = match start {
             Start::Prompt(_) | Start::Prefix(_) => {
@@ -1181,4 +1237,28 @@ pub async fn evaluate(
 
 fn bytemuck_f32(v: &[f32]) -> &[u8] {
     bytemuck::cast_slice(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_batch_fits;
+
+    #[test]
+    fn oversized_batches_are_refused_before_allocating() {
+        let gib = 1u64 << 30;
+        assert!(check_batch_fits(4, 512, 0, 1536, gib).is_ok());
+        // 2^32 rows: a usize product would wrap to 0 on wasm32.
+        let e = check_batch_fits(65536, 65536, 0, 96, gib).unwrap_err();
+        assert!(
+            e.contains("4294967296 rows") && e.contains("smaller batch_size or seq_len"),
+            "{e}"
+        );
+        assert!(e.contains("at most 2796202)"), "{e}");
+        // Exactly at the limit fits; one row more does not.
+        let rows = gib / (64 * 4);
+        assert!(check_batch_fits(rows as usize, 1, 0, 64, gib).is_ok());
+        assert!(check_batch_fits(rows as usize + 1, 1, 0, 64, gib).is_err());
+        let e = check_batch_fits(rows as usize, 1, 4, 64, gib).unwrap_err();
+        assert!(e.contains("+ 4 virtual tokens"), "{e}");
+    }
 }

@@ -18,8 +18,11 @@
 //! `generate` to finish after its current step or token. Run it in a Web Worker: model loading and
 //! data tokenization are synchronous.
 //!
-//! The logic that needs no browser (option parsing with the CLI's names and defaults, models and
-//! adapters from named in-memory files) lives in [`options`] and [`files`] and is tested natively.
+//! The options (the CLI's names and defaults), how a run starts and is driven, and the generate
+//! setup are `tinytune_train`'s [`options`](tinytune_train::options) and
+//! [`session`](tinytune_train::session), shared with the CLI; this crate adds the JS glue, the JS-only
+//! `"adapter"` key ([`options`]) and models and adapters from named in-memory files ([`files`]),
+//! tested natively.
 
 pub mod files;
 pub mod health;
@@ -33,13 +36,10 @@ use std::sync::Arc;
 use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
 use serde_json::json;
 use tinytune_gpu::{Gpu, GpuOptions};
-use tinytune_model::{
-    stop_ids, ByteSource, GenerateOptions, KvDecoder, LlamaModel, MemBytes, Quant, StopReason,
-    TextStream,
-};
+use tinytune_model::{ByteSource, LlamaModel, MemBytes, StopReason, TextStream};
 use tinytune_train::{
-    AdapterGpu, ChatMessage, Checkpoint, Clock, Dataset, ModelTokenizer, PeftAdapter, PrefixStart,
-    PromptStart, Start, Trainer,
+    plan_run, prompt_ids, AdapterGpu, Checkpoint, Clock, Dataset, GenerateSession, ModelTokenizer,
+    PeftAdapter, QuantOption, RunFrom, TrainSession, Trainer,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
@@ -683,10 +683,9 @@ impl Tinytune {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let _busy = inner.begin("loadModel")?;
-            let quant = match quant.as_deref().unwrap_or("nf4") {
-                "nf4" => Quant::NF4,
-                "none" => Quant::None,
-                q => return Err(err(format!("quant {q:?}: expected \"nf4\" or \"none\""))),
+            let quant = match quant.as_deref() {
+                Some(q) => QuantOption::parse(q).map_err(err)?,
+                None => QuantOption::default(),
             };
             let t0 = (clock())();
             let counter = Arc::new(reader::LoadCounter::default());
@@ -733,7 +732,7 @@ impl Tinytune {
             report_progress(&counter);
             inner.model.replace(None);
             inner.adapter.replace(None);
-            let model = LlamaModel::load(&inner.gpu, &src, quant)
+            let model = LlamaModel::load(&inner.gpu, &src, quant.quant())
                 .map_err(|e| gpu_err("loadModel")(format!("cannot load the model: {e}")))?;
             let tok = src
                 .tokenizer()
@@ -758,7 +757,7 @@ impl Tinytune {
                 "hidden_size": c.hidden_size,
                 "vocab_size": c.vocab_size,
                 "max_position_embeddings": c.max_position_embeddings,
-                "quant": if quant == Quant::None { "none" } else { "nf4" },
+                "quant": quant.name(),
                 "chat_template": tok.as_ref().is_ok_and(|t| t.template.is_some()),
                 "tokenizer_error": tok.as_ref().err(),
                 "load_s": (clock())() - t0,
@@ -823,15 +822,38 @@ impl Tinytune {
                 .map_err(|e| err(format!("cannot resume: {e}")))?;
                 Some(ck)
             };
-            let config = match &resume {
-                // The run's own settings, as `tinytune train --resume` does.
-                Some(ck) => ck.config.clone(),
-                None => opts
-                    .to_config(&base, &data_name, loaded.model.layers.len())
-                    .map_err(err)?,
+            let from = match resume {
+                Some(ck) => {
+                    if opts.adapter {
+                        return Err(err(
+                            "give \"adapter\": true or a checkpoint to resume, not both",
+                        ));
+                    }
+                    RunFrom::Resume(Box::new(ck))
+                }
+                None if opts.adapter => {
+                    let t = inner.adapter.borrow().clone();
+                    let t = t.ok_or_else(|| err("\"adapter\": true but no adapter is loaded"))?;
+                    RunFrom::Adapter {
+                        adapter: t.adapter.clone(),
+                        name: "\"adapter\": true: the current adapter".into(),
+                    }
+                }
+                None => RunFrom::Fresh,
             };
-            let data = Dataset::from_named_str(&data_name, &data_text, tok, &config.data_config())
-                .map_err(err)?;
+            let plan = plan_run(
+                &opts,
+                from,
+                &base,
+                vec![data_name.clone()],
+                loaded.model.layers.len(),
+                |t| tok.tok.encode(t, false).map_err(|e| e.to_string()),
+            )
+            .map_err(err)?;
+            let resumed = plan.resumed();
+            let data =
+                Dataset::from_named_str(&data_name, &data_text, tok, &plan.config.data_config())
+                    .map_err(err)?;
             if data.examples.is_empty() {
                 return Err(err(format!("{data_name}: the dataset holds no examples")));
             }
@@ -840,110 +862,44 @@ impl Tinytune {
                 "records": s.records, "examples": s.examples, "tokens": s.tokens,
                 "targets": s.targets, "truncated": s.truncated, "dropped": s.dropped,
             });
-            let resumed = resume.is_some();
-            let start = if let Some(ck) = resume {
-                if opts.adapter {
-                    return Err(err(
-                        "give \"adapter\": true or a checkpoint to resume, not both",
-                    ));
-                }
-                Start::Resume(Box::new(ck))
-            } else if opts.adapter {
-                let t = inner.adapter.borrow().clone();
-                let t = t.ok_or_else(|| err("\"adapter\": true but no adapter is loaded"))?;
-                if t.adapter.method() != opts.peft.method() {
-                    return Err(err(format!(
-                        "\"adapter\": true: the current adapter is {}, the options say peft {:?}",
-                        t.adapter.method().name(),
-                        opts.peft.method().name()
-                    )));
-                }
-                match &t.adapter {
-                    PeftAdapter::Lora(a) => Start::Adapter(a.clone()),
-                    PeftAdapter::Prompt(a) => Start::Prompt(PromptStart::Adapter(a.clone())),
-                    PeftAdapter::Prefix(a) => Start::Prefix(PrefixStart::Adapter(a.clone())),
-                }
-            } else {
-                opts.peft_start(|t| tok.tok.encode(t, false).map_err(|e| e.to_string()))
-                    .map_err(err)?
-            };
-            // Refuse a micro-batch whose activations cannot fit one binding before allocating.
-            let c = &loaded.model.config;
-            let widest = c
-                .hidden_size
-                .max(c.num_attention_heads * c.head_dim)
-                .max(c.intermediate_size);
-            // Prompt tuning prepends its virtual tokens to every row (prefix tuning does not).
-            let virtual_rows = match &start {
-                Start::Prompt(PromptStart::Random { num_virtual_tokens })
-                | Start::Prompt(PromptStart::Text {
-                    num_virtual_tokens, ..
-                }) => *num_virtual_tokens,
-                Start::Prompt(PromptStart::Adapter(a)) => a.config.num_virtual_tokens,
-                Start::Resume(ck) if matches!(ck.adapter, PeftAdapter::Prompt(_)) => {
-                    ck.adapter.virtual_tokens()
-                }
-                _ => 0,
-            };
-            options::check_batch_fits(
-                config.batch_size,
-                config.seq_len,
-                virtual_rows,
-                widest,
-                inner.gpu.max_binding().min(u32::MAX as u64),
-            )
-            .map_err(err)?;
-            let mut trainer = Trainer::new(&inner.gpu, &loaded.model, config, data, start, clock())
+            let mut session = TrainSession::new(&inner.gpu, &loaded.model, plan, data, clock())
                 .map_err(|e| gpu_err("train")(e.to_string()))?;
-            if let (Some(r), false) = (opts.warmup_ratio, resumed) {
-                trainer
-                    .set_warmup_steps((r * trainer.total_steps() as f64).ceil() as u64)
-                    .map_err(err)?;
-            }
-            let (n_train, n_eval) = trainer.n_examples();
-            let total = trainer.total_steps();
-            let eval_before = if n_eval > 0 {
-                trainer.evaluate().await.map_err(err)?
-            } else {
-                None
-            };
-            let eval_every = trainer.config.eval_every;
-            let save_every = trainer.config.save_every;
+            let (n_train, n_eval) = session.trainer.n_examples();
+            let total = session.trainer.total_steps();
+            let eval_before = session
+                .eval_before()
+                .await
+                .map_err(|e| gpu_err("train")(e.to_string()))?;
             let mut stopped = false;
             let mut final_loss = None;
             loop {
                 if inner.stop.get() {
                     stopped = true;
-                    if trainer.state.global_step > 0 {
+                    if session.checkpoint_on_stop() {
                         if let Some(f) = &on_checkpoint {
-                            emit_checkpoint(&trainer, f).await?;
+                            emit_checkpoint(&session.trainer, f).await?;
                         }
                     }
                     break;
                 }
-                let step = trainer.step().await;
-                let Some(mut rec) = step.map_err(|e| gpu_err("train")(e.to_string()))? else {
+                let step = session.step().await;
+                let Some(ev) = step.map_err(|e| gpu_err("train")(e.to_string()))? else {
                     break;
                 };
-                let step = rec.step;
-                if n_eval > 0 && ((eval_every > 0 && step % eval_every == 0) || step == total) {
-                    if let Some(l) = trainer.evaluate().await.map_err(err)? {
-                        rec = rec.with_eval(l);
-                    }
-                }
-                final_loss = Some(rec.loss);
+                final_loss = Some(ev.rec.loss);
                 if let Some(f) = &on_step {
-                    let mut v = serde_json::to_value(&rec).map_err(err)?;
-                    v["total_steps"] = json!(total);
+                    let mut v = serde_json::to_value(&ev.rec).map_err(err)?;
+                    v["total_steps"] = json!(ev.total_steps);
                     f.call1(&JsValue::NULL, &JsValue::from_str(&v.to_string()))?;
                 }
                 if let Some(f) = &on_checkpoint {
-                    if (save_every > 0 && step % save_every == 0) || step == total {
-                        emit_checkpoint(&trainer, f).await?;
+                    if ev.checkpoint_due {
+                        emit_checkpoint(&session.trainer, f).await?;
                     }
                 }
                 yield_now().await;
             }
+            let trainer = session.trainer;
             let tuned = trainer.peft_adapter().await.map_err(err)?;
             let summary = json!({
                 "resumed": resumed,
@@ -993,62 +949,23 @@ impl Tinytune {
                 .as_ref()
                 .map_err(|e| err(format!("the model has no usable tokenizer: {e}")))?;
             let opts = options::parse_gen_options(&options_json).map_err(err)?;
-            let sampling = opts.sampling();
-            sampling.validate().map_err(err)?;
-            let ids = match (&tok.template, opts.raw) {
-                (Some(t), false) => {
-                    let mut msgs = Vec::new();
-                    if let Some(s) = &opts.system {
-                        msgs.push(ChatMessage::new("system", s));
-                    }
-                    msgs.push(ChatMessage::new("user", &prompt));
-                    let text = t.render(&msgs, true).map_err(err)?;
-                    tok.tok.encode(&text, false).map_err(err)?
-                }
-                _ => {
-                    if opts.system.is_some() && !opts.raw {
-                        return Err(err(
-                            "system needs a chat template, and the tokenizer has none",
-                        ));
-                    }
-                    tok.tok.encode(&prompt, true).map_err(err)?
-                }
-            };
-            if ids.is_empty() {
-                return Err(err("the prompt has no tokens"));
-            }
-            let cfg = &loaded.model.config;
-            let cap = match opts.max_length {
-                Some(0) => return Err(err("max_length must be positive")),
-                Some(n) => n.min(cfg.max_position_embeddings),
-                None => cfg.max_position_embeddings,
-            };
-            if ids.len() >= cap {
-                return Err(err(format!(
-                    "the prompt has {} tokens: no room to generate within {cap} positions",
-                    ids.len()
-                )));
-            }
+            opts.sampling().validate().map_err(err)?;
+            let ids = prompt_ids(tok, &prompt, &opts).map_err(err)?;
             let tuned = inner.adapter.borrow().clone();
             let use_adapter = opts.adapter.unwrap_or(tuned.is_some());
             if use_adapter && tuned.is_none() {
                 return Err(err("no adapter: train or loadAdapter first"));
             }
             let used = tuned.as_deref().filter(|_| use_adapter);
-            let lora = used.and_then(|t| t.gpu.lora());
-            let max_len = (ids.len() + opts.max_new_tokens).min(cap);
-            let mut dec = KvDecoder::new(&inner.gpu, &loaded.model, lora, max_len)
-                .map_err(|e| gpu_err("generate")(e.to_string()))?;
-            match used.map(|t| &t.gpu) {
-                Some(AdapterGpu::Prompt(pg)) => dec = dec.with_prompt(pg).map_err(err)?,
-                Some(AdapterGpu::Prefix(pf)) => dec = dec.with_prefix(pf).map_err(err)?,
-                _ => {}
-            }
-            let gen_opts = GenerateOptions {
-                max_new_tokens: opts.max_new_tokens,
-                sampling,
-                stop_ids: stop_ids(&loaded.model, Some(&tok.tok)),
-            };
+            let mut session = GenerateSession::new(
+                &inner.gpu,
+                &loaded.model,
+                Some(&tok.tok),
+                used.map(|t| &t.gpu),
+                ids,
+                &opts,
+            )
+            .map_err(gpu_err("generate"))?;
             let mut stream = TextStream::new(&tok.tok, true);
             let mut text = String::new();
             let mut failure: Option<JsValue> = None;
@@ -1056,8 +973,8 @@ impl Tinytune {
             let t0 = now();
             let mut first_at = None;
             let mut last_at = t0;
-            let gen = dec
-                .generate(&ids, &gen_opts, |t| {
+            let gen = session
+                .run(|t| {
                     last_at = now();
                     first_at.get_or_insert(last_at);
                     match stream.push(t) {
@@ -1096,7 +1013,7 @@ impl Tinytune {
             let result = json!({
                 "text": text,
                 "tokens": gen.tokens,
-                "prompt_tokens": ids.len(),
+                "prompt_tokens": session.prompt().len(),
                 "adapter": used.is_some(),
                 "stop": match gen.stop {
                     StopReason::Eos => "eos",

@@ -1,370 +1,110 @@
-//! The JSON options of `train` and `generate`, with the CLI's flag names (`--lora-r` is
-//! `"lora_r"`) and defaults. Plain Rust, so they are tested natively.
+//! The JSON options of `train` and `generate`: the one options table of `tinytune-train`
+//! ([`TrainOptions`], [`GenOptions`]: the CLI's flag names, `--lora-r` is `"lora_r"`, and its
+//! defaults) plus the JS API's own `"adapter"` key. Plain Rust, so they are tested natively.
 
-use serde::Deserialize;
-use tinytune_model::SamplingParams;
-use tinytune_train::data::{EvalSplit, Stop, TextSplit};
-use tinytune_train::peft::LoraModule;
-use tinytune_train::{
-    check_layers, eval_split_from, parse_layers_to_transform, parse_target_modules, AdamWConfig,
-    LoraHyper, PeftMethod, ScheduleKind, Start, TrainConfig, VirtualInit,
+use std::ops::Deref;
+
+use serde::de::DeserializeOwned;
+use tinytune_train::options::parse_named;
+pub use tinytune_train::options::{
+    parse_eval_split, parse_layers, parse_targets, GenOptions, Layers, Names, NumOrText, Peft,
+    PromptInit, TrainOptions,
 };
+use tinytune_train::TrainConfig;
 
-/// A number or a string (the CLI takes `--eval-split 0.1` or `--eval-split 10`, and
-/// `--layers-to-transform 3,5` or `top:8`; JSON callers may write either form).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum NumOrText {
-    Num(f64),
-    Text(String),
-}
-
-/// A list of names or one comma-separated string (`--target-modules q_proj,v_proj`).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum Names {
-    List(Vec<String>),
-    Text(String),
-}
-
-/// Layers as a list of indices or the CLI's spec string.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum Layers {
-    List(Vec<usize>),
-    Text(String),
-}
-
-/// `--peft`: what a run trains.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Peft {
-    /// LoRA adapters on the linear layers (PEFT `LORA`).
-    Lora,
-    /// Trainable virtual token embeddings (PEFT `PROMPT_TUNING`).
-    PromptTuning,
-    /// Trainable per-layer key/value prefixes (PEFT `PREFIX_TUNING`).
-    PrefixTuning,
-}
-
-impl Peft {
-    /// The trainer's method.
-    pub fn method(self) -> PeftMethod {
-        match self {
-            Peft::Lora => PeftMethod::Lora,
-            Peft::PromptTuning => PeftMethod::PromptTuning,
-            Peft::PrefixTuning => PeftMethod::PrefixTuning,
-        }
-    }
-}
-
-/// `--prompt-tuning-init`.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum PromptInit {
-    Random,
-    Text,
-}
-
-/// `train`'s options: the names and defaults of `tinytune train`'s flags.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrainOptions {
-    pub peft: Peft,
-    pub num_virtual_tokens: usize,
-    pub prompt_tuning_init: PromptInit,
-    pub prompt_tuning_init_text: Option<String>,
-    pub prefix_tuning_init: PromptInit,
-    pub prefix_tuning_init_text: Option<String>,
-    pub prefix_projection: bool,
-    pub encoder_hidden_size: Option<usize>,
-    pub lora_r: usize,
-    pub lora_alpha: f64,
-    pub lora_dropout: f64,
-    pub target_modules: Names,
-    pub layers_to_transform: Option<Layers>,
-    pub use_rslora: bool,
-    pub learning_rate: f64,
-    pub lr_scheduler: String,
-    pub warmup_steps: u64,
-    pub warmup_ratio: Option<f64>,
-    pub num_steps: Option<u64>,
-    pub epochs: Option<u64>,
-    pub batch_size: usize,
-    pub grad_accum: usize,
-    pub seq_len: usize,
-    pub text_split: TextSplit,
-    pub max_grad_norm: f64,
-    pub weight_decay: f64,
-    pub gradient_checkpointing: bool,
-    pub eval_split: NumOrText,
-    pub eval_every: u64,
-    /// Checkpoint every N steps (0: only at the end and when stopped); checkpoints go to
-    /// `train`'s `onCheckpoint`.
-    pub save_every: u64,
-    pub seed: u64,
+/// `train`'s options: the options table plus `"adapter"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JsTrainOptions {
+    pub options: TrainOptions,
     /// Start from the adapter given to `loadAdapter` (the CLI's `--adapter DIR`) instead of a
     /// fresh init.
     pub adapter: bool,
 }
 
-impl Default for TrainOptions {
-    fn default() -> Self {
-        TrainOptions {
-            peft: Peft::Lora,
-            num_virtual_tokens: 20,
-            prompt_tuning_init: PromptInit::Random,
-            prompt_tuning_init_text: None,
-            prefix_tuning_init: PromptInit::Random,
-            prefix_tuning_init_text: None,
-            prefix_projection: false,
-            encoder_hidden_size: None,
-            lora_r: 8,
-            lora_alpha: 16.0,
-            lora_dropout: 0.0,
-            target_modules: Names::Text("all-linear".into()),
-            layers_to_transform: None,
-            use_rslora: false,
-            learning_rate: 2e-4,
-            lr_scheduler: "linear".into(),
-            warmup_steps: 0,
-            warmup_ratio: None,
-            num_steps: None,
-            epochs: None,
-            batch_size: 4,
-            grad_accum: 1,
-            seq_len: 512,
-            text_split: TextSplit::Document,
-            max_grad_norm: 1.0,
-            weight_decay: 0.0,
-            gradient_checkpointing: false,
-            eval_split: NumOrText::Num(0.0),
-            eval_every: 0,
-            save_every: 0,
-            seed: 42,
-            adapter: false,
-        }
+impl Deref for JsTrainOptions {
+    type Target = TrainOptions;
+    fn deref(&self) -> &TrainOptions {
+        &self.options
     }
 }
 
-/// Parses `train`'s options JSON (empty = defaults); unknown names are errors.
-pub fn parse_train_options(json: &str) -> Result<TrainOptions, String> {
-    if json.trim().is_empty() {
-        return Ok(TrainOptions::default());
+impl PartialEq<TrainOptions> for JsTrainOptions {
+    fn eq(&self, other: &TrainOptions) -> bool {
+        !self.adapter && self.options == *other
     }
-    parse_named(json, "train options")
 }
 
-/// Deserializes options JSON; an error names the option at fault (serde_json's message alone
-/// gives a line and column but not the key).
-fn parse_named<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result<T, String> {
-    serde_json::from_str(json).map_err(|e| {
-        let v: Option<serde_json::Value> = serde_json::from_str(json).ok();
-        let culprit = v.as_ref().and_then(|v| v.as_object()).and_then(|obj| {
-            obj.iter().find_map(|(k, val)| {
-                let one =
-                    serde_json::Value::Object([(k.clone(), val.clone())].into_iter().collect());
-                serde_json::from_value::<T>(one)
-                    .err()
-                    .map(|e| match e.to_string() {
-                        m if m.contains(&format!("`{k}`")) => format!("{what}: {m}"),
-                        m => format!("{what}: {k}: {m}"),
-                    })
-            })
-        });
-        culprit.unwrap_or_else(|| format!("{what}: {e}"))
-    })
-}
-
-/// `--target-modules`: PEFT names or `all-linear` ([`parse_target_modules`]).
-pub fn parse_targets(names: &Names) -> Result<Vec<LoraModule>, String> {
-    let list: Vec<String> = match names {
-        Names::List(l) => l.clone(),
-        Names::Text(t) => t.split(',').map(str::to_string).collect(),
-    };
-    parse_target_modules(&list).map_err(|e| e.to_string())
-}
-
-/// `--layers-to-transform`: indices, `20-29` (inclusive), or `top:N`, against `n_layers`.
-pub fn parse_layers(spec: &Layers, n_layers: usize) -> Result<Vec<usize>, String> {
-    match spec {
-        Layers::List(l) => check_layers(l.clone(), n_layers),
-        Layers::Text(spec) => parse_layers_to_transform(spec, n_layers),
-    }
-    .map_err(|e| e.to_string())
-}
-
-/// `--eval-split`: 0 = none, a fraction in (0, 1), or a whole count.
-pub fn parse_eval_split(v: &NumOrText) -> Result<EvalSplit, String> {
-    let v = match v {
-        NumOrText::Num(v) => *v,
-        NumOrText::Text(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| format!("eval_split {s:?}: expected a fraction or a count"))?,
-    };
-    eval_split_from(v).map_err(|e| e.to_string())
-}
-
-impl TrainOptions {
-    /// How a fresh run of `peft` starts: [`Start::Fresh`] for LoRA (its settings are in the
-    /// config), the virtual tokens' init for prompt (`encode` tokenizes the init text) and prefix
-    /// tuning.
-    pub fn peft_start(
-        &self,
-        encode: impl Fn(&str) -> Result<Vec<u32>, String>,
-    ) -> Result<Start, String> {
-        let init = |kind: PromptInit, text: &Option<String>| match kind {
-            PromptInit::Random => VirtualInit::Random,
-            PromptInit::Text => VirtualInit::Text(text.clone()),
-        };
-        Start::fresh(
-            self.peft.method(),
-            self.num_virtual_tokens,
-            &init(self.prompt_tuning_init, &self.prompt_tuning_init_text),
-            &init(self.prefix_tuning_init, &self.prefix_tuning_init_text),
-            self.prefix_projection.then_some(self.encoder_hidden_size),
-            encode,
-        )
-        .map_err(|e| e.to_string())
-    }
-
-    /// The trainer's config, as `tinytune train` builds it from the same flags. (Fields the
-    /// trainer gains later take their defaults until they get an option here.)
-    #[allow(clippy::needless_update)]
+impl JsTrainOptions {
+    /// The trainer's config, as `tinytune train` builds it from the same flags.
     pub fn to_config(
         &self,
         base_model: &str,
         data_name: &str,
         n_layers: usize,
     ) -> Result<TrainConfig, String> {
-        if self.num_steps.is_some() && self.epochs.is_some() {
-            return Err("give num_steps or epochs, not both".into());
-        }
-        if self.warmup_ratio.is_some() && self.warmup_steps > 0 {
-            return Err("give warmup_steps or warmup_ratio, not both".into());
-        }
-        if let Some(r) = self.warmup_ratio {
-            if !(0.0..1.0).contains(&r) {
-                return Err("warmup_ratio must be in [0, 1)".into());
-            }
-        }
-        if self.seq_len < 2 {
-            return Err("seq_len must be at least 2".into());
-        }
-        // The trainer checks these too, in its own words; here they carry the option's name.
-        for (name, v) in [
-            ("batch_size", self.batch_size),
-            ("grad_accum", self.grad_accum),
-            ("num_virtual_tokens", self.num_virtual_tokens),
-        ] {
-            if v == 0 {
-                return Err(format!("{name} must be at least 1"));
-            }
-        }
-        if self.peft == Peft::Lora && self.lora_r == 0 && !self.adapter {
-            return Err("lora_r must be at least 1".into());
-        }
-        if self.num_steps == Some(0) || self.epochs == Some(0) {
-            return Err("num_steps and epochs must be at least 1".into());
-        }
-        for (name, v) in [
-            ("learning_rate", self.learning_rate),
-            ("lora_alpha", self.lora_alpha),
-            ("max_grad_norm", self.max_grad_norm),
-            ("weight_decay", self.weight_decay),
-        ] {
-            if !v.is_finite() || v < 0.0 {
-                return Err(format!("{name} must be a finite number >= 0 (got {v})"));
-            }
-        }
-        if !(0.0..1.0).contains(&self.lora_dropout) {
-            return Err(format!(
-                "lora_dropout must be in [0, 1) (got {})",
-                self.lora_dropout
-            ));
-        }
-        let stop = match (self.num_steps, self.epochs) {
-            (Some(s), _) => Stop::Steps(s),
-            (None, Some(e)) => Stop::Epochs(e),
-            (None, None) => Stop::Epochs(1),
-        };
-        Ok(TrainConfig {
-            base_model: base_model.to_string(),
-            data: vec![data_name.to_string()],
-            seq_len: self.seq_len,
-            text_split: self.text_split,
-            batch_size: self.batch_size,
-            grad_accum: self.grad_accum,
-            stop,
-            eval_split: parse_eval_split(&self.eval_split)?,
-            eval_every: self.eval_every,
-            save_every: self.save_every,
-            seed: self.seed,
-            lr: self.learning_rate,
-            schedule: ScheduleKind::parse(&self.lr_scheduler).map_err(|e| e.to_string())?,
-            warmup_steps: self.warmup_steps,
-            max_grad_norm: self.max_grad_norm,
-            gradient_checkpointing: self.gradient_checkpointing,
-            adamw: AdamWConfig {
-                weight_decay: self.weight_decay,
-                ..AdamWConfig::default()
-            },
-            lora: LoraHyper {
-                r: self.lora_r,
-                alpha: self.lora_alpha,
-                dropout: self.lora_dropout,
-                targets: parse_targets(&self.target_modules)?,
-                use_rslora: self.use_rslora,
-                layers_to_transform: match &self.layers_to_transform {
-                    Some(spec) => Some(parse_layers(spec, n_layers)?),
-                    None => None,
-                },
-            },
-            ..TrainConfig::default()
-        })
+        self.options.to_config(
+            base_model,
+            vec![data_name.to_string()],
+            n_layers,
+            self.adapter,
+        )
     }
 }
 
-/// Checks before allocating that one training micro-batch's activations fit: `batch_size` ×
-/// (`seq_len` + `virtual_tokens`) rows of `widest` f32s (the model's widest activation: hidden,
-/// attention or MLP width) must fit one storage binding of `limit` bytes. Computed in u64: on
-/// wasm32 the workspace's own sizes (usize) would wrap around instead.
-pub fn check_batch_fits(
-    batch_size: usize,
-    seq_len: usize,
-    virtual_tokens: usize,
-    widest: usize,
-    limit: u64,
-) -> Result<(), String> {
-    let rows = (batch_size as u64).saturating_mul(seq_len as u64 + virtual_tokens as u64);
-    let bytes = rows.saturating_mul(widest as u64).saturating_mul(4);
-    if bytes <= limit {
-        return Ok(());
+/// `generate`'s options: the options table plus `"adapter"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JsGenOptions {
+    pub options: GenOptions,
+    /// Use the trained / loaded adapter (default: when there is one); `false` = the base model.
+    pub adapter: Option<bool>,
+}
+
+impl Deref for JsGenOptions {
+    type Target = GenOptions;
+    fn deref(&self) -> &GenOptions {
+        &self.options
     }
-    let fit = (limit / (widest as u64 * 4)).max(1);
-    Err(format!(
-        "batch_size {batch_size} x seq_len {seq_len}{} = {rows} rows need {bytes} bytes per \
-         activation buffer ({widest} floats a row), but the device allows at most {limit} bytes \
-         per buffer. This does not fit the GPU: use a smaller batch_size or seq_len (batch_size \
-         x seq_len at most {fit}), or a smaller model.",
-        if virtual_tokens > 0 {
-            format!(" (+ {virtual_tokens} virtual tokens)")
-        } else {
-            String::new()
-        }
-    ))
+}
+
+/// Takes the JS-only `"adapter"` key out of an options object, then parses the rest as the
+/// options table (unknown names are errors that name the key).
+fn parse_with_adapter<T: DeserializeOwned + Default, A: DeserializeOwned + Default>(
+    json: &str,
+    what: &str,
+) -> Result<(T, A), String> {
+    let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_str(json) else {
+        return Ok((parse_named(json, what)?, A::default()));
+    };
+    let adapter = match obj.remove("adapter") {
+        Some(v) => serde_json::from_value(v).map_err(|e| format!("{what}: adapter: {e}"))?,
+        None => A::default(),
+    };
+    let rest = serde_json::Value::Object(obj).to_string();
+    Ok((parse_named(&rest, what)?, adapter))
+}
+
+/// Parses `train`'s options JSON (empty = defaults); unknown names are errors.
+pub fn parse_train_options(json: &str) -> Result<JsTrainOptions, String> {
+    let (options, adapter) = parse_with_adapter(json, "train options")?;
+    Ok(JsTrainOptions { options, adapter })
+}
+
+/// Parses `generate`'s options JSON (empty = defaults); unknown names are errors.
+pub fn parse_gen_options(json: &str) -> Result<JsGenOptions, String> {
+    let (options, adapter) = parse_with_adapter(json, "generate options")?;
+    Ok(JsGenOptions { options, adapter })
 }
 
 /// A GPU error's message plus what to change: over a device limit or out of memory while
 /// training or generating means a smaller batch / sequence (or model); other messages pass as they
-/// are. `what` is `"train"`, `"generate"` or `"loadModel"`.
+/// are (and so do messages that already say what to change). `what` is `"train"`, `"generate"` or
+/// `"loadModel"`.
 pub fn with_gpu_hint(msg: String, what: &str) -> String {
     let limit = msg.contains("the device allows at most")
         || msg.contains("out of GPU memory")
         || msg.contains("over the device limit");
     let lost = msg.contains("device error") || msg.to_ascii_lowercase().contains("device lost");
-    if !limit && !lost {
+    if (!limit && !lost) || msg.contains("This does not fit the GPU") {
         return msg;
     }
     let change = match what {
@@ -389,65 +129,13 @@ pub fn with_gpu_hint(msg: String, what: &str) -> String {
     )
 }
 
-/// `generate`'s options: the names and defaults of `tinytune generate`'s flags.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct GenOptions {
-    pub max_new_tokens: usize,
-    pub temperature: f32,
-    pub top_k: usize,
-    pub top_p: f32,
-    pub repetition_penalty: f32,
-    pub seed: u64,
-    /// Tokenize the prompt as-is instead of rendering it with the chat template.
-    pub raw: bool,
-    pub system: Option<String>,
-    pub max_length: Option<usize>,
-    /// Use the trained / loaded adapter (default: when there is one); `false` = the base model.
-    pub adapter: Option<bool>,
-}
-
-impl Default for GenOptions {
-    fn default() -> Self {
-        GenOptions {
-            max_new_tokens: 128,
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            repetition_penalty: 1.0,
-            seed: 0,
-            raw: false,
-            system: None,
-            max_length: None,
-            adapter: None,
-        }
-    }
-}
-
-impl GenOptions {
-    pub fn sampling(&self) -> SamplingParams {
-        SamplingParams {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            repetition_penalty: self.repetition_penalty,
-            seed: self.seed,
-        }
-    }
-}
-
-/// Parses `generate`'s options JSON (empty = defaults); unknown names are errors.
-pub fn parse_gen_options(json: &str) -> Result<GenOptions, String> {
-    if json.trim().is_empty() {
-        return Ok(GenOptions::default());
-    }
-    parse_named(json, "generate options")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tinytune_train::{PrefixStart, PromptStart};
+    use tinytune_model::SamplingParams;
+    use tinytune_train::data::{EvalSplit, Stop};
+    use tinytune_train::peft::LoraModule;
+    use tinytune_train::{PrefixStart, PromptStart, ScheduleKind, Start};
 
     #[test]
     fn defaults_are_the_cli_defaults() {
@@ -529,25 +217,6 @@ mod tests {
         assert!(parse_gen_options(r#"{"max_tokens": 3}"#)
             .unwrap_err()
             .contains("max_tokens"));
-    }
-
-    #[test]
-    fn oversized_batches_are_refused_before_allocating() {
-        let gib = 1u64 << 30;
-        assert!(check_batch_fits(4, 512, 0, 1536, gib).is_ok());
-        // 2^32 rows: a usize product would wrap to 0 on wasm32.
-        let e = check_batch_fits(65536, 65536, 0, 96, gib).unwrap_err();
-        assert!(
-            e.contains("4294967296 rows") && e.contains("smaller batch_size or seq_len"),
-            "{e}"
-        );
-        assert!(e.contains("at most 2796202)"), "{e}");
-        // Exactly at the limit fits; one row more does not.
-        let rows = gib / (64 * 4);
-        assert!(check_batch_fits(rows as usize, 1, 0, 64, gib).is_ok());
-        assert!(check_batch_fits(rows as usize + 1, 1, 0, 64, gib).is_err());
-        let e = check_batch_fits(rows as usize, 1, 4, 64, gib).unwrap_err();
-        assert!(e.contains("+ 4 virtual tokens"), "{e}");
     }
 
     #[test]
