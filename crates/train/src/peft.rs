@@ -460,18 +460,10 @@ pub fn read_f32_safetensors(
     BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     BTreeMap<String, String>,
 )> {
-    // The reader's messages start with the file name, which the error names already.
-    let err = |e: tinytune_model::ModelError| {
-        let msg = e.to_string();
-        let msg = msg
-            .strip_prefix(file)
-            .and_then(|m| m.strip_prefix(": "))
-            .unwrap_or(&msg)
-            .to_string();
-        TrainError::Adapter {
-            file: file.to_string(),
-            msg,
-        }
+    // The reader's messages name the file, which the error names already.
+    let err = |e: tinytune_model::ModelError| TrainError::Adapter {
+        file: file.to_string(),
+        msg: e.to_string().replacen(&format!("{file}: "), "", 1),
     };
     let st = safetensors::from_bytes(bytes, file).map_err(err)?;
     let mut out = BTreeMap::new();

@@ -745,6 +745,61 @@ fn write_at<W: Write + Seek>(f: &mut W, pos: u64, bytes: &[u8]) -> std::io::Resu
 mod tests {
     use super::*;
 
+    /// Without a tensor to quantize no GPU is needed, and a cast-only file is laid out exactly as
+    /// `serialize` lays out the cast tensors (no quant-state blobs, so the reserved header fits).
+    #[test]
+    fn cast_only_file_matches_serialize() {
+        let f32s: Vec<f32> = (0..6).map(|i| i as f32 * 0.1 + 1e-3).collect();
+        let ids: Vec<u8> = (0..3i64).flat_map(|v| v.to_le_bytes()).collect();
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        let bias = FloatDtype::F32.encode(&f32s);
+        let input = crate::safetensors::serialize(
+            &[
+                ("model.norm.weight", StDtype::F32, vec![6], &bias[..]),
+                ("model.ids", StDtype::I64, vec![3], &ids[..]),
+            ],
+            Some(&meta),
+        )
+        .unwrap();
+        let file = crate::safetensors::from_bytes(&input, "in.safetensors").unwrap();
+        let opts = QuantizeOptions {
+            select: Select::DecoderLinears,
+            cast: Some(FloatDtype::BF16),
+            block: DEFAULT_BLOCK,
+            double_quant: true,
+            dequantize: false,
+        };
+        let plan = QuantizePlan::new(&file, opts).unwrap();
+        assert_eq!(plan.nquant(), 0);
+        let mut out = std::io::Cursor::new(Vec::new());
+        let s =
+            pollster_free_block_on(plan.write(&file, None, &mut out, "out", &mut |_| {})).unwrap();
+        let cast = FloatDtype::BF16.encode(&f32s);
+        let want = crate::safetensors::serialize(
+            &[
+                ("model.norm.weight", StDtype::BF16, vec![6], &cast[..]),
+                ("model.ids", StDtype::I64, vec![3], &ids[..]),
+            ],
+            Some(&meta),
+        )
+        .unwrap();
+        assert_eq!(out.into_inner(), want);
+        assert_eq!(
+            (s.nquant, s.ncopied, s.bytes_out),
+            (0, 2, want.len() as u64)
+        );
+    }
+
+    /// Polls a future that never waits (no GPU work) to completion.
+    fn pollster_free_block_on<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the future waited"),
+        }
+    }
+
     #[test]
     fn decoder_linears() {
         assert!(is_decoder_linear("model.layers.0.self_attn.q_proj.weight"));
