@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use tinytune_gpu::{Gpu, GpuOptions};
+use tinytune_model::safetensors::{self, StDtype};
 use tinytune_model::{LlamaModel, ModelSource};
 use tinytune_train::{AdapterGpu, PeftAdapter};
 
@@ -97,22 +98,18 @@ pub fn run(args: &LogitsArgs, adapter: Option<String>) -> Result<()> {
     let tensors = [
         (
             "input_ids",
-            safetensors::tensor::TensorView::new(
-                safetensors::Dtype::I32,
-                vec![t],
-                bytemuck::cast_slice(&ids_i32),
-            )?,
+            StDtype::I32,
+            vec![t],
+            bytemuck::cast_slice::<i32, u8>(&ids_i32),
         ),
         (
             "logits",
-            safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                vec![t, v],
-                bytemuck::cast_slice(&logits),
-            )?,
+            StDtype::F32,
+            vec![t, v],
+            bytemuck::cast_slice::<f32, u8>(&logits),
         ),
     ];
-    let bytes = safetensors::serialize(tensors, None)?;
+    let bytes = safetensors::serialize(&tensors, None)?;
     let dir = match args.out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

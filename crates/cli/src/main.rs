@@ -6,7 +6,6 @@ mod generate;
 mod info;
 mod logits;
 mod merge;
-mod pyrepr;
 mod quantize;
 mod train;
 

@@ -13,6 +13,7 @@
 //! All arithmetic is single f32 operations (no fused multiply-add), so results match ggml and
 //! gguf-py bit for bit.
 
+use crate::float::{f16_to_f32, FloatDtype};
 use crate::{ModelError, Result};
 
 /// A GGUF / ggml tensor type this crate can convert to f32.
@@ -157,21 +158,9 @@ impl GgmlType {
             )));
         }
         match self {
-            GgmlType::F32 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
-            GgmlType::F16 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = f16_to_f32(u16::from_le_bytes([c[0], c[1]]));
-                }
-            }
-            GgmlType::BF16 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = bf16_to_f32(u16::from_le_bytes([c[0], c[1]]));
-                }
-            }
+            GgmlType::F32 => FloatDtype::F32.decode_into(bytes, out),
+            GgmlType::F16 => FloatDtype::F16.decode_into(bytes, out),
+            GgmlType::BF16 => FloatDtype::BF16.decode_into(bytes, out),
             GgmlType::Q8_0 => {
                 for (o, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(34)) {
                     let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
@@ -206,16 +195,6 @@ impl GgmlType {
         }
         Ok(())
     }
-}
-
-/// IEEE half (bits) to f32, exactly.
-pub fn f16_to_f32(bits: u16) -> f32 {
-    half::f16::from_bits(bits).to_f32()
-}
-
-/// bfloat16 (bits) to f32, exactly.
-pub fn bf16_to_f32(bits: u16) -> f32 {
-    f32::from_bits((bits as u32) << 16)
 }
 
 #[cfg(test)]

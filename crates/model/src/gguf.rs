@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use crate::bytes::{ByteSource, Cursor};
 use crate::config::{LlamaConfig, ModelType, RopeScaling, TokenIds};
 use crate::dtype::GgmlType;
-use crate::source::HostTensor;
+use crate::tensor::HostTensor;
 use crate::{format_err, ModelError, Result};
 
 const MAGIC: &[u8; 4] = b"GGUF";

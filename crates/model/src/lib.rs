@@ -19,9 +19,11 @@
 //! Q/K row permutation that llama.cpp's converter applies to `llama` models is undone, so a GGUF
 //! and the HF folder it was converted from load to the same tensors (up to quantization).
 
+pub mod bnb;
 pub mod bytes;
 pub mod config;
 pub mod dtype;
+pub mod float;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
@@ -31,6 +33,7 @@ pub mod prompt;
 pub mod safetensors;
 pub mod sampling;
 pub mod source;
+pub mod tensor;
 pub mod tokenizer;
 pub mod vocab;
 
@@ -39,6 +42,7 @@ pub use bytes::MmapBytes;
 pub use bytes::{ByteSource, ChunkedBytes, MemBytes};
 pub use config::{LlamaConfig, ModelType, RopeScaling, TokenIds};
 pub use dtype::GgmlType;
+pub use float::FloatDtype;
 pub use generate::{stop_ids, GenerateOptions, Generated, KvDecoder, StopReason, TextStream};
 pub use gguf::{
     config_from_gguf, gguf_to_hf_name, hf_to_gguf_name, GgufFile, GgufTensorInfo, GgufValue,
@@ -47,9 +51,10 @@ pub use llama::{LlamaModel, LoadOptions, Quant, Workspace};
 pub use lora::{LoraGpu, LoraPairGpu};
 pub use prefix::PrefixGpu;
 pub use prompt::PromptGpu;
-pub use safetensors::{SafetensorsFile, StDtype, StTensorInfo};
+pub use safetensors::{SafetensorsFile, StDtype, StEntry, StTensorInfo};
 pub use sampling::{Sampler, SamplingParams};
-pub use source::{unpermute_qk_rows, HfParts, HostTensor, ModelSource, SourceFormat, TensorMeta};
+pub use source::{unpermute_qk_rows, HfParts, ModelSource, SourceFormat, TensorMeta};
+pub use tensor::HostTensor;
 pub use tokenizer::Tokenizer;
 pub use vocab::{VocabChunk, VocabTable};
 

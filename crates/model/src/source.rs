@@ -6,23 +6,24 @@ use std::collections::{BTreeSet, HashMap};
 use crate::bytes::ByteSource;
 use crate::config::{LlamaConfig, ModelType};
 use crate::gguf::{config_from_gguf, gguf_to_hf_name, hf_to_gguf_name, GgufFile};
-use crate::safetensors::{SafetensorsFile, StDtype};
+use crate::safetensors::SafetensorsFile;
+use crate::tensor::HostTensor;
 use crate::tokenizer::Tokenizer;
 use crate::{format_err, ModelError, Result};
 
-/// A tensor converted to f32 on the host, row-major with a torch shape.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostTensor {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-impl HostTensor {
-    /// Number of elements.
-    pub fn numel(&self) -> usize {
-        self.data.len()
-    }
-}
+/// Files of a Hugging Face folder that a rewritten model (quantized, merged) carries over as they
+/// are (those present): tokenizer and generation config.
+pub const COPIED_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "generation_config.json",
+];
 
 /// Where a [`ModelSource`] reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,10 +238,11 @@ impl ModelSource {
                     info.shape
                 )));
             }
-            if let StDtype::Other(d) = &info.dtype {
+            if info.dtype.float().is_none() {
                 return Err(ModelError::Unsupported(format!(
-                    "{}: tensor '{name}' has dtype {d} (supported: F32, F16, BF16)",
-                    shards[i].name()
+                    "{}: tensor '{name}' has dtype {} (supported: F32, F16, BF16)",
+                    shards[i].name(),
+                    info.dtype
                 )));
             }
             tensors.push(TensorMeta {

@@ -23,6 +23,7 @@ pub mod config;
 pub mod data;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fsio;
+pub mod merge;
 pub mod metrics;
 pub mod model_tok;
 pub mod options;

@@ -13,13 +13,15 @@
 //! and tensors other than the LoRA A/B of the seven Llama projections are errors naming the file and
 //! the field or key. Fields PEFT writes that do not matter here are kept and written back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::rng::Rng;
 use crate::{Result, TrainError};
+use tinytune_model::safetensors::{self, StDtype};
+use tinytune_model::FloatDtype;
 
 /// File name of the adapter config.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -419,7 +421,7 @@ impl LoraWeights {
 }
 
 /// Serializes f32 tensors `(name, shape, data)` to safetensors bytes with `{"format": "pt"}` plus
-/// `metadata`.
+/// `metadata` (the model crate's writer: the bytes `safetensors.torch.save_file` writes).
 pub fn write_f32_safetensors(
     tensors: &[(String, Vec<usize>, &[f32])],
     metadata: &[(&str, String)],
@@ -432,20 +434,19 @@ pub fn write_f32_safetensors(
                 data.len()
             )));
         }
-        bytes.push(data.iter().flat_map(|x| x.to_le_bytes()).collect());
+        bytes.push(FloatDtype::F32.encode(data));
     }
-    let mut views = Vec::with_capacity(tensors.len());
-    for ((name, shape, _), b) in tensors.iter().zip(&bytes) {
-        let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-            .map_err(|e| TrainError::Config(format!("tensor {name}: {e}")))?;
-        views.push((name.clone(), v));
-    }
-    let mut meta: HashMap<String, String> = HashMap::new();
+    let views: Vec<(&str, StDtype, Vec<usize>, &[u8])> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| (name.as_str(), StDtype::F32, shape.clone(), b.as_slice()))
+        .collect();
+    let mut meta: BTreeMap<String, String> = BTreeMap::new();
     meta.insert("format".into(), "pt".into());
     for (k, v) in metadata {
         meta.insert(k.to_string(), v.clone());
     }
-    safetensors::serialize(views, Some(meta))
+    safetensors::serialize(&views, Some(&meta))
         .map_err(|e| TrainError::Config(format!("safetensors: {e}")))
 }
 
@@ -459,49 +460,18 @@ pub fn read_f32_safetensors(
     BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     BTreeMap<String, String>,
 )> {
-    let err = |msg: String| TrainError::Adapter {
+    // The reader's messages name the file, which the error names already.
+    let err = |e: tinytune_model::ModelError| TrainError::Adapter {
         file: file.to_string(),
-        msg,
+        msg: e.to_string().replacen(&format!("{file}: "), "", 1),
     };
-    let st = safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
-    let metadata: BTreeMap<String, String> = meta
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let st = safetensors::from_bytes(bytes, file).map_err(err)?;
     let mut out = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        let d = view.data();
-        let vals: Vec<f32> = match view.dtype() {
-            safetensors::Dtype::F32 => d
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            safetensors::Dtype::F16 => d
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            safetensors::Dtype::BF16 => d
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            safetensors::Dtype::F64 => d
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
-                .collect(),
-            other => {
-                return Err(err(format!(
-                    "tensor {name:?} has dtype {other:?} (supported: F32, F16, BF16, F64)"
-                )))
-            }
-        };
-        out.insert(name, (view.shape().to_vec(), vals));
+    for info in st.tensors() {
+        let t = st.load(&info.name).map_err(err)?;
+        out.insert(info.name.clone(), (t.shape, t.data));
     }
-    Ok((out, metadata))
+    Ok((out, st.metadata().clone()))
 }
 
 /// `target_modules` of a LoRA config.

@@ -60,19 +60,9 @@ pub fn json_float(x: f64) -> String {
     }
 }
 
-/// The torch dtype name bitsandbytes writes (`str(dtype).strip("torch.")`) for a float dtype of
-/// a safetensors file; `None` for the dtypes `tinytune quantize` does not quantize.
-pub fn torch_dtype_name(dtype: safetensors::Dtype) -> Option<&'static str> {
-    match dtype {
-        safetensors::Dtype::F32 => Some("float32"),
-        safetensors::Dtype::F16 => Some("float16"),
-        safetensors::Dtype::BF16 => Some("bfloat16"),
-        _ => None,
-    }
-}
-
 /// `json.dumps` of the non-tensor fields of bitsandbytes' `QuantState.as_dict(packed=True)` for an
-/// NF4 tensor of shape `[rows, cols]`; `nested_offset` is `Some(offset)` with double quantization.
+/// NF4 tensor of shape `[rows, cols]` (`dtype` is the torch name of the tensor's dtype, e.g.
+/// `"bfloat16"`); `nested_offset` is `Some(offset)` with double quantization.
 pub fn quant_state_json(
     dtype: &str,
     block: usize,
