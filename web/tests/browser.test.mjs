@@ -8,7 +8,7 @@
 //    check it is a PEFT LoRA adapter, load it back; a screenshot goes to web/tests/artifacts/.
 //    When a native `tinytune` binary is there (target/{debug,release}), it trains the same run on
 //    the Vulkan adapter and the losses must agree within 1e-4.
-// 0. The generated TypeScript declarations declare the API DEVELOPERS.md documents (dts.test.mjs).
+// 0. The generated TypeScript declarations declare the API web/API.md documents (dts.test.mjs).
 // 1b. Reload mid-run: the model cached in OPFS and the newest checkpoint survive; resuming gives
 //    the uninterrupted run's losses and adapter exactly.
 // 1c. examples/web-embed (the README's snippet for web developers) trains 5 steps on the main
@@ -160,7 +160,7 @@ let failures = 0;
 
 // ---- 0. the TypeScript declarations declare the documented API ----
 try {
-  log(`d.ts: Tinytune declares ${checkDts().join(", ")}, as DEVELOPERS.md documents`);
+  log(`d.ts: Tinytune declares ${checkDts().join(", ")}, as web/API.md documents`);
   passed++;
 } catch (e) {
   failures++;

@@ -1,5 +1,5 @@
 // Checks the generated TypeScript declarations (web/pkg/tinytune_wasm.d.ts, written by
-// wasm-bindgen in scripts/build_web.sh) against the API that DEVELOPERS.md documents: every
+// wasm-bindgen in scripts/build_web.sh) against the API that web/API.md documents: every
 // documented method of class Tinytune is declared with the documented parameters (count, and
 // which are optional), every declared method is documented, and every type a signature names is
 // declared. No TypeScript compiler needed. Run alone (node web/tests/dts.test.mjs) or from
@@ -50,10 +50,12 @@ export function parseClass(dts, cls = "Tinytune") {
   return methods;
 }
 
-/** The documented methods: DEVELOPERS.md's browser section, `name(a, b?)` in backticks. */
+/** The documented methods: web/API.md's `Tinytune` section, `name(a, b?)` in backticks. */
 export function documentedMethods(md) {
-  const a = md.indexOf("## The browser app");
-  const section = md.slice(a, md.indexOf("\n## ", a + 5));
+  const a = md.indexOf("## `Tinytune`");
+  if (a < 0) throw new Error("web/API.md has no \"## `Tinytune`\" section");
+  const end = md.indexOf("\n## ", a + 5);
+  const section = md.slice(a, end < 0 ? undefined : end);
   const out = new Map();
   for (const m of section.matchAll(/`(static )?([a-z]\w*)\(([^)`]*)\)/g)) {
     const params = m[3].trim() ? m[3].split(",").map((p) => p.trim()) : [];
@@ -69,14 +71,14 @@ export function checkDts() {
   if (!fs.existsSync(dtsPath)) throw new Error("web/pkg/tinytune_wasm.d.ts is missing: run bash scripts/build_web.sh");
   const dts = fs.readFileSync(dtsPath, "utf8");
   const declared = parseClass(dts);
-  const docs = documentedMethods(fs.readFileSync(path.join(root, "DEVELOPERS.md"), "utf8"));
+  const docs = documentedMethods(fs.readFileSync(path.join(root, "web/API.md"), "utf8"));
   const problems = [];
   const api = [...declared.keys()].filter((n) => n !== "free");
   for (const name of api) {
     const d = declared.get(name);
     const doc = docs.get(name);
     if (!doc) {
-      problems.push(`${name}: declared but not documented in DEVELOPERS.md`);
+      problems.push(`${name}: declared but not documented in web/API.md`);
       continue;
     }
     if (doc.static !== d.static) problems.push(`${name}: static in one place only`);
@@ -93,7 +95,7 @@ export function checkDts() {
       if (!builtin.has(t) && !declaredTypes.has(t)) problems.push(`${name}: type ${t} is not declared`);
     }
   }
-  if (problems.length) throw new Error(`tinytune_wasm.d.ts vs DEVELOPERS.md:\n  ${problems.join("\n  ")}`);
+  if (problems.length) throw new Error(`tinytune_wasm.d.ts vs web/API.md:\n  ${problems.join("\n  ")}`);
   return api.map((n) => `${declared.get(n).static ? "static " : ""}${n}(${declared.get(n).params.length})`);
 }
 
