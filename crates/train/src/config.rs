@@ -3,7 +3,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataConfig, EvalSplit, Stop, TextSplit};
-use crate::options::TrainOptions;
 use crate::peft::{LoraConfig, LoraModule};
 use crate::schedule::{Schedule, ScheduleKind};
 use crate::{Result, TrainError};
@@ -49,7 +48,8 @@ impl Default for LoraHyper {
     }
 }
 
-/// Everything that defines a training run. Unknown fields are rejected, missing ones take the
+/// Everything that defines a training run (its `Default` is the options table's, in
+/// `options.rs`). Unknown fields are rejected, missing ones take the
 /// defaults (transformers' where one exists: linear schedule, no warmup, AdamW 0.9/0.999/1e-8).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -82,15 +82,6 @@ pub struct TrainConfig {
     pub max_grad_norm: f64,
     pub adamw: AdamWConfig,
     pub lora: LoraHyper,
-}
-
-impl Default for TrainConfig {
-    /// The defaults of [`TrainOptions`] (the one table of option defaults).
-    fn default() -> Self {
-        TrainOptions::default()
-            .to_config("", Vec::new(), 0, false)
-            .expect("the default options are valid")
-    }
 }
 
 impl TrainConfig {

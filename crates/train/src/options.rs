@@ -393,6 +393,15 @@ pub fn parse_eval_split(v: &NumOrText) -> Result<EvalSplit, String> {
     eval_split_from(v).map_err(|e| e.to_string())
 }
 
+impl Default for TrainConfig {
+    /// The defaults of [`TrainOptions`] (the one table of option defaults).
+    fn default() -> Self {
+        TrainOptions::default()
+            .to_config("", Vec::new(), 0, false)
+            .expect("the default options are valid")
+    }
+}
+
 impl TrainOptions {
     /// How a fresh run of `peft` starts: [`Start::Fresh`] for LoRA (its settings are in the
     /// config), the virtual tokens' init for prompt (`encode` tokenizes the init text) and prefix
