@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::nf4::{awkward, bits};
+use common::nf4::{awkward, bits, device_form};
 use common::{gpu, Rng};
 use tinytune::gpu::ops::nf4;
 use tinytune::reference::nf4::Nf4Tensor;
@@ -18,7 +18,7 @@ fn dequantize_matches_reference() {
     ] {
         let x = awkward(n, block, 7);
         let t = Nf4Tensor::quantize(&x, block, dq);
-        let w = nf4::Nf4Weight::upload(gpu, "w", &t).unwrap();
+        let w = nf4::Nf4Weight::upload(gpu, "w", &device_form(&t)).unwrap();
         let out = gpu.alloc("deq", n as u64 * 4).unwrap();
         let mut enc = gpu.encoder();
         nf4::dequantize(&mut enc, &w, &out).unwrap();
@@ -38,7 +38,7 @@ fn dequantize_large_dispatch_splits_groups() {
     let mut rng = Rng::new(3);
     let x = rng.vec(n, 1.0);
     let t = Nf4Tensor::quantize(&x, 64, true);
-    let w = nf4::Nf4Weight::upload(gpu, "w", &t).unwrap();
+    let w = nf4::Nf4Weight::upload(gpu, "w", &device_form(&t)).unwrap();
     let out = gpu.alloc("deq", n as u64 * 4).unwrap();
     let mut enc = gpu.encoder();
     nf4::dequantize(&mut enc, &w, &out).unwrap();

@@ -50,7 +50,7 @@ struct Nf4Case {
 fn nf4_case(gpu: &Gpu, k: usize, n: usize, block: usize, dq: bool, seed: u64) -> Nf4Case {
     let wf = Rng::new(seed).vec(n * k, 0.5);
     let t = Nf4Tensor::quantize(&wf, block, dq);
-    let w = nf4::Nf4Weight::upload(gpu, "w", &t).unwrap();
+    let w = nf4::Nf4Weight::upload(gpu, "w", &common::nf4::device_form(&t)).unwrap();
     Nf4Case { t, w }
 }
 

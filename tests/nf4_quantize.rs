@@ -4,14 +4,16 @@
 mod common;
 
 use common::gpu;
-use common::nf4::{awkward, bits};
+use common::nf4::{awkward, bits, device_form};
+use tinytune::gpu::nf4::Absmax;
 use tinytune::gpu::ops::nf4;
-use tinytune::reference::nf4::{Absmax, Nf4Tensor};
+use tinytune::reference::nf4::Nf4Tensor;
 
 fn run(n: usize, block: usize, double_quant: bool) {
     let Some(gpu) = gpu() else { return };
     let x = awkward(n, block, n as u64 * 31 + block as u64);
-    let want = Nf4Tensor::quantize(&x, block, double_quant);
+    let oracle = Nf4Tensor::quantize(&x, block, double_quant);
+    let want = device_form(&oracle);
     let xb = gpu.upload("x", &x).unwrap();
     let mut enc = gpu.encoder();
     let w = nf4::quantize(&mut enc, "w", &xb, n, block, double_quant).unwrap();
@@ -53,7 +55,7 @@ fn run(n: usize, block: usize, double_quant: bool) {
     let deq = gpu.read_blocking::<f32>(&out).unwrap();
     assert_eq!(
         bits(&deq),
-        bits(&want.dequantize()),
+        bits(&oracle.dequantize()),
         "dequantize n={n} block={block} dq={double_quant}"
     );
 }

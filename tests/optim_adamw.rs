@@ -8,6 +8,66 @@ use tinytune::gpu::ops::optim::{self, AdamW};
 use tinytune::gpu::{Gpu, GpuBuffer, GpuError};
 use tinytune::reference::optim as roptim;
 
+/// The same hyper-parameters as the reference's own type (the oracle keeps its own `AdamW`).
+fn oracle(cfg: &AdamW) -> roptim::AdamW {
+    let AdamW {
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+    } = *cfg;
+    roptim::AdamW {
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+    }
+}
+
+/// The launcher's host coefficients and defaults are the reference's, bit for bit.
+#[test]
+fn coefficients_match_the_reference() {
+    assert_eq!(oracle(&AdamW::default()), roptim::AdamW::default());
+    let cfgs = [
+        AdamW::default(),
+        AdamW {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 0.01,
+            weight_decay: 0.1,
+        },
+        AdamW {
+            lr: 2e-4,
+            beta1: 0.5,
+            beta2: 0.95,
+            eps: 1e-6,
+            weight_decay: 0.0,
+        },
+        AdamW {
+            lr: 3e-5,
+            beta1: 0.0,
+            beta2: 0.0,
+            eps: 0.0,
+            weight_decay: 1.0,
+        },
+    ];
+    for cfg in &cfgs {
+        for step in [1, 2, 3, 10, 1000, 123_457, u32::MAX] {
+            let (a, b) = (cfg.coefficients(step), oracle(cfg).coefficients(step));
+            let got = [a.decay, a.w1, a.beta2, a.w2, a.step_size, a.bc2_sqrt, a.eps];
+            let want = [b.decay, b.w1, b.beta2, b.w2, b.step_size, b.bc2_sqrt, b.eps];
+            assert_eq!(
+                got.map(f32::to_bits),
+                want.map(f32::to_bits),
+                "{cfg:?} step {step}"
+            );
+        }
+    }
+}
+
 /// `optim/adamw_step`: |gpu - ref| <= atol + rtol*|ref| for the parameters (O(1) values) ...
 const ADAMW_P_ATOL: f32 = 1e-7;
 const ADAMW_P_RTOL: f32 = 1e-6;
@@ -67,7 +127,7 @@ fn run_adamw(
             None => optim::adamw_step(&mut enc, &pb, &gb, &mb, &vb, n, step, cfg, None).unwrap(),
         }
         enc.submit();
-        roptim::adamw_step(&mut p, &g, &mut m, &mut v, step, cfg, clip);
+        roptim::adamw_step(&mut p, &g, &mut m, &mut v, step, &oracle(cfg), clip);
         let tag = format!(
             "optim/adamw_step n={n} step={step} clip={clip:?} beta1={}",
             cfg.beta1
@@ -183,7 +243,7 @@ fn adamw_step_clipped_matches_reference() {
 #[test]
 fn reference_matches_hand_derived_torch_numbers() {
     const TOL: f32 = 1e-6;
-    let cfg = AdamW {
+    let cfg = roptim::AdamW {
         lr: 0.1,
         beta1: 0.9,
         beta2: 0.999,

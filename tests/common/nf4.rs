@@ -1,6 +1,7 @@
 //! NF4 test data shared by the nf4 kernel tests.
 
 use super::Rng;
+use tinytune::gpu::nf4 as gnf4;
 use tinytune::reference::nf4 as rnf4;
 
 /// Data with the corner cases the issue lists: an all-zero block, values exactly on NF4 codes and
@@ -33,4 +34,21 @@ pub fn awkward(n: usize, block: usize, seed: u64) -> Vec<f32> {
 /// The bits of each value (for bit-exact comparisons).
 pub fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|f| f.to_bits()).collect()
+}
+
+/// The reference's host tensor as the production type the device uploads (a field-by-field copy).
+pub fn device_form(t: &rnf4::Nf4Tensor) -> gnf4::Nf4Tensor {
+    gnf4::Nf4Tensor {
+        n: t.n,
+        block: t.block,
+        packed: t.packed.clone(),
+        absmax: match &t.absmax {
+            rnf4::Absmax::F32(a) => gnf4::Absmax::F32(a.clone()),
+            rnf4::Absmax::Double(d) => gnf4::Absmax::Double(gnf4::DoubleQuant {
+                codes: d.codes.clone(),
+                nested_absmax: d.nested_absmax.clone(),
+                offset: d.offset,
+            }),
+        },
+    }
 }

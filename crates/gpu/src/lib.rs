@@ -1,8 +1,10 @@
 //! The wgpu runtime of tinytune: device, limits, buffers, pipeline cache, shader registry,
-//! readback, and one launcher per WGSL kernel (`ops`).
+//! readback, one launcher per WGSL kernel (`ops`), and the host types the launchers take
+//! (bitsandbytes' NF4 layout in [`nf4`], AdamW's hyper-parameters in [`ops::optim`]).
 
 pub mod device;
 pub mod error;
+pub mod nf4;
 pub mod ops;
 pub mod params;
 pub mod shaders;

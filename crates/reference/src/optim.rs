@@ -41,8 +41,9 @@ impl Default for AdamW {
     }
 }
 
-/// The f32 scalars one AdamW step applies to every element (shared by the reference and the GPU
-/// launcher so both round the host arithmetic identically).
+/// The f32 scalars one AdamW step applies to every element. The GPU launcher computes its own
+/// (`tinytune_gpu::ops::optim::StepCoefficients`); `tests/optim_adamw.rs` checks they are these,
+/// bit for bit.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepCoefficients {
     /// `f32(1 - lr*wd)`.

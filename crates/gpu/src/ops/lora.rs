@@ -2,7 +2,7 @@
 //!
 //! Shapes (f32, row-major): `x[M,K]`, `a[R,K]` (`lora_A.weight`), `b[N,R]` (`lora_B.weight`),
 //! `h[M,R] = x · aᵀ`, `y[M,N]`, and `scale = alpha / R` (or `alpha / sqrt(R)` with rsLoRA; the
-//! caller passes the final value). Reference: [`tinytune_reference::lora`].
+//! caller passes the final value). Reference: `tinytune_reference::lora`.
 //!
 //! Each op is several dispatches of separate entry points of one WGSL file (`stage_*`), recorded
 //! in order into the caller's encoder.

@@ -1,9 +1,8 @@
 //! NF4 launchers: `shaders/nf4/*.wgsl`. Storage of a quantized weight on the device and its
-//! round trip to bitsandbytes' host layout ([`tinytune_reference::nf4::Nf4Tensor`]).
+//! round trip to bitsandbytes' host layout ([`crate::nf4::Nf4Tensor`]).
 
-use tinytune_reference::nf4::{
-    self as rnf4, Absmax, DoubleQuant, Nf4Tensor, DYNAMIC_MAP, NESTED_BLOCK,
-};
+use crate::nf4::{valid_block_size, DYNAMIC_MAP, NESTED_BLOCK};
+pub use crate::nf4::{Absmax, DoubleQuant, Nf4Tensor};
 
 pub use super::nf4_matmul::*;
 use super::{check_distinct, check_f32, groups_for};
@@ -90,7 +89,7 @@ impl Nf4Weight {
 }
 
 fn check_block(kernel: &str, block: usize) -> Result<()> {
-    if !rnf4::valid_block_size(block) {
+    if !valid_block_size(block) {
         return Err(shape_err(
             kernel,
             format!("block size {block} must be a power of two in 32..=4096"),
@@ -171,7 +170,8 @@ pub fn quantize(
 }
 
 /// Double quantization, step 1 (`nf4/absmax_mean`): writes `dq[DQ_OFFSET] = mean(absmax[..nblocks])`
-/// in the fixed summation order of [`tinytune_reference::nf4::absmax_mean`]. One workgroup.
+/// in a fixed summation order (256 lanes each sum a strided slice, then a pairwise tree over the
+/// lanes; the reference is `tinytune_reference::nf4::absmax_mean`). One workgroup.
 ///
 /// Errors with [`crate::GpuError::Shape`] if `nblocks` is 0 or a buffer is smaller than its shape
 /// (`dq` holds `DQ_NESTED + ceil(nblocks / 256)` f32).
@@ -198,7 +198,7 @@ pub fn absmax_mean(
 /// Double quantization, step 2 (`nf4/absmax_quantize`): 8-bit codes of `absmax - dq[DQ_OFFSET]`
 /// against the dynamic map `dq[..256]` in blocks of 256, one byte per NF4 block into `qabsmax`
 /// (packed 4 per u32), and each nested block's absmax into `dq[DQ_NESTED..]`, as
-/// [`tinytune_reference::nf4::absmax_quantize`].
+/// `tinytune_reference::nf4::absmax_quantize`.
 ///
 /// Errors with [`crate::GpuError::Shape`] if `nblocks` is 0 or a buffer is smaller than its shape.
 pub fn absmax_quantize(

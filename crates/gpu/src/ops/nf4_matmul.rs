@@ -2,14 +2,13 @@
 //! (re-exported from [`super::nf4`]). The f32 weight is never materialised: the kernels unpack the
 //! 4-bit codes of an [`Nf4Weight`] and apply its block scales on the fly.
 
-use tinytune_reference::nf4::{valid_block_size, NESTED_BLOCK};
-
 use super::nf4::{Nf4Weight, DQ_NESTED};
 pub use super::nn::MatmulShape;
 use super::nn::{rows_for, wg_for, TILE_N};
 use super::{check_f32, check_u32, groups_for, mul};
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
+use crate::nf4::{valid_block_size, NESTED_BLOCK};
 use crate::params::{Nf4MatmulBwdInputParams, Nf4MatmulFwdParams};
 
 /// Checks that `w` holds an `[n, k]` matrix and that its buffers match its layout.

@@ -1,12 +1,10 @@
 //! Optimizer launchers: `shaders/optim/grad_norm.wgsl` (global L2 norm of a flat gradient buffer)
 //! and `shaders/optim/adamw_step.wgsl` (one `torch.optim.AdamW` step, optionally clipped like
-//! `torch.nn.utils.clip_grad_norm_`). Reference: [`tinytune_reference::optim`].
+//! `torch.nn.utils.clip_grad_norm_`). Reference: `tinytune_reference::optim`.
 //!
 //! Typical step: `grad_norm(enc, grads, n, &norm)` then `adamw_step(..., Some((max_norm, &norm)))`
 //! in the same encoder; the update reads the norm on the device (no readback in between) and the
 //! trainer may read `norm[0]` afterwards for logging.
-
-pub use tinytune_reference::optim::{AdamW, StepCoefficients};
 
 use super::{check_distinct, check_f32, groups_for};
 use crate::device::{Encoder, GpuBuffer};
@@ -17,6 +15,72 @@ use crate::params::{AdamwParams, GradNormParams};
 const NORM_CHUNK: u64 = 4096;
 /// Workgroup size of `optim/adamw_step`.
 const STEP_WG: u64 = 256;
+
+/// AdamW hyper-parameters. f64 like torch's Python floats; [`Default`] is torch's defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamW {
+    /// `torch.optim.AdamW` defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 0.01.
+    fn default() -> Self {
+        AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// The f32 scalars one AdamW step applies to every element, computed on the host
+/// ([`AdamW::coefficients`]) and passed to `optim/adamw_step`. The per-element update they enter
+/// is torch's (see `tinytune_reference::optim`, whose plain loop computes the same scalars itself).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepCoefficients {
+    /// `f32(1 - lr*wd)`.
+    pub decay: f32,
+    /// Lerp weight `f32(1 - beta1)`.
+    pub w1: f32,
+    /// `f32(beta2)`.
+    pub beta2: f32,
+    /// `f32(1 - beta2)`.
+    pub w2: f32,
+    /// `f32(lr / (1 - beta1^t))`.
+    pub step_size: f32,
+    /// `f32(sqrt(1 - beta2^t))`.
+    pub bc2_sqrt: f32,
+    /// `f32(eps)`.
+    pub eps: f32,
+}
+
+impl AdamW {
+    /// The scalars of step `step` (1-based: the first update is step 1). Host arithmetic in f64
+    /// (torch's Python floats), each result rounded once to f32.
+    ///
+    /// Panics if `step == 0` (the bias corrections would divide by zero).
+    pub fn coefficients(&self, step: u32) -> StepCoefficients {
+        assert!(step >= 1, "AdamW steps count from 1");
+        let t = step as f64;
+        let bc1 = 1.0 - self.beta1.powf(t);
+        let bc2 = 1.0 - self.beta2.powf(t);
+        StepCoefficients {
+            decay: (1.0 - self.lr * self.weight_decay) as f32,
+            w1: (1.0 - self.beta1) as f32,
+            beta2: self.beta2 as f32,
+            w2: (1.0 - self.beta2) as f32,
+            step_size: (self.lr / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            eps: self.eps as f32,
+        }
+    }
+}
 
 fn check_n(kernel: &str, n: usize) -> Result<()> {
     // Keeps every index (and w*CHUNK + 4095 in grad_norm) below 2^32.
@@ -80,7 +144,7 @@ fn check_cfg(kernel: &str, cfg: &AdamW) -> Result<()> {
     }
 }
 
-/// One AdamW step (`torch.optim.AdamW` semantics, see [`tinytune_reference::optim`]) over the first
+/// One AdamW step (`torch.optim.AdamW` semantics, see `tinytune_reference::optim`) over the first
 /// `n` elements of the flat buffers `params`, `grads`, `m` (exp_avg) and `v` (exp_avg_sq), which
 /// share one layout; `params`, `m` and `v` are updated in place, `grads` is only read. `step` is
 /// the 1-based step number (1 for the first update; the bias corrections use it).

@@ -30,16 +30,16 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
 use serde_json::Value;
+use tinytune_gpu::nf4::{Absmax, Nf4Tensor, DYNAMIC_MAP, NESTED_BLOCK, NF4};
 use tinytune_gpu::ops::nf4;
 use tinytune_gpu::Gpu;
-use tinytune_reference::nf4::{Absmax, Nf4Tensor, DYNAMIC_MAP, NESTED_BLOCK, NF4};
 
 use crate::float::FloatDtype;
 use crate::safetensors::{header_json, SafetensorsFile, StDtype, StEntry, StTensorInfo};
 use crate::{format_err, ModelError, Result};
 use pyrepr::{quant_state_json, MAX_FLOAT_REPR};
 
-pub use tinytune_reference::nf4::{valid_block_size, DEFAULT_BLOCK};
+pub use tinytune_gpu::nf4::{valid_block_size, DEFAULT_BLOCK};
 
 /// Suffix of the JSON blob transformers writes for an NF4 quant state.
 pub const QUANT_STATE_SUFFIX: &str = ".quant_state.bitsandbytes__nf4";

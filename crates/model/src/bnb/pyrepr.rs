@@ -76,7 +76,7 @@ pub fn quant_state_json(
     if let Some(offset) = nested_offset {
         s.push_str(&format!(
             r#", "nested_blocksize": {}, "nested_dtype": "float32", "nested_offset": {}"#,
-            tinytune_reference::nf4::NESTED_BLOCK,
+            tinytune_gpu::nf4::NESTED_BLOCK,
             json_float(offset as f64)
         ));
     }

@@ -1,5 +1,5 @@
 //! Scaled elementwise add launcher (residual connections): `shaders/nn/add_fwd.wgsl`.
-//! Reference: [`tinytune_reference::nn::add_fwd`].
+//! Reference: `tinytune_reference::nn::add_fwd`.
 
 use super::swiglu::{check_elems, ITEMS, WG};
 use crate::device::{Encoder, GpuBuffer};

@@ -1,6 +1,6 @@
 //! Causal grouped-query attention, forward and backward (flash-attention style, no T×T buffer):
 //! `shaders/nn/attention_fwd.wgsl` and `shaders/nn/attention_bwd.wgsl`. Reference:
-//! [`tinytune_reference::nn::attention_fwd`] / [`tinytune_reference::nn::attention_bwd`].
+//! `tinytune_reference::nn::attention_fwd` / `tinytune_reference::nn::attention_bwd`.
 //!
 //! Layouts (f32, row-major) are the projection outputs directly: `q[B*Tq, H*D]`,
 //! `k[B*Tk, KVH*D]`, `v[B*Tk, KVH*D]`, `o[B*Tq, H*D]` (head `h` = columns `h*D..h*D+D`; batch `b`'s

@@ -1,7 +1,7 @@
 //! Softmax cross-entropy launchers over LM-head logits (HF causal-LM loss):
 //! `shaders/nn/cross_entropy_fwd.wgsl` and `shaders/nn/cross_entropy_bwd.wgsl`.
-//! Reference: [`tinytune_reference::nn::cross_entropy_fwd`] and
-//! [`tinytune_reference::nn::cross_entropy_bwd`].
+//! Reference: `tinytune_reference::nn::cross_entropy_fwd` and
+//! `tinytune_reference::nn::cross_entropy_bwd`.
 //!
 //! `logits[M, V]` f32, `targets[M]` i32. A row is *ignored* when its target is [`IGNORE_INDEX`]
 //! (-100) or, unlike torch (which raises), any other value outside `[0, V)`: zero loss, not
@@ -9,7 +9,8 @@
 //! `cross_entropy_fwd(.., Some(&total))`, read `total` (or not), then
 //! `cross_entropy_bwd(.., scale = 1 / count)` which turns the logits into their gradient in place.
 
-pub use tinytune_reference::nn::IGNORE_INDEX;
+/// The target value that marks a row as ignored (torch's default `ignore_index`).
+pub const IGNORE_INDEX: i32 = -100;
 
 use crate::device::{groups_1d, Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};

@@ -1,14 +1,31 @@
 //! Dropout launchers (PEFT's `lora_dropout` on the LoRA branch's input): `shaders/nn/dropout_fwd.wgsl`
-//! for both passes (dropout is its own adjoint). Reference: [`tinytune_reference::nn::dropout_fwd`]
-//! and [`tinytune_reference::nn::dropout_bwd`]; the mask is
-//! [`tinytune_reference::nn::dropout_mask`], a hash of `(seed, element index)`.
+//! for both passes (dropout is its own adjoint). Reference: `tinytune_reference::nn::dropout_fwd`
+//! and `tinytune_reference::nn::dropout_bwd`; the mask is
+//! `tinytune_reference::nn::dropout_mask`, a hash of `(seed, element index)`.
 
 use super::swiglu::{check_elems, ITEMS, WG};
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
 use crate::ops::{check_distinct, check_f32, groups_for};
 use crate::params::DropoutParams;
-use tinytune_reference::nn::{dropout_scale, dropout_threshold};
+
+/// The keep threshold of drop probability `p`: `round(p * 2^32)`, clamped to `u32::MAX` (an
+/// element is kept iff its hash is `>=` this, so `p = 0` keeps everything).
+///
+/// Panics unless `0 <= p < 1`.
+pub fn dropout_threshold(p: f32) -> u32 {
+    assert!((0.0..1.0).contains(&p), "dropout: p = {p} is not in [0, 1)");
+    (p as f64 * 4294967296.0).round().min(u32::MAX as f64) as u32
+}
+
+/// The scale of kept elements, `1 / (1 - p)` computed in f64 and rounded once to f32 (exactly 1
+/// for `p = 0`, exactly 2 for `p = 0.5`).
+///
+/// Panics unless `0 <= p < 1`.
+pub fn dropout_scale(p: f32) -> f32 {
+    assert!((0.0..1.0).contains(&p), "dropout: p = {p} is not in [0, 1)");
+    (1.0 / (1.0 - p as f64)) as f32
+}
 
 /// `y = mask(seed, i) * x / (1 - p)` elementwise over the first `n` elements, overwriting `y`;
 /// dropped elements are written as 0. Element `i` is kept iff

@@ -1,6 +1,6 @@
 //! Token embedding launcher (`shaders/nn/embedding_fwd.wgsl`): `x[m, :] = table[ids[m], :]`, from
 //! the whole table or from one vocab chunk of it.
-//! References: [`tinytune_reference::nn::embedding_fwd`], [`tinytune_reference::nn::embedding_fwd_rows`].
+//! References: `tinytune_reference::nn::embedding_fwd`, `tinytune_reference::nn::embedding_fwd_rows`.
 
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};

@@ -1,6 +1,6 @@
 //! Prefix tuning's key/value prefixes (PEFT `PREFIX_TUNING`): `shaders/nn/prefix_fwd.wgsl` and
-//! `shaders/nn/prefix_bwd.wgsl`. Reference: [`tinytune_reference::nn::prefix_fwd`] /
-//! [`tinytune_reference::nn::prefix_bwd`].
+//! `shaders/nn/prefix_bwd.wgsl`. Reference: `tinytune_reference::nn::prefix_fwd` /
+//! `tinytune_reference::nn::prefix_bwd`.
 //!
 //! The prefix is PEFT's `prompt_embeddings` `[P, L*2*KVD]` (`KVD = KVH*D`): row `j` holds virtual
 //! token `j`'s key and value of every layer (layer `l`'s keys at columns `l*2*KVD..`, its values
@@ -219,7 +219,7 @@ fn check_proj(kernel: &str, p: usize, t: usize, e: usize, n: usize) -> Result<us
 /// flat `params` `[embedding (P, t) | w1 (e, t) | b1 (e) | w2 (n, e) | b2 (n)]` (PEFT's parameter
 /// order), **overwrites** `h = tanh(embedding · w1ᵀ + b1)` `[P, e]` and the prefix
 /// `kv = h · w2ᵀ + b2` `[P, n]`. Two dispatches. Reference:
-/// [`tinytune_reference::nn::prefix_proj_fwd`].
+/// `tinytune_reference::nn::prefix_proj_fwd`.
 ///
 /// Errors with [`crate::GpuError::Shape`] if a dimension is 0, a buffer is smaller than its
 /// shape, a count overflows u32 indexing, or the outputs alias each other or `params`.
@@ -248,7 +248,7 @@ pub fn prefix_proj_fwd(
 /// Prefix projection backward (`nn/prefix_proj_bwd`) for the prefix gradient `dkv` `[P, n]`,
 /// given the forward's `h`: **overwrites** `grads` (the layout of `params`) with the gradient of
 /// every parameter, using `dpre` `[P, e]` as scratch. Three dispatches. Reference:
-/// [`tinytune_reference::nn::prefix_proj_bwd`].
+/// `tinytune_reference::nn::prefix_proj_bwd`.
 ///
 /// Errors with [`crate::GpuError::Shape`] like [`prefix_proj_fwd`], or if `dpre`/`grads` alias
 /// each other or an input.

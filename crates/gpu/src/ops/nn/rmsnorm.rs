@@ -1,5 +1,5 @@
 //! RMSNorm launchers (`shaders/nn/rmsnorm_fwd.wgsl`, `shaders/nn/rmsnorm_bwd.wgsl`): transformers'
-//! `LlamaRMSNorm` in f32 over rows of `x[M, C]`. Reference: [`tinytune_reference::nn::rmsnorm_fwd`].
+//! `LlamaRMSNorm` in f32 over rows of `x[M, C]`. Reference: `tinytune_reference::nn::rmsnorm_fwd`.
 
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};

@@ -1,6 +1,6 @@
 //! SwiGLU launchers (`LlamaMLP`'s `silu(gate) * up`): `shaders/nn/swiglu_fwd.wgsl` and
-//! `shaders/nn/swiglu_bwd.wgsl`. Reference: [`tinytune_reference::nn::swiglu_fwd`] and
-//! [`tinytune_reference::nn::swiglu_bwd`].
+//! `shaders/nn/swiglu_bwd.wgsl`. Reference: `tinytune_reference::nn::swiglu_fwd` and
+//! `tinytune_reference::nn::swiglu_bwd`.
 
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
