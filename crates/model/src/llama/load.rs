@@ -1,10 +1,15 @@
-//! Loading a model's tensors to the device (quantizing the frozen linears on the way).
+//! Loading a model's tensors to the device (quantizing the frozen linears on the way), and LoRA
+//! adapters onto a loaded model.
 
 use tinytune_gpu::ops::nf4;
 use tinytune_gpu::{Gpu, GpuBuffer};
+use tinytune_reference::llama::Lora;
 use tinytune_reference::nn::{rope_inv_freq, Llama3Scaling};
 
 use super::{linear_path, Layer, Linear, LlamaModel, LoadOptions, Quant};
+use crate::f32_bytes;
+use crate::lora::{LoraGpu, LoraPairGpu};
+use crate::targets::LINEARS;
 use crate::vocab::VocabTable;
 use crate::{LlamaConfig, ModelError, ModelSource, RopeScaling, Weight};
 
@@ -140,6 +145,58 @@ impl LlamaModel {
             inv_freq_host,
             quant,
             config: cfg,
+        })
+    }
+}
+
+impl LoraGpu {
+    /// Uploads host adapters, checking every pair's shape against the model.
+    pub fn upload(gpu: &Gpu, model: &LlamaModel, lora: &Lora) -> Result<LoraGpu, ModelError> {
+        let n_layers = model.layers.len();
+        if lora.layers.len() != n_layers {
+            return Err(ModelError::Shape(format!(
+                "LoRA adapters for {} layers, the model has {n_layers}",
+                lora.layers.len()
+            )));
+        }
+        if lora.r == 0 {
+            return Err(ModelError::Shape("LoRA rank must be positive".into()));
+        }
+        let r = lora.r;
+        let mut offset = 0usize;
+        let mut layers = Vec::with_capacity(n_layers);
+        for (i, pairs) in lora.layers.iter().enumerate() {
+            let mut out: [Option<LoraPairGpu>; 7] = Default::default();
+            for (t, pair) in pairs.iter().enumerate() {
+                let Some(p) = pair else { continue };
+                let lin = &model.layers[i].linears[t];
+                let (k, n) = (lin.n_in, lin.n_out);
+                let name = format!("layers.{i}.{}", LINEARS[t]);
+                if p.a.len() != r * k || p.b.len() != n * r {
+                    return Err(ModelError::Shape(format!(
+                        "LoRA {name}: lora_A has {} values and lora_B {}, expected [{r}, {k}] and [{n}, {r}]",
+                        p.a.len(),
+                        p.b.len()
+                    )));
+                }
+                out[t] = Some(LoraPairGpu {
+                    a: gpu.upload(&format!("{name}.lora_A"), &p.a)?,
+                    b: gpu.upload(&format!("{name}.lora_B"), &p.b)?,
+                    da: gpu.alloc(&format!("{name}.lora_A.grad"), f32_bytes(&[r, k]))?,
+                    db: gpu.alloc(&format!("{name}.lora_B.grad"), f32_bytes(&[n, r]))?,
+                    n_in: k,
+                    n_out: n,
+                    offset,
+                });
+                offset += r * (k + n);
+            }
+            layers.push(out);
+        }
+        Ok(LoraGpu {
+            r,
+            scale: lora.scale,
+            layers,
+            n_params: offset,
         })
     }
 }

@@ -23,6 +23,7 @@ use crate::prompt::PromptGpu;
 use crate::vocab::VocabTable;
 use crate::{LlamaConfig, ModelError, Weight};
 
+pub use crate::targets::{linear_path, LINEARS};
 pub use load::config_inv_freq;
 use workspace::grads_of;
 pub use workspace::Workspace;
@@ -46,10 +47,6 @@ impl Quant {
         double_quant: true,
     };
 }
-
-/// The seven linear layers of a decoder layer, in PEFT's names; also the index order of
-/// [`Layer::linears`] (same as [`tinytune_reference::llama::TARGETS`]).
-pub const LINEARS: [&str; 7] = tinytune_reference::llama::TARGETS;
 
 /// A frozen linear layer `[out, in]` with an optional bias.
 pub struct Linear {
@@ -87,12 +84,6 @@ pub struct LlamaModel {
     pub inv_freq: GpuBuffer,
     /// Host copy of `inv_freq`.
     pub inv_freq_host: Vec<f32>,
-}
-
-/// The module path of linear `t` in layer `i`, e.g. `model.layers.3.self_attn.q_proj`.
-pub fn linear_path(i: usize, t: usize) -> String {
-    let group = if t < 4 { "self_attn" } else { "mlp" };
-    format!("model.layers.{i}.{group}.{}", LINEARS[t])
 }
 
 /// The trainable virtual tokens of a prompt-learning pass.
