@@ -33,6 +33,7 @@ pub mod prompt;
 pub mod safetensors;
 pub mod sampling;
 pub mod source;
+pub mod targets;
 pub mod tensor;
 pub mod tokenizer;
 pub mod vocab;

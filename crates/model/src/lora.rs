@@ -5,15 +5,14 @@
 //! state (params, grads, Adam moments: one layout, one optimizer dispatch) is filled and read back
 //! with buffer copies: [`LoraGpu::copy_grads_to`] after the backward pass, [`LoraGpu::copy_params_from`]
 //! after the update. The flat layout visits layers in order, in each layer the targets in the order
-//! of [`crate::llama::LINEARS`], and for each pair `a` then `b`.
+//! of [`crate::targets::LINEARS`], and for each pair `a` then `b`.
 //!
 //! The host form is [`tinytune_reference::llama::Lora`] (what the CPU reference runs on).
 
 use tinytune_gpu::{Encoder, Gpu, GpuBuffer};
 use tinytune_reference::llama::{Lora, LoraPair};
 
-use crate::f32_bytes;
-use crate::llama::{LlamaModel, LINEARS};
+use crate::targets::LINEARS;
 use crate::ModelError;
 
 /// One adapted linear layer on the device.
@@ -32,7 +31,8 @@ pub struct LoraPairGpu {
     pub offset: usize,
 }
 
-/// LoRA adapters over a [`LlamaModel`]: rank, scale (`alpha / r`, or `alpha / sqrt(r)` with
+/// LoRA adapters over a [`crate::LlamaModel`] (uploaded by [`LoraGpu::upload`], beside the
+/// model's loading): rank, scale (`alpha / r`, or `alpha / sqrt(r)` with
 /// rsLoRA) and per layer one optional pair per entry of [`LINEARS`].
 pub struct LoraGpu {
     pub r: usize,
@@ -43,56 +43,6 @@ pub struct LoraGpu {
 }
 
 impl LoraGpu {
-    /// Uploads host adapters, checking every pair's shape against the model.
-    pub fn upload(gpu: &Gpu, model: &LlamaModel, lora: &Lora) -> Result<LoraGpu, ModelError> {
-        let n_layers = model.layers.len();
-        if lora.layers.len() != n_layers {
-            return Err(ModelError::Shape(format!(
-                "LoRA adapters for {} layers, the model has {n_layers}",
-                lora.layers.len()
-            )));
-        }
-        if lora.r == 0 {
-            return Err(ModelError::Shape("LoRA rank must be positive".into()));
-        }
-        let r = lora.r;
-        let mut offset = 0usize;
-        let mut layers = Vec::with_capacity(n_layers);
-        for (i, pairs) in lora.layers.iter().enumerate() {
-            let mut out: [Option<LoraPairGpu>; 7] = Default::default();
-            for (t, pair) in pairs.iter().enumerate() {
-                let Some(p) = pair else { continue };
-                let lin = &model.layers[i].linears[t];
-                let (k, n) = (lin.n_in, lin.n_out);
-                let name = format!("layers.{i}.{}", LINEARS[t]);
-                if p.a.len() != r * k || p.b.len() != n * r {
-                    return Err(ModelError::Shape(format!(
-                        "LoRA {name}: lora_A has {} values and lora_B {}, expected [{r}, {k}] and [{n}, {r}]",
-                        p.a.len(),
-                        p.b.len()
-                    )));
-                }
-                out[t] = Some(LoraPairGpu {
-                    a: gpu.upload(&format!("{name}.lora_A"), &p.a)?,
-                    b: gpu.upload(&format!("{name}.lora_B"), &p.b)?,
-                    da: gpu.alloc(&format!("{name}.lora_A.grad"), f32_bytes(&[r, k]))?,
-                    db: gpu.alloc(&format!("{name}.lora_B.grad"), f32_bytes(&[n, r]))?,
-                    n_in: k,
-                    n_out: n,
-                    offset,
-                });
-                offset += r * (k + n);
-            }
-            layers.push(out);
-        }
-        Ok(LoraGpu {
-            r,
-            scale: lora.scale,
-            layers,
-            n_params: offset,
-        })
-    }
-
     /// The pair of linear `t` in layer `i`, if adapted.
     pub fn pair(&self, i: usize, t: usize) -> Option<&LoraPairGpu> {
         self.layers.get(i).and_then(|l| l[t].as_ref())

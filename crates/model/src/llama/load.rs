@@ -1,0 +1,202 @@
+//! Loading a model's tensors to the device (quantizing the frozen linears on the way), and LoRA
+//! adapters onto a loaded model.
+
+use tinytune_gpu::ops::nf4;
+use tinytune_gpu::{Gpu, GpuBuffer};
+use tinytune_reference::llama::Lora;
+use tinytune_reference::nn::{rope_inv_freq, Llama3Scaling};
+
+use super::{linear_path, Layer, Linear, LlamaModel, LoadOptions, Quant};
+use crate::f32_bytes;
+use crate::lora::{LoraGpu, LoraPairGpu};
+use crate::targets::LINEARS;
+use crate::vocab::VocabTable;
+use crate::{LlamaConfig, ModelError, ModelSource, RopeScaling, Weight};
+
+/// The RoPE inverse frequencies of a config, as transformers computes them.
+pub fn config_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
+    let scaling = cfg.rope_scaling.map(|s| match s {
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => Llama3Scaling {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: original_max_position_embeddings as f64,
+        },
+    });
+    rope_inv_freq(cfg.head_dim, cfg.rope_theta, scaling.as_ref())
+}
+
+fn upload(gpu: &Gpu, src: &ModelSource, name: &str) -> Result<GpuBuffer, ModelError> {
+    let t = src.load(name)?;
+    Ok(gpu.upload(name, &t.data)?)
+}
+
+impl LlamaModel {
+    /// Loads every tensor of `src` to the device one at a time, quantizing the decoder's linear
+    /// layers on the GPU when `quant` asks for it (the f32 copy of each is dropped right after).
+    pub fn load(gpu: &Gpu, src: &ModelSource, quant: Quant) -> Result<LlamaModel, ModelError> {
+        LlamaModel::load_with(gpu, src, quant, &LoadOptions::default())
+    }
+
+    /// [`LlamaModel::load`] with options.
+    pub fn load_with(
+        gpu: &Gpu,
+        src: &ModelSource,
+        quant: Quant,
+        opts: &LoadOptions,
+    ) -> Result<LlamaModel, ModelError> {
+        let cfg = src.config().clone();
+        let table = |name: &str| -> Result<VocabTable, ModelError> {
+            let t = src.load(name)?;
+            if t.shape.len() != 2 {
+                return Err(ModelError::Shape(format!(
+                    "{name}: shape {:?}, expected [V, C]",
+                    t.shape
+                )));
+            }
+            VocabTable::upload(
+                gpu,
+                name,
+                &t.data,
+                t.shape[0],
+                t.shape[1],
+                opts.vocab_chunk_rows,
+            )
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let linears = (0..7)
+                .map(|t| {
+                    let path = linear_path(i, t);
+                    let name = format!("{path}.weight");
+                    let host = src.load(&name)?;
+                    let (n_out, n_in) = (host.shape[0], host.shape[1]);
+                    let f32w = gpu.upload(&name, &host.data)?;
+                    drop(host);
+                    let weight = match quant {
+                        Quant::None => Weight::F32(f32w),
+                        Quant::Nf4 {
+                            block,
+                            double_quant,
+                        } => {
+                            let mut enc = gpu.encoder();
+                            let w = nf4::quantize(
+                                &mut enc,
+                                &name,
+                                &f32w,
+                                n_out * n_in,
+                                block,
+                                double_quant,
+                            )?;
+                            enc.submit();
+                            gpu.sync()?;
+                            Weight::Nf4(w)
+                        }
+                    };
+                    let bias_name = format!("{path}.bias");
+                    let bias = if src.tensor_meta(&bias_name).is_some() {
+                        Some(upload(gpu, src, &bias_name)?)
+                    } else {
+                        None
+                    };
+                    Ok(Linear {
+                        weight,
+                        bias,
+                        n_in,
+                        n_out,
+                    })
+                })
+                .collect::<Result<Vec<_>, ModelError>>()?;
+            let linears: [Linear; 7] = match linears.try_into() {
+                Ok(l) => l,
+                Err(_) => unreachable!("seven linears were built"),
+            };
+            layers.push(Layer {
+                input_layernorm: upload(
+                    gpu,
+                    src,
+                    &format!("model.layers.{i}.input_layernorm.weight"),
+                )?,
+                linears,
+                post_attention_layernorm: upload(
+                    gpu,
+                    src,
+                    &format!("model.layers.{i}.post_attention_layernorm.weight"),
+                )?,
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(table("lm_head.weight")?)
+        };
+        let inv_freq_host = config_inv_freq(&cfg);
+        Ok(LlamaModel {
+            embed: table("model.embed_tokens.weight")?,
+            layers,
+            norm: upload(gpu, src, "model.norm.weight")?,
+            lm_head,
+            inv_freq: gpu.upload("rope.inv_freq", &inv_freq_host)?,
+            inv_freq_host,
+            quant,
+            config: cfg,
+        })
+    }
+}
+
+impl LoraGpu {
+    /// Uploads host adapters, checking every pair's shape against the model.
+    pub fn upload(gpu: &Gpu, model: &LlamaModel, lora: &Lora) -> Result<LoraGpu, ModelError> {
+        let n_layers = model.layers.len();
+        if lora.layers.len() != n_layers {
+            return Err(ModelError::Shape(format!(
+                "LoRA adapters for {} layers, the model has {n_layers}",
+                lora.layers.len()
+            )));
+        }
+        if lora.r == 0 {
+            return Err(ModelError::Shape("LoRA rank must be positive".into()));
+        }
+        let r = lora.r;
+        let mut offset = 0usize;
+        let mut layers = Vec::with_capacity(n_layers);
+        for (i, pairs) in lora.layers.iter().enumerate() {
+            let mut out: [Option<LoraPairGpu>; 7] = Default::default();
+            for (t, pair) in pairs.iter().enumerate() {
+                let Some(p) = pair else { continue };
+                let lin = &model.layers[i].linears[t];
+                let (k, n) = (lin.n_in, lin.n_out);
+                let name = format!("layers.{i}.{}", LINEARS[t]);
+                if p.a.len() != r * k || p.b.len() != n * r {
+                    return Err(ModelError::Shape(format!(
+                        "LoRA {name}: lora_A has {} values and lora_B {}, expected [{r}, {k}] and [{n}, {r}]",
+                        p.a.len(),
+                        p.b.len()
+                    )));
+                }
+                out[t] = Some(LoraPairGpu {
+                    a: gpu.upload(&format!("{name}.lora_A"), &p.a)?,
+                    b: gpu.upload(&format!("{name}.lora_B"), &p.b)?,
+                    da: gpu.alloc(&format!("{name}.lora_A.grad"), f32_bytes(&[r, k]))?,
+                    db: gpu.alloc(&format!("{name}.lora_B.grad"), f32_bytes(&[n, r]))?,
+                    n_in: k,
+                    n_out: n,
+                    offset,
+                });
+                offset += r * (k + n);
+            }
+            layers.push(out);
+        }
+        Ok(LoraGpu {
+            r,
+            scale: lora.scale,
+            layers,
+            n_params: offset,
+        })
+    }
+}
