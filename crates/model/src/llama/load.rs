@@ -6,9 +6,10 @@ use tinytune_gpu::{Gpu, GpuBuffer};
 use tinytune_reference::llama::Lora;
 use tinytune_reference::nn::{rope_inv_freq, Llama3Scaling};
 
-use super::{linear_path, Layer, Linear, LlamaModel, LoadOptions, Quant};
+use super::{linear_path, Layer, Linear, LlamaModel, LoadOptions, Quant, Workspace};
 use crate::f32_bytes;
 use crate::lora::{LoraGpu, LoraPairGpu};
+use crate::prefix::PrefixGpu;
 use crate::targets::LINEARS;
 use crate::vocab::VocabTable;
 use crate::{LlamaConfig, ModelError, ModelSource, RopeScaling, Weight};
@@ -198,5 +199,47 @@ impl LoraGpu {
             layers,
             n_params: offset,
         })
+    }
+}
+
+/// The prefix-tuning text init runs the model, so it lives with the model, not in `prefix.rs`
+/// (which the model's passes import).
+impl PrefixGpu {
+    /// A prefix holding the keys (after RoPE) and values every layer computes for `ids` at
+    /// positions `0..P` (`P = ids.len()`): what the model would cache for that text as context,
+    /// so training starts from the base model's behaviour after it (the Prefix-Tuning paper's
+    /// initialisation from real words' activations) rather than from PEFT's random prefix.
+    pub fn from_text(gpu: &Gpu, model: &LlamaModel, ids: &[u32]) -> Result<PrefixGpu, ModelError> {
+        let cfg = &model.config;
+        let p = ids.len();
+        let pf = PrefixGpu::upload(gpu, cfg, &vec![0.0; p * PrefixGpu::row_len(cfg)], p)?;
+        let ws = Workspace::new(gpu, model, None, p, true)?;
+        // A pass without targets keeps every layer's k and v.
+        model.forward_loss(gpu, &ws, None, ids, &vec![-100; p], 1, p)?;
+        let dummy_k = gpu.alloc("prefix.init.dk", 4)?;
+        let dummy_v = gpu.alloc("prefix.init.dv", 4)?;
+        let mut enc = gpu.encoder();
+        for i in 0..pf.n_layers {
+            let (k, v) = ws.layer_kv(i);
+            // prefix_bwd with no real rows adds the P rows into layer i's columns (zero so far).
+            tinytune_gpu::ops::nn::prefix_bwd(
+                &mut enc,
+                k,
+                v,
+                &dummy_k,
+                &dummy_v,
+                &pf.kv,
+                tinytune_gpu::ops::nn::PrefixShape {
+                    layer: i,
+                    n_layers: pf.n_layers,
+                    b: 1,
+                    t: 0,
+                    p,
+                    kvd: pf.kvd,
+                },
+            )?;
+        }
+        enc.submit();
+        Ok(pf)
     }
 }
