@@ -5,10 +5,11 @@
 use tinytune_gpu::Gpu;
 use tinytune_model::{LlamaModel, LoraGpu, PrefixGpu, PromptGpu};
 
-use crate::peft::{Adapter, ADAPTER_CONFIG};
+use tinytune_reference::llama::Lora;
+
+use crate::peft::{Adapter, LoraModule, LoraWeights, ADAPTER_CONFIG};
 use crate::prefix::PrefixAdapter;
 use crate::prompt::{peft_type, PromptAdapter};
-use crate::trainer::{upload_adapter, PeftMethod, SoftRef};
 use crate::{Result, TrainError};
 
 /// A PEFT adapter of one of the supported methods.
@@ -165,4 +166,58 @@ impl AdapterGpu {
             AdapterGpu::Prefix(p) => Some(SoftRef::Prefix(p)),
         }
     }
+}
+
+/// The PEFT method a run trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeftMethod {
+    Lora,
+    PromptTuning,
+    PrefixTuning,
+}
+
+/// A prompt-learning method's parameters on the device, for [`crate::trainer::loss_sum`].
+#[derive(Clone, Copy)]
+pub enum SoftRef<'a> {
+    Prompt(&'a PromptGpu),
+    Prefix(&'a PrefixGpu),
+}
+
+/// Uploads a PEFT adapter for inference or training.
+pub fn upload_adapter(gpu: &Gpu, model: &LlamaModel, adapter: &Adapter) -> Result<LoraGpu> {
+    let lora = host_lora(model, &adapter.weights, adapter.config.scale())?;
+    Ok(LoraGpu::upload(gpu, model, &lora)?)
+}
+
+/// Host LoRA of `weights` for `model`, checking every pair's shape.
+pub(crate) fn host_lora(model: &LlamaModel, weights: &LoraWeights, scale: f64) -> Result<Lora> {
+    for (k, p) in &weights.pairs {
+        let lin = model
+            .layers
+            .get(k.layer)
+            .map(|l| {
+                &l.linears[LoraModule::ALL
+                    .iter()
+                    .position(|m| *m == k.module)
+                    .unwrap_or(0)]
+            })
+            .ok_or_else(|| {
+                TrainError::Config(format!(
+                    "the adapter has layer {} but the model has {} layers",
+                    k.layer,
+                    model.layers.len()
+                ))
+            })?;
+        if p.in_features != lin.n_in || p.out_features != lin.n_out {
+            return Err(TrainError::Config(format!(
+                "adapter {} is [{} -> {}], the model's layer is [{} -> {}]: the adapter belongs to another model",
+                k.module_path(),
+                p.in_features,
+                p.out_features,
+                lin.n_in,
+                lin.n_out
+            )));
+        }
+    }
+    weights.to_layers(model.layers.len(), scale as f32)
 }

@@ -36,7 +36,7 @@ pub mod session;
 pub mod tokenize;
 pub mod trainer;
 
-pub use adapters::{AdapterGpu, PeftAdapter};
+pub use adapters::{upload_adapter, AdapterGpu, PeftAdapter, PeftMethod, SoftRef};
 pub use chat::{ChatMessage, ChatTemplate, RenderedChat};
 pub use checkpoint::{Checkpoint, Moments, OptimizerState, TrainerState};
 pub use config::{
@@ -63,8 +63,7 @@ pub use session::{
 };
 pub use tokenize::{Tokenize, WithChatTemplate};
 pub use trainer::{
-    check_batch_fits, evaluate, upload_adapter, Clock, PeftMethod, PrefixStart, PromptStart,
-    SoftRef, Start, Trainer, VirtualInit,
+    check_batch_fits, evaluate, Clock, PrefixStart, PromptStart, Start, Trainer, VirtualInit,
 };
 
 /// Errors of the train crate. Every variant that comes from a file names it (and, for datasets,

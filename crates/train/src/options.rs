@@ -9,6 +9,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 use tinytune_model::{Quant, SamplingParams};
 
+use crate::adapters::PeftMethod;
 use crate::config::{
     check_layers, eval_split_from, parse_layers_to_transform, parse_target_modules, AdamWConfig,
     LoraHyper, TrainConfig,
@@ -16,7 +17,7 @@ use crate::config::{
 use crate::data::{EvalSplit, Stop, TextSplit};
 use crate::peft::LoraModule;
 use crate::schedule::ScheduleKind;
-use crate::trainer::{PeftMethod, Start, VirtualInit};
+use crate::trainer::{Start, VirtualInit};
 
 /// A number or a string (the CLI takes `--eval-split 0.1` or `--eval-split 10`; JSON callers may
 /// write either form).

@@ -17,8 +17,7 @@ use tinytune_model::llama::LoraDropout;
 use tinytune_model::{f32_bytes, LlamaModel, LoraGpu, PrefixGpu, PromptGpu, Workspace};
 use tinytune_reference::llama::{prompt_targets, shift_labels, Lora};
 
-use crate::adapters::AdapterGpu;
-use crate::adapters::PeftAdapter;
+use crate::adapters::{host_lora, AdapterGpu, PeftAdapter, PeftMethod, SoftRef};
 use crate::checkpoint::{Checkpoint, Moments, OptimizerState, TrainerState, CHECKPOINT_VERSION};
 use crate::config::{check_layers, TrainConfig};
 use crate::data::{
@@ -155,25 +154,10 @@ impl Start {
     }
 }
 
-/// The PEFT method a run trains.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PeftMethod {
-    Lora,
-    PromptTuning,
-    PrefixTuning,
-}
-
 /// The trainable virtual tokens of a prompt-learning run, with the config they are saved with.
 enum Soft {
     Prompt(PromptGpu, PromptTuningConfig),
     Prefix(PrefixGpu, PrefixTuningConfig),
-}
-
-/// A prompt-learning method's parameters on the device, for [`loss_sum`].
-#[derive(Clone, Copy)]
-pub enum SoftRef<'a> {
-    Prompt(&'a PromptGpu),
-    Prefix(&'a PrefixGpu),
 }
 
 impl Soft {
@@ -304,39 +288,6 @@ fn lora_shapes(
         }
     }
     out
-}
-
-/// Host LoRA of `weights` for `model`, checking every pair's shape.
-fn host_lora(model: &LlamaModel, weights: &LoraWeights, scale: f64) -> Result<Lora> {
-    for (k, p) in &weights.pairs {
-        let lin = model
-            .layers
-            .get(k.layer)
-            .map(|l| {
-                &l.linears[LoraModule::ALL
-                    .iter()
-                    .position(|m| *m == k.module)
-                    .unwrap_or(0)]
-            })
-            .ok_or_else(|| {
-                cfg_err(format!(
-                    "the adapter has layer {} but the model has {} layers",
-                    k.layer,
-                    model.layers.len()
-                ))
-            })?;
-        if p.in_features != lin.n_in || p.out_features != lin.n_out {
-            return Err(cfg_err(format!(
-                "adapter {} is [{} -> {}], the model's layer is [{} -> {}]: the adapter belongs to another model",
-                k.module_path(),
-                p.in_features,
-                p.out_features,
-                lin.n_in,
-                lin.n_out
-            )));
-        }
-    }
-    weights.to_layers(model.layers.len(), scale as f32)
 }
 
 /// The initial prompt of a prompt-tuning run and the config it is saved with.
@@ -491,12 +442,6 @@ fn init_prefix(
         pcfg.base_model_name_or_path = Some(config.base_model.clone());
     }
     Ok((pf, pcfg))
-}
-
-/// Uploads a PEFT adapter for inference or training.
-pub fn upload_adapter(gpu: &Gpu, model: &LlamaModel, adapter: &Adapter) -> Result<LoraGpu> {
-    let lora = host_lora(model, &adapter.weights, adapter.config.scale())?;
-    Ok(LoraGpu::upload(gpu, model, &lora)?)
 }
 
 /// A batch ready for the model: trimmed to its longest row, targets shifted.
