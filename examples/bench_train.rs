@@ -11,8 +11,7 @@ use std::time::Instant;
 
 use tinytune::gpu::ops::optim::{self, AdamW};
 use tinytune::gpu::{Gpu, GpuOptions};
-use tinytune::model::{LlamaModel, LoraGpu, ModelSource, Quant, Workspace};
-use tinytune::reference::llama::{Lora, LoraPair};
+use tinytune::model::{LlamaModel, Lora, LoraGpu, LoraPair, ModelSource, Peft, Quant, Workspace};
 
 fn lora_for(model: &LlamaModel, r: usize, top: usize) -> Lora {
     let n = model.layers.len();
@@ -21,10 +20,7 @@ fn lora_for(model: &LlamaModel, r: usize, top: usize) -> Lora {
             std::array::from_fn(|t| {
                 (i + top >= n).then(|| {
                     let lin = &model.layers[i].linears[t];
-                    LoraPair {
-                        a: vec![0.01; r * lin.n_in],
-                        b: vec![0.01; lin.n_out * r],
-                    }
+                    LoraPair::new(r, vec![0.01; r * lin.n_in], vec![0.01; lin.n_out * r])
                 })
             })
         })
@@ -76,10 +72,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for top in [model.layers.len(), 8] {
         let lora = LoraGpu::upload(&gpu, &model, &lora_for(&model, 8, top))?;
         let ws = Workspace::new(&gpu, &model, Some(&lora), m, true)?;
-        let fwd =
-            time(&mut || Ok(model.forward_loss(&gpu, &ws, Some(&lora), &ids, &targets, b, t)?))?;
+        let fwd = time(&mut || {
+            model.forward_loss(&gpu, &ws, Some(Peft::Lora(&lora)), &ids, &targets, b, t)?;
+            Ok(())
+        })?;
         let fb = time(&mut || {
-            Ok(model.forward_backward(&gpu, &ws, &lora, &ids, &targets, b, t, 1e-3, None)?)
+            let peft = Peft::Lora(&lora);
+            model.forward_backward(&gpu, &ws, peft, &ids, &targets, b, t, 1e-3, None)?;
+            Ok(())
         })?;
         let n = lora.n_params;
         let flat: Vec<_> = (0..4)

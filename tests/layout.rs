@@ -204,11 +204,11 @@ fn the_circle_finder_finds_circles() {
         vec!["a", "b", "c", "f"]
     );
     assert_eq!(
-        reexports("pub use peft::{Adapter, LoraKey};\npub use rng::Rng;")
+        reexports("pub use peft::{LoraAdapter, LoraKey};\npub use rng::Rng;")
             .into_iter()
             .collect::<Vec<_>>(),
         vec![
-            ("Adapter".into(), "peft".into()),
+            ("LoraAdapter".into(), "peft".into()),
             ("LoraKey".into(), "peft".into()),
             ("Rng".into(), "rng".into())
         ]

@@ -4,11 +4,13 @@
 
 mod common;
 
-use common::hf::{fixture, read_tensors, reference_model};
+use common::hf::{fixture, model_lora, read_tensors, reference_lora, reference_model};
 use common::{assert_close, gpu};
-use tinytune::model::{LlamaModel, LoraGpu, ModelSource, Quant, Workspace};
-use tinytune::reference::llama::{self, Lora, LoraDropout};
-use tinytune::train::{Adapter, LoraWeights};
+use tinytune::model::llama::LoraDropout;
+use tinytune::model::Lora;
+use tinytune::model::{LlamaModel, LoraGpu, ModelSource, Peft, Quant, Workspace};
+use tinytune::reference::llama;
+use tinytune::train::{LoraAdapter, LoraWeights};
 
 const MODELS: [&str; 3] = ["llama", "llama_tied_llama3", "qwen2"];
 
@@ -36,14 +38,14 @@ fn batch(name: &str) -> Batch {
     let labels: Vec<i32> = tr["labels_i32"].1.iter().map(|&v| v as i32).collect();
     Batch {
         ids: ids.iter().map(|&v| v as u32).collect(),
-        targets: llama::shift_labels(&labels, b, t),
+        targets: tinytune::train::shift_labels(&labels, b, t),
         b,
         t,
     }
 }
 
 fn init_adapter(name: &str, n_layers: usize) -> Lora {
-    let ad = Adapter::load(&fixture(&format!("{name}/lora_init"))).unwrap();
+    let ad = LoraAdapter::load(&fixture(&format!("{name}/lora_init"))).unwrap();
     ad.weights
         .to_layers(n_layers, ad.config.scale() as f32)
         .unwrap()
@@ -92,7 +94,7 @@ fn gpu_loss_and_grads(
         .forward_backward(
             gpu,
             &ws,
-            &lg,
+            Peft::Lora(&lg),
             &bt.ids,
             &bt.targets,
             bt.b,
@@ -122,13 +124,17 @@ fn forward_backward_matches_reference() {
                 let (want_loss, want) = llama::loss_and_grads_with(
                     &d,
                     &w,
-                    &lora,
+                    &reference_lora(&lora),
                     &bt.ids,
                     &bt.targets,
                     bt.b,
                     bt.t,
-                    drop,
+                    drop.map(|d| llama::LoraDropout {
+                        p: d.p,
+                        seed: d.seed,
+                    }),
                 );
+                let want = model_lora(&want);
                 let (loss, got) = gpu_loss_and_grads(&model, &lora, &bt, head_rows, drop);
                 let what = format!("{name} nf4={nf4} head_rows={head_rows} dropout={drop:?}");
                 eprintln!("{what}: loss gpu {loss} ref {want_loss}");
@@ -228,7 +234,17 @@ fn gradient_checkpointing_matches_stored_activations() {
                 lg.zero_grads(&mut enc);
                 enc.submit();
                 model
-                    .forward_backward(gpu, &ws, &lg, &bt.ids, &bt.targets, bt.b, bt.t, 0.1, drop)
+                    .forward_backward(
+                        gpu,
+                        &ws,
+                        Peft::Lora(&lg),
+                        &bt.ids,
+                        &bt.targets,
+                        bt.b,
+                        bt.t,
+                        0.1,
+                        drop,
+                    )
                     .unwrap();
                 let loss = pollster::block_on(ws.loss_sum(gpu, m)).unwrap();
                 let grads = pollster::block_on(lg.download_grads(gpu)).unwrap();
@@ -286,7 +302,16 @@ fn top_layer_adapters_match_reference() {
     lora.layers[3] = init.layers[1].clone();
     lora.layers[4] = init.layers[0].clone();
     let bt = batch(name);
-    let (want_loss, want) = llama::loss_and_grads(&d, &w, &lora, &bt.ids, &bt.targets, bt.b, bt.t);
+    let (want_loss, want) = llama::loss_and_grads(
+        &d,
+        &w,
+        &reference_lora(&lora),
+        &bt.ids,
+        &bt.targets,
+        bt.b,
+        bt.t,
+    );
+    let want = model_lora(&want);
     let (loss, got) = gpu_loss_and_grads(&model, &lora, &bt, bt.b * bt.t, None);
     std::fs::remove_dir_all(&tmp).ok();
     assert_close(

@@ -5,7 +5,7 @@ mod common;
 
 use common::hf::{fixture, read_tensors, reference_model};
 use common::{assert_close, gpu};
-use tinytune::model::{LlamaModel, ModelSource, Quant};
+use tinytune::model::{LlamaModel, ModelSource, Peft, Quant};
 use tinytune::reference::llama;
 
 const MODELS: [&str; 3] = ["llama", "llama_tied_llama3", "qwen2"];
@@ -165,11 +165,13 @@ fn model_logits_with_peft_adapter_match_peft() {
     for name in MODELS {
         let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
         let model = LlamaModel::load(gpu, &src, Quant::None).unwrap();
-        let adapter = tinytune::train::Adapter::load(&fixture(&format!("{name}/adapter"))).unwrap();
+        let adapter =
+            tinytune::train::LoraAdapter::load(&fixture(&format!("{name}/adapter"))).unwrap();
         let lora = tinytune::train::upload_adapter(gpu, &model, &adapter).unwrap();
         let rel = format!("{name}/adapter_logits.safetensors");
         let (ids, b, t) = ids_of(&rel);
-        let got = pollster::block_on(model.logits_with(gpu, Some(&lora), &ids, b, t)).unwrap();
+        let got = pollster::block_on(model.logits_with(gpu, Some(Peft::Lora(&lora)), &ids, b, t))
+            .unwrap();
         let want = &read_tensors(&rel)["logits"].1;
         assert_close(
             &format!("{name} logits with a PEFT adapter vs PEFT"),

@@ -12,10 +12,10 @@ use tinytune::model::sampling::{
     apply_repetition_penalty, argmax, softmax, top_k_filter, top_p_filter,
 };
 use tinytune::model::{
-    GenerateOptions, KvDecoder, LlamaModel, LoraGpu, ModelSource, Quant, Sampler, SamplingParams,
-    StopReason, TextStream, Tokenizer,
+    GenerateOptions, KvDecoder, LlamaModel, LoraGpu, ModelSource, Peft, Quant, Sampler,
+    SamplingParams, StopReason, TextStream, Tokenizer,
 };
-use tinytune::train::Adapter;
+use tinytune::train::LoraAdapter;
 
 const MODELS: [&str; 3] = ["llama", "llama_tied_llama3", "qwen2"];
 
@@ -38,7 +38,7 @@ fn prompt_of(name: &str) -> Vec<u32> {
 }
 
 fn adapter_of(name: &str, model: &LlamaModel) -> LoraGpu {
-    let ad = Adapter::load(&fixture(&format!("{name}/adapter"))).unwrap();
+    let ad = LoraAdapter::load(&fixture(&format!("{name}/adapter"))).unwrap();
     let lora = ad
         .weights
         .to_layers(model.layers.len(), ad.config.scale() as f32)
@@ -75,7 +75,14 @@ fn check_greedy(
 ) {
     let gpu = gpu().unwrap();
     let v = model.config.vocab_size;
-    let mut dec = KvDecoder::with_chunk(gpu, model, lora, prompt.len() + STEPS, chunk).unwrap();
+    let mut dec = KvDecoder::with_chunk(
+        gpu,
+        model,
+        lora.map(Peft::Lora),
+        prompt.len() + STEPS,
+        chunk,
+    )
+    .unwrap();
     let mut seq = prompt.to_vec();
     let mut rows = Vec::new();
     let mut logits = pollster::block_on(dec.feed(prompt)).unwrap();
@@ -89,7 +96,8 @@ fn check_greedy(
     }
     assert_eq!(dec.len(), prompt.len() + STEPS - 1);
     let t = seq.len() - 1;
-    let full = pollster::block_on(model.logits_with(gpu, lora, &seq[..t], 1, t)).unwrap();
+    let full =
+        pollster::block_on(model.logits_with(gpu, lora.map(Peft::Lora), &seq[..t], 1, t)).unwrap();
     let mut worst = 0f32;
     for (s, row) in rows.iter().enumerate() {
         let p = prompt.len() - 1 + s;

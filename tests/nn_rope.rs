@@ -7,7 +7,8 @@ mod common;
 use common::{assert_close, gpu, Rng};
 use tinytune::gpu::ops::nn;
 use tinytune::gpu::{Gpu, GpuBuffer, GpuError};
-use tinytune::reference::nn::{self as rnn, rope_inv_freq, Llama3Scaling};
+use tinytune::model::rope::{rope_inv_freq, Llama3Scaling};
+use tinytune::reference::nn as rnn;
 
 /// |gpu - ref| <= atol + rtol * |ref| for `nn/rope_fwd` and `nn/rope_bwd`: the kernels' own
 /// sin/cos are within ~1.5 ulp (ANGLE_ATOL), the reference's (libm) within 0.5 ulp; with inputs

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use common::hf::{fixture, fixture_dataset, peft_recipe, read_tensors, reference_model};
 use common::{assert_close, gpu};
-use tinytune::model::{LlamaModel, ModelSource, PrefixGpu, Quant, Workspace};
+use tinytune::model::{LlamaModel, ModelSource, Peft, PrefixGpu, Quant, Workspace};
 use tinytune::reference::llama;
 
 const MODELS: [&str; 2] = ["llama", "qwen2"];
@@ -31,7 +31,7 @@ fn batch(fx: &Tensors) -> (Vec<u32>, Vec<i32>, usize, usize) {
     let (b, t) = (shape[0], shape[1]);
     let ids: Vec<u32> = ids.iter().map(|&v| v as u32).collect();
     let labels: Vec<i32> = fx["labels_i32"].1.iter().map(|&v| v as i32).collect();
-    (ids, llama::shift_labels(&labels, b, t), b, t)
+    (ids, tinytune::train::shift_labels(&labels, b, t), b, t)
 }
 
 #[test]
@@ -76,7 +76,7 @@ fn reference_prefix_tuning_matches_peft() {
     }
 }
 
-/// GPU prefix tuning (`LlamaModel::forward_backward_prefix`, `logits_prefix`): loss, prefix
+/// GPU prefix tuning (`LlamaModel::forward_backward`, `logits_with` with `Peft::Prefix`): loss, prefix
 /// gradient and logits against the reference (f32 and NF4 bases) and PEFT (f32), with a batch
 /// smaller than the workspace's.
 #[test]
@@ -101,11 +101,23 @@ fn gpu_prefix_tuning_matches_reference_and_peft() {
             pg.zero_grad(&mut enc);
             enc.submit();
             model
-                .forward_backward_prefix(gpu, &ws, &pg, &ids, &targets, b, t, 1.0 / n as f32)
+                .forward_backward(
+                    gpu,
+                    &ws,
+                    Peft::Prefix(&pg),
+                    &ids,
+                    &targets,
+                    b,
+                    t,
+                    1.0 / n as f32,
+                    None,
+                )
                 .unwrap();
             let loss = (pollster::block_on(ws.loss_sum(gpu, b * t)).unwrap() / n as f64) as f32;
             let grad = pollster::block_on(pg.download_grad(gpu)).unwrap();
-            let logits = pollster::block_on(model.logits_prefix(gpu, &pg, &ids, b, t)).unwrap();
+            let logits =
+                pollster::block_on(model.logits_with(gpu, Some(Peft::Prefix(&pg)), &ids, b, t))
+                    .unwrap();
             let (d, w) = reference_model(&src, nf4);
             let (want_loss, want) =
                 llama::prefix_loss_and_grad(&d, &w, prefix, &ids, &targets, b, t);
@@ -146,7 +158,17 @@ fn gpu_prefix_tuning_matches_reference_and_peft() {
             // Without prefix buffers the pass is refused, not run wrong.
             let plain = Workspace::new(gpu, &model, None, b * t, true).unwrap();
             assert!(model
-                .forward_backward_prefix(gpu, &plain, &pg, &ids, &targets, b, t, 1.0)
+                .forward_backward(
+                    gpu,
+                    &plain,
+                    Peft::Prefix(&pg),
+                    &ids,
+                    &targets,
+                    b,
+                    t,
+                    1.0,
+                    None
+                )
                 .is_err());
         }
     }
@@ -240,7 +262,9 @@ fn prefix_tuning_three_steps_match_peft() {
             );
         }
         assert!(pollster::block_on(tr.step()).unwrap().is_none());
-        let trained = pollster::block_on(tr.prefix_adapter()).unwrap();
+        let PeftAdapter::Prefix(trained) = pollster::block_on(tr.peft_adapter()).unwrap() else {
+            panic!("{name}: a prefix-tuning run saves a prefix (not LoRA, not a prompt)")
+        };
         assert_close(
             &format!("{name} prefix after 3 steps"),
             &trained.prefix,
@@ -248,8 +272,6 @@ fn prefix_tuning_three_steps_match_peft() {
             1e-5,
             1e-3,
         );
-        assert!(pollster::block_on(tr.adapter()).is_err(), "no LoRA here");
-        assert!(pollster::block_on(tr.prompt_adapter()).is_err());
         // The adapter's files evaluate (tinytune eval's path) to the trainer's own loss on them.
         let files = pollster::block_on(tr.adapter_files()).unwrap();
         let get = |n: &str| files.iter().find(|(f, _)| f == n).unwrap().1.clone();
@@ -295,10 +317,7 @@ fn kv_decoder_with_prefix_matches_peft_logits() {
             let ad = PrefixAdapter::load(&fixture(&format!("{name}/prefix_tuning/{dir}"))).unwrap();
             let p = ad.config.num_virtual_tokens;
             let pf = PrefixGpu::upload(gpu, &model.config, &ad.prefix, p).unwrap();
-            let mut dec = KvDecoder::new(gpu, &model, None, p + t)
-                .unwrap()
-                .with_prefix(&pf)
-                .unwrap();
+            let mut dec = KvDecoder::new(gpu, &model, Some(Peft::Prefix(&pf)), p + t).unwrap();
             dec.begin().unwrap();
             assert_eq!(dec.len(), p);
             let want = &fx[key].1; // [2, T, V]
@@ -407,7 +426,8 @@ fn prefix_from_text_is_the_text_in_context() {
         let ids: Vec<u32> = vec![9, 60, 2, 150, 33, 7];
         let (p, t) = (text.len(), ids.len());
         let pf = PrefixGpu::from_text(gpu, &model, &text).unwrap();
-        let got = pollster::block_on(model.logits_prefix(gpu, &pf, &ids, 1, t)).unwrap();
+        let got = pollster::block_on(model.logits_with(gpu, Some(Peft::Prefix(&pf)), &ids, 1, t))
+            .unwrap();
         let mut both = text.clone();
         both.extend_from_slice(&ids);
         let want = pollster::block_on(model.logits(gpu, &both, 1, p + t)).unwrap();
@@ -438,7 +458,9 @@ fn proj_flat(fx: &Tensors, stage: &str) -> Vec<f32> {
 fn prefix_projection_matches_peft() {
     use std::collections::BTreeMap;
     use tinytune::reference::nn::{prefix_proj_bwd, prefix_proj_fwd, ProjDims};
-    use tinytune::train::{Checkpoint, PrefixStart, PrefixTuningConfig, Start, Trainer};
+    use tinytune::train::{
+        Checkpoint, PeftAdapter, PrefixStart, PrefixTuningConfig, Start, Trainer,
+    };
     for name in MODELS {
         let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
         let (d, w) = reference_model(&src, false);
@@ -522,7 +544,9 @@ fn prefix_projection_matches_peft() {
             1e-3,
         );
         // The saved adapter is the folded prefix, with prefix_projection true, as PEFT saves it.
-        let ad = pollster::block_on(tr.prefix_adapter()).unwrap();
+        let PeftAdapter::Prefix(ad) = pollster::block_on(tr.peft_adapter()).unwrap() else {
+            panic!("{name}: a prefix-tuning run saves a prefix")
+        };
         assert!(ad.config.prefix_projection);
         let (_, kv3) = prefix_proj_fwd(&params, dims);
         assert_close(

@@ -62,3 +62,20 @@ fn dropout_helpers_match_the_reference() {
         );
     }
 }
+
+#[test]
+fn lora_dropout_seeds_match_the_reference() {
+    use tinytune::model::llama::lora_dropout_seed;
+    use tinytune::reference::llama::lora_dropout_seed as reference_seed;
+    for seed in [0u64, 1, 9, 0x6C6F_7261_5F64_726F, u64::MAX] {
+        for layer in 0..40 {
+            for target in 0..7 {
+                assert_eq!(
+                    lora_dropout_seed(seed, layer, target),
+                    reference_seed(seed, layer, target),
+                    "seed {seed} layer {layer} target {target}"
+                );
+            }
+        }
+    }
+}

@@ -6,9 +6,9 @@ mod common;
 
 use common::hf::{fixture, fixture_dataset, peft_recipe, read_tensors, reference_model};
 use common::{assert_close, gpu};
-use tinytune::model::{LlamaModel, ModelSource, PromptGpu, Quant, Workspace};
+use tinytune::model::{LlamaModel, ModelSource, Peft, PromptGpu, Quant, Workspace};
 use tinytune::reference::llama;
-use tinytune::train::PeftMethod;
+use tinytune::train::{prompt_targets, PeftAdapter, PeftMethod};
 
 const MODELS: [&str; 2] = ["llama", "qwen2"];
 
@@ -39,7 +39,7 @@ fn reference_prompt_tuning_matches_peft() {
         // Logits of [prompt; embed(ids)].
         let x0 = llama::prompt_inputs(&d, &w, prompt, &ids, b, t);
         assert_eq!(x0.len(), b * (p + t) * d.hidden);
-        let targets = llama::prompt_targets(&labels, b, t, p);
+        let targets = prompt_targets(&labels, b, t, p);
         let (loss, grad) = llama::prompt_loss_and_grad(&d, &w, prompt, &ids, &targets, b, t);
         eprintln!("{name}: loss {loss} (peft {})", fx["loss"].1[0]);
         assert_close(
@@ -59,7 +59,7 @@ fn reference_prompt_tuning_matches_peft() {
     }
 }
 
-/// GPU prompt tuning (`LlamaModel::forward_backward_prompt`): loss and prompt gradient against the
+/// GPU prompt tuning (`LlamaModel::forward_backward` with `Peft::Prompt`): loss and prompt gradient against the
 /// reference (f32 and NF4 bases) and against PEFT's (f32).
 #[test]
 fn gpu_prompt_tuning_matches_reference_and_peft() {
@@ -73,7 +73,7 @@ fn gpu_prompt_tuning_matches_reference_and_peft() {
         let labels: Vec<i32> = fx["labels_i32"].1.iter().map(|&v| v as i32).collect();
         let prompt = &fx["init"].1;
         let p = fx["init"].0[0];
-        let targets = llama::prompt_targets(&labels, b, t, p);
+        let targets = prompt_targets(&labels, b, t, p);
         let n = targets.iter().filter(|&&x| x >= 0).count();
         for (quant, nf4) in [(Quant::None, false), (Quant::NF4, true)] {
             let model = LlamaModel::load(gpu, &src, quant).unwrap();
@@ -83,9 +83,20 @@ fn gpu_prompt_tuning_matches_reference_and_peft() {
             let mut enc = gpu.encoder();
             pg.zero_grad(&mut enc);
             enc.submit();
-            model
-                .forward_backward_prompt(gpu, &ws, &pg, &ids, &targets, b, t, 1.0 / n as f32)
+            let rows = model
+                .forward_backward(
+                    gpu,
+                    &ws,
+                    Peft::Prompt(&pg),
+                    &ids,
+                    &targets,
+                    b,
+                    t,
+                    1.0 / n as f32,
+                    None,
+                )
                 .unwrap();
+            assert_eq!(rows, b * (p + t));
             let loss =
                 (pollster::block_on(ws.loss_sum(gpu, b * (p + t))).unwrap() / n as f64) as f32;
             let grad = pollster::block_on(pg.download_grad(gpu)).unwrap();
@@ -191,7 +202,10 @@ fn prompt_tuning_three_steps_match_peft() {
                 0.0,
                 1e-4,
             );
-            let emb = pollster::block_on(tr.prompt_adapter()).unwrap().embeddings;
+            let PeftAdapter::Prompt(ad) = pollster::block_on(tr.peft_adapter()).unwrap() else {
+                panic!("{what}: a prompt-tuning run saves a prompt (not LoRA)")
+            };
+            let emb = ad.embeddings;
             assert_close(
                 &format!("{what} embeddings"),
                 &emb,
@@ -201,10 +215,6 @@ fn prompt_tuning_three_steps_match_peft() {
             );
         }
         assert!(pollster::block_on(tr.step()).unwrap().is_none());
-        assert!(
-            pollster::block_on(tr.adapter()).is_err(),
-            "no LoRA adapter here"
-        );
     }
 }
 
@@ -223,10 +233,7 @@ fn kv_decoder_with_prompt_matches_peft_logits() {
         let (p, c) = (fx["init"].0[0], fx["init"].0[1]);
         let v = model.config.vocab_size;
         let pg = PromptGpu::upload(gpu, &fx["init"].1, p, c).unwrap();
-        let mut dec = KvDecoder::new(gpu, &model, None, p + t)
-            .unwrap()
-            .with_prompt(&pg)
-            .unwrap();
+        let mut dec = KvDecoder::new(gpu, &model, Some(Peft::Prompt(&pg)), p + t).unwrap();
         dec.begin().unwrap();
         assert_eq!(dec.len(), p);
         let want = &fx["logits_init"].1; // [2, P+T, V]
@@ -237,6 +244,22 @@ fn kv_decoder_with_prompt_matches_peft_logits() {
                 &format!("{name} prompt-tuned decoder logits at token {i}"),
                 &got,
                 &want[row..row + v],
+                1e-4,
+                1e-4,
+            );
+        }
+        // The whole-sequence logits of the real tokens (`logits_with`) are PEFT's too, for both
+        // rows of the batch.
+        let b = shape[0];
+        let all: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        let got = pollster::block_on(model.logits_with(gpu, Some(Peft::Prompt(&pg)), &all, b, t))
+            .unwrap();
+        for s in 0..b {
+            let row = (s * (p + t) + p) * v;
+            assert_close(
+                &format!("{name} prompt-tuned logits of sequence {s}"),
+                &got[s * t * v..(s + 1) * t * v],
+                &want[row..row + t * v],
                 1e-4,
                 1e-4,
             );

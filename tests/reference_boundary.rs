@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 /// Crates (under `crates/`) whose production code must not depend on `tinytune-reference`.
-const CLEAN: &[&str] = &["gpu", "cli", "wasm"];
+const CLEAN: &[&str] = &["gpu", "model", "train", "cli", "wasm"];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

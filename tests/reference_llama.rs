@@ -4,7 +4,6 @@ mod common;
 
 use common::Rng;
 use tinytune::reference::llama::{self, Dims, Layer, Linear, Lora, LoraPair, Weights};
-use tinytune::reference::nn;
 
 fn tiny(rng: &mut Rng, tied: bool, bias: bool) -> (Dims, Weights) {
     let d = Dims {
@@ -16,7 +15,7 @@ fn tiny(rng: &mut Rng, tied: bool, bias: bool) -> (Dims, Weights) {
         head_dim: 2,
         vocab: 11,
         eps: 1e-5,
-        inv_freq: nn::rope_inv_freq(2, 10000.0, None),
+        inv_freq: tinytune::model::rope::rope_inv_freq(2, 10000.0, None),
     };
     let lin = |rng: &mut Rng, t: usize| {
         let (k, n) = d.target_shape(t);
@@ -73,7 +72,7 @@ fn reference_llama_grads_match_finite_differences() {
         let ids: Vec<u32> = (0..b * t).map(|i| ((i * 7 + 3) % d.vocab) as u32).collect();
         let mut labels: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
         labels[3] = -100;
-        let targets = llama::shift_labels(&labels, b, t);
+        let targets = tinytune::train::shift_labels(&labels, b, t);
         let (loss, grads) = llama::loss_and_grads_with(&d, &w, &lora, &ids, &targets, b, t, drop);
         assert!(
             (loss - llama::loss_with(&d, &w, Some(&lora), &ids, &targets, b, t, drop)).abs() < 1e-6

@@ -8,7 +8,7 @@ mod common;
 use common::hf::{fixture, fixture_dataset, peft_recipe, read_tensors};
 use common::{assert_close, gpu};
 use tinytune::model::{LlamaModel, ModelSource, Quant};
-use tinytune::train::{Adapter, Start, Trainer};
+use tinytune::train::{LoraAdapter, PeftAdapter, Start, Trainer};
 
 const MODELS: [&str; 3] = ["llama", "llama_tied_llama3", "qwen2"];
 
@@ -35,7 +35,7 @@ fn check_run(name: &str, quant: Quant, train_rel: &str) {
     let gpu = gpu().unwrap();
     let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
     let model = LlamaModel::load(gpu, &src, quant).unwrap();
-    let init = Adapter::load(&fixture(&format!("{name}/lora_init"))).unwrap();
+    let init = LoraAdapter::load(&fixture(&format!("{name}/lora_init"))).unwrap();
     let want = read_tensors(train_rel);
     let mut tr = Trainer::new(
         gpu,
@@ -71,7 +71,7 @@ fn check_run(name: &str, quant: Quant, train_rel: &str) {
             0.0,
             NORM_RTOL,
         );
-        let ad = pollster::block_on(tr.adapter()).unwrap();
+        let ad = lora_of(&tr);
         assert_eq!(ad.weights.pairs.len(), 14 * model.layers.len() / 2);
         let mut worst = (0.0, String::new());
         for (key, p) in &ad.weights.pairs {
@@ -131,7 +131,7 @@ fn checkpoint_resume_continues_the_same_run() {
     let rel = format!("{name}/lora_train.safetensors");
     let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
     let model = LlamaModel::load(gpu, &src, Quant::NF4).unwrap();
-    let init = || Adapter::load(&fixture(&format!("{name}/lora_init"))).unwrap();
+    let init = || LoraAdapter::load(&fixture(&format!("{name}/lora_init"))).unwrap();
     // With LoRA dropout: the masks come from the trainer's RNG, which the checkpoint carries.
     let run = |start: Start, steps: u64| {
         let mut cfg = peft_recipe(steps, 2);
@@ -173,7 +173,15 @@ fn checkpoint_resume_continues_the_same_run() {
             "resumed losses are bit-identical: {losses:?} vs {resumed:?}"
         );
     }
-    let fa = pollster::block_on(full.adapter()).unwrap();
-    let sa = pollster::block_on(second.adapter()).unwrap();
+    let fa = lora_of(&full);
+    let sa = lora_of(&second);
     assert_eq!(fa.weights, sa.weights, "same final adapter");
+}
+
+/// The LoRA adapter a LoRA run has trained so far.
+fn lora_of(tr: &Trainer) -> LoraAdapter {
+    match pollster::block_on(tr.peft_adapter()).unwrap() {
+        PeftAdapter::Lora(a) => a,
+        _ => panic!("a LoRA run saves a LoRA adapter"),
+    }
 }

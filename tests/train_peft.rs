@@ -13,15 +13,15 @@ use tinytune::train::checkpoint::{
     TRAINER_STATE,
 };
 use tinytune::train::peft::{
-    kaiming_uniform_bound, read_f32_safetensors, Adapter, LoraConfig, LoraKey, LoraModule,
+    kaiming_uniform_bound, read_f32_safetensors, LoraAdapter, LoraConfig, LoraKey, LoraModule,
     LoraWeights, TargetModules, TensorMap, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
 };
 use tinytune::train::{BatchPlan, DataPosition, PeftAdapter, Rng, Stop, TrainConfig, TrainError};
 
 const FIX: &str = "tests/fixtures/train";
 
-fn fixture(dir: &str) -> Adapter {
-    Adapter::load(&Path::new(FIX).join(dir)).unwrap()
+fn fixture(dir: &str) -> LoraAdapter {
+    LoraAdapter::load(&Path::new(FIX).join(dir)).unwrap()
 }
 
 fn read(path: impl AsRef<Path>) -> Vec<u8> {
@@ -290,7 +290,7 @@ fn written_adapter_has_peft_structure() {
     let mut config = LoraConfig::new(4, 8.0, &[LoraModule::Q, LoraModule::V, LoraModule::Down]);
     config.base_model_name_or_path = Some("tiny-llama".into());
     config.lora_dropout = 0.1;
-    let ours = Adapter { config, weights };
+    let ours = LoraAdapter { config, weights };
     let dir = tmp_dir("adapter");
     ours.save(&dir).unwrap();
     assert_eq!(
@@ -359,7 +359,7 @@ fn written_adapter_has_peft_structure() {
     assert_eq!(header.as_object().unwrap().len(), 1 + 18);
 
     // Round trip.
-    let back = Adapter::load(&dir).unwrap();
+    let back = LoraAdapter::load(&dir).unwrap();
     assert_eq!(back, ours);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -382,7 +382,7 @@ fn config_variants_peft_accepts_are_read() {
     let cfg = config_with(|m| {
         m.insert("target_modules".into(), "all-linear".into());
     });
-    let a = Adapter::from_bytes(&cfg, &fixture_weights(), "d").unwrap();
+    let a = LoraAdapter::from_bytes(&cfg, &fixture_weights(), "d").unwrap();
     assert_eq!(
         a.config.target_modules,
         TargetModules::Pattern("all-linear".into())
@@ -394,7 +394,7 @@ fn config_variants_peft_accepts_are_read() {
             r".*\.(q|k|v|o|gate|up|down)_proj".into(),
         );
     });
-    let a = Adapter::from_bytes(&cfg, &fixture_weights(), "d").unwrap();
+    let a = LoraAdapter::from_bytes(&cfg, &fixture_weights(), "d").unwrap();
     assert_eq!(
         a.config.targets(&LoraKey {
             layer: 0,
@@ -404,7 +404,7 @@ fn config_variants_peft_accepts_are_read() {
     );
     // A minimal config (older PEFT, hand-written): missing optional fields take defaults.
     let minimal = br#"{"peft_type": "LORA", "r": 4, "lora_alpha": 16.0}"#;
-    let a = Adapter::from_bytes(minimal, &fixture_weights(), "d").unwrap();
+    let a = LoraAdapter::from_bytes(minimal, &fixture_weights(), "d").unwrap();
     assert_eq!(
         (a.config.lora_dropout, a.config.use_rslora, a.config.scale()),
         (0.0, false, 4.0)
@@ -414,21 +414,21 @@ fn config_variants_peft_accepts_are_read() {
     let cfg = config_with(|m| {
         m.insert("future_field".into(), serde_json::json!({"x": 1}));
     });
-    let a = Adapter::from_bytes(&cfg, &fixture_weights(), "d").unwrap();
+    let a = LoraAdapter::from_bytes(&cfg, &fixture_weights(), "d").unwrap();
     let out: serde_json::Value = serde_json::from_str(&a.config.to_json()).unwrap();
     assert_eq!(out["future_field"], serde_json::json!({"x": 1}));
     // layers_to_transform restricts the targets.
     let cfg = config_with(|m| {
         m.insert("layers_to_transform".into(), serde_json::json!([0]));
     });
-    let e = Adapter::from_bytes(&cfg, &fixture_weights(), "d").unwrap_err();
+    let e = LoraAdapter::from_bytes(&cfg, &fixture_weights(), "d").unwrap_err();
     assert!(
         e.to_string().contains("model.layers.1.") && e.to_string().contains("not targeted"),
         "{e}"
     );
 }
 
-fn expect_adapter_err(r: Result<Adapter, TrainError>, file: &str, what: &str) {
+fn expect_adapter_err(r: Result<LoraAdapter, TrainError>, file: &str, what: &str) {
     match r {
         Err(TrainError::Adapter { file: f, msg }) => {
             assert_eq!(f, file, "{msg}");
@@ -465,14 +465,14 @@ fn unsupported_adapters_are_errors_naming_file_and_field() {
             m.insert(field.into(), value.clone());
         });
         expect_adapter_err(
-            Adapter::from_bytes(&cfg, &fixture_weights(), "d"),
+            LoraAdapter::from_bytes(&cfg, &fixture_weights(), "d"),
             cfgf,
             what,
         );
     }
     let cfg = config_with(|_| {});
     expect_adapter_err(
-        Adapter::from_bytes(b"{not json", &fixture_weights(), "d"),
+        LoraAdapter::from_bytes(b"{not json", &fixture_weights(), "d"),
         cfgf,
         "invalid JSON",
     );
@@ -481,7 +481,7 @@ fn unsupported_adapters_are_errors_naming_file_and_field() {
         m.insert("r".into(), 8.into());
     });
     expect_adapter_err(
-        Adapter::from_bytes(&r8, &fixture_weights(), "d"),
+        LoraAdapter::from_bytes(&r8, &fixture_weights(), "d"),
         stf,
         "rank 4 but the config says r = 8",
     );
@@ -504,7 +504,7 @@ fn unsupported_adapters_are_errors_naming_file_and_field() {
         );
     });
     expect_adapter_err(
-        Adapter::from_bytes(&cfg, &extra, "d"),
+        LoraAdapter::from_bytes(&cfg, &extra, "d"),
         stf,
         "unsupported tensor \"base_model.model.lm_head.weight\"",
     );
@@ -515,7 +515,7 @@ fn unsupported_adapters_are_errors_naming_file_and_field() {
         );
     });
     expect_adapter_err(
-        Adapter::from_bytes(&cfg, &dora, "d"),
+        LoraAdapter::from_bytes(&cfg, &dora, "d"),
         stf,
         "lora_magnitude_vector",
     );
@@ -523,7 +523,7 @@ fn unsupported_adapters_are_errors_naming_file_and_field() {
         t.remove("base_model.model.model.layers.1.mlp.up_proj.lora_B.weight");
     });
     expect_adapter_err(
-        Adapter::from_bytes(&cfg, &no_b, "d"),
+        LoraAdapter::from_bytes(&cfg, &no_b, "d"),
         stf,
         "layers.1.mlp.up_proj.lora_B.weight is missing",
     );
@@ -537,7 +537,7 @@ fn unsupported_adapters_are_errors_naming_file_and_field() {
         );
     });
     expect_adapter_err(
-        Adapter::from_bytes(&cfg, &wrong_parent, "d"),
+        LoraAdapter::from_bytes(&cfg, &wrong_parent, "d"),
         stf,
         "mlp.q_proj",
     );
@@ -548,7 +548,7 @@ fn unsupported_adapters_are_errors_naming_file_and_field() {
         );
     });
     expect_adapter_err(
-        Adapter::from_bytes(&cfg, &bad_rank, "d"),
+        LoraAdapter::from_bytes(&cfg, &bad_rank, "d"),
         stf,
         "rank mismatch",
     );
@@ -559,9 +559,13 @@ fn unsupported_adapters_are_errors_naming_file_and_field() {
     let patched = header.replacen("\"F32\"", "\"I32\"", 1);
     assert_eq!(patched.len(), header.len());
     int_bytes.splice(8..8 + n, patched.into_bytes());
-    expect_adapter_err(Adapter::from_bytes(&cfg, &int_bytes, "d"), stf, "dtype I32");
     expect_adapter_err(
-        Adapter::from_bytes(&cfg, b"garbage", "d"),
+        LoraAdapter::from_bytes(&cfg, &int_bytes, "d"),
+        stf,
+        "dtype I32",
+    );
+    expect_adapter_err(
+        LoraAdapter::from_bytes(&cfg, b"garbage", "d"),
         stf,
         "not a valid safetensors file",
     );
@@ -570,7 +574,7 @@ fn unsupported_adapters_are_errors_naming_file_and_field() {
     let dir = tmp_dir("pickle");
     std::fs::write(dir.join("adapter_model.bin"), b"pickle").unwrap();
     std::fs::write(dir.join(ADAPTER_CONFIG), &cfg).unwrap();
-    let e = Adapter::load(&dir).unwrap_err();
+    let e = LoraAdapter::load(&dir).unwrap_err();
     assert!(
         e.to_string().contains("adapter_model.bin") && e.to_string().contains("not supported"),
         "{e}"
@@ -647,7 +651,10 @@ fn checkpoints_round_trip_atomically() {
     let back = Checkpoint::load(&dir).unwrap();
     assert_eq!(back, ck);
     // The checkpoint directory is itself a PEFT adapter directory.
-    assert_eq!(PeftAdapter::Lora(Adapter::load(&dir).unwrap()), ck.adapter);
+    assert_eq!(
+        PeftAdapter::Lora(LoraAdapter::load(&dir).unwrap()),
+        ck.adapter
+    );
     // Overwriting replaces the whole directory.
     let ck2 = sample_checkpoint(8);
     ck2.save(&dir).unwrap();

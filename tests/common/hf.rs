@@ -126,3 +126,44 @@ pub fn peft_recipe(steps: u64, batch_size: usize) -> TrainConfig {
         ..TrainConfig::default()
     }
 }
+
+/// The reference's form of the model's host LoRA (same layout, the pairs' A and B only).
+pub fn reference_lora(l: &tinytune::model::Lora) -> tinytune::reference::llama::Lora {
+    use tinytune::reference::llama::{Lora, LoraPair};
+    Lora {
+        r: l.r,
+        scale: l.scale,
+        layers: l
+            .layers
+            .iter()
+            .map(|layer| {
+                std::array::from_fn(|t| {
+                    layer[t].as_ref().map(|p| LoraPair {
+                        a: p.a.clone(),
+                        b: p.b.clone(),
+                    })
+                })
+            })
+            .collect(),
+    }
+}
+
+/// The model's form of the reference's host LoRA.
+pub fn model_lora(l: &tinytune::reference::llama::Lora) -> tinytune::model::Lora {
+    use tinytune::model::{Lora, LoraPair};
+    Lora {
+        r: l.r,
+        scale: l.scale,
+        layers: l
+            .layers
+            .iter()
+            .map(|layer| {
+                std::array::from_fn(|t| {
+                    layer[t]
+                        .as_ref()
+                        .map(|p| LoraPair::new(l.r, p.a.clone(), p.b.clone()))
+                })
+            })
+            .collect(),
+    }
+}

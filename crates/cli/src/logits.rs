@@ -19,8 +19,8 @@ pub struct LogitsArgs {
     /// [required].
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
-    /// PEFT adapter folder applied on top of the model: LoRA or prefix tuning (the logits of the
-    /// real tokens, after the prefix) [default: none].
+    /// PEFT adapter folder applied on top of the model: LoRA, prompt or prefix tuning (the logits
+    /// of the real tokens, after the virtual ones) [default: none].
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
     /// Storage of the base model's linear layers [default: nf4].
@@ -77,22 +77,8 @@ pub fn run(args: &LogitsArgs, adapter: Option<String>) -> Result<()> {
         }
         None => None,
     };
-    let logits = match &adapter {
-        Some(AdapterGpu::Prefix(pf)) => {
-            pollster::block_on(model.logits_prefix(&gpu, pf, &ids, 1, ids.len()))?
-        }
-        Some(AdapterGpu::Prompt(_)) => bail!(
-            "logits --adapter takes LoRA and prefix-tuning adapters; for a prompt-tuning adapter \
-             use generate --adapter"
-        ),
-        other => pollster::block_on(model.logits_with(
-            &gpu,
-            other.as_ref().and_then(|a| a.lora()),
-            &ids,
-            1,
-            ids.len(),
-        ))?,
-    };
+    let peft = adapter.as_ref().map(AdapterGpu::peft);
+    let logits = pollster::block_on(model.logits_with(&gpu, peft, &ids, 1, ids.len()))?;
     let t = ids.len();
     let ids_i32: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
     let tensors = [

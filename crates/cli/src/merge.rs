@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use tinytune_model::source::COPIED_FILES;
 use tinytune_model::{FloatDtype, ModelSource, SourceFormat};
 use tinytune_train::merge::{adapted_weights, gguf_tokenizer_files, output_config, MergePlan};
-use tinytune_train::{Adapter, TrainError};
+use tinytune_train::{LoraAdapter, TrainError};
 
 /// Element type of the merged model's tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -75,7 +75,7 @@ pub fn run(args: &MergeArgs) -> Result<()> {
     }
     let src =
         ModelSource::open(model_path).with_context(|| format!("cannot open model {model}"))?;
-    let adapter = Adapter::load(&adapter_dir)
+    let adapter = LoraAdapter::load(&adapter_dir)
         .with_context(|| format!("cannot load adapter {}", args.adapter))?;
     let cfg = src.config();
 

@@ -19,7 +19,7 @@ use tinytune_gpu::ops::nn;
 use tinytune_gpu::{Gpu, GpuBuffer};
 
 use crate::f32_bytes;
-use crate::llama::{LayerActs, LayerScratch, LlamaModel};
+use crate::llama::{LayerActs, LayerScratch, LlamaModel, Peft};
 use crate::lora::LoraGpu;
 use crate::prefix::PrefixGpu;
 use crate::prompt::PromptGpu;
@@ -69,25 +69,31 @@ pub struct KvDecoder<'a> {
 impl<'a> KvDecoder<'a> {
     /// A decoder whose caches hold `max_len` positions (at most the model's
     /// `max_position_embeddings`), running prompts in chunks of up to [`DEFAULT_PREFILL_CHUNK`]
-    /// rows. `lora` must be the adapters every later call uses.
+    /// rows, adapted with `peft` in every later call: LoRA pairs on the linears; prompt tuning's
+    /// virtual tokens, which [`KvDecoder::generate`] feeds first (positions `0..P`, as PEFT does);
+    /// or prefix tuning's keys and values, which [`KvDecoder::begin`] puts in every layer's cache
+    /// (positions `0..P`, as PEFT's `past_key_values`), so the prompt starts at position `P`.
+    /// `max_len` counts the virtual positions. Errors if the cache or one prefill chunk cannot
+    /// hold the virtual tokens, or the adapter belongs to another model.
     pub fn new(
         gpu: &'a Gpu,
         model: &'a LlamaModel,
-        lora: Option<&'a LoraGpu>,
+        peft: Option<Peft<'a>>,
         max_len: usize,
     ) -> Result<KvDecoder<'a>> {
-        KvDecoder::with_chunk(gpu, model, lora, max_len, DEFAULT_PREFILL_CHUNK)
+        KvDecoder::with_chunk(gpu, model, peft, max_len, DEFAULT_PREFILL_CHUNK)
     }
 
     /// [`KvDecoder::new`] with prompts run in chunks of up to `chunk` rows.
     pub fn with_chunk(
         gpu: &'a Gpu,
         model: &'a LlamaModel,
-        lora: Option<&'a LoraGpu>,
+        peft: Option<Peft<'a>>,
         max_len: usize,
         chunk: usize,
     ) -> Result<KvDecoder<'a>> {
         let cfg = &model.config;
+        let lora = peft.and_then(Peft::lora);
         if max_len == 0 {
             return Err(ModelError::Shape("KV cache of 0 positions".into()));
         }
@@ -133,7 +139,7 @@ impl<'a> KvDecoder<'a> {
             up: gpu.alloc("dec.up", f(m, inter))?,
             lora_h,
         };
-        Ok(KvDecoder {
+        let dec = KvDecoder {
             gpu,
             model,
             lora,
@@ -154,13 +160,16 @@ impl<'a> KvDecoder<'a> {
             max_len,
             chunk: m,
             len: 0,
-        })
+        };
+        match peft {
+            Some(Peft::Prompt(pg)) => dec.with_prompt(pg),
+            Some(Peft::Prefix(pf)) => dec.with_prefix(pf),
+            _ => Ok(dec),
+        }
     }
 
-    /// Generation with a prompt-tuning adapter: [`KvDecoder::generate`] feeds its virtual tokens
-    /// first (positions `0..P`, as PEFT does). Errors if they do not fit one prefill chunk or the
-    /// cache.
-    pub fn with_prompt(mut self, prompt: &'a PromptGpu) -> Result<KvDecoder<'a>> {
+    /// Checks and keeps a prompt-tuning adapter's virtual tokens.
+    fn with_prompt(mut self, prompt: &'a PromptGpu) -> Result<KvDecoder<'a>> {
         if prompt.c != self.model.config.hidden_size
             || prompt.p > self.chunk
             || prompt.p >= self.max_len
@@ -178,10 +187,8 @@ impl<'a> KvDecoder<'a> {
         Ok(self)
     }
 
-    /// Generation with a prefix-tuning adapter: [`KvDecoder::begin`] puts every layer's key/value
-    /// prefix in its cache (positions `0..P`, as PEFT's `past_key_values`), so the prompt starts
-    /// at position `P`. Errors if the prefix is for another model or fills the cache.
-    pub fn with_prefix(mut self, prefix: &'a PrefixGpu) -> Result<KvDecoder<'a>> {
+    /// Checks and keeps a prefix-tuning adapter's keys and values.
+    fn with_prefix(mut self, prefix: &'a PrefixGpu) -> Result<KvDecoder<'a>> {
         let cfg = &self.model.config;
         if prefix.n_layers != self.model.layers.len()
             || prefix.kvd != cfg.num_key_value_heads * cfg.head_dim

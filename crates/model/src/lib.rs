@@ -30,6 +30,7 @@ pub mod llama;
 pub mod lora;
 pub mod prefix;
 pub mod prompt;
+pub mod rope;
 pub mod safetensors;
 pub mod sampling;
 pub mod source;
@@ -48,8 +49,8 @@ pub use generate::{stop_ids, GenerateOptions, Generated, KvDecoder, StopReason, 
 pub use gguf::{
     config_from_gguf, gguf_to_hf_name, hf_to_gguf_name, GgufFile, GgufTensorInfo, GgufValue,
 };
-pub use llama::{LlamaModel, LoadOptions, Quant, Workspace};
-pub use lora::{LoraGpu, LoraPairGpu};
+pub use llama::{LlamaModel, LoadOptions, Mode, Peft, Quant, Workspace};
+pub use lora::{Lora, LoraGpu, LoraPair, LoraPairGpu};
 pub use prefix::PrefixGpu;
 pub use prompt::PromptGpu;
 pub use safetensors::{SafetensorsFile, StDtype, StEntry, StTensorInfo};

@@ -7,13 +7,64 @@
 //! after the update. The flat layout visits layers in order, in each layer the targets in the order
 //! of [`crate::targets::LINEARS`], and for each pair `a` then `b`.
 //!
-//! The host form is [`tinytune_reference::llama::Lora`] (what the CPU reference runs on).
+//! The host form is [`Lora`]: per layer one optional [`LoraPair`] per entry of [`LINEARS`] (the
+//! CPU reference has its own, `tinytune_reference::llama::Lora`, of the same layout).
 
 use tinytune_gpu::{Encoder, Gpu, GpuBuffer};
-use tinytune_reference::llama::{Lora, LoraPair};
 
 use crate::targets::LINEARS;
 use crate::ModelError;
+
+/// The A and B matrices of one adapted projection, row-major f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraPair {
+    pub r: usize,
+    pub in_features: usize,
+    pub out_features: usize,
+    /// `lora_A.weight` `[r, in_features]`.
+    pub a: Vec<f32>,
+    /// `lora_B.weight` `[out_features, r]`.
+    pub b: Vec<f32>,
+}
+
+impl LoraPair {
+    /// All-zero A and B.
+    pub fn zeros(r: usize, in_features: usize, out_features: usize) -> LoraPair {
+        LoraPair {
+            r,
+            in_features,
+            out_features,
+            a: vec![0.0; r * in_features],
+            b: vec![0.0; out_features * r],
+        }
+    }
+
+    /// The pair of `a` (`[r, in]`) and `b` (`[out, r]`), its shape taken from their lengths.
+    pub fn new(r: usize, a: Vec<f32>, b: Vec<f32>) -> LoraPair {
+        let r1 = r.max(1);
+        LoraPair {
+            r,
+            in_features: a.len() / r1,
+            out_features: b.len() / r1,
+            a,
+            b,
+        }
+    }
+
+    /// Whether `o` has the same rank and shape.
+    pub fn same_shape(&self, o: &LoraPair) -> bool {
+        self.r == o.r && self.in_features == o.in_features && self.out_features == o.out_features
+    }
+}
+
+/// LoRA adapters on the host, in the model's layout: rank, scale (`alpha / r`, or
+/// `alpha / sqrt(r)` with rsLoRA) and per layer one optional pair per entry of [`LINEARS`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lora {
+    pub r: usize,
+    pub scale: f32,
+    pub layers: Vec<[Option<LoraPair>; 7]>,
+}
 
 /// One adapted linear layer on the device.
 pub struct LoraPairGpu {
@@ -144,6 +195,9 @@ impl LoraGpu {
                         let na = self.r * p.n_in;
                         let nb = p.n_out * self.r;
                         out[t] = Some(LoraPair {
+                            r: self.r,
+                            in_features: p.n_in,
+                            out_features: p.n_out,
                             a: flat[p.offset..p.offset + na].to_vec(),
                             b: flat[p.offset + na..p.offset + na + nb].to_vec(),
                         });

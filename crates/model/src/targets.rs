@@ -14,10 +14,18 @@ pub const LINEARS: [&str; 7] = [
     "down_proj",
 ];
 
+/// The parent module of linear `t`: `self_attn` for q/k/v/o, `mlp` for gate/up/down.
+pub fn linear_group(t: usize) -> &'static str {
+    if t < 4 {
+        "self_attn"
+    } else {
+        "mlp"
+    }
+}
+
 /// The module path of linear `t` in layer `i`, e.g. `model.layers.3.self_attn.q_proj`.
 pub fn linear_path(i: usize, t: usize) -> String {
-    let group = if t < 4 { "self_attn" } else { "mlp" };
-    format!("model.layers.{i}.{group}.{}", LINEARS[t])
+    format!("model.layers.{i}.{}.{}", linear_group(t), LINEARS[t])
 }
 
 #[cfg(test)]

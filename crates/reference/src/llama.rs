@@ -42,7 +42,7 @@ pub struct Dims {
     pub vocab: usize,
     /// `rms_norm_eps`.
     pub eps: f32,
-    /// RoPE inverse frequencies `[D/2]` ([`nn::rope_inv_freq`]).
+    /// RoPE inverse frequencies `[D/2]` (transformers' `inv_freq`; the model crate computes it).
     pub inv_freq: Vec<f32>,
 }
 
@@ -141,20 +141,6 @@ fn dropped(x: &[f32], drop: Option<(f32, u64)>) -> std::borrow::Cow<'_, [f32]> {
         Some((p, seed)) => std::borrow::Cow::Owned(nn::dropout_fwd(x, p, seed)),
         None => std::borrow::Cow::Borrowed(x),
     }
-}
-
-/// Shifts Hugging Face labels (aligned with `input_ids`) to per-position targets, as
-/// `LlamaForCausalLM` does: position `t` predicts `labels[t+1]`; the last position of each
-/// sequence gets -100 (ignored).
-pub fn shift_labels(labels: &[i32], b: usize, t: usize) -> Vec<i32> {
-    assert_eq!(labels.len(), b * t, "shift_labels: labels length");
-    let mut out = vec![-100; b * t];
-    for s in 0..b {
-        for i in 0..t.saturating_sub(1) {
-            out[s * t + i] = labels[s * t + i + 1];
-        }
-    }
-    out
 }
 
 /// Positions `0..T` for each of `B` sequences.
@@ -347,7 +333,7 @@ pub fn forward(
     run_forward(d, w, lora, ids, b, t, None, None, None).logits
 }
 
-/// Mean cross-entropy over the non-ignored `targets` (already shifted, see [`shift_labels`]).
+/// Mean cross-entropy over the non-ignored `targets` (already shifted, as the train crate's `shift_labels` does).
 pub fn loss(
     d: &Dims,
     w: &Weights,
@@ -613,19 +599,9 @@ pub fn prompt_inputs(
     x
 }
 
-/// Per-position targets over `P+T` positions from Hugging Face labels `[B, T]` (unshifted), as
-/// PEFT builds them: `-100` for the virtual tokens, then the labels, shifted by [`shift_labels`].
-pub fn prompt_targets(labels: &[i32], b: usize, t: usize, p: usize) -> Vec<i32> {
-    let mut full = Vec::with_capacity(b * (p + t));
-    for s in 0..b {
-        full.extend(std::iter::repeat_n(-100, p));
-        full.extend_from_slice(&labels[s * t..(s + 1) * t]);
-    }
-    shift_labels(&full, b, p + t)
-}
-
 /// Prompt tuning's loss and the gradient of the prompt embeddings `[P, C]` (summed over the batch),
-/// for a frozen model without adapters; `targets` from [`prompt_targets`].
+/// for a frozen model without adapters; `targets` over the `P+T` positions (the train crate's
+/// `prompt_targets`).
 pub fn prompt_loss_and_grad(
     d: &Dims,
     w: &Weights,
@@ -684,7 +660,7 @@ pub fn prefix_forward(
 }
 
 /// Prefix tuning's loss and the gradient of the prefix `[P, L*2*KVD]` (summed over the batch),
-/// for a frozen model without adapters; `targets` per real position (see [`shift_labels`]).
+/// for a frozen model without adapters; `targets` per real position (shifted, as the train crate's `shift_labels` does).
 pub fn prefix_loss_and_grad(
     d: &Dims,
     w: &Weights,

@@ -3,19 +3,41 @@
 //! generation.
 
 use tinytune_gpu::Gpu;
-use tinytune_model::{LlamaModel, LoraGpu, PrefixGpu, PromptGpu};
+use tinytune_model::{LlamaModel, LoraGpu, Peft, PrefixGpu, PromptGpu};
 
-use tinytune_reference::llama::Lora;
-
-use crate::peft::{Adapter, LoraModule, LoraWeights, ADAPTER_CONFIG};
-use crate::prefix::PrefixAdapter;
-use crate::prompt::{peft_type, PromptAdapter};
+use crate::peft::{Lora, LoraAdapter, LoraConfig, LoraModule, LoraWeights, ADAPTER_CONFIG};
+use crate::prefix::{PrefixAdapter, PrefixTuningConfig};
+use crate::prompt::{peft_type, PromptAdapter, PromptTuningConfig};
 use crate::{Result, TrainError};
+
+/// The PEFT method a run trains (`--peft`, the JS `peft`); an adapter's own is
+/// [`crate::PeftAdapter::method`].
+#[derive(Clone, Copy, Debug, serde::Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeftMethod {
+    /// LoRA adapters on the linear layers.
+    Lora,
+    /// Trainable virtual token embeddings (PEFT PROMPT_TUNING).
+    PromptTuning,
+    /// Trainable per-layer key/value prefixes (PEFT PREFIX_TUNING).
+    PrefixTuning,
+}
+
+impl PeftMethod {
+    /// The CLI's `--peft` value (the JS `peft`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PeftMethod::Lora => "lora",
+            PeftMethod::PromptTuning => "prompt-tuning",
+            PeftMethod::PrefixTuning => "prefix-tuning",
+        }
+    }
+}
 
 /// A PEFT adapter of one of the supported methods.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PeftAdapter {
-    Lora(Adapter),
+    Lora(LoraAdapter),
     Prompt(PromptAdapter),
     Prefix(PrefixAdapter),
 }
@@ -34,7 +56,7 @@ impl PeftAdapter {
                 safetensors,
                 dir,
             )?)),
-            Some("LORA") | None => Ok(PeftAdapter::Lora(Adapter::from_bytes(
+            Some("LORA") | None => Ok(PeftAdapter::Lora(LoraAdapter::from_bytes(
                 config_json,
                 safetensors,
                 dir,
@@ -89,23 +111,14 @@ impl PeftAdapter {
     }
 }
 
-impl PeftMethod {
-    /// The CLI's `--peft` value.
-    pub fn name(self) -> &'static str {
-        match self {
-            PeftMethod::Lora => "lora",
-            PeftMethod::PromptTuning => "prompt-tuning",
-            PeftMethod::PrefixTuning => "prefix-tuning",
-        }
-    }
-}
-
-/// An adapter on the device.
+/// An adapter on the device, with the config it is saved with: what generation, evaluation and
+/// a [`crate::Trainer`] run on ([`AdapterGpu::peft`]), and what [`AdapterGpu::download`] turns
+/// back into a [`PeftAdapter`].
 #[allow(clippy::large_enum_variant)] // one per model, never in collections
 pub enum AdapterGpu {
-    Lora(LoraGpu),
-    Prompt(PromptGpu),
-    Prefix(PrefixGpu),
+    Lora(LoraGpu, LoraConfig),
+    Prompt(PromptGpu, PromptTuningConfig),
+    Prefix(PrefixGpu, PrefixTuningConfig),
 }
 
 impl AdapterGpu {
@@ -113,7 +126,9 @@ impl AdapterGpu {
     pub fn upload(gpu: &Gpu, model: &LlamaModel, adapter: &PeftAdapter) -> Result<AdapterGpu> {
         let cfg = &model.config;
         Ok(match adapter {
-            PeftAdapter::Lora(a) => AdapterGpu::Lora(upload_adapter(gpu, model, a)?),
+            PeftAdapter::Lora(a) => {
+                AdapterGpu::Lora(upload_adapter(gpu, model, a)?, a.config.clone())
+            }
             PeftAdapter::Prompt(a) => {
                 if a.config.token_dim != cfg.hidden_size {
                     return Err(TrainError::Config(format!(
@@ -122,69 +137,79 @@ impl AdapterGpu {
                         a.config.token_dim, cfg.hidden_size
                     )));
                 }
-                AdapterGpu::Prompt(PromptGpu::upload(
-                    gpu,
-                    &a.embeddings,
-                    a.config.num_virtual_tokens,
-                    a.config.token_dim,
-                )?)
+                AdapterGpu::Prompt(
+                    PromptGpu::upload(
+                        gpu,
+                        &a.embeddings,
+                        a.config.num_virtual_tokens,
+                        a.config.token_dim,
+                    )?,
+                    a.config.clone(),
+                )
             }
             PeftAdapter::Prefix(a) => {
                 a.config.check_model(cfg)?;
-                AdapterGpu::Prefix(PrefixGpu::upload(
-                    gpu,
-                    cfg,
-                    &a.prefix,
-                    a.config.num_virtual_tokens,
-                )?)
+                AdapterGpu::Prefix(
+                    PrefixGpu::upload(gpu, cfg, &a.prefix, a.config.num_virtual_tokens)?,
+                    a.config.clone(),
+                )
             }
         })
     }
 
-    /// The LoRA adapters, if that is what it is.
-    pub fn lora(&self) -> Option<&LoraGpu> {
+    /// The method and its parameters, as the model's passes take them.
+    pub fn peft(&self) -> Peft<'_> {
         match self {
-            AdapterGpu::Lora(l) => Some(l),
-            _ => None,
+            AdapterGpu::Lora(l, _) => Peft::Lora(l),
+            AdapterGpu::Prompt(p, _) => Peft::Prompt(p),
+            AdapterGpu::Prefix(p, _) => Peft::Prefix(p),
+        }
+    }
+
+    /// The method.
+    pub fn method(&self) -> PeftMethod {
+        match self {
+            AdapterGpu::Lora(..) => PeftMethod::Lora,
+            AdapterGpu::Prompt(..) => PeftMethod::PromptTuning,
+            AdapterGpu::Prefix(..) => PeftMethod::PrefixTuning,
         }
     }
 
     /// How many virtual positions the adapter puts in front of the tokens (0 for LoRA).
     pub fn virtual_tokens(&self) -> usize {
+        self.peft().virtual_tokens()
+    }
+
+    /// Number of trainable parameters (a projected prefix trains its projection).
+    pub fn n_params(&self) -> usize {
         match self {
-            AdapterGpu::Lora(_) => 0,
-            AdapterGpu::Prompt(p) => p.p,
-            AdapterGpu::Prefix(p) => p.p,
+            AdapterGpu::Lora(l, _) => l.n_params,
+            AdapterGpu::Prompt(p, _) => p.p * p.c,
+            AdapterGpu::Prefix(p, _) => p.n_trainable(),
         }
     }
 
-    /// The virtual tokens of a prompt-learning adapter.
-    pub fn soft(&self) -> Option<SoftRef<'_>> {
-        match self {
-            AdapterGpu::Lora(_) => None,
-            AdapterGpu::Prompt(p) => Some(SoftRef::Prompt(p)),
-            AdapterGpu::Prefix(p) => Some(SoftRef::Prefix(p)),
-        }
+    /// Reads the adapter back in PEFT's layout (a prefix projection folded in, as PEFT saves it).
+    pub async fn download(&self, gpu: &Gpu) -> Result<PeftAdapter> {
+        Ok(match self {
+            AdapterGpu::Lora(l, config) => PeftAdapter::Lora(LoraAdapter {
+                config: config.clone(),
+                weights: LoraWeights::from_layers(&l.download(gpu).await?),
+            }),
+            AdapterGpu::Prompt(p, config) => PeftAdapter::Prompt(PromptAdapter {
+                config: config.clone(),
+                embeddings: p.download(gpu).await?,
+            }),
+            AdapterGpu::Prefix(p, config) => PeftAdapter::Prefix(PrefixAdapter {
+                config: config.clone(),
+                prefix: p.download(gpu).await?,
+            }),
+        })
     }
-}
-
-/// The PEFT method a run trains.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PeftMethod {
-    Lora,
-    PromptTuning,
-    PrefixTuning,
-}
-
-/// A prompt-learning method's parameters on the device, for [`crate::trainer::loss_sum`].
-#[derive(Clone, Copy)]
-pub enum SoftRef<'a> {
-    Prompt(&'a PromptGpu),
-    Prefix(&'a PrefixGpu),
 }
 
 /// Uploads a PEFT adapter for inference or training.
-pub fn upload_adapter(gpu: &Gpu, model: &LlamaModel, adapter: &Adapter) -> Result<LoraGpu> {
+pub fn upload_adapter(gpu: &Gpu, model: &LlamaModel, adapter: &LoraAdapter) -> Result<LoraGpu> {
     let lora = host_lora(model, &adapter.weights, adapter.config.scale())?;
     Ok(LoraGpu::upload(gpu, model, &lora)?)
 }

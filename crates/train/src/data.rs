@@ -49,6 +49,32 @@ use crate::{Result, TrainError};
 /// Label of positions that carry no loss (PyTorch's `CrossEntropyLoss(ignore_index=-100)`).
 pub const IGNORE_INDEX: i32 = -100;
 
+/// Shifts Hugging Face labels (aligned with `input_ids`, `[B, T]`) to per-position targets, as
+/// `LlamaForCausalLM` does: position `t` predicts `labels[t+1]`; the last position of each
+/// sequence gets [`IGNORE_INDEX`].
+pub fn shift_labels(labels: &[i32], b: usize, t: usize) -> Vec<i32> {
+    assert_eq!(labels.len(), b * t, "shift_labels: labels length");
+    let mut out = vec![IGNORE_INDEX; b * t];
+    for s in 0..b {
+        for i in 0..t.saturating_sub(1) {
+            out[s * t + i] = labels[s * t + i + 1];
+        }
+    }
+    out
+}
+
+/// Per-position targets over `P+T` positions from Hugging Face labels `[B, T]` (unshifted), as
+/// PEFT builds them for prompt tuning: [`IGNORE_INDEX`] for the `P` virtual tokens, then the
+/// labels, shifted by [`shift_labels`] (so the last virtual position predicts the first label).
+pub fn prompt_targets(labels: &[i32], b: usize, t: usize, p: usize) -> Vec<i32> {
+    let mut full = Vec::with_capacity(b * (p + t));
+    for s in 0..b {
+        full.extend(std::iter::repeat_n(IGNORE_INDEX, p));
+        full.extend_from_slice(&labels[s * t..(s + 1) * t]);
+    }
+    shift_labels(&full, b, p + t)
+}
+
 /// One training example, exactly `seq_len` long.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Example {

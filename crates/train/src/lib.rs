@@ -36,7 +36,7 @@ pub mod session;
 pub mod tokenize;
 pub mod trainer;
 
-pub use adapters::{upload_adapter, AdapterGpu, PeftAdapter, PeftMethod, SoftRef};
+pub use adapters::{upload_adapter, AdapterGpu, PeftAdapter, PeftMethod};
 pub use chat::{ChatMessage, ChatTemplate, RenderedChat};
 pub use checkpoint::{Checkpoint, Moments, OptimizerState, TrainerState};
 pub use config::{
@@ -44,16 +44,18 @@ pub use config::{
     LoraHyper, TrainConfig,
 };
 pub use data::{
-    collate, split_eval, Batch, BatchIter, BatchPlan, DataConfig, DataPosition, DataStats, Dataset,
-    EvalSplit, Example, Stop, TextSplit, IGNORE_INDEX,
+    collate, prompt_targets, shift_labels, split_eval, Batch, BatchIter, BatchPlan, DataConfig,
+    DataPosition, DataStats, Dataset, EvalSplit, Example, Stop, TextSplit, IGNORE_INDEX,
 };
 pub use metrics::{MetricsRecord, MetricsWriter};
 pub use model_tok::ModelTokenizer;
 pub use options::{
-    parse_gen_options, parse_train_options, GenOptions, Layers, Names, NumOrText, Peft, PromptInit,
+    parse_gen_options, parse_train_options, GenOptions, Layers, Names, NumOrText, PromptInit,
     QuantOption, TrainOptions,
 };
-pub use peft::{Adapter, LoraConfig, LoraKey, LoraModule, LoraPair, LoraWeights, TargetModules};
+pub use peft::{
+    LoraAdapter, LoraConfig, LoraKey, LoraModule, LoraPair, LoraWeights, TargetModules,
+};
 pub use prefix::{PrefixAdapter, PrefixTuningConfig};
 pub use prompt::{peft_type, PromptAdapter, PromptTuningConfig};
 pub use rng::Rng;

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use tinytune_model::safetensors::{header_json, header_prefix, StEntry};
 use tinytune_model::{FloatDtype, ModelError, ModelSource, SourceFormat};
 
-use crate::peft::{Adapter, LoraPair};
+use crate::peft::{LoraAdapter, LoraPair};
 use crate::{Result, TrainError};
 
 /// An adapter that does not fit the model: the message says which module and how.
@@ -35,7 +35,7 @@ pub struct Misfit(pub String);
 /// (`<module path>.weight`); errors when a module is missing or has another shape.
 pub fn adapted_weights<'a>(
     src: &ModelSource,
-    adapter: &'a Adapter,
+    adapter: &'a LoraAdapter,
 ) -> std::result::Result<HashMap<String, &'a LoraPair>, Misfit> {
     let mut pairs = HashMap::new();
     for (key, pair) in &adapter.weights.pairs {
@@ -80,7 +80,7 @@ impl<'a> MergePlan<'a> {
     /// written as `dtype`.
     pub fn new(
         src: &ModelSource,
-        adapter: &'a Adapter,
+        adapter: &'a LoraAdapter,
         pairs: HashMap<String, &'a LoraPair>,
         dtype: FloatDtype,
     ) -> Result<MergePlan<'a>> {

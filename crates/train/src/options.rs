@@ -98,29 +98,6 @@ impl FromStr for Layers {
     }
 }
 
-/// `--peft`: what a run trains.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Peft {
-    /// LoRA adapters on the linear layers.
-    Lora,
-    /// Trainable virtual token embeddings (PEFT PROMPT_TUNING).
-    PromptTuning,
-    /// Trainable per-layer key/value prefixes (PEFT PREFIX_TUNING).
-    PrefixTuning,
-}
-
-impl Peft {
-    /// The trainer's method.
-    pub fn method(self) -> PeftMethod {
-        match self {
-            Peft::Lora => PeftMethod::Lora,
-            Peft::PromptTuning => PeftMethod::PromptTuning,
-            Peft::PrefixTuning => PeftMethod::PrefixTuning,
-        }
-    }
-}
-
 /// Prompt and prefix tuning's initialisation.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -189,7 +166,7 @@ pub struct TrainOptions {
     /// prefix-tuning (PEFT's PREFIX_TUNING: --num-virtual-tokens trainable key/value rows in front
     /// of every layer's attention).
     #[arg(long, value_enum, default_value_t = defaults().peft)]
-    pub peft: Peft,
+    pub peft: PeftMethod,
     /// Prompt and prefix tuning: number of virtual tokens.
     #[arg(long, default_value_t = defaults().num_virtual_tokens)]
     pub num_virtual_tokens: usize,
@@ -296,7 +273,7 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
-            peft: Peft::Lora,
+            peft: PeftMethod::Lora,
             num_virtual_tokens: 20,
             prompt_tuning_init: PromptInit::Random,
             prompt_tuning_init_text: None,
@@ -416,7 +393,7 @@ impl TrainOptions {
             PromptInit::Text => VirtualInit::Text(text.clone()),
         };
         Start::fresh(
-            self.peft.method(),
+            self.peft,
             self.num_virtual_tokens,
             &init(self.prompt_tuning_init, &self.prompt_tuning_init_text),
             &init(self.prefix_tuning_init, &self.prefix_tuning_init_text),
@@ -460,7 +437,7 @@ impl TrainOptions {
                 return Err(format!("{name} must be at least 1"));
             }
         }
-        if self.peft == Peft::Lora && self.lora_r == 0 && !from_adapter {
+        if self.peft == PeftMethod::Lora && self.lora_r == 0 && !from_adapter {
             return Err("lora_r must be at least 1".into());
         }
         if self.num_steps == Some(0) || self.epochs == Some(0) {

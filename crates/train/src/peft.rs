@@ -29,7 +29,8 @@ pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 /// The PEFT release whose `adapter_config.json` field set this writer reproduces (written as
 /// `peft_version`, which PEFT only records).
-use tinytune_reference::llama::{Lora as RefLora, LoraPair as RefPair};
+pub use tinytune_model::lora::{Lora, LoraPair};
+use tinytune_model::targets::{linear_group, LINEARS};
 
 pub const PEFT_FORMAT_VERSION: &str = "0.21.2";
 /// Decoded tensors by name: (shape, values as f32).
@@ -69,25 +70,14 @@ impl LoraModule {
         LoraModule::Down,
     ];
 
-    /// The Hugging Face module name (`"q_proj"`...).
+    /// The Hugging Face module name (`"q_proj"`...), from the model's one list of projections.
     pub fn name(self) -> &'static str {
-        match self {
-            LoraModule::Q => "q_proj",
-            LoraModule::K => "k_proj",
-            LoraModule::V => "v_proj",
-            LoraModule::O => "o_proj",
-            LoraModule::Gate => "gate_proj",
-            LoraModule::Up => "up_proj",
-            LoraModule::Down => "down_proj",
-        }
+        LINEARS[self.index() as usize]
     }
 
     /// The parent module (`"self_attn"` or `"mlp"`).
     pub fn parent(self) -> &'static str {
-        match self {
-            LoraModule::Q | LoraModule::K | LoraModule::V | LoraModule::O => "self_attn",
-            _ => "mlp",
-        }
+        linear_group(self.index() as usize)
     }
 
     /// Parses a module name (`"q_proj"`...).
@@ -95,8 +85,9 @@ impl LoraModule {
         LoraModule::ALL.into_iter().find(|m| m.name() == name)
     }
 
-    fn index(self) -> u64 {
-        LoraModule::ALL.iter().position(|&m| m == self).unwrap_or(0) as u64
+    /// The index in [`LoraModule::ALL`] and [`LINEARS`] (the enum's declaration order).
+    pub(crate) fn index(self) -> u64 {
+        self as u64
     }
 }
 
@@ -146,35 +137,6 @@ impl LoraKey {
             _ => return None,
         };
         Some((LoraKey { layer, module }, which))
-    }
-}
-
-/// The A and B matrices of one adapted projection, row-major f32.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LoraPair {
-    pub r: usize,
-    pub in_features: usize,
-    pub out_features: usize,
-    /// `[r, in_features]`.
-    pub a: Vec<f32>,
-    /// `[out_features, r]`.
-    pub b: Vec<f32>,
-}
-
-impl LoraPair {
-    /// All-zero A and B.
-    pub fn zeros(r: usize, in_features: usize, out_features: usize) -> LoraPair {
-        LoraPair {
-            r,
-            in_features,
-            out_features,
-            a: vec![0.0; r * in_features],
-            b: vec![0.0; out_features * r],
-        }
-    }
-
-    fn same_shape(&self, o: &LoraPair) -> bool {
-        self.r == o.r && self.in_features == o.in_features && self.out_features == o.out_features
     }
 }
 
@@ -238,11 +200,11 @@ impl LoraWeights {
                 .all(|((ka, a), (kb, b))| ka == kb && a.same_shape(b))
     }
 
-    /// The model's host form ([`tinytune_reference::llama::Lora`]: per layer one optional pair per
-    /// projection, in [`LoraModule::ALL`] order) for a model of `n_layers` layers.
-    pub fn to_layers(&self, n_layers: usize, scale: f32) -> Result<RefLora> {
+    /// The model's host form ([`Lora`]: per layer one optional pair per projection, in
+    /// [`LoraModule::ALL`] order) for a model of `n_layers` layers.
+    pub fn to_layers(&self, n_layers: usize, scale: f32) -> Result<Lora> {
         let r = self.pairs.values().next().map_or(0, |p| p.r);
-        let mut layers: Vec<[Option<RefPair>; 7]> =
+        let mut layers: Vec<[Option<LoraPair>; 7]> =
             (0..n_layers).map(|_| Default::default()).collect();
         for (k, p) in &self.pairs {
             if p.r != r {
@@ -258,34 +220,22 @@ impl LoraWeights {
                     k.layer
                 ))
             })?;
-            slot[k.module.index() as usize] = Some(RefPair {
-                a: p.a.clone(),
-                b: p.b.clone(),
-            });
+            slot[k.module.index() as usize] = Some(p.clone());
         }
-        Ok(RefLora { r, scale, layers })
+        Ok(Lora { r, scale, layers })
     }
 
-    /// From the model's host form; `shapes(layer, module) = (in, out)` of each projection.
-    pub fn from_layers(lora: &RefLora) -> LoraWeights {
+    /// From the model's host form.
+    pub fn from_layers(lora: &Lora) -> LoraWeights {
         let mut pairs = BTreeMap::new();
         for (layer, l) in lora.layers.iter().enumerate() {
             for (t, p) in l.iter().enumerate() {
                 if let Some(p) = p {
-                    let r = lora.r.max(1);
-                    pairs.insert(
-                        LoraKey {
-                            layer,
-                            module: LoraModule::ALL[t],
-                        },
-                        LoraPair {
-                            r: lora.r,
-                            in_features: p.a.len() / r,
-                            out_features: p.b.len() / r,
-                            a: p.a.clone(),
-                            b: p.b.clone(),
-                        },
-                    );
+                    let key = LoraKey {
+                        layer,
+                        module: LoraModule::ALL[t],
+                    };
+                    pairs.insert(key, LoraPair::new(lora.r, p.a.clone(), p.b.clone()));
                 }
             }
         }
@@ -820,12 +770,12 @@ impl LoraConfig {
 
 /// A LoRA adapter: config and weights.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Adapter {
+pub struct LoraAdapter {
     pub config: LoraConfig,
     pub weights: LoraWeights,
 }
 
-impl Adapter {
+impl LoraAdapter {
     /// The two files of a PEFT adapter directory: ([`ADAPTER_CONFIG`], json), ([`ADAPTER_WEIGHTS`],
     /// safetensors). Errors if a weight's rank differs from `config.r`.
     pub fn to_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
@@ -853,7 +803,7 @@ impl Adapter {
 
     /// Parses the two files of an adapter (`dir` only names them in errors). Checks that every
     /// tensor belongs to a module the config targets (when decidable) and has rank `r`.
-    pub fn from_bytes(config_json: &[u8], safetensors: &[u8], dir: &str) -> Result<Adapter> {
+    pub fn from_bytes(config_json: &[u8], safetensors: &[u8], dir: &str) -> Result<LoraAdapter> {
         let cfg_file = format!("{dir}/{ADAPTER_CONFIG}");
         let st_file = format!("{dir}/{ADAPTER_WEIGHTS}");
         let text = std::str::from_utf8(config_json).map_err(|e| TrainError::Adapter {
@@ -879,7 +829,7 @@ impl Adapter {
                 });
             }
         }
-        Ok(Adapter { config, weights })
+        Ok(LoraAdapter { config, weights })
     }
 
     /// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (created if
@@ -896,7 +846,7 @@ impl Adapter {
     /// Reads a PEFT adapter directory (native only). A directory with only a pickled
     /// `adapter_model.bin` is an error (unsupported format).
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn load(dir: &std::path::Path) -> Result<Adapter> {
+    pub fn load(dir: &std::path::Path) -> Result<LoraAdapter> {
         let st = dir.join(ADAPTER_WEIGHTS);
         if !st.exists() && dir.join("adapter_model.bin").exists() {
             return Err(TrainError::Adapter {
@@ -908,6 +858,6 @@ impl Adapter {
         }
         let cfg = crate::fsio::read(&dir.join(ADAPTER_CONFIG))?;
         let weights = crate::fsio::read(&st)?;
-        Adapter::from_bytes(&cfg, &weights, &dir.display().to_string())
+        LoraAdapter::from_bytes(&cfg, &weights, &dir.display().to_string())
     }
 }

@@ -70,7 +70,7 @@ pub fn plan_run(
         }),
         RunFrom::Adapter { adapter, name } => {
             let method = adapter.method();
-            if method != opts.peft.method() {
+            if method != opts.peft {
                 return Err(format!(
                     "{name} is a {m} adapter: pass --peft {m} (\"peft\": \"{m}\" in the JS API)",
                     m = method.name()
@@ -273,13 +273,8 @@ impl<'a> GenerateSession<'a> {
         sampling.validate().map_err(|e| e.to_string())?;
         let virt = adapter.map_or(0, AdapterGpu::virtual_tokens);
         let max_len = kv_length(&model.config, ids.len(), virt, opts)?;
-        let lora = adapter.and_then(AdapterGpu::lora);
-        let mut dec = KvDecoder::new(gpu, model, lora, max_len).map_err(|e| e.to_string())?;
-        match adapter {
-            Some(AdapterGpu::Prompt(pg)) => dec = dec.with_prompt(pg).map_err(|e| e.to_string())?,
-            Some(AdapterGpu::Prefix(pf)) => dec = dec.with_prefix(pf).map_err(|e| e.to_string())?,
-            _ => {}
-        }
+        let dec = KvDecoder::new(gpu, model, adapter.map(AdapterGpu::peft), max_len)
+            .map_err(|e| e.to_string())?;
         Ok(GenerateSession {
             dec,
             ids,

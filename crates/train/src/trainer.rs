@@ -14,17 +14,17 @@
 use tinytune_gpu::ops::optim::{self, AdamW};
 use tinytune_gpu::{Gpu, GpuBuffer};
 use tinytune_model::llama::LoraDropout;
-use tinytune_model::{f32_bytes, LlamaModel, LoraGpu, PrefixGpu, PromptGpu, Workspace};
-use tinytune_reference::llama::{prompt_targets, shift_labels, Lora};
+use tinytune_model::{f32_bytes, LlamaModel, LoraGpu, Mode, Peft, PrefixGpu, PromptGpu, Workspace};
 
-use crate::adapters::{host_lora, AdapterGpu, PeftAdapter, PeftMethod, SoftRef};
+use crate::adapters::{host_lora, AdapterGpu, PeftAdapter, PeftMethod};
 use crate::checkpoint::{Checkpoint, Moments, OptimizerState, TrainerState, CHECKPOINT_VERSION};
 use crate::config::{check_layers, TrainConfig};
 use crate::data::{
-    collate, split_eval, BatchIter, BatchPlan, DataPosition, Dataset, Example, Stop,
+    collate, prompt_targets, shift_labels, split_eval, BatchIter, BatchPlan, DataPosition, Dataset,
+    Example, Stop,
 };
 use crate::metrics::MetricsRecord;
-use crate::peft::{Adapter, LoraConfig, LoraKey, LoraModule, LoraWeights};
+use crate::peft::{LoraAdapter, LoraKey, LoraModule, LoraWeights};
 use crate::prefix::{PrefixAdapter, PrefixTuningConfig};
 use crate::prompt::{PromptAdapter, PromptTuningConfig};
 use crate::rng::Rng;
@@ -37,7 +37,7 @@ pub enum Start {
     Fresh,
     /// From an existing adapter's weights (`train --adapter DIR`); its config (rank, alpha,
     /// targets, rsLoRA) replaces the run's LoRA settings.
-    Adapter(Adapter),
+    Adapter(LoraAdapter),
     /// Continue a checkpointed run: same adapter, optimizer state, data order and step count.
     Resume(Box<Checkpoint>),
     /// Prompt tuning (PEFT `PROMPT_TUNING`) instead of LoRA.
@@ -154,43 +154,6 @@ impl Start {
     }
 }
 
-/// The trainable virtual tokens of a prompt-learning run, with the config they are saved with.
-enum Soft {
-    Prompt(PromptGpu, PromptTuningConfig),
-    Prefix(PrefixGpu, PrefixTuningConfig),
-}
-
-impl Soft {
-    fn as_ref(&self) -> SoftRef<'_> {
-        match self {
-            Soft::Prompt(pg, _) => SoftRef::Prompt(pg),
-            Soft::Prefix(pf, _) => SoftRef::Prefix(pf),
-        }
-    }
-
-    /// The trainable parameters and their gradient (the optimizer updates them in place).
-    fn params_grads(&self) -> (&GpuBuffer, &GpuBuffer) {
-        match self {
-            Soft::Prompt(pg, _) => (&pg.emb, &pg.grad),
-            Soft::Prefix(pf, _) => pf.trainable(),
-        }
-    }
-
-    fn n_params(&self) -> usize {
-        match self {
-            Soft::Prompt(pg, _) => pg.p * pg.c,
-            Soft::Prefix(pf, _) => pf.n_trainable(),
-        }
-    }
-
-    fn zero_grad(&self, enc: &mut tinytune_gpu::Encoder) {
-        match self {
-            Soft::Prompt(pg, _) => pg.zero_grad(enc),
-            Soft::Prefix(pf, _) => pf.zero_grad(enc),
-        }
-    }
-}
-
 /// `N(0, 1)` draws (Box-Muller) from the run's seed, as `nn.Embedding` initialises.
 fn normal_init(seed: u64, stream: u64, n: usize) -> Vec<f32> {
     let mut rng = Rng::stream(seed, stream);
@@ -240,11 +203,8 @@ pub struct Trainer<'g> {
     gpu: &'g Gpu,
     model: &'g LlamaModel,
     pub config: TrainConfig,
-    pub lora_config: LoraConfig,
-    lora: LoraGpu,
-    /// Prompt or prefix tuning: the trained virtual tokens (and the config they are saved with);
-    /// `lora` then has no pairs.
-    soft: Option<Soft>,
+    /// What the run trains (LoRA pairs, a prompt or a prefix) with the config it is saved with.
+    adapter: AdapterGpu,
     ws: Workspace,
     flat: Flat,
     pub state: TrainerState,
@@ -457,6 +417,17 @@ pub struct ModelBatch {
     pub labels: Vec<i32>,
 }
 
+impl ModelBatch {
+    /// The targets of a pass with `peft`: one per row the model runs, so over the virtual and
+    /// the real positions for prompt tuning, as PEFT builds them.
+    pub fn targets_for(&self, peft: Peft<'_>) -> Vec<i32> {
+        match peft.prompt() {
+            Some(pg) => prompt_targets(&self.labels, self.rows, self.t, pg.p),
+            None => self.targets.clone(),
+        }
+    }
+}
+
 /// The examples `indices` as a [`ModelBatch`].
 pub fn trimmed(examples: &[Example], indices: &[usize]) -> Result<ModelBatch> {
     let b = collate(examples, indices)?;
@@ -632,56 +603,61 @@ impl<'g> Trainer<'g> {
                 config.lora.dropout
             )));
         }
-        let host = if soft_start.is_some() {
-            // No LoRA pairs: the virtual tokens are the trainable parameters.
-            Lora {
-                r: 1,
-                scale: 0.0,
-                layers: (0..model.layers.len())
-                    .map(|_| Default::default())
-                    .collect(),
-            }
-        } else {
-            host_lora(model, &weights, lora_config.scale())?
-        };
-        let lora = LoraGpu::upload(gpu, model, &host)?;
-        let soft = match soft_start {
+        let adapter = match soft_start {
             Some(Start::Prompt(ps)) => {
                 let (pg, pc) = init_prompt(gpu, model, &config, ps)?;
-                Some(Soft::Prompt(pg, pc))
+                AdapterGpu::Prompt(pg, pc)
             }
             Some(Start::Prefix(ps)) => {
                 let (pf, pc) = init_prefix(gpu, model, &config, ps)?;
-                Some(Soft::Prefix(pf, pc))
+                AdapterGpu::Prefix(pf, pc)
             }
-            _ => None,
+            _ => {
+                let host = host_lora(model, &weights, lora_config.scale())?;
+                AdapterGpu::Lora(LoraGpu::upload(gpu, model, &host)?, lora_config)
+            }
         };
-        let n = soft.as_ref().map_or(lora.n_params, Soft::n_params);
+        let n = adapter.n_params();
         if n == 0 {
             return Err(cfg_err("the adapter has no trainable parameters"));
         }
+        // Prompt learning updates the virtual tokens' buffers in place; LoRA's pairs are copied
+        // to and from one flat buffer.
+        let (params, grads) = match &adapter {
+            AdapterGpu::Lora(..) => (
+                gpu.alloc("lora.params", f32_bytes(&[n]))?,
+                gpu.alloc("lora.grads", f32_bytes(&[n]))?,
+            ),
+            AdapterGpu::Prompt(pg, _) => (pg.emb.clone(), pg.grad.clone()),
+            AdapterGpu::Prefix(pf, _) => {
+                let (p, g) = pf.trainable();
+                (p.clone(), g.clone())
+            }
+        };
         let flat = Flat {
-            // Prompt learning updates the virtual tokens' buffers in place.
-            params: match &soft {
-                Some(s) => s.params_grads().0.clone(),
-                None => gpu.alloc("lora.params", f32_bytes(&[n]))?,
-            },
-            grads: match &soft {
-                Some(s) => s.params_grads().1.clone(),
-                None => gpu.alloc("lora.grads", f32_bytes(&[n]))?,
-            },
+            params,
+            grads,
             m: gpu.alloc("adam.exp_avg", f32_bytes(&[n]))?,
             v: gpu.alloc("adam.exp_avg_sq", f32_bytes(&[n]))?,
             norm: gpu.alloc("grad_norm", 4)?,
         };
-        let mut enc = gpu.encoder();
-        lora.copy_params_to(&mut enc, &flat.params)?;
-        enc.submit();
+        if let AdapterGpu::Lora(lora, _) = &adapter {
+            let mut enc = gpu.encoder();
+            lora.copy_params_to(&mut enc, &flat.params)?;
+            enc.submit();
+        }
         if let Some(o) = &opt {
             for (moment, buf) in [(&o.m, &flat.m), (&o.v, &flat.v)] {
-                let values = match moment {
-                    Moments::Lora(w) => lora.flatten(&host_lora(model, w, 1.0)?)?,
-                    Moments::Embeddings(_, v) => v.clone(),
+                let values = match (moment, &adapter) {
+                    (Moments::Lora(w), AdapterGpu::Lora(lora, _)) => {
+                        lora.flatten(&host_lora(model, w, 1.0)?)?
+                    }
+                    (Moments::Embeddings(_, v), _) => v.clone(),
+                    (Moments::Lora(_), _) => {
+                        return Err(cfg_err(
+                            "the checkpoint's optimizer state is LoRA's, its adapter is not",
+                        ))
+                    }
                 };
                 if values.len() != n {
                     return Err(cfg_err(format!(
@@ -744,27 +720,25 @@ impl<'g> Trainer<'g> {
             },
         };
         let batches = plan.iter(state.position, state.global_step * ga, micro_stop)?;
-        let virt_rows = match &soft {
-            Some(Soft::Prompt(pg, _)) => pg.p,
-            _ => 0,
-        };
-        let rows = config.batch_size * (seq_len + virt_rows);
-        let mut ws = if config.gradient_checkpointing {
-            Workspace::checkpointed(gpu, model, Some(&lora), rows)?
+        let mode = if config.gradient_checkpointing {
+            Mode::Checkpointed
         } else {
-            Workspace::new(gpu, model, Some(&lora), rows, true)?
+            Mode::Training
         };
-        if let Some(Soft::Prefix(pf, _)) = &soft {
-            ws = ws.with_prefix(gpu, pf, config.batch_size)?;
-        }
+        let ws = Workspace::for_batch(
+            gpu,
+            model,
+            Some(adapter.peft()),
+            config.batch_size,
+            seq_len,
+            mode,
+        )?;
         let t0 = clock() - state.elapsed_s;
         Ok(Trainer {
             gpu,
             model,
             config,
-            lora_config,
-            lora,
-            soft,
+            adapter,
             ws,
             flat,
             state,
@@ -794,27 +768,17 @@ impl<'g> Trainer<'g> {
 
     /// Number of trainable parameters.
     pub fn n_params(&self) -> usize {
-        self.soft
-            .as_ref()
-            .map_or(self.lora.n_params, Soft::n_params)
+        self.adapter.n_params()
     }
 
     /// Virtual tokens of a prompt- or prefix-tuning run (0 for LoRA).
     pub fn virtual_tokens(&self) -> usize {
-        match &self.soft {
-            None => 0,
-            Some(Soft::Prompt(pg, _)) => pg.p,
-            Some(Soft::Prefix(pf, _)) => pf.p,
-        }
+        self.adapter.virtual_tokens()
     }
 
     /// The PEFT method this run trains.
     pub fn method(&self) -> PeftMethod {
-        match &self.soft {
-            None => PeftMethod::Lora,
-            Some(Soft::Prompt(..)) => PeftMethod::PromptTuning,
-            Some(Soft::Prefix(..)) => PeftMethod::PrefixTuning,
-        }
+        self.adapter.method()
     }
 
     /// Training and eval example counts.
@@ -822,9 +786,14 @@ impl<'g> Trainer<'g> {
         (self.train.len(), self.eval.len())
     }
 
-    /// The adapters on the device (for generation during or after training).
-    pub fn lora(&self) -> &LoraGpu {
-        &self.lora
+    /// The adapter on the device (for generation during or after training).
+    pub fn adapter_gpu(&self) -> &AdapterGpu {
+        &self.adapter
+    }
+
+    /// The adapter on the device, when the run is over.
+    pub fn into_adapter(self) -> AdapterGpu {
+        self.adapter
     }
 
     /// Runs one optimizer step; `None` when the run is over.
@@ -841,69 +810,33 @@ impl<'g> Trainer<'g> {
         if micro.is_empty() {
             return Ok(None);
         }
-        // Prompt tuning: targets over the virtual + real positions, as PEFT builds them.
-        let virt = match &self.soft {
-            Some(Soft::Prompt(pg, _)) => pg.p,
-            _ => 0,
-        };
-        let targets: Vec<Vec<i32>> = micro
-            .iter()
-            .map(|mb| match &self.soft {
-                Some(Soft::Prompt(..)) => prompt_targets(&mb.labels, mb.rows, mb.t, virt),
-                _ => mb.targets.clone(),
-            })
-            .collect();
+        let peft = self.adapter.peft();
+        let targets: Vec<Vec<i32>> = micro.iter().map(|mb| mb.targets_for(peft)).collect();
         let total: usize = targets.iter().map(|t| count_targets(t, v)).sum();
         let scale = 1.0 / total.max(1) as f32;
         let mut enc = gpu.encoder();
-        self.lora.zero_grads(&mut enc);
-        if let Some(s) = &self.soft {
-            s.zero_grad(&mut enc);
+        match &self.adapter {
+            AdapterGpu::Lora(lora, _) => lora.zero_grads(&mut enc),
+            AdapterGpu::Prompt(pg, _) => pg.zero_grad(&mut enc),
+            AdapterGpu::Prefix(pf, _) => pf.zero_grad(&mut enc),
         }
         enc.submit();
         let mut loss_sum = 0.0;
         let mut tokens = 0u64;
         let p = self.config.lora.dropout as f32;
         for (mb, tg) in micro.iter().zip(&targets) {
-            match &self.soft {
-                Some(Soft::Prompt(pg, _)) => {
-                    self.model.forward_backward_prompt(
-                        gpu, &self.ws, pg, &mb.ids, tg, mb.rows, mb.t, scale,
-                    )?;
-                    loss_sum += self.ws.loss_sum(gpu, mb.rows * (mb.t + virt)).await?;
-                    tokens += mb.n_tokens as u64;
-                    continue;
-                }
-                Some(Soft::Prefix(pf, _)) => {
-                    self.model.forward_backward_prefix(
-                        gpu, &self.ws, pf, &mb.ids, tg, mb.rows, mb.t, scale,
-                    )?;
-                    loss_sum += self.ws.loss_sum(gpu, mb.rows * mb.t).await?;
-                    tokens += mb.n_tokens as u64;
-                    continue;
-                }
-                None => {}
-            }
             // One mask seed per micro-batch from the trainer's RNG (saved in checkpoints, so a
-            // resumed run draws the same masks).
-            let dropout = (p > 0.0).then(|| {
+            // resumed run draws the same masks); only LoRA has dropout.
+            let dropout = (p > 0.0 && matches!(peft, Peft::Lora(_))).then(|| {
                 let mut rng = Rng::from_state(self.state.rng_state);
                 let seed = rng.next_u64();
                 self.state.rng_state = rng.state();
                 LoraDropout { p, seed }
             });
-            self.model.forward_backward(
-                gpu,
-                &self.ws,
-                &self.lora,
-                &mb.ids,
-                &mb.targets,
-                mb.rows,
-                mb.t,
-                scale,
-                dropout,
+            let rows = self.model.forward_backward(
+                gpu, &self.ws, peft, &mb.ids, tg, mb.rows, mb.t, scale, dropout,
             )?;
-            loss_sum += self.ws.loss_sum(gpu, mb.rows * mb.t).await?;
+            loss_sum += self.ws.loss_sum(gpu, rows).await?;
             tokens += mb.n_tokens as u64;
         }
         let step = self.state.global_step + 1;
@@ -918,9 +851,10 @@ impl<'g> Trainer<'g> {
         let n = self.n_params();
         let f = &self.flat;
         let mut enc = gpu.encoder();
-        self.lora.copy_grads_to(&mut enc, &f.grads)?;
-        if let Some(Soft::Prefix(pf, _)) = &self.soft {
-            pf.backprop_projection(&mut enc)?;
+        match &self.adapter {
+            AdapterGpu::Lora(lora, _) => lora.copy_grads_to(&mut enc, &f.grads)?,
+            AdapterGpu::Prefix(pf, _) => pf.backprop_projection(&mut enc)?,
+            AdapterGpu::Prompt(..) => {}
         }
         optim::grad_norm(&mut enc, &f.grads, n, &f.norm)?;
         let clip = (self.config.max_grad_norm > 0.0)
@@ -936,11 +870,12 @@ impl<'g> Trainer<'g> {
             &cfg,
             clip,
         )?;
-        self.lora.copy_params_from(&mut enc, &f.params)?;
-        // A projected prefix follows its parameters right where they change (the upload made
-        // the first one), so steps, evaluation and saving all see the current prefix.
-        if let Some(Soft::Prefix(pf, _)) = &self.soft {
-            pf.refresh(&mut enc)?;
+        match &self.adapter {
+            AdapterGpu::Lora(lora, _) => lora.copy_params_from(&mut enc, &f.params)?,
+            // A projected prefix follows its parameters right where they change (the upload made
+            // the first one), so steps, evaluation and saving all see the current prefix.
+            AdapterGpu::Prefix(pf, _) => pf.refresh(&mut enc)?,
+            AdapterGpu::Prompt(..) => {}
         }
         enc.submit();
         let grad_norm = gpu.read::<f32>(&f.norm).await?[0] as f64;
@@ -988,8 +923,7 @@ impl<'g> Trainer<'g> {
             self.gpu,
             self.model,
             &self.ws,
-            Some(&self.lora),
-            self.soft.as_ref().map(Soft::as_ref),
+            Some(self.adapter.peft()),
             examples,
             self.config.batch_size,
         )
@@ -998,40 +932,16 @@ impl<'g> Trainer<'g> {
     }
 
     async fn read_weights(&self, buf: &GpuBuffer) -> Result<LoraWeights> {
+        let AdapterGpu::Lora(lora, _) = &self.adapter else {
+            return Err(cfg_err("this run does not train LoRA"));
+        };
         let flat = self.gpu.read::<f32>(buf).await?;
-        Ok(LoraWeights::from_layers(&self.lora.unflatten(&flat)?))
+        Ok(LoraWeights::from_layers(&lora.unflatten(&flat)?))
     }
 
-    /// The current prompt-tuning adapter in PEFT's layout (prompt-tuning runs only).
-    pub async fn prompt_adapter(&self) -> Result<PromptAdapter> {
-        match &self.soft {
-            Some(Soft::Prompt(pg, cfg)) => Ok(PromptAdapter {
-                config: cfg.clone(),
-                embeddings: pg.download(self.gpu).await?,
-            }),
-            _ => Err(cfg_err("this run does not train a prompt (prompt tuning)")),
-        }
-    }
-
-    /// The current prefix-tuning adapter in PEFT's layout (prefix-tuning runs only).
-    pub async fn prefix_adapter(&self) -> Result<PrefixAdapter> {
-        match &self.soft {
-            // A projection is folded in, as PEFT saves it (the prefix follows the parameters).
-            Some(Soft::Prefix(pf, cfg)) => Ok(PrefixAdapter {
-                config: cfg.clone(),
-                prefix: pf.download(self.gpu).await?,
-            }),
-            _ => Err(cfg_err("this run does not train a prefix (prefix tuning)")),
-        }
-    }
-
-    /// The current adapter, whatever the method.
+    /// The current adapter in PEFT's layout, whatever the method.
     pub async fn peft_adapter(&self) -> Result<PeftAdapter> {
-        Ok(match self.method() {
-            PeftMethod::Lora => PeftAdapter::Lora(self.adapter().await?),
-            PeftMethod::PromptTuning => PeftAdapter::Prompt(self.prompt_adapter().await?),
-            PeftMethod::PrefixTuning => PeftAdapter::Prefix(self.prefix_adapter().await?),
-        })
+        self.adapter.download(self.gpu).await
     }
 
     /// The current adapter's PEFT files (`adapter_config.json`, `adapter_model.safetensors`),
@@ -1040,23 +950,10 @@ impl<'g> Trainer<'g> {
         self.peft_adapter().await?.to_files()
     }
 
-    /// The current adapter in PEFT's layout (LoRA runs).
-    pub async fn adapter(&self) -> Result<Adapter> {
-        if self.soft.is_some() {
-            return Err(cfg_err(
-                "this run trains virtual tokens: use adapter_files() for its PEFT files",
-            ));
-        }
-        Ok(Adapter {
-            config: self.lora_config.clone(),
-            weights: self.read_weights(&self.flat.params).await?,
-        })
-    }
-
     /// The flat parameters of a projected prefix, if this run trains one.
     fn projection_params_buf(&self) -> Option<&GpuBuffer> {
-        match &self.soft {
-            Some(Soft::Prefix(pf, _)) => pf.projection.as_ref().map(|pr| &pr.params),
+        match &self.adapter {
+            AdapterGpu::Prefix(pf, _) => pf.projection.as_ref().map(|pr| &pr.params),
             _ => None,
         }
     }
@@ -1115,14 +1012,13 @@ impl<'g> Trainer<'g> {
     }
 }
 
-/// Summed loss and number of targets of `model` (with `lora` when given) over `examples`, in
+/// Summed loss and number of targets of `model` (adapted with `peft`) over `examples`, in
 /// sequential batches of `batch_size` rows, using a training workspace `ws`.
 pub async fn loss_sum(
     gpu: &Gpu,
     model: &LlamaModel,
     ws: &Workspace,
-    lora: Option<&LoraGpu>,
-    soft: Option<SoftRef<'_>>,
+    peft: Option<Peft<'_>>,
     examples: &[Example],
     batch_size: usize,
 ) -> Result<(f64, usize)> {
@@ -1131,24 +1027,13 @@ pub async fn loss_sum(
     let (mut sum, mut count) = (0.0, 0usize);
     for ix in plan.iter(DataPosition::default(), 0, Stop::Epochs(1))? {
         let mb = trimmed(examples, &ix)?;
-        match soft {
-            Some(SoftRef::Prompt(pg)) => {
-                let tg = prompt_targets(&mb.labels, mb.rows, mb.t, pg.p);
-                model.forward_loss_prompt(gpu, ws, pg, &mb.ids, &tg, mb.rows, mb.t)?;
-                sum += ws.loss_sum(gpu, mb.rows * (mb.t + pg.p)).await?;
-                count += count_targets(&tg, v);
-            }
-            Some(SoftRef::Prefix(pf)) => {
-                model.forward_loss_prefix(gpu, ws, pf, &mb.ids, &mb.targets, mb.rows, mb.t)?;
-                sum += ws.loss_sum(gpu, mb.rows * mb.t).await?;
-                count += count_targets(&mb.targets, v);
-            }
-            None => {
-                model.forward_loss(gpu, ws, lora, &mb.ids, &mb.targets, mb.rows, mb.t)?;
-                sum += ws.loss_sum(gpu, mb.rows * mb.t).await?;
-                count += count_targets(&mb.targets, v);
-            }
-        }
+        let tg = match peft {
+            Some(p) => mb.targets_for(p),
+            None => mb.targets.clone(),
+        };
+        let rows = model.forward_loss(gpu, ws, peft, &mb.ids, &tg, mb.rows, mb.t)?;
+        sum += ws.loss_sum(gpu, rows).await?;
+        count += count_targets(&tg, v);
     }
     Ok((sum, count))
 }
@@ -1166,17 +1051,9 @@ pub async fn evaluate(
         return Err(cfg_err("no examples to evaluate"));
     }
     let bs = batch_size.max(1);
-    let lora = adapter.and_then(AdapterGpu::lora);
-    let soft = adapter.and_then(AdapterGpu::soft);
-    let virt_rows = match soft {
-        Some(SoftRef::Prompt(pg)) => pg.p,
-        _ => 0,
-    };
-    let mut ws = Workspace::new(gpu, model, lora, bs * (data.seq_len + virt_rows), true)?;
-    if let Some(SoftRef::Prefix(pf)) = soft {
-        ws = ws.with_prefix(gpu, pf, bs)?;
-    }
-    let (sum, count) = loss_sum(gpu, model, &ws, lora, soft, &data.examples, bs).await?;
+    let peft = adapter.map(AdapterGpu::peft);
+    let ws = Workspace::for_batch(gpu, model, peft, bs, data.seq_len, Mode::Training)?;
+    let (sum, count) = loss_sum(gpu, model, &ws, peft, &data.examples, bs).await?;
     Ok((sum / count.max(1) as f64, count))
 }
 

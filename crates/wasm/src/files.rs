@@ -326,7 +326,7 @@ mod tests {
         let a = open_adapter(picked(&d)).unwrap();
         assert_eq!(
             a,
-            PeftAdapter::Lora(tinytune_train::Adapter::load(&d).unwrap())
+            PeftAdapter::Lora(tinytune_train::LoraAdapter::load(&d).unwrap())
         );
         // Prefix tuning by its peft_type (a PEFT-written adapter).
         let pd = fixture("tests/fixtures/hf/llama/prefix_tuning/init");

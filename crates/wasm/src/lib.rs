@@ -131,31 +131,11 @@ struct Loaded {
     tok: Result<ModelTokenizer, String>,
 }
 
-/// The current adapter: host tensors (for saving) and device copy (for generation).
-struct Tuned {
-    adapter: PeftAdapter,
-    gpu: AdapterGpu,
-}
-
-impl Tuned {
-    fn new(gpu: &Gpu, model: &LlamaModel, adapter: PeftAdapter) -> Result<Tuned, JsValue> {
-        let on_gpu = AdapterGpu::upload(gpu, model, &adapter).map_err(err)?;
-        Ok(Tuned {
-            adapter,
-            gpu: on_gpu,
-        })
-    }
-
-    fn to_files(&self) -> Result<Vec<(String, Vec<u8>)>, JsValue> {
-        self.adapter.to_files().map_err(err)
-    }
-}
-
 struct Inner {
     gpu: Gpu,
     health: health::DeviceHealth,
     model: RefCell<Option<Rc<Loaded>>>,
-    adapter: RefCell<Option<Rc<Tuned>>>,
+    adapter: RefCell<Option<Rc<AdapterGpu>>>,
     stop: Cell<bool>,
     busy: Cell<Option<&'static str>>,
 }
@@ -835,7 +815,7 @@ impl Tinytune {
                     let t = inner.adapter.borrow().clone();
                     let t = t.ok_or_else(|| err("\"adapter\": true but no adapter is loaded"))?;
                     RunFrom::Adapter {
-                        adapter: t.adapter.clone(),
+                        adapter: t.download(&inner.gpu).await.map_err(err)?,
                         name: "\"adapter\": true: the current adapter".into(),
                     }
                 }
@@ -900,7 +880,6 @@ impl Tinytune {
                 yield_now().await;
             }
             let trainer = session.trainer;
-            let tuned = trainer.peft_adapter().await.map_err(err)?;
             let summary = json!({
                 "resumed": resumed,
                 "peft": trainer.method().name(),
@@ -918,9 +897,9 @@ impl Tinytune {
                 "data": data_stats,
                 "peak_bytes": inner.gpu.memory().peak_bytes,
             });
-            drop(trainer);
+            // The trained adapter stays on the device as the current adapter.
+            let tuned = trainer.into_adapter();
             if summary["steps"].as_u64().unwrap_or(0) > 0 {
-                let tuned = Tuned::new(&inner.gpu, &loaded.model, tuned)?;
                 inner.adapter.replace(Some(Rc::new(tuned)));
             }
             to_js(&summary)
@@ -957,15 +936,9 @@ impl Tinytune {
                 return Err(err("no adapter: train or loadAdapter first"));
             }
             let used = tuned.as_deref().filter(|_| use_adapter);
-            let mut session = GenerateSession::new(
-                &inner.gpu,
-                &loaded.model,
-                Some(&tok.tok),
-                used.map(|t| &t.gpu),
-                ids,
-                &opts,
-            )
-            .map_err(gpu_err("generate"))?;
+            let mut session =
+                GenerateSession::new(&inner.gpu, &loaded.model, Some(&tok.tok), used, ids, &opts)
+                    .map_err(gpu_err("generate"))?;
             let mut stream = TextStream::new(&tok.tok, true);
             let mut text = String::new();
             let mut failure: Option<JsValue> = None;
@@ -1043,7 +1016,8 @@ impl Tinytune {
                 .clone()
                 .ok_or_else(|| err("no adapter: train or loadAdapter first"))?;
             let out = Object::new();
-            for (name, bytes) in tuned.to_files()? {
+            let files = tuned.download(&inner.gpu).await.map_err(err)?;
+            for (name, bytes) in files.to_files().map_err(err)? {
                 Reflect::set(
                     &out,
                     &JsValue::from_str(&name),
@@ -1087,7 +1061,7 @@ impl Tinytune {
                 PeftAdapter::Prompt(a) => info["n_params"] = json!(a.embeddings.len()),
                 PeftAdapter::Prefix(a) => info["n_params"] = json!(a.prefix.len()),
             }
-            let t = Tuned::new(&inner.gpu, &loaded.model, adapter)?;
+            let t = AdapterGpu::upload(&inner.gpu, &loaded.model, &adapter).map_err(err)?;
             inner.adapter.replace(Some(Rc::new(t)));
             to_js(&info)
         })

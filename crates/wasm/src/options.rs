@@ -7,8 +7,8 @@ use std::ops::Deref;
 use serde::de::DeserializeOwned;
 use tinytune_train::options::parse_named;
 pub use tinytune_train::options::{
-    parse_eval_split, parse_layers, parse_targets, GenOptions, Layers, Names, NumOrText, Peft,
-    PromptInit, TrainOptions,
+    parse_eval_split, parse_layers, parse_targets, GenOptions, Layers, Names, NumOrText,
+    PeftMethod, PromptInit, TrainOptions,
 };
 use tinytune_train::TrainConfig;
 
@@ -247,7 +247,7 @@ mod tests {
     fn peft_methods() {
         let enc = |t: &str| Ok(t.bytes().map(u32::from).collect());
         let o = parse_train_options("{}").unwrap();
-        assert_eq!(o.peft, Peft::Lora);
+        assert_eq!(o.peft, PeftMethod::Lora);
         assert!(matches!(o.peft_start(enc).unwrap(), Start::Fresh));
         let o = parse_train_options(r#"{"peft": "prompt-tuning"}"#).unwrap();
         match o.peft_start(enc).unwrap() {

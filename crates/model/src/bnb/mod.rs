@@ -36,6 +36,7 @@ use tinytune_gpu::Gpu;
 
 use crate::float::FloatDtype;
 use crate::safetensors::{header_json, SafetensorsFile, StDtype, StEntry, StTensorInfo};
+use crate::targets::{linear_group, LINEARS};
 use crate::{format_err, ModelError, Result};
 use pyrepr::{quant_state_json, MAX_FLOAT_REPR};
 
@@ -499,7 +500,8 @@ fn pretty(v: &Value) -> String {
 }
 
 /// Whether `name` is a decoder linear weight transformers quantizes:
-/// `model.layers.<i>.{self_attn,mlp}.<x>_proj.weight`.
+/// `model.layers.<i>.<group>.<proj>.weight` for the seven projections of
+/// [`crate::targets::LINEARS`] in their groups.
 pub fn is_decoder_linear(name: &str) -> bool {
     let Some(rest) = name.strip_prefix("model.layers.") else {
         return false;
@@ -516,7 +518,10 @@ pub fn is_decoder_linear(name: &str) -> bool {
     let Some(proj) = rest.strip_suffix(".weight") else {
         return false;
     };
-    matches!(block, "self_attn" | "mlp") && proj.ends_with("_proj") && !proj.contains('.')
+    LINEARS
+        .iter()
+        .position(|&l| l == proj)
+        .is_some_and(|t| linear_group(t) == block)
 }
 
 /// The dtype a tensor is written (and quantized) in: `cast` for float tensors, else its own.

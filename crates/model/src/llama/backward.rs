@@ -3,10 +3,9 @@
 
 use tinytune_gpu::ops::{lora, nf4, nn};
 use tinytune_gpu::{Encoder, Gpu, GpuBuffer};
-use tinytune_reference::llama::lora_dropout_seed;
 
 use super::workspace::{head_chunks, GradBufs, LayerActs, LayerScratch, PrefixBufs, Workspace};
-use super::{grads_of, LlamaModel, LoraDropout, Virtual};
+use super::{grads_of, lora_dropout_seed, lora_of, LlamaModel, LoraDropout, Peft};
 use crate::lora::LoraGpu;
 use crate::prefix::PrefixGpu;
 use crate::{ModelError, Weight};
@@ -103,17 +102,20 @@ impl LlamaModel {
         &self,
         gpu: &Gpu,
         ws: &Workspace,
-        lora: Option<&LoraGpu>,
+        peft: Option<Peft<'_>>,
         ids: &[u32],
         targets: &[i32],
         b: usize,
         t: usize,
         grad_scale: Option<f32>,
         drop: Option<LoraDropout>,
-        virt: Option<Virtual<'_>>,
     ) -> Result<(), ModelError> {
         let g = grads_of(ws)?;
-        let (prompt, prefix) = Virtual::split(virt);
+        let (lora, prompt, prefix) = (
+            lora_of(peft),
+            peft.and_then(Peft::prompt),
+            peft.and_then(Peft::prefix),
+        );
         if targets.len() != ids.len() {
             return Err(ModelError::Shape(format!(
                 "forward_backward: {} targets for {} ids",
@@ -123,7 +125,7 @@ impl LlamaModel {
         }
         let cfg = &self.config;
         let drop = drop.filter(|d| d.p > 0.0);
-        let m = self.record_decoder(gpu, ws, lora, ids, b, t, drop, virt)?;
+        let m = self.record_decoder(gpu, ws, peft, ids, b, t, drop)?;
         let c = cfg.hidden_size;
         self.record_head_loss(gpu, ws, g, targets, grad_scale)?;
         if grad_scale.is_none() {
@@ -131,10 +133,13 @@ impl LlamaModel {
         }
         // The backward pass runs down to the lowest adapter, through every layer for prefix
         // tuning, and to the input embeddings for prompt tuning.
-        let lowest = match (virt, lora.and_then(|l| l.lowest_layer())) {
-            (Some(_), _) => 0,
-            (None, Some(l)) => l,
-            (None, None) => return Ok(()),
+        let lowest = match (
+            prompt.is_some() || prefix.is_some(),
+            lora.and_then(|l| l.lowest_layer()),
+        ) {
+            (true, _) => 0,
+            (false, Some(l)) => l,
+            (false, None) => return Ok(()),
         };
         let bd = match (drop, &ws.xd, &ws.dxd) {
             (Some(d), Some(xd), Some(dxd)) => Some((d, xd, dxd)),

@@ -3,10 +3,9 @@
 
 use tinytune_gpu::ops::{lora, nf4, nn};
 use tinytune_gpu::{Encoder, Gpu, GpuBuffer};
-use tinytune_reference::llama::lora_dropout_seed;
 
 use super::workspace::{LayerActs, LayerScratch, Workspace};
-use super::{LlamaModel, LoraDropout, Virtual};
+use super::{lora_dropout_seed, lora_of, LlamaModel, LoraDropout, Peft};
 use crate::lora::LoraGpu;
 use crate::prefix::PrefixGpu;
 use crate::{ModelError, Weight};
@@ -285,17 +284,20 @@ impl LlamaModel {
         &self,
         gpu: &Gpu,
         ws: &Workspace,
-        lora: Option<&LoraGpu>,
+        peft: Option<Peft<'_>>,
         ids: &[u32],
         b: usize,
         t: usize,
         drop: Option<LoraDropout>,
-        virt: Option<Virtual<'_>>,
     ) -> Result<usize, ModelError> {
         let cfg = &self.config;
         let m = self.check_batch(ws, ids.len(), b, t)?;
         let c = cfg.hidden_size;
-        let (prompt, prefix) = Virtual::split(virt);
+        let (lora, prompt, prefix) = (
+            lora_of(peft),
+            peft.and_then(Peft::prompt),
+            peft.and_then(Peft::prefix),
+        );
         if let Some(pf) = prefix {
             self.check_prefix(ws, pf, b, t)?;
         }

@@ -3,13 +3,12 @@
 
 use tinytune_gpu::ops::nf4;
 use tinytune_gpu::{Gpu, GpuBuffer};
-use tinytune_reference::llama::Lora;
-use tinytune_reference::nn::{rope_inv_freq, Llama3Scaling};
 
 use super::{linear_path, Layer, Linear, LlamaModel, LoadOptions, Quant, Workspace};
 use crate::f32_bytes;
-use crate::lora::{LoraGpu, LoraPairGpu};
+use crate::lora::{Lora, LoraGpu, LoraPairGpu};
 use crate::prefix::PrefixGpu;
+use crate::rope::{rope_inv_freq, Llama3Scaling};
 use crate::targets::LINEARS;
 use crate::vocab::VocabTable;
 use crate::{LlamaConfig, ModelError, ModelSource, RopeScaling, Weight};

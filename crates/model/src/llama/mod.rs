@@ -15,7 +15,6 @@ mod load;
 mod workspace;
 
 use tinytune_gpu::{Gpu, GpuBuffer};
-pub use tinytune_reference::llama::LoraDropout;
 
 use crate::lora::LoraGpu;
 use crate::prefix::PrefixGpu;
@@ -26,8 +25,8 @@ use crate::{LlamaConfig, ModelError, Weight};
 pub use crate::targets::{linear_path, LINEARS};
 pub use load::config_inv_freq;
 use workspace::grads_of;
-pub use workspace::Workspace;
 pub(crate) use workspace::{LayerActs, LayerScratch};
+pub use workspace::{Mode, Workspace};
 
 /// How the frozen linear layers of the decoder are stored on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,26 +85,80 @@ pub struct LlamaModel {
     pub inv_freq_host: Vec<f32>,
 }
 
-/// The trainable virtual tokens of a prompt-learning pass.
+/// The PEFT method a pass adapts the frozen model with, carrying its parameters on the device:
+/// the one argument every pass, workspace and decoder takes (`None`: the plain model).
 #[derive(Clone, Copy)]
-pub(super) enum Virtual<'a> {
-    /// Prompt tuning: input embeddings in front of each sequence.
+pub enum Peft<'a> {
+    /// LoRA pairs on the linear layers.
+    Lora(&'a LoraGpu),
+    /// Prompt tuning: `P` input embeddings in front of each sequence (positions `0..P`).
     Prompt(&'a PromptGpu),
-    /// Prefix tuning: key/value rows in front of each layer's attention.
+    /// Prefix tuning: `P` key/value rows in front of each layer's attention.
     Prefix(&'a PrefixGpu),
 }
 
-impl<'a> Virtual<'a> {
-    /// The prompt or the prefix of `virt`, if any.
-    pub(super) fn split(
-        virt: Option<Virtual<'a>>,
-    ) -> (Option<&'a PromptGpu>, Option<&'a PrefixGpu>) {
-        match virt {
-            Some(Virtual::Prompt(pr)) => (Some(pr), None),
-            Some(Virtual::Prefix(pf)) => (None, Some(pf)),
-            None => (None, None),
+impl<'a> Peft<'a> {
+    /// The LoRA pairs, if the method is LoRA.
+    pub fn lora(self) -> Option<&'a LoraGpu> {
+        match self {
+            Peft::Lora(l) => Some(l),
+            _ => None,
         }
     }
+
+    /// The prompt embeddings, if the method is prompt tuning.
+    pub fn prompt(self) -> Option<&'a PromptGpu> {
+        match self {
+            Peft::Prompt(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The key/value prefix, if the method is prefix tuning.
+    pub fn prefix(self) -> Option<&'a PrefixGpu> {
+        match self {
+            Peft::Prefix(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Virtual positions in front of every sequence (0 for LoRA).
+    pub fn virtual_tokens(self) -> usize {
+        match self {
+            Peft::Lora(_) => 0,
+            Peft::Prompt(p) => p.p,
+            Peft::Prefix(p) => p.p,
+        }
+    }
+
+    /// Rows of the residual stream a sequence of `t` tokens takes (prompt tuning runs its
+    /// virtual tokens as rows; a prefix only adds keys and values).
+    pub fn rows_per_sequence(peft: Option<Peft<'_>>, t: usize) -> usize {
+        t + peft.and_then(Peft::prompt).map_or(0, |p| p.p)
+    }
+}
+
+/// LoRA dropout (PEFT's `lora_dropout`, training only): the input of each adapter's branch is
+/// dropped with probability `p` and scaled by `1/(1-p)` (`nn/dropout_fwd`); each adapted linear of
+/// each layer draws its own mask from [`lora_dropout_seed`]`(seed, layer, target)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoraDropout {
+    pub p: f32,
+    pub seed: u64,
+}
+
+/// The mask seed of linear `target` (index into [`LINEARS`]) of layer `layer` (SplitMix64's
+/// finaliser of the run's seed and the linear's index; the reference draws the same masks).
+pub fn lora_dropout_seed(seed: u64, layer: usize, target: usize) -> u64 {
+    let mut z = seed ^ ((layer * 7 + target) as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The LoRA pairs of `peft`, if any.
+pub(crate) fn lora_of<'a>(peft: Option<Peft<'a>>) -> Option<&'a LoraGpu> {
+    peft.and_then(Peft::lora)
 }
 
 impl LlamaModel {
@@ -125,19 +178,27 @@ impl LlamaModel {
         self.logits_with(gpu, None, ids, b, t).await
     }
 
-    /// [`LlamaModel::logits`] with LoRA adapters.
+    /// [`LlamaModel::logits`] of the model adapted with `peft`: the logits `[B*T, V]` of the
+    /// real tokens (prompt tuning's virtual positions are run but not returned; with prefix
+    /// tuning the tokens sit at positions `P..P+T`).
     pub async fn logits_with(
         &self,
         gpu: &Gpu,
-        lora: Option<&LoraGpu>,
+        peft: Option<Peft<'_>>,
         ids: &[u32],
         b: usize,
         t: usize,
     ) -> Result<Vec<f32>, ModelError> {
-        let ws = Workspace::new(gpu, self, lora, (b * t).max(1), false)?;
-        self.forward_with(gpu, &ws, lora, ids, b, t)?;
-        let mut out = gpu.read::<f32>(ws.logits()).await?;
-        out.truncate(b * t * self.config.vocab_size);
+        let ws = Workspace::for_batch(gpu, self, peft, b.max(1), t.max(1), Mode::Inference)?;
+        self.forward_with(gpu, &ws, peft, ids, b, t)?;
+        let v = self.config.vocab_size;
+        let all = gpu.read::<f32>(ws.logits()).await?;
+        let tp = Peft::rows_per_sequence(peft, t);
+        let p = tp - t;
+        let mut out = Vec::with_capacity(b * t * v);
+        for s in 0..b {
+            out.extend_from_slice(&all[(s * tp + p) * v..(s + 1) * tp * v]);
+        }
         Ok(out)
     }
 
@@ -154,13 +215,14 @@ impl LlamaModel {
         Ok(ws.logits)
     }
 
-    /// Records and submits the forward pass into an inference workspace (`ws.logits()` holds
-    /// `[B*T, V]` afterwards).
+    /// Records and submits the forward pass of `B` sequences of `T` tokens into an inference
+    /// workspace: `ws.logits()` holds `[B*(P+T), V]` afterwards, `P` being prompt tuning's
+    /// virtual tokens (0 otherwise).
     pub fn forward_with(
         &self,
         gpu: &Gpu,
         ws: &Workspace,
-        lora: Option<&LoraGpu>,
+        peft: Option<Peft<'_>>,
         ids: &[u32],
         b: usize,
         t: usize,
@@ -170,95 +232,87 @@ impl LlamaModel {
                 "forward_with needs an inference workspace".into(),
             ));
         }
-        let m = self.record_decoder(gpu, ws, lora, ids, b, t, None, None)?;
+        let (ids, tp) = self.with_virtual_ids(peft, ids, b, t)?;
+        let m = self.record_decoder(gpu, ws, peft, &ids, b, tp, None)?;
         let mut enc = gpu.encoder();
         self.head().head_fwd(&mut enc, &ws.hbuf, &ws.logits, m)?;
         enc.submit();
         Ok(())
     }
 
-    /// One forward and backward pass of the causal-LM loss on a batch, recorded and submitted:
-    /// `targets` are per-position (already shifted, see
-    /// [`tinytune_reference::llama::shift_labels`]; -100 = ignored). The LoRA gradients
-    /// **accumulate** into `lora`'s gradient buffers (zero them with [`LoraGpu::zero_grads`] at
-    /// the start of an optimizer step), scaled by `grad_scale` (pass `1 / number of counted
-    /// targets` of the whole optimizer step: the gradient of the mean loss), with LoRA dropout when
-    /// `dropout` is given (training mode; the masks follow from its seed). Per-row losses are in
-    /// `ws.loss_rows` afterwards ([`Workspace::loss_sum`]).
+    /// One forward and backward pass of the causal-LM loss on `B` sequences of `T` tokens,
+    /// recorded and submitted; the gradient of `peft`'s parameters **accumulates** into its
+    /// gradient buffers (zero them at the start of an optimizer step), scaled by `grad_scale`
+    /// (pass `1 / number of counted targets` of the whole optimizer step: the gradient of the
+    /// mean loss), with LoRA dropout when `dropout` is given (training mode; the masks follow from
+    /// its seed).
+    ///
+    /// `targets` are per row of the pass, already shifted (-100 = ignored): `B*T` of them
+    /// (the train crate's `shift_labels`), or `B*(P+T)` for prompt tuning, whose
+    /// virtual positions come first as PEFT runs them
+    /// (its `prompt_targets`). Returns the rows of the pass, whose
+    /// per-row losses are in `ws.loss_rows` afterwards ([`Workspace::loss_sum`]). `ws` is a
+    /// training workspace for `peft` ([`Workspace::for_batch`]).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_backward(
         &self,
         gpu: &Gpu,
         ws: &Workspace,
-        lora: &LoraGpu,
+        peft: Peft<'_>,
         ids: &[u32],
         targets: &[i32],
         b: usize,
         t: usize,
         grad_scale: f32,
         dropout: Option<LoraDropout>,
-    ) -> Result<(), ModelError> {
+    ) -> Result<usize, ModelError> {
+        let (ids, tp) = self.with_virtual_ids(Some(peft), ids, b, t)?;
+        let dropout = dropout.filter(|_| matches!(peft, Peft::Lora(_)));
         self.train_pass(
             gpu,
             ws,
-            Some(lora),
-            ids,
+            Some(peft),
+            &ids,
             targets,
             b,
-            t,
+            tp,
             Some(grad_scale),
             dropout,
-            None,
-        )
+        )?;
+        Ok(b * tp)
     }
 
-    /// Prompt tuning's forward and backward pass: `ids` are `B` sequences of `T` real tokens;
-    /// the model runs on `P + T` positions per sequence (the virtual tokens first, as PEFT does),
-    /// `targets` are per position over those `P + T` (see
-    /// [`tinytune_reference::llama::prompt_targets`]). The gradient of the prompt embeddings
-    /// accumulates into `prompt.grad`, scaled by `grad_scale`; `ws` needs `B * (P + T)` rows.
+    /// The forward half of [`LlamaModel::forward_backward`] (evaluation): per-row losses into
+    /// `ws.loss_rows`, no gradients; returns the rows of the pass.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_backward_prompt(
+    pub fn forward_loss(
         &self,
         gpu: &Gpu,
         ws: &Workspace,
-        prompt: &PromptGpu,
+        peft: Option<Peft<'_>>,
         ids: &[u32],
         targets: &[i32],
         b: usize,
         t: usize,
-        grad_scale: f32,
-    ) -> Result<(), ModelError> {
-        self.prompt_pass(gpu, ws, prompt, ids, targets, b, t, Some(grad_scale))
+    ) -> Result<usize, ModelError> {
+        let (ids, tp) = self.with_virtual_ids(peft, ids, b, t)?;
+        self.train_pass(gpu, ws, peft, &ids, targets, b, tp, None, None)?;
+        Ok(b * tp)
     }
 
-    /// The forward half of [`LlamaModel::forward_backward_prompt`] (evaluation).
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_loss_prompt(
+    /// The ids of the rows a pass runs, and its rows per sequence: prompt tuning's virtual
+    /// positions get an out-of-vocabulary id (the embedding writes zeros there, then the prompt
+    /// rows overwrite them) in front of each sequence's `T` tokens.
+    fn with_virtual_ids<'i>(
         &self,
-        gpu: &Gpu,
-        ws: &Workspace,
-        prompt: &PromptGpu,
-        ids: &[u32],
-        targets: &[i32],
+        peft: Option<Peft<'_>>,
+        ids: &'i [u32],
         b: usize,
         t: usize,
-    ) -> Result<(), ModelError> {
-        self.prompt_pass(gpu, ws, prompt, ids, targets, b, t, None)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn prompt_pass(
-        &self,
-        gpu: &Gpu,
-        ws: &Workspace,
-        prompt: &PromptGpu,
-        ids: &[u32],
-        targets: &[i32],
-        b: usize,
-        t: usize,
-        grad_scale: Option<f32>,
-    ) -> Result<(), ModelError> {
+    ) -> Result<(std::borrow::Cow<'i, [u32]>, usize), ModelError> {
+        let Some(prompt) = peft.and_then(Peft::prompt) else {
+            return Ok((ids.into(), t));
+        };
         if ids.len() != b * t || prompt.c != self.config.hidden_size {
             return Err(ModelError::Shape(format!(
                 "prompt tuning: {} ids for B={b} T={t}, prompt width {} for hidden {}",
@@ -267,119 +321,12 @@ impl LlamaModel {
                 self.config.hidden_size
             )));
         }
-        let tp = prompt.p + t;
-        // Virtual positions get an out-of-vocabulary id (the embedding writes zeros there) and are
-        // then overwritten by the prompt rows.
         let v = self.config.vocab_size as u32;
-        let mut full = Vec::with_capacity(b * tp);
+        let mut full = Vec::with_capacity(b * (prompt.p + t));
         for s in 0..b {
             full.extend(std::iter::repeat_n(v, prompt.p));
             full.extend_from_slice(&ids[s * t..(s + 1) * t]);
         }
-        self.train_pass(
-            gpu,
-            ws,
-            None,
-            &full,
-            targets,
-            b,
-            tp,
-            grad_scale,
-            None,
-            Some(Virtual::Prompt(prompt)),
-        )
-    }
-
-    /// Prefix tuning's forward and backward pass: `ids` are `B` sequences of `T` tokens at
-    /// positions `P..P+T`, every layer's attention also sees its `P` key/value rows of `prefix`;
-    /// `targets` are per real position (as for [`LlamaModel::forward_backward`]). The gradient of
-    /// the prefix accumulates into `prefix.grad`, scaled by `grad_scale`; `ws` is a training
-    /// workspace with [`Workspace::with_prefix`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_backward_prefix(
-        &self,
-        gpu: &Gpu,
-        ws: &Workspace,
-        prefix: &PrefixGpu,
-        ids: &[u32],
-        targets: &[i32],
-        b: usize,
-        t: usize,
-        grad_scale: f32,
-    ) -> Result<(), ModelError> {
-        let virt = Some(Virtual::Prefix(prefix));
-        self.train_pass(
-            gpu,
-            ws,
-            None,
-            ids,
-            targets,
-            b,
-            t,
-            Some(grad_scale),
-            None,
-            virt,
-        )
-    }
-
-    /// The forward half of [`LlamaModel::forward_backward_prefix`] (evaluation).
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_loss_prefix(
-        &self,
-        gpu: &Gpu,
-        ws: &Workspace,
-        prefix: &PrefixGpu,
-        ids: &[u32],
-        targets: &[i32],
-        b: usize,
-        t: usize,
-    ) -> Result<(), ModelError> {
-        let virt = Some(Virtual::Prefix(prefix));
-        self.train_pass(gpu, ws, None, ids, targets, b, t, None, None, virt)
-    }
-
-    /// Logits `[B*T, V]` with prefix tuning (see [`LlamaModel::forward_backward_prefix`]).
-    pub async fn logits_prefix(
-        &self,
-        gpu: &Gpu,
-        prefix: &PrefixGpu,
-        ids: &[u32],
-        b: usize,
-        t: usize,
-    ) -> Result<Vec<f32>, ModelError> {
-        let ws =
-            Workspace::new(gpu, self, None, (b * t).max(1), false)?.with_prefix(gpu, prefix, b)?;
-        let m = self.record_decoder(
-            gpu,
-            &ws,
-            None,
-            ids,
-            b,
-            t,
-            None,
-            Some(Virtual::Prefix(prefix)),
-        )?;
-        let mut enc = gpu.encoder();
-        self.head().head_fwd(&mut enc, &ws.hbuf, &ws.logits, m)?;
-        enc.submit();
-        let mut out = gpu.read::<f32>(ws.logits()).await?;
-        out.truncate(m * self.config.vocab_size);
-        Ok(out)
-    }
-
-    /// The forward half of [`LlamaModel::forward_backward`] (evaluation): per-row losses into
-    /// `ws.loss_rows`, no gradients.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_loss(
-        &self,
-        gpu: &Gpu,
-        ws: &Workspace,
-        lora: Option<&LoraGpu>,
-        ids: &[u32],
-        targets: &[i32],
-        b: usize,
-        t: usize,
-    ) -> Result<(), ModelError> {
-        self.train_pass(gpu, ws, lora, ids, targets, b, t, None, None, None)
+        Ok((full.into(), prompt.p + t))
     }
 }

@@ -4,7 +4,7 @@
 
 use tinytune_gpu::{Gpu, GpuBuffer};
 
-use super::{LlamaModel, LoraDropout};
+use super::{LlamaModel, LoraDropout, Peft};
 use crate::f32_bytes;
 use crate::lora::LoraGpu;
 use crate::prefix::PrefixGpu;
@@ -159,7 +159,42 @@ pub(super) fn default_head_rows(model: &LlamaModel, rows: usize) -> usize {
     (HEAD_CHUNK_BYTES / (model.config.vocab_size * 4)).clamp(1, rows.max(1))
 }
 
+/// What a [`Workspace`] is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward passes to logits ([`LlamaModel::forward_with`]).
+    Inference,
+    /// Losses and gradients, every layer's activations kept.
+    Training,
+    /// Losses and gradients with gradient checkpointing ([`Workspace::checkpointed`]).
+    Checkpointed,
+}
+
 impl Workspace {
+    /// The workspace for batches of up to `b` sequences of `t` tokens of `model` adapted with
+    /// `peft`: room for LoRA's `h`, prompt tuning's virtual rows and prefix tuning's keys and
+    /// values.
+    pub fn for_batch(
+        gpu: &Gpu,
+        model: &LlamaModel,
+        peft: Option<Peft<'_>>,
+        b: usize,
+        t: usize,
+        mode: Mode,
+    ) -> Result<Workspace, ModelError> {
+        let rows = b * Peft::rows_per_sequence(peft, t);
+        let lora = peft.and_then(Peft::lora);
+        let ws = match mode {
+            Mode::Inference => Workspace::new(gpu, model, lora, rows, false)?,
+            Mode::Training => Workspace::new(gpu, model, lora, rows, true)?,
+            Mode::Checkpointed => Workspace::checkpointed(gpu, model, lora, rows)?,
+        };
+        match peft.and_then(Peft::prefix) {
+            Some(pf) => ws.with_prefix(gpu, pf, b),
+            None => Ok(ws),
+        }
+    }
+
     /// Buffers for `rows` tokens (`B*T`) of `model`, with room for the LoRA `h` of `lora`'s
     /// pairs; `train` keeps every layer's activations and allocates the gradient buffers.
     pub fn new(

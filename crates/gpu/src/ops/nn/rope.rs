@@ -2,7 +2,7 @@
 //! transformers' "rotate_half" convention, **in place** on `x[M, H*D]` (one read-write binding:
 //! the q_proj / k_proj output, or its gradient). `pos[M]` (u32) is each row's position, so batches,
 //! packed sequences and a KV cache all work; `inv_freq[D/2]` comes from the host
-//! (`tinytune_reference::nn::rope_inv_freq`, which also applies Llama 3's `rope_scaling`).
+//! (`tinytune_model::rope::rope_inv_freq`, which also applies Llama 3's `rope_scaling`).
 //!
 //! The kernels round the angle `f32(pos) * inv_freq[i]` to f32 exactly as transformers does (in
 //! integer arithmetic, so a driver cannot contract it into an fma) and evaluate sin/cos with their
