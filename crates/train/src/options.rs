@@ -9,7 +9,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 use tinytune_model::{Quant, SamplingParams};
 
-use crate::adapters::PeftMethod;
+pub use crate::adapters::PeftMethod;
 use crate::config::{
     check_layers, eval_split_from, parse_layers_to_transform, parse_target_modules, AdamWConfig,
     LoraHyper, TrainConfig,
