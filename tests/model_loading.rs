@@ -787,10 +787,10 @@ fn gguf_unsupported_and_corrupt_files_are_errors_naming_the_problem() {
             Err(e) => e.to_string(),
         }
     };
-    // ...but Q6_K (type 14; 210 bytes per 256 elements) is not supported.
-    let e = err(tiny_llama("llama", 14, &vec![0u8; 210 * 4]).build(3));
+    // ...but IQ4_XS (type 23; 136 bytes per 256 elements) is not supported.
+    let e = err(tiny_llama("llama", 23, &vec![0u8; 136 * 4]).build(3));
     assert!(
-        e.contains("Q6_K") && e.contains("blk.0.attn_q.weight"),
+        e.contains("IQ4_XS") && e.contains("blk.0.attn_q.weight"),
         "{e}"
     );
     let e = err(tiny_llama("gemma", 0, &q).build(3));

@@ -482,8 +482,15 @@ impl GgufFile {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
+    /// Absolute file offset of the data section (a tensor's data starts at this plus its
+    /// [`GgufTensorInfo::offset`]).
+    pub fn data_start(&self) -> u64 {
+        self.data_start
+    }
+
     /// Reads one tensor by its GGUF name and converts it to f32, in the file's element order;
-    /// the shape is `ne` reversed (torch order).
+    /// the shape is `ne` reversed (torch order). A quantized block with a non-finite scale is a
+    /// [`ModelError::Format`] naming the file, the tensor and the block.
     pub fn load_raw(&self, name: &str) -> Result<HostTensor> {
         let info = self
             .tensor_info(name)
@@ -494,7 +501,12 @@ impl GgufFile {
             .src
             .read_at(self.data_start + info.offset, nb as usize)?;
         let mut data = vec![0f32; info.numel() as usize];
-        t.dequantize(&bytes, &mut data)?;
+        t.dequantize(&bytes, &mut data).map_err(|e| match e {
+            ModelError::Format(m) => {
+                ModelError::Format(format!("{}: tensor '{name}': {m}", self.name()))
+            }
+            e => e,
+        })?;
         Ok(HostTensor {
             shape: info.shape(),
             data,
