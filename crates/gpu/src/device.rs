@@ -271,6 +271,7 @@ impl Gpu {
     pub fn encoder(&self) -> Encoder<'_> {
         Encoder {
             gpu: self,
+            staged: Default::default(),
             enc: self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -440,6 +441,8 @@ impl Gpu {
 pub struct Encoder<'g> {
     pub gpu: &'g Gpu,
     enc: wgpu::CommandEncoder,
+    /// Bytes of [`Encoder::upload`], written just before the submission.
+    pub(crate) staged: crate::upload::Staged,
 }
 
 impl<'g> Encoder<'g> {
@@ -533,13 +536,37 @@ impl<'g> Encoder<'g> {
             .copy_buffer_to_buffer(&src.raw, src_off, &dst.raw, dst_off, bytes);
     }
 
+    /// Records writing `bytes` into `dst` at `dst_off` (a multiple of 4) here in the command
+    /// stream: kernels recorded before it still see the old contents, those after it the new ones
+    /// (a plain [`Gpu::write`] lands before the whole submission). A tail shorter than 4 bytes is
+    /// zero-padded. The bytes reach the device with the submission ([`crate::upload`]).
+    pub fn upload(&mut self, dst: &GpuBuffer, dst_off: u64, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let (src, at, len) = self.staged.stage(&self.gpu.device, bytes);
+        if dst_off + len > dst.len {
+            return Err(GpuError::Shape {
+                kernel: "upload".into(),
+                message: format!(
+                    "{len} bytes at {dst_off} overflow buffer {:?} of {} bytes",
+                    dst.label, dst.len
+                ),
+            });
+        }
+        self.enc
+            .copy_buffer_to_buffer(&src, at, &dst.raw, dst_off, len);
+        Ok(())
+    }
+
     /// Zeroes a whole buffer.
     pub fn clear(&mut self, buf: &GpuBuffer) {
         self.enc.clear_buffer(&buf.raw, 0, None);
     }
 
     /// Submits everything recorded.
-    pub fn submit(self) {
+    pub fn submit(mut self) {
+        self.staged.flush(&self.gpu.queue);
         self.gpu.queue.submit([self.enc.finish()]);
     }
 }

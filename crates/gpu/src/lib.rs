@@ -8,6 +8,7 @@ pub mod nf4;
 pub mod ops;
 pub mod params;
 pub mod shaders;
+pub(crate) mod upload;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use device::list_adapters;

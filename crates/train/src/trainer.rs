@@ -207,6 +207,9 @@ pub struct Trainer<'g> {
     adapter: AdapterGpu,
     ws: Workspace,
     flat: Flat,
+    /// What one step reports, read back once after its one submission: each micro-batch's
+    /// per-row losses (`[grad_accum, workspace rows]`), then the gradient norm.
+    report: GpuBuffer,
     pub state: TrainerState,
     schedule: Schedule,
     train: Vec<Example>,
@@ -733,6 +736,7 @@ impl<'g> Trainer<'g> {
             seq_len,
             mode,
         )?;
+        let report = gpu.alloc("step.report", f32_bytes(&[config.grad_accum * ws.rows + 1]))?;
         let t0 = clock() - state.elapsed_s;
         Ok(Trainer {
             gpu,
@@ -741,6 +745,7 @@ impl<'g> Trainer<'g> {
             adapter,
             ws,
             flat,
+            report,
             state,
             schedule,
             train,
@@ -814,17 +819,19 @@ impl<'g> Trainer<'g> {
         let targets: Vec<Vec<i32>> = micro.iter().map(|mb| mb.targets_for(peft)).collect();
         let total: usize = targets.iter().map(|t| count_targets(t, v)).sum();
         let scale = 1.0 / total.max(1) as f32;
+        // The whole optimizer step is one submission: every micro-batch's passes, the gradient
+        // norm and AdamW; the losses and the norm are read back once at the end.
         let mut enc = gpu.encoder();
         match &self.adapter {
             AdapterGpu::Lora(lora, _) => lora.zero_grads(&mut enc),
             AdapterGpu::Prompt(pg, _) => pg.zero_grad(&mut enc),
             AdapterGpu::Prefix(pf, _) => pf.zero_grad(&mut enc),
         }
-        enc.submit();
-        let mut loss_sum = 0.0;
         let mut tokens = 0u64;
+        let mut loss_rows = Vec::with_capacity(micro.len());
         let p = self.config.lora.dropout as f32;
-        for (mb, tg) in micro.iter().zip(&targets) {
+        let slot = self.ws.rows;
+        for (k, (mb, tg)) in micro.iter().zip(&targets).enumerate() {
             // One mask seed per micro-batch from the trainer's RNG (saved in checkpoints, so a
             // resumed run draws the same masks); only LoRA has dropout.
             let dropout = (p > 0.0 && matches!(peft, Peft::Lora(_))).then(|| {
@@ -833,10 +840,12 @@ impl<'g> Trainer<'g> {
                 self.state.rng_state = rng.state();
                 LoraDropout { p, seed }
             });
-            let rows = self.model.forward_backward(
-                gpu, &self.ws, peft, &mb.ids, tg, mb.rows, mb.t, scale, dropout,
+            let rows = self.model.record_forward_backward(
+                &mut enc, &self.ws, peft, &mb.ids, tg, mb.rows, mb.t, scale, dropout,
             )?;
-            loss_sum += self.ws.loss_sum(gpu, rows).await?;
+            let at = (k * slot * 4) as u64;
+            enc.copy(&self.ws.loss_rows, 0, &self.report, at, (rows * 4) as u64);
+            loss_rows.push((k * slot, rows));
             tokens += mb.n_tokens as u64;
         }
         let step = self.state.global_step + 1;
@@ -850,7 +859,6 @@ impl<'g> Trainer<'g> {
         };
         let n = self.n_params();
         let f = &self.flat;
-        let mut enc = gpu.encoder();
         match &self.adapter {
             AdapterGpu::Lora(lora, _) => lora.copy_grads_to(&mut enc, &f.grads)?,
             AdapterGpu::Prefix(pf, _) => pf.backprop_projection(&mut enc)?,
@@ -877,8 +885,16 @@ impl<'g> Trainer<'g> {
             AdapterGpu::Prefix(pf, _) => pf.refresh(&mut enc)?,
             AdapterGpu::Prompt(..) => {}
         }
+        let norm_at = (self.config.grad_accum * slot * 4) as u64;
+        enc.copy(&f.norm, 0, &self.report, norm_at, 4);
         enc.submit();
-        let grad_norm = gpu.read::<f32>(&f.norm).await?[0] as f64;
+        let report = gpu.read::<f32>(&self.report).await?;
+        // Summed per micro-batch in f64, in order (as the host always summed them).
+        let mut loss_sum = 0.0;
+        for (at, rows) in loss_rows {
+            loss_sum += report[at..at + rows].iter().map(|&l| l as f64).sum::<f64>();
+        }
+        let grad_norm = report[self.config.grad_accum * slot] as f64;
         let now = (self.clock)();
         let elapsed = now - self.t0;
         let step_time = elapsed - self.state.elapsed_s;
@@ -1012,6 +1028,9 @@ impl<'g> Trainer<'g> {
     }
 }
 
+/// Batches of an evaluation pass recorded into one submission.
+const EVAL_BATCHES_PER_SUBMIT: usize = 64;
+
 /// Summed loss and number of targets of `model` (adapted with `peft`) over `examples`, in
 /// sequential batches of `batch_size` rows, using a training workspace `ws`.
 pub async fn loss_sum(
@@ -1024,16 +1043,43 @@ pub async fn loss_sum(
 ) -> Result<(f64, usize)> {
     let v = model.config.vocab_size;
     let plan = BatchPlan::sequential(examples.len(), batch_size)?;
-    let (mut sum, mut count) = (0.0, 0usize);
-    for ix in plan.iter(DataPosition::default(), 0, Stop::Epochs(1))? {
-        let mb = trimmed(examples, &ix)?;
+    let batches: Vec<Vec<usize>> = plan
+        .iter(DataPosition::default(), 0, Stop::Epochs(1))?
+        .collect();
+    // Each batch's per-row losses land in their own slot of one buffer, read back once at the
+    // end; the passes go out in submissions of up to EVAL_BATCHES_PER_SUBMIT batches (one for
+    // any eval split of the usual size), which bounds what one command buffer holds.
+    let slot = ws.rows;
+    let losses = gpu.alloc("eval.losses", f32_bytes(&[batches.len().max(1) * slot]))?;
+    let mut enc = gpu.encoder();
+    let mut count = 0usize;
+    let mut slots = Vec::with_capacity(batches.len());
+    for (k, ix) in batches.iter().enumerate() {
+        let mb = trimmed(examples, ix)?;
         let tg = match peft {
             Some(p) => mb.targets_for(p),
             None => mb.targets.clone(),
         };
-        let rows = model.forward_loss(gpu, ws, peft, &mb.ids, &tg, mb.rows, mb.t)?;
-        sum += ws.loss_sum(gpu, rows).await?;
+        let rows = model.record_forward_loss(&mut enc, ws, peft, &mb.ids, &tg, mb.rows, mb.t)?;
+        enc.copy(
+            &ws.loss_rows,
+            0,
+            &losses,
+            (k * slot * 4) as u64,
+            (rows * 4) as u64,
+        );
+        slots.push((k * slot, rows));
         count += count_targets(&tg, v);
+        if (k + 1) % EVAL_BATCHES_PER_SUBMIT == 0 {
+            std::mem::replace(&mut enc, gpu.encoder()).submit();
+        }
+    }
+    enc.submit();
+    let all = gpu.read::<f32>(&losses).await?;
+    // Summed per batch in f64, in order (as the host always summed them).
+    let mut sum = 0.0;
+    for (at, rows) in slots {
+        sum += all[at..at + rows].iter().map(|&l| l as f64).sum::<f64>();
     }
     Ok((sum, count))
 }

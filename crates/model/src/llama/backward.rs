@@ -2,7 +2,7 @@
 //! backward (`backward_layer`, the mirror of `record_layer`), and the training pass's head.
 
 use tinytune_gpu::ops::{lora, nf4, nn};
-use tinytune_gpu::{Encoder, Gpu, GpuBuffer};
+use tinytune_gpu::{Encoder, GpuBuffer};
 
 use super::workspace::{head_chunks, GradBufs, LayerActs, LayerScratch, PrefixBufs, Workspace};
 use super::{grads_of, lora_dropout_seed, lora_of, LlamaModel, LoraDropout, Peft};
@@ -100,7 +100,7 @@ impl LlamaModel {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn train_pass(
         &self,
-        gpu: &Gpu,
+        enc: &mut Encoder,
         ws: &Workspace,
         peft: Option<Peft<'_>>,
         ids: &[u32],
@@ -125,9 +125,9 @@ impl LlamaModel {
         }
         let cfg = &self.config;
         let drop = drop.filter(|d| d.p > 0.0);
-        let m = self.record_decoder(gpu, ws, peft, ids, b, t, drop)?;
+        let m = self.record_decoder(enc, ws, peft, ids, b, t, drop)?;
         let c = cfg.hidden_size;
-        self.record_head_loss(gpu, ws, g, targets, grad_scale)?;
+        self.record_head_loss(enc, ws, g, targets, grad_scale)?;
         if grad_scale.is_none() {
             return Ok(());
         }
@@ -145,9 +145,8 @@ impl LlamaModel {
             (Some(d), Some(xd), Some(dxd)) => Some((d, xd, dxd)),
             _ => None,
         };
-        let mut enc = gpu.encoder();
         nn::rmsnorm_bwd(
-            &mut enc,
+            enc,
             &g.dh,
             &ws.x_final,
             &self.norm,
@@ -170,12 +169,12 @@ impl LlamaModel {
                 // Recompute this layer's activations from its saved input (same masks); its
                 // output overwrites the next layer's input, which is no longer needed.
                 let next = ws.stream_after(i, n_layers);
-                self.record_layer(&mut enc, lora, a, i, &scratch, next, m, |enc, a| {
+                self.record_layer(enc, lora, a, i, &scratch, next, m, |enc, a| {
                     self.record_attention(enc, ws, a, i, b, t, prefix)
                 })?;
             }
             self.backward_layer(
-                &mut enc,
+                enc,
                 ws,
                 g,
                 lora,
@@ -191,8 +190,6 @@ impl LlamaModel {
             if prefix.is_some() && i == 0 {
                 break;
             }
-            enc.submit();
-            enc = gpu.encoder();
         }
         // Prompt tuning: g.dx is the gradient of the decoder input; each sequence's first P rows
         // belong to the virtual tokens.
@@ -200,10 +197,9 @@ impl LlamaModel {
             let bytes = (pr.p * c * 4) as u64;
             for s in 0..b {
                 enc.copy(&g.dx, (s * t * c * 4) as u64, &pr.scratch, 0, bytes);
-                nn::add_fwd(&mut enc, &pr.scratch, &pr.grad, pr.p * c, 1.0)?;
+                nn::add_fwd(enc, &pr.scratch, &pr.grad, pr.p * c, 1.0)?;
             }
         }
-        enc.submit();
         Ok(())
     }
 
@@ -386,7 +382,7 @@ impl LlamaModel {
     /// `g.dh` = d(normed final hidden), zero on the other rows.
     pub(super) fn record_head_loss(
         &self,
-        gpu: &Gpu,
+        enc: &mut Encoder,
         ws: &Workspace,
         g: &GradBufs,
         targets: &[i32],
@@ -399,10 +395,8 @@ impl LlamaModel {
             .chunk
             .as_ref()
             .ok_or_else(|| ModelError::Shape("training workspace without head buffers".into()))?;
-        let mut enc = gpu.encoder();
         enc.clear(&ws.loss_rows);
         enc.clear(&g.dh);
-        enc.submit();
         let row_bytes = (c * 4) as u64;
         for segs in head_chunks(targets, v, ws.chunk_rows) {
             let rows: usize = segs.iter().map(|s| s.len).sum();
@@ -410,8 +404,7 @@ impl LlamaModel {
             for sg in &segs {
                 tc.extend_from_slice(&targets[sg.src..sg.src + sg.len]);
             }
-            gpu.write(&ch.targets, 0, bytemuck::cast_slice(&tc));
-            let mut enc = gpu.encoder();
+            enc.upload(&ch.targets, 0, bytemuck::cast_slice(&tc))?;
             for sg in &segs {
                 enc.copy(
                     &ws.hbuf,
@@ -421,9 +414,9 @@ impl LlamaModel {
                     sg.len as u64 * row_bytes,
                 );
             }
-            self.head().head_fwd(&mut enc, &ch.h, &ws.logits, rows)?;
+            self.head().head_fwd(enc, &ch.h, &ws.logits, rows)?;
             nn::cross_entropy_fwd(
-                &mut enc,
+                enc,
                 &ws.logits,
                 &ch.targets,
                 &ws.ce_loss,
@@ -443,7 +436,7 @@ impl LlamaModel {
             }
             if let Some(grad_scale) = grad_scale {
                 nn::cross_entropy_bwd(
-                    &mut enc,
+                    enc,
                     &ws.logits,
                     &ch.targets,
                     &ws.ce_lse,
@@ -451,7 +444,7 @@ impl LlamaModel {
                     v,
                     grad_scale,
                 )?;
-                self.head().head_bwd(&mut enc, &ws.logits, &ch.dh, rows)?;
+                self.head().head_bwd(enc, &ws.logits, &ch.dh, rows)?;
                 for sg in &segs {
                     enc.copy(
                         &ch.dh,
@@ -462,7 +455,6 @@ impl LlamaModel {
                     );
                 }
             }
-            enc.submit();
         }
         Ok(())
     }

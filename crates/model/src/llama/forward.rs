@@ -2,7 +2,7 @@
 //! attention (with prefix tuning's rows), and the decoder up to the final norm.
 
 use tinytune_gpu::ops::{lora, nf4, nn};
-use tinytune_gpu::{Encoder, Gpu, GpuBuffer};
+use tinytune_gpu::{Encoder, GpuBuffer};
 
 use super::workspace::{LayerActs, LayerScratch, Workspace};
 use super::{lora_dropout_seed, lora_of, LlamaModel, LoraDropout, Peft};
@@ -277,12 +277,13 @@ impl LlamaModel {
         }
     }
 
-    /// Records and submits the decoder up to the final norm (`ws.hbuf` holds the normed final
-    /// hidden states afterwards).
+    /// Records the decoder up to the final norm into `enc` (`ws.hbuf` holds the normed final
+    /// hidden states once it runs): the ids and positions are uploaded in command order, so
+    /// several passes fit one submission.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn record_decoder(
         &self,
-        gpu: &Gpu,
+        enc: &mut Encoder,
         ws: &Workspace,
         peft: Option<Peft<'_>>,
         ids: &[u32],
@@ -301,15 +302,14 @@ impl LlamaModel {
         if let Some(pf) = prefix {
             self.check_prefix(ws, pf, b, t)?;
         }
-        gpu.write(&ws.ids, 0, bytemuck::cast_slice(ids));
+        enc.upload(&ws.ids, 0, bytemuck::cast_slice(ids))?;
         // With prefix tuning the tokens sit after the P virtual positions.
         let p0 = prefix.map_or(0, |pf| pf.p);
         let pos: Vec<u32> = (0..m).map(|i| (p0 + i % t) as u32).collect();
-        gpu.write(&ws.pos, 0, bytemuck::cast_slice(&pos));
+        enc.upload(&ws.pos, 0, bytemuck::cast_slice(&pos))?;
         let eps = cfg.rms_norm_eps as f32;
         let n_layers = self.layers.len();
-        let mut enc = gpu.encoder();
-        self.embed.embed(&mut enc, &ws.ids, &ws.set(0).x, m)?;
+        self.embed.embed(enc, &ws.ids, &ws.set(0).x, m)?;
         if let Some(pr) = prompt {
             // The first P positions of each sequence are the virtual tokens.
             for s in 0..b {
@@ -328,24 +328,11 @@ impl LlamaModel {
         for i in 0..n_layers {
             let a = ws.set(i);
             let next = ws.stream_after(i, n_layers);
-            self.record_layer(&mut enc, lora, a, i, &scratch, next, m, |enc, a| {
+            self.record_layer(enc, lora, a, i, &scratch, next, m, |enc, a| {
                 self.record_attention(enc, ws, a, i, b, t, prefix)
             })?;
-            // Bound the size of one command buffer (lavapipe and browsers prefer short ones).
-            enc.submit();
-            enc = gpu.encoder();
         }
-        nn::rmsnorm_fwd(
-            &mut enc,
-            &ws.x_final,
-            &self.norm,
-            &ws.hbuf,
-            &ws.rstdf,
-            m,
-            c,
-            eps,
-        )?;
-        enc.submit();
+        nn::rmsnorm_fwd(enc, &ws.x_final, &self.norm, &ws.hbuf, &ws.rstdf, m, c, eps)?;
         Ok(m)
     }
 }

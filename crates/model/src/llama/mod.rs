@@ -14,7 +14,7 @@ mod forward;
 mod load;
 mod workspace;
 
-use tinytune_gpu::{Gpu, GpuBuffer};
+use tinytune_gpu::{Encoder, Gpu, GpuBuffer};
 
 use crate::lora::LoraGpu;
 use crate::prefix::PrefixGpu;
@@ -233,8 +233,8 @@ impl LlamaModel {
             ));
         }
         let (ids, tp) = self.with_virtual_ids(peft, ids, b, t)?;
-        let m = self.record_decoder(gpu, ws, peft, &ids, b, tp, None)?;
         let mut enc = gpu.encoder();
+        let m = self.record_decoder(&mut enc, ws, peft, &ids, b, tp, None)?;
         self.head().head_fwd(&mut enc, &ws.hbuf, &ws.logits, m)?;
         enc.submit();
         Ok(())
@@ -266,10 +266,32 @@ impl LlamaModel {
         grad_scale: f32,
         dropout: Option<LoraDropout>,
     ) -> Result<usize, ModelError> {
+        let mut enc = gpu.encoder();
+        let rows = self
+            .record_forward_backward(&mut enc, ws, peft, ids, targets, b, t, grad_scale, dropout)?;
+        enc.submit();
+        Ok(rows)
+    }
+
+    /// [`LlamaModel::forward_backward`] recorded into `enc` (its inputs are uploaded in command
+    /// order, so the passes of several micro-batches and the optimizer fit one submission).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_forward_backward(
+        &self,
+        enc: &mut Encoder,
+        ws: &Workspace,
+        peft: Peft<'_>,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+        grad_scale: f32,
+        dropout: Option<LoraDropout>,
+    ) -> Result<usize, ModelError> {
         let (ids, tp) = self.with_virtual_ids(Some(peft), ids, b, t)?;
         let dropout = dropout.filter(|_| matches!(peft, Peft::Lora(_)));
         self.train_pass(
-            gpu,
+            enc,
             ws,
             Some(peft),
             &ids,
@@ -295,8 +317,26 @@ impl LlamaModel {
         b: usize,
         t: usize,
     ) -> Result<usize, ModelError> {
+        let mut enc = gpu.encoder();
+        let rows = self.record_forward_loss(&mut enc, ws, peft, ids, targets, b, t)?;
+        enc.submit();
+        Ok(rows)
+    }
+
+    /// [`LlamaModel::forward_loss`] recorded into `enc`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_forward_loss(
+        &self,
+        enc: &mut Encoder,
+        ws: &Workspace,
+        peft: Option<Peft<'_>>,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+    ) -> Result<usize, ModelError> {
         let (ids, tp) = self.with_virtual_ids(peft, ids, b, t)?;
-        self.train_pass(gpu, ws, peft, &ids, targets, b, tp, None, None)?;
+        self.train_pass(enc, ws, peft, &ids, targets, b, tp, None, None)?;
         Ok(b * tp)
     }
 
