@@ -12,7 +12,7 @@
 #
 # On a real GPU (--full): SmolLM2-135M, Qwen2.5-0.5B and Llama-3.2-1B at 1x256 and 4x512, QLoRA
 # (NF4 base) and LoRA on an f32 base, LoRA r 8 on all seven projections of every layer, one
-# warm-up and 3 timed steps. Each run is capped at BENCH_RUN_TIMEOUT seconds (default 70) and the
+# warm-up and 2 timed steps. Each run is capped at BENCH_RUN_TIMEOUT seconds (default 70) and the
 # script stops starting runs after BENCH_BUDGET seconds (default 420), so it stays under 8 minutes.
 # On lavapipe (detected from the adapter's name, or --lavapipe): SmolLM2-135M at 4x64 only, one
 # timed step (defaults 1200 s per run, 2400 s in all).
@@ -79,7 +79,7 @@ else
     else
         configs="smollm2-135m qwen2.5-0.5b llama3.2-1b"
         shapes="1x256,4x512"
-        reps=3
+        reps=2
         run_timeout="${BENCH_RUN_TIMEOUT:-70}"
         budget="${BENCH_BUDGET:-420}"
     fi
