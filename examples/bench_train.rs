@@ -1,6 +1,6 @@
-//! Training-step benchmark: time of the forward pass (loss only) and of a training step (forward
-//! + backward with LoRA r 8 on all seven projections, then the optimizer: gradient copy, norm,
-//! clipped AdamW, parameter copy, gradient zeroing) over every layer and over the top 8, for a
+//! Training-step benchmark: time of the forward pass (loss only) and of a training step (the
+//! forward and backward passes with LoRA r 8 on all seven projections, then the optimizer: gradient
+//! copy, norm, clipped AdamW, parameter copy, gradient zeroing) over every layer and the top 8, for a
 //! batch of B sequences of T tokens with a target at every position; on a real model file or on
 //! a published model's shapes with random weights (`--config`, no download).
 //!
