@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::counters::Counters;
 use crate::error::{GpuError, Result};
 use crate::params::KernelParams;
 use crate::shaders;
@@ -116,6 +117,8 @@ pub struct Gpu {
     /// How many of `uncaptured` `sync` / reads have already returned.
     uncaptured_reported: AtomicU64,
     memory: Arc<MemoryCounter>,
+    /// Submits, dispatches, copies, clears and blocking reads ([`Gpu::counters`]).
+    pub(crate) counters: Counters,
 }
 
 impl Gpu {
@@ -161,6 +164,7 @@ impl Gpu {
             uncaptured,
             uncaptured_reported: AtomicU64::new(0),
             memory: Arc::new(MemoryCounter::default()),
+            counters: Counters::default(),
         })
     }
 
@@ -237,6 +241,12 @@ impl Gpu {
             live_bytes: self.memory.live.load(Ordering::Relaxed),
             peak_bytes: self.memory.peak.load(Ordering::Relaxed),
         }
+    }
+
+    /// What the runtime has asked of the device since it was opened (a snapshot; take two and
+    /// [`crate::GpuCounters::delta`] them to count a step).
+    pub fn counters(&self) -> crate::counters::GpuCounters {
+        self.counters.snapshot()
     }
 
     /// Starts a new peak: [`MemoryStats::peak_bytes`] becomes the bytes alive now.
@@ -388,6 +398,8 @@ impl Gpu {
             });
         enc.copy_buffer_to_buffer(&buf.raw, 0, &staging, 0, size);
         self.queue.submit([enc.finish()]);
+        self.counters.submit();
+        self.counters.blocking_read();
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
@@ -520,6 +532,7 @@ impl<'g> Encoder<'g> {
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, &bind, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        self.gpu.counters.dispatch(std::mem::size_of::<P>() as u64);
         Ok(())
     }
 
@@ -534,6 +547,7 @@ impl<'g> Encoder<'g> {
     ) {
         self.enc
             .copy_buffer_to_buffer(&src.raw, src_off, &dst.raw, dst_off, bytes);
+        self.gpu.counters.copy();
     }
 
     /// Records writing `bytes` into `dst` at `dst_off` (a multiple of 4) here in the command
@@ -562,12 +576,14 @@ impl<'g> Encoder<'g> {
     /// Zeroes a whole buffer.
     pub fn clear(&mut self, buf: &GpuBuffer) {
         self.enc.clear_buffer(&buf.raw, 0, None);
+        self.gpu.counters.clear();
     }
 
     /// Submits everything recorded.
     pub fn submit(mut self) {
         self.staged.flush(&self.gpu.queue);
         self.gpu.queue.submit([self.enc.finish()]);
+        self.gpu.counters.submit();
     }
 }
 

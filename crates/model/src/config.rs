@@ -405,6 +405,107 @@ impl LlamaConfig {
         Ok(())
     }
 
+    /// The names [`LlamaConfig::preset`] knows, in order of size.
+    pub const PRESETS: &'static [&'static str] = &["smollm2-135m", "qwen2.5-0.5b", "llama3.2-1b"];
+
+    /// The config of a published model by short name (see [`LlamaConfig::PRESETS`]), with the
+    /// values of its `config.json` on the Hugging Face hub: `smollm2-135m`
+    /// (HuggingFaceTB/SmolLM2-135M-Instruct), `qwen2.5-0.5b` (Qwen/Qwen2.5-0.5B-Instruct) and
+    /// `llama3.2-1b` (meta-llama/Llama-3.2-1B-Instruct). The shapes are what benchmarks and
+    /// memory estimates need without the files ([`crate::ModelSource::random`]). Parsed through
+    /// [`LlamaConfig::from_json`], so a preset is validated like a downloaded config.
+    pub fn preset(name: &str) -> Result<LlamaConfig> {
+        let v = match name.to_ascii_lowercase().as_str() {
+            "smollm2-135m" => serde_json::json!({
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "hidden_size": 576,
+                "intermediate_size": 1536,
+                "num_hidden_layers": 30,
+                "num_attention_heads": 9,
+                "num_key_value_heads": 3,
+                "head_dim": 64,
+                "rms_norm_eps": 1e-5,
+                "rope_theta": 100000.0,
+                "rope_scaling": null,
+                "vocab_size": 49152,
+                "tie_word_embeddings": true,
+                "max_position_embeddings": 8192,
+                "bos_token_id": 1,
+                "eos_token_id": 2,
+                "pad_token_id": 2,
+                "attention_bias": false,
+                "mlp_bias": false,
+                "hidden_act": "silu",
+                "torch_dtype": "bfloat16"
+            }),
+            "qwen2.5-0.5b" => serde_json::json!({
+                "architectures": ["Qwen2ForCausalLM"],
+                "model_type": "qwen2",
+                "hidden_size": 896,
+                "intermediate_size": 4864,
+                "num_hidden_layers": 24,
+                "num_attention_heads": 14,
+                "num_key_value_heads": 2,
+                "rms_norm_eps": 1e-6,
+                "rope_theta": 1000000.0,
+                "rope_scaling": null,
+                "vocab_size": 151936,
+                "tie_word_embeddings": true,
+                "max_position_embeddings": 32768,
+                "bos_token_id": 151643,
+                "eos_token_id": 151645,
+                "use_sliding_window": false,
+                "hidden_act": "silu",
+                "torch_dtype": "bfloat16"
+            }),
+            "llama3.2-1b" => serde_json::json!({
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "hidden_size": 2048,
+                "intermediate_size": 8192,
+                "num_hidden_layers": 16,
+                "num_attention_heads": 32,
+                "num_key_value_heads": 8,
+                "head_dim": 64,
+                "rms_norm_eps": 1e-5,
+                "rope_theta": 500000.0,
+                "rope_scaling": {
+                    "factor": 32.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 8192,
+                    "rope_type": "llama3"
+                },
+                "vocab_size": 128256,
+                "tie_word_embeddings": true,
+                "max_position_embeddings": 131072,
+                "bos_token_id": 128000,
+                "eos_token_id": [128001, 128008, 128009],
+                "attention_bias": false,
+                "mlp_bias": false,
+                "hidden_act": "silu",
+                "torch_dtype": "bfloat16"
+            }),
+            other => {
+                return Err(cfg_err(format!(
+                    "unknown preset '{other}' (known: {})",
+                    LlamaConfig::PRESETS.join(", ")
+                )))
+            }
+        };
+        LlamaConfig::from_json(&v.to_string())
+    }
+
+    /// Parameters of the model this config describes (embeddings, every linear and bias, the
+    /// norms, and the LM head unless tied).
+    pub fn n_params(&self) -> u64 {
+        self.tensor_specs()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>() as u64)
+            .sum()
+    }
+
     /// The config as `config.json` text (pretty-printed).
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("config serializes")
@@ -474,5 +575,98 @@ impl LlamaConfig {
             out.push(("lm_head.weight".to_string(), vec![v, c]));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every preset parses, and has the shapes and parameter count of the published model
+    /// (parameter counts as the hub's model cards and `model.num_parameters()` give them).
+    #[test]
+    fn presets_have_the_published_shapes() {
+        let smol = LlamaConfig::preset("smollm2-135m").unwrap();
+        assert_eq!(
+            (
+                smol.hidden_size,
+                smol.num_hidden_layers,
+                smol.intermediate_size
+            ),
+            (576, 30, 1536)
+        );
+        assert_eq!(
+            (
+                smol.num_attention_heads,
+                smol.num_key_value_heads,
+                smol.head_dim
+            ),
+            (9, 3, 64)
+        );
+        assert_eq!((smol.vocab_size, smol.rope_theta), (49152, 100000.0));
+        assert!(smol.tie_word_embeddings && !smol.has_qkv_bias() && smol.rope_scaling.is_none());
+        assert_eq!(smol.n_params(), 134_515_008);
+
+        let qwen = LlamaConfig::preset("Qwen2.5-0.5B").unwrap();
+        assert_eq!(qwen.model_type, ModelType::Qwen2);
+        assert_eq!(
+            (
+                qwen.hidden_size,
+                qwen.num_hidden_layers,
+                qwen.intermediate_size
+            ),
+            (896, 24, 4864)
+        );
+        assert_eq!(
+            (
+                qwen.num_attention_heads,
+                qwen.num_key_value_heads,
+                qwen.head_dim
+            ),
+            (14, 2, 64)
+        );
+        assert_eq!((qwen.vocab_size, qwen.rope_theta), (151936, 1e6));
+        assert!(qwen.tie_word_embeddings && qwen.has_qkv_bias() && !qwen.has_o_bias());
+        assert_eq!(qwen.n_params(), 494_032_768);
+
+        let llama = LlamaConfig::preset("llama3.2-1b").unwrap();
+        assert_eq!(
+            (
+                llama.hidden_size,
+                llama.num_hidden_layers,
+                llama.intermediate_size
+            ),
+            (2048, 16, 8192)
+        );
+        assert_eq!(
+            (
+                llama.num_attention_heads,
+                llama.num_key_value_heads,
+                llama.head_dim
+            ),
+            (32, 8, 64)
+        );
+        assert_eq!((llama.vocab_size, llama.rope_theta), (128256, 500000.0));
+        assert!(llama.tie_word_embeddings && !llama.has_qkv_bias());
+        assert_eq!(
+            llama.rope_scaling,
+            Some(RopeScaling::Llama3 {
+                factor: 32.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192,
+            })
+        );
+        assert_eq!(llama.n_params(), 1_235_814_400);
+
+        for name in LlamaConfig::PRESETS {
+            let c = LlamaConfig::preset(name).unwrap();
+            assert_eq!(LlamaConfig::from_json(&c.to_json()).unwrap(), c, "{name}");
+        }
+        let err = LlamaConfig::preset("gpt2").unwrap_err().to_string();
+        assert!(
+            err.contains("smollm2-135m, qwen2.5-0.5b, llama3.2-1b"),
+            "{err}"
+        );
     }
 }

@@ -68,6 +68,11 @@ impl LlamaModel {
                 opts.vocab_chunk_rows,
             )
         };
+        // The embedding first: its host copies (the stored tensor, its f32 form, wgpu's staging
+        // copy) are the largest of the model and are gone before the layers pile up on the device.
+        let embed = table("model.embed_tokens.weight")?;
+        gpu.encoder().submit();
+        gpu.sync()?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let linears = (0..7)
@@ -116,6 +121,13 @@ impl LlamaModel {
                 Ok(l) => l,
                 Err(_) => unreachable!("seven linears were built"),
             };
+            if quant == Quant::None {
+                // wgpu stages every `write_buffer` until the next submit: without one (an f32
+                // base has no quantize pass to submit), a whole model's staging copies would pile
+                // up in host memory before the first step. Flush them layer by layer.
+                gpu.encoder().submit();
+                gpu.sync()?;
+            }
             layers.push(Layer {
                 input_layernorm: upload(
                     gpu,
@@ -137,7 +149,7 @@ impl LlamaModel {
         };
         let inv_freq_host = config_inv_freq(&cfg);
         Ok(LlamaModel {
-            embed: table("model.embed_tokens.weight")?,
+            embed,
             layers,
             norm: upload(gpu, src, "model.norm.weight")?,
             lm_head,
