@@ -16,7 +16,7 @@ pub struct GpuCounters {
     pub submits: u64,
     /// Compute dispatches recorded (dispatches of zero workgroups are skipped, not counted).
     pub dispatches: u64,
-    /// Buffer-to-buffer copies recorded with [`crate::Encoder::copy`].
+    /// Buffer-to-buffer copies recorded with [`crate::Encoder::copy`] and [`crate::Encoder::upload`].
     pub copies: u64,
     /// Buffer clears recorded with [`crate::Encoder::clear`].
     pub clears: u64,

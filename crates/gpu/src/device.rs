@@ -570,6 +570,7 @@ impl<'g> Encoder<'g> {
         }
         self.enc
             .copy_buffer_to_buffer(&src, at, &dst.raw, dst_off, len);
+        self.gpu.counters.copy();
         Ok(())
     }
 
