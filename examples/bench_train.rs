@@ -48,6 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gpu = Gpu::new_blocking(GpuOptions::default())?;
     let src = ModelSource::open(path)?;
     let model = LlamaModel::load(&gpu, &src, quant)?;
+    println!("model memory: {}", model.memory());
     let v = model.config.vocab_size;
     let m = b * t;
     let ids: Vec<u32> = (0..m).map(|i| ((i * 7919 + 13) % v) as u32).collect();
