@@ -361,18 +361,29 @@ fn sixteen_bit_vocabulary_matches_its_f32_copy_exactly() {
             assert_eq!(mem16.linears, mem32.linears);
             assert_eq!(mem16.other, mem32.other);
             let vocab = |m: &tinytune::model::ModelMemory| m.embed.0 + m.lm_head.map_or(0, |h| h.0);
-            assert!(2 * vocab(&mem16) <= vocab(&mem32) + 8, "{name}: {mem16} vs {mem32}");
+            assert!(
+                2 * vocab(&mem16) <= vocab(&mem32) + 8,
+                "{name}: {mem16} vs {mem32}"
+            );
             let (ids, b, t) = (&bt.ids, bt.b, bt.t);
             let l16 = pollster::block_on(m16.logits(gpu, ids, b, t)).unwrap();
             let l32 = pollster::block_on(m32.logits(gpu, ids, b, t)).unwrap();
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&l16), bits(&l32), "{name} {dtype:?} chunk {chunk:?}: logits");
+            assert_eq!(
+                bits(&l16),
+                bits(&l32),
+                "{name} {dtype:?} chunk {chunk:?}: logits"
+            );
             let lora = init_adapter(name, m16.layers.len());
             let (loss16, g16) = gpu_loss_and_grads(&m16, &lora, &bt, bt.b * bt.t, None);
             let (loss32, g32) = gpu_loss_and_grads(&m32, &lora, &bt, bt.b * bt.t, None);
             assert_eq!(loss16.to_bits(), loss32.to_bits(), "{name}: loss");
             for ((k, a), (_, r)) in flat_pairs(&g16).iter().zip(flat_pairs(&g32)) {
-                assert_eq!(bits(a), bits(&r), "{name} {dtype:?} chunk {chunk:?}: grad {k}");
+                assert_eq!(
+                    bits(a),
+                    bits(&r),
+                    "{name} {dtype:?} chunk {chunk:?}: grad {k}"
+                );
             }
         }
     }
