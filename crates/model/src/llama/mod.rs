@@ -99,7 +99,7 @@ impl ModelMemory {
 }
 
 impl std::fmt::Display for ModelMemory {
-    /// `106.2 MiB: decoder linears 54.6 MiB (NF4), embeddings 51.6 MiB (f16, tied LM head),
+    /// `106.6 MiB: decoder linears 52.4 MiB (NF4), embeddings 54.0 MiB (f16, tied LM head),
     /// norms / biases 0.1 MiB (f32)`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
