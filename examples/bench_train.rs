@@ -225,6 +225,7 @@ fn run(args: &Args) -> BoxResult<()> {
         Quant::Nf4 { .. } => "nf4",
     };
     let n_layers = model.layers.len();
+    say(format!("model memory: {}", model.memory()));
     say(format!(
         "adapter: {ad} | model {} ({n_layers} layers{}) quant {quant} | loaded in {load_s:.1} s, \
          {:.1} MiB of device buffers",

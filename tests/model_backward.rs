@@ -199,6 +199,7 @@ fn forward_backward_with_vocab_chunks_matches_whole() {
         let whole = LlamaModel::load(gpu, &src, Quant::None).unwrap();
         let opts = tinytune::model::LoadOptions {
             vocab_chunk_rows: Some(64),
+            ..Default::default()
         };
         let chunked = LlamaModel::load_with(gpu, &src, Quant::None, &opts).unwrap();
         let lora = init_adapter(name, whole.layers.len());
@@ -325,5 +326,65 @@ fn top_layer_adapters_match_reference() {
     assert_eq!(g.len(), 28);
     for ((k, g), (_, r)) in g.iter().zip(r) {
         assert_close(&format!("top-layer grad {k}"), g, &r, GRAD_ATOL, GRAD_RTOL);
+    }
+}
+
+/// A 16-bit vocabulary (embedding and LM head stored bf16 or f16 on the device, as the
+/// checkpoint has them) gives bit for bit the loss and LoRA gradients of its f32 copy
+/// (`LoadOptions::vocab_dtype = F32`): the kernels widen every element exactly. Whole and chunked
+/// tables, tied and untied heads; the tables take half the bytes.
+#[test]
+fn sixteen_bit_vocabulary_matches_its_f32_copy_exactly() {
+    use tinytune::model::{FloatDtype, LoadOptions};
+    let Some(gpu) = gpu() else { return };
+    for (name, dtype) in [
+        ("llama", FloatDtype::BF16),
+        ("llama_tied_llama3", FloatDtype::BF16),
+        ("qwen2", FloatDtype::F16),
+    ] {
+        let src = common::hf::with_vocab_dtype(&format!("{name}/model"), dtype);
+        let bt = batch(name);
+        for chunk in [None, Some(64)] {
+            let half = LoadOptions {
+                vocab_chunk_rows: chunk,
+                ..Default::default()
+            };
+            let full = LoadOptions {
+                vocab_chunk_rows: chunk,
+                vocab_dtype: Some(FloatDtype::F32),
+            };
+            let m16 = LlamaModel::load_with(gpu, &src, Quant::None, &half).unwrap();
+            let m32 = LlamaModel::load_with(gpu, &src, Quant::None, &full).unwrap();
+            assert_eq!(m16.embed.dtype, dtype);
+            assert_eq!(m32.embed.dtype, FloatDtype::F32);
+            let (mem16, mem32) = (m16.memory(), m32.memory());
+            assert_eq!(mem16.linears, mem32.linears);
+            assert_eq!(mem16.other, mem32.other);
+            let vocab = |m: &tinytune::model::ModelMemory| m.embed.0 + m.lm_head.map_or(0, |h| h.0);
+            assert!(
+                2 * vocab(&mem16) <= vocab(&mem32) + 8,
+                "{name}: {mem16} vs {mem32}"
+            );
+            let (ids, b, t) = (&bt.ids, bt.b, bt.t);
+            let l16 = pollster::block_on(m16.logits(gpu, ids, b, t)).unwrap();
+            let l32 = pollster::block_on(m32.logits(gpu, ids, b, t)).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&l16),
+                bits(&l32),
+                "{name} {dtype:?} chunk {chunk:?}: logits"
+            );
+            let lora = init_adapter(name, m16.layers.len());
+            let (loss16, g16) = gpu_loss_and_grads(&m16, &lora, &bt, bt.b * bt.t, None);
+            let (loss32, g32) = gpu_loss_and_grads(&m32, &lora, &bt, bt.b * bt.t, None);
+            assert_eq!(loss16.to_bits(), loss32.to_bits(), "{name}: loss");
+            for ((k, a), (_, r)) in flat_pairs(&g16).iter().zip(flat_pairs(&g32)) {
+                assert_eq!(
+                    bits(a),
+                    bits(&r),
+                    "{name} {dtype:?} chunk {chunk:?}: grad {k}"
+                );
+            }
+        }
     }
 }

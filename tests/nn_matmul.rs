@@ -5,7 +5,7 @@ mod common;
 
 use common::{assert_close, gpu, Rng};
 use tinytune::gpu::ops::nn;
-use tinytune::gpu::{Gpu, GpuError};
+use tinytune::gpu::{Gpu, GpuError, TableDtype};
 use tinytune::reference::nn as rnn;
 
 /// f32 sums of K products in a different order: absolute error grows like sqrt(K) ulps of the terms.
@@ -628,5 +628,165 @@ fn vocab_chunked_head_equals_whole() {
             atol(v),
             MATMUL_RTOL,
         );
+    }
+}
+
+/// 16-bit bits of `x` in `dtype` (round to nearest even), with subnormals, the largest f16 and
+/// signed zeros mixed in.
+fn half_bits(x: &[f32], dtype: rnn::Float16) -> Vec<u16> {
+    use tinytune::model::float::{f32_to_bf16, f32_to_f16};
+    const SPECIAL: [u16; 6] = [0x0001, 0x83FF, 0x0400, 0x3BFF, 0x8000, 0x0000];
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| match (i % 5 == 2, dtype) {
+            (true, _) => SPECIAL[(i / 5) % SPECIAL.len()],
+            (false, rnn::Float16::F16) => f32_to_f16(v),
+            (false, rnn::Float16::BF16) => f32_to_bf16(v),
+        })
+        .collect()
+}
+
+fn table_dtype(d: rnn::Float16) -> TableDtype {
+    match d {
+        rnn::Float16::F16 => TableDtype::F16,
+        rnn::Float16::BF16 => TableDtype::BF16,
+    }
+}
+
+/// `nn/matmul_fwd` with a 16-bit w (`TABLE_DTYPE` f16 / bf16, packed two per u32; odd K puts rows
+/// mid-word): against the reference (which widens the bits) within the f32 tolerance, and bit for
+/// bit against the f32 kernel on the widened w (the kernel widens exactly, then does the same sums).
+#[test]
+fn matmul_fwd_strided_dtype_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    for dtype in [rnn::Float16::F16, rnn::Float16::BF16] {
+        for (i, &(m, k, n, ldy, col0)) in STRIDED.iter().enumerate() {
+            for (alpha, accumulate) in [(1.0, false), (-0.75, true)] {
+                let mut rng = Rng::new(2000 + i as u64);
+                let x = rng.vec(m * k, 1.0);
+                let w = half_bits(&rng.vec(n * k, 0.5), dtype);
+                let y0 = rng.vec(m * ldy + 3, 1.0);
+                let xb = gpu.upload("x", &x).unwrap();
+                let wb = gpu.upload("w16", &w).unwrap();
+                let w32 = gpu.upload("w32", &dtype.widen(&w)).unwrap();
+                let yb = gpu.upload("y", &y0).unwrap();
+                let y32 = gpu.upload("y32", &y0).unwrap();
+                let s = nn::MatmulShape { m, k, n };
+                let mut enc = gpu.encoder();
+                nn::matmul_fwd_strided_dtype(
+                    &mut enc,
+                    &xb,
+                    &wb,
+                    table_dtype(dtype),
+                    &yb,
+                    s,
+                    ldy,
+                    col0,
+                    alpha,
+                    accumulate,
+                )
+                .unwrap();
+                nn::matmul_fwd_strided(&mut enc, &xb, &w32, &y32, s, ldy, col0, alpha, accumulate)
+                    .unwrap();
+                enc.submit();
+                let got = gpu.read_blocking::<f32>(&yb).unwrap();
+                let got32 = gpu.read_blocking::<f32>(&y32).unwrap();
+                let mut want = y0.clone();
+                rnn::matmul_fwd_strided_dtype(
+                    &x, &w, dtype, &mut want, m, k, n, ldy, col0, alpha, accumulate,
+                );
+                let name = format!(
+                    "nn/matmul_fwd {dtype:?} m={m} k={k} n={n} ldy={ldy} col0={col0} acc={accumulate}"
+                );
+                assert_close(&name, &got, &want, atol(k), MATMUL_RTOL);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&got32),
+                    "{name}: not the f32 kernel's result"
+                );
+            }
+        }
+    }
+    // w holds ceil(n * k / 2) words.
+    let (m, k, n) = (2, 3, 5);
+    let x = gpu.alloc("x", (m * k * 4) as u64).unwrap();
+    let y = gpu.alloc("y", (m * n * 4) as u64).unwrap();
+    let short = gpu
+        .alloc("w", TableDtype::F16.bytes((n * k) as u64) - 4)
+        .unwrap();
+    let mut enc = gpu.encoder();
+    let s = nn::MatmulShape { m, k, n };
+    assert!(matches!(
+        nn::matmul_fwd_strided_dtype(
+            &mut enc,
+            &x,
+            &short,
+            TableDtype::F16,
+            &y,
+            s,
+            n,
+            0,
+            1.0,
+            false
+        ),
+        Err(GpuError::Shape { .. })
+    ));
+    enc.submit();
+}
+
+/// `nn/matmul_bwd_input` with a 16-bit w, as [`matmul_fwd_strided_dtype_matches_reference`].
+#[test]
+fn matmul_bwd_input_strided_dtype_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    for dtype in [rnn::Float16::F16, rnn::Float16::BF16] {
+        for (i, &(m, k, n, lddy, col0)) in STRIDED.iter().enumerate() {
+            for accumulate in [false, true] {
+                let mut rng = Rng::new(2100 + i as u64);
+                let w = half_bits(&rng.vec(n * k, 0.5), dtype);
+                let dx0 = rng.vec(m * k, 1.0);
+                let dy = rng.vec(m * lddy + 3, 1.0);
+                let dyb = gpu.upload("dy", &dy).unwrap();
+                let wb = gpu.upload("w16", &w).unwrap();
+                let w32 = gpu.upload("w32", &dtype.widen(&w)).unwrap();
+                let dxb = gpu.upload("dx", &dx0).unwrap();
+                let dx32 = gpu.upload("dx32", &dx0).unwrap();
+                let s = nn::MatmulShape { m, k, n };
+                let mut enc = gpu.encoder();
+                nn::matmul_bwd_input_strided_dtype(
+                    &mut enc,
+                    &dyb,
+                    &wb,
+                    table_dtype(dtype),
+                    &dxb,
+                    s,
+                    lddy,
+                    col0,
+                    accumulate,
+                )
+                .unwrap();
+                nn::matmul_bwd_input_strided(
+                    &mut enc, &dyb, &w32, &dx32, s, lddy, col0, accumulate,
+                )
+                .unwrap();
+                enc.submit();
+                let got = gpu.read_blocking::<f32>(&dxb).unwrap();
+                let got32 = gpu.read_blocking::<f32>(&dx32).unwrap();
+                let mut want = dx0.clone();
+                rnn::matmul_bwd_input_strided_dtype(
+                    &dy, &w, dtype, &mut want, m, k, n, lddy, col0, accumulate,
+                );
+                let name = format!(
+                    "nn/matmul_bwd_input {dtype:?} m={m} k={k} n={n} lddy={lddy} col0={col0} acc={accumulate}"
+                );
+                assert_close(&name, &got, &want, atol(n), MATMUL_RTOL);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&got32),
+                    "{name}: not the f32 kernel's result"
+                );
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 // Token embedding lookup: x[m, c] = table[ids[m], c] for ids[M] (u32) and a table of V rows of C
-// f32. The bound table may be a vocab chunk: rows [row0, row0 + rows) of the full table (row0 = 0,
+// f32, f16 or bf16 (TABLE_DTYPE, nn/table_common.wgsl: a 16-bit table is packed two elements per
+// u32 and widened exactly, so the output is the f32 value of the stored element). The bound table may be a vocab chunk: rows [row0, row0 + rows) of the full table (row0 = 0,
 // rows = V for the whole table), so that a table over the storage-binding limit is looked up one
 // chunk at a time:
 // - an id >= V (out of range, e.g. a padding id of -1 stored as u32) writes a row of zeros (every
@@ -22,7 +23,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;       // (M)
-@group(0) @binding(2) var<storage, read> table: array<f32>;     // (rows, C): rows row0.. of the table
+@group(0) @binding(2) var<storage, read> table: array<u32>;     // (rows, C) f32, or (rows*C/2) packed 16-bit pairs: rows row0.. of the table
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;   // (M, C)
 
 @compute @workgroup_size(64)
@@ -42,6 +43,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     // Wraps to >= 2^32 - row0 >= rows for id < row0.
     let r = id - p.row0;
     if (r < p.rows) {
-        x[t] = table[r * p.c + col];
+        let i = r * p.c + col;
+        x[t] = table_value(table[table_word(i)], i);
     }
 }

@@ -1,5 +1,6 @@
 // Input gradient of the dense f32 matmul: dx[M,K] (+)= dy[M,N] · w[N,K], with w stored in torch
-// Linear layout [out, in] (the input gradient of nn/matmul_fwd with alpha = 1).
+// Linear layout [out, in] (the input gradient of nn/matmul_fwd with alpha = 1). w is f32, or f16 /
+// bf16 packed two elements per u32 (TABLE_DTYPE, nn/table_common.wgsl), widened exactly.
 //
 // Register blocking without shared memory, tiled like nf4/matmul_bwd_input: an invocation owns
 // ROWS rows × 8 consecutive k of dx (2 vec4 per row) and walks N in increasing order like the
@@ -30,8 +31,13 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> dy: array<f32>;        // (M, lddy), columns col0..col0+N
-@group(0) @binding(2) var<storage, read> w: array<f32>;         // (N, K)
+@group(0) @binding(2) var<storage, read> w: array<u32>;         // (N, K) f32, or (N*K/2) packed 16-bit pairs
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;  // (M, K)
+
+// Element i of w (row-major (N, K)) as f32.
+fn wv(i: u32) -> f32 {
+    return table_value(w[table_word(i)], i);
+}
 
 fn store(row: u32, col: u32, v: f32) {
     if (col < p.k) {
@@ -73,8 +79,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
     var wr = 0u;  // n * K: start of w row n
     for (var n = 0u; n < N; n++) {
-        let wl = vec4<f32>(w[wr + co[0]], w[wr + co[1]], w[wr + co[2]], w[wr + co[3]]);
-        let wh = vec4<f32>(w[wr + co[4]], w[wr + co[5]], w[wr + co[6]], w[wr + co[7]]);
+        let wl = vec4<f32>(wv(wr + co[0]), wv(wr + co[1]), wv(wr + co[2]), wv(wr + co[3]));
+        let wh = vec4<f32>(wv(wr + co[4]), wv(wr + co[5]), wv(wr + co[6]), wv(wr + co[7]));
         for (var i = 0u; i < ROWS; i++) {
             let d = dy[yo[i] + n];
             acc[2u * i] += d * wl;

@@ -1,5 +1,9 @@
 // Dense f32 matmul in torch Linear layout: y[M,N] (+)= alpha * x[M,K] · w[N,K]ᵀ.
 //
+// w is f32, or f16 / bf16 packed two elements per u32 (TABLE_DTYPE, nn/table_common.wgsl: a frozen
+// LM head kept in its checkpoint's 16-bit dtype); each element is widened exactly to f32 before the
+// multiply, so a 16-bit w gives the same sums as the f32 copy of it.
+//
 // The output may be a column band of a wider matrix: element (row, col) is stored at
 // y[row * ldy + col0 + col] (ldy = n, col0 = 0 for a plain [M,N] output), so that a weight split
 // into row chunks (vocab chunks of an LM head) writes each chunk's columns of the full logits.
@@ -29,8 +33,13 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;         // (M, K)
-@group(0) @binding(2) var<storage, read> w: array<f32>;         // (N, K)
+@group(0) @binding(2) var<storage, read> w: array<u32>;         // (N, K) f32, or (N*K/2) packed 16-bit pairs
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;   // (M, ldy), columns col0..col0+N
+
+// Element i of w (row-major (N, K)) as f32.
+fn wv(i: u32) -> f32 {
+    return table_value(w[table_word(i)], i);
+}
 
 fn store(row: u32, col: u32, v: f32) {
     if (col < p.n) {
@@ -71,8 +80,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
 
     for (var kk = 0u; kk < K; kk++) {
-        let wa = vec4<f32>(w[wo[0] + kk], w[wo[1] + kk], w[wo[2] + kk], w[wo[3] + kk]);
-        let wb = vec4<f32>(w[wo[4] + kk], w[wo[5] + kk], w[wo[6] + kk], w[wo[7] + kk]);
+        let wa = vec4<f32>(wv(wo[0] + kk), wv(wo[1] + kk), wv(wo[2] + kk), wv(wo[3] + kk));
+        let wb = vec4<f32>(wv(wo[4] + kk), wv(wo[5] + kk), wv(wo[6] + kk), wv(wo[7] + kk));
         for (var i = 0u; i < ROWS; i++) {
             let xs = x[xo[i] + kk];
             acc[2u * i] += xs * wa;

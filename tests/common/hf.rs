@@ -167,3 +167,38 @@ pub fn model_lora(l: &tinytune::reference::llama::Lora) -> tinytune::model::Lora
             .collect(),
     }
 }
+
+/// The fixture model `rel` (a folder with one `model.safetensors`) with its embedding and LM head
+/// rounded to `dtype` (round to nearest even) and stored as such, everything else as it is: a
+/// checkpoint with a 16-bit vocabulary, built in memory.
+#[allow(dead_code)]
+pub fn with_vocab_dtype(rel: &str, dtype: tinytune::model::FloatDtype) -> ModelSource {
+    use tinytune::model::safetensors::serialize;
+    use tinytune::model::{HfParts, MemBytes, SafetensorsFile, StDtype};
+    let dir = fixture(rel);
+    let st = SafetensorsFile::open(&dir.join("model.safetensors")).unwrap();
+    let mut owned = Vec::new();
+    for t in st.tensors() {
+        let vocab = t.name == "model.embed_tokens.weight" || t.name == "lm_head.weight";
+        let (dt, bytes) = if vocab {
+            let x = st.load(&t.name).unwrap().data;
+            (StDtype::parse(dtype.st_name()), dtype.encode(&x))
+        } else {
+            (t.dtype.clone(), st.raw(&t.name).unwrap().into_owned())
+        };
+        owned.push((t.name.clone(), dt, t.shape.clone(), bytes));
+    }
+    let refs: Vec<(&str, StDtype, Vec<usize>, &[u8])> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), d.clone(), s.clone(), b.as_slice()))
+        .collect();
+    let file = serialize(&refs, None).unwrap();
+    ModelSource::from_hf_parts(HfParts {
+        config_json: std::fs::read_to_string(dir.join("config.json")).unwrap(),
+        shards: vec![Box::new(MemBytes::new(file, "model.safetensors"))],
+        tokenizer_json: None,
+        tokenizer_config_json: None,
+        chat_template: None,
+    })
+    .unwrap()
+}

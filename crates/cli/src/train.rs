@@ -134,6 +134,7 @@ fn load_model(gpu: &Gpu, src: &ModelSource, path: &Path, quant: QuantArg) -> Res
         quant,
         t.elapsed().as_secs_f64()
     );
+    eprintln!("model memory: {}", model.memory());
     Ok(model)
 }
 

@@ -69,6 +69,13 @@ pub struct GpuBuffer {
     _tracked: Arc<Tracked>,
 }
 
+impl GpuBuffer {
+    /// The bytes this buffer takes in [`Gpu::memory`] (`len` rounded up to 4, at least 4).
+    pub fn device_bytes(&self) -> u64 {
+        self._tracked.bytes
+    }
+}
+
 /// Bytes of storage buffers alive, and the most ever alive, on one device.
 #[derive(Default)]
 struct MemoryCounter {

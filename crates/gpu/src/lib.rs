@@ -18,4 +18,5 @@ pub use device::{
     groups_1d, AdapterSummary, Encoder, Gpu, GpuBuffer, GpuOptions, Kernel, MemoryStats,
 };
 pub use error::{GpuError, Result};
+pub use ops::TableDtype;
 pub use wgpu;

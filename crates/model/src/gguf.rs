@@ -513,6 +513,35 @@ impl GgufFile {
         })
     }
 
+    /// The stored bytes of rows `[row0, row0 + rows)` of a tensor (a row is `ne[0]` elements, a
+    /// whole number of blocks) and its type, without reading the rest.
+    pub fn raw_rows(
+        &self,
+        name: &str,
+        row0: usize,
+        rows: usize,
+    ) -> Result<(GgmlType, std::borrow::Cow<'_, [u8]>)> {
+        let info = self
+            .tensor_info(name)
+            .ok_or_else(|| ModelError::Tensor(format!("{}: no tensor '{name}'", self.name())))?;
+        let t = info.ggml_type()?;
+        let row_elems = info.ne.first().copied().unwrap_or(1);
+        let n_rows = info.numel() / row_elems.max(1);
+        if (row0 as u64).saturating_add(rows as u64) > n_rows {
+            return Err(ModelError::Tensor(format!(
+                "{}: tensor '{name}' has {n_rows} rows, rows {row0}..{} asked",
+                self.name(),
+                row0.saturating_add(rows)
+            )));
+        }
+        let row_bytes = t.bytes_for(row_elems)?;
+        let bytes = self.src.read_at(
+            self.data_start + info.offset + row0 as u64 * row_bytes,
+            (rows as u64 * row_bytes) as usize,
+        )?;
+        Ok((t, bytes))
+    }
+
     /// A string-array metadata value (`tokenizer.ggml.tokens`...), borrowed.
     pub fn get_str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
         match self.get(key) {

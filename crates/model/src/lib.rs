@@ -50,7 +50,7 @@ pub use generate::{stop_ids, GenerateOptions, Generated, KvDecoder, StopReason, 
 pub use gguf::{
     config_from_gguf, gguf_to_hf_name, hf_to_gguf_name, GgufFile, GgufTensorInfo, GgufValue,
 };
-pub use llama::{LlamaModel, LoadOptions, Mode, Peft, Quant, Workspace};
+pub use llama::{LlamaModel, LoadOptions, Mode, ModelMemory, Peft, Quant, Workspace};
 pub use lora::{Lora, LoraGpu, LoraPair, LoraPairGpu};
 pub use prefix::PrefixGpu;
 pub use prompt::PromptGpu;

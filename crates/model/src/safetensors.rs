@@ -328,6 +328,39 @@ impl SafetensorsFile {
         self.src.read_at(self.data_start + a, (b - a) as usize)
     }
 
+    /// The stored bytes of rows `[row0, row0 + rows)` of a tensor of at least one dimension (a row
+    /// is everything after the first dimension), without reading the rest.
+    pub fn raw_rows(&self, name: &str, row0: usize, rows: usize) -> Result<Cow<'_, [u8]>> {
+        let info = self
+            .info(name)
+            .ok_or_else(|| ModelError::Tensor(format!("{}: no tensor '{name}'", self.name())))?;
+        let Some(size) = info.dtype.size() else {
+            return Err(ModelError::Unsupported(format!(
+                "{}: tensor '{name}' has dtype {}, not whole bytes per element",
+                self.name(),
+                info.dtype
+            )));
+        };
+        let n_rows = info.shape.first().copied().unwrap_or(1);
+        if row0.checked_add(rows).is_none_or(|end| end > n_rows) {
+            return Err(ModelError::Tensor(format!(
+                "{}: tensor '{name}' has {n_rows} rows, rows {row0}..{} asked",
+                self.name(),
+                row0.saturating_add(rows)
+            )));
+        }
+        let row_bytes = info
+            .shape
+            .iter()
+            .skip(1)
+            .map(|&d| d as u64)
+            .product::<u64>()
+            * size;
+        let start = info.data_offsets.0 + row0 as u64 * row_bytes;
+        self.src
+            .read_at(self.data_start + start, (rows as u64 * row_bytes) as usize)
+    }
+
     /// Reads one tensor and converts it to f32 (F32, F16, BF16 exactly; F64 rounded).
     pub fn load(&self, name: &str) -> Result<HostTensor> {
         let bytes = self.raw(name)?;

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::bytes::ByteSource;
 use crate::config::{LlamaConfig, ModelType};
+use crate::float::FloatDtype;
 use crate::gguf::{config_from_gguf, gguf_to_hf_name, hf_to_gguf_name, GgufFile};
 use crate::safetensors::SafetensorsFile;
 use crate::tensor::HostTensor;
@@ -444,6 +445,76 @@ impl ModelSource {
         };
         debug_assert_eq!(t.shape, meta.shape);
         Ok(t)
+    }
+
+    /// The float dtype a tensor is stored in (F32, F16, BF16), or `None` when it is stored
+    /// quantized (a GGUF Q8_0 / Q4_0 / Q4_1 tensor).
+    pub fn stored_float(&self, name: &str) -> Option<FloatDtype> {
+        match self.tensor_meta(name)?.dtype.as_str() {
+            "F32" => Some(FloatDtype::F32),
+            "F16" => Some(FloatDtype::F16),
+            "BF16" => Some(FloatDtype::BF16),
+            _ => None,
+        }
+    }
+
+    /// Rows `[row0, row0 + rows)` of a 2-D tensor (`[rows, C]`, torch shape) as little-endian
+    /// `to` elements, reading only those rows: the stored bytes as they are when the tensor is
+    /// stored as `to`, else converted through f32 ([`FloatDtype::encode`]: exact to f32, round to
+    /// nearest even to a 16-bit dtype). For tensors kept in their own dtype on the device (the
+    /// vocabulary tables), loaded a chunk at a time without an f32 copy of the whole tensor. Not
+    /// for a GGUF llama model's q/k projections, which [`ModelSource::load`] reorders.
+    pub fn load_rows(
+        &self,
+        name: &str,
+        row0: usize,
+        rows: usize,
+        to: FloatDtype,
+    ) -> Result<Vec<u8>> {
+        let meta = self
+            .tensor_meta(name)
+            .ok_or_else(|| ModelError::Tensor(format!("the model has no tensor '{name}'")))?;
+        let [n_rows, c] = meta.shape[..] else {
+            return Err(ModelError::Shape(format!(
+                "{name}: shape {:?}, expected [rows, C]",
+                meta.shape
+            )));
+        };
+        if row0.checked_add(rows).is_none_or(|end| end > n_rows) {
+            return Err(ModelError::Shape(format!(
+                "{name}: rows {row0}..{} of {n_rows}",
+                row0.saturating_add(rows)
+            )));
+        }
+        if name.contains(".self_attn.q_proj.") || name.contains(".self_attn.k_proj.") {
+            return Err(ModelError::Unsupported(format!(
+                "{name}: q/k projections load whole (ModelSource::load)"
+            )));
+        }
+        let n = rows * c;
+        let mut f32s = vec![0f32; n];
+        match &self.inner {
+            Inner::Hf { shards, map, .. } => {
+                let sh = &shards[map[name]];
+                let bytes = sh.raw_rows(name, row0, rows)?;
+                let from = self.stored_float(name).ok_or_else(|| {
+                    ModelError::Unsupported(format!("{name}: dtype {}", meta.dtype))
+                })?;
+                if from == to {
+                    return Ok(bytes.into_owned());
+                }
+                from.decode_into(&bytes, &mut f32s);
+            }
+            Inner::Gguf(g) => {
+                let gname = hf_to_gguf_name(name).expect("model tensors map to GGUF names");
+                let (t, bytes) = g.raw_rows(&gname, row0, rows)?;
+                if self.stored_float(name) == Some(to) {
+                    return Ok(bytes.into_owned());
+                }
+                t.dequantize(&bytes, &mut f32s)?;
+            }
+        }
+        Ok(to.encode(&f32s))
     }
 
     /// The tokenizer: `tokenizer.json` (+ `tokenizer_config.json` / `chat_template.jinja`) of a

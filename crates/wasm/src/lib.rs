@@ -77,6 +77,12 @@ export interface ModelInfo {
     bytes_read: number; file_bytes: number;
     /** GPU bytes of the loaded model (tinytune's buffers alive after loading). */
     model_bytes: number;
+    /** Where `model_bytes` go: the decoder's linears (`"nf4"` or `"f32"`), the embedding and
+     * the LM head (`null` when tied) in their stored dtype, norms / biases / RoPE (f32). */
+    model_memory: {
+        linears: number; linears_dtype: "nf4" | "f32"; embed: number; embed_dtype: "f32" | "f16" | "bf16";
+        lm_head: number | null; lm_head_dtype: "f32" | "f16" | "bf16" | null; other: number;
+    };
 }
 /** Model loading: after the headers (0 tensors) and after each tensor read. */
 export interface LoadProgress {
@@ -178,6 +184,23 @@ fn err(e: impl std::fmt::Display) -> JsValue {
 /// [`err`] with what to change when the GPU ran out of room ([`options::with_gpu_hint`]).
 fn gpu_err(what: &'static str) -> impl Fn(String) -> JsValue {
     move |m| err(options::with_gpu_hint(m, what))
+}
+
+/// [`tinytune_model::ModelMemory`] as `ModelInfo.model_memory`.
+fn model_memory_json(m: &tinytune_model::ModelMemory) -> serde_json::Value {
+    let name = |d| tinytune_model::vocab::kernel_dtype(d).name();
+    json!({
+        "linears": m.linears,
+        "linears_dtype": match m.quant {
+            tinytune_model::Quant::None => "f32",
+            tinytune_model::Quant::Nf4 { .. } => "nf4",
+        },
+        "embed": m.embed.0,
+        "embed_dtype": name(m.embed.1),
+        "lm_head": m.lm_head.map(|h| h.0),
+        "lm_head_dtype": m.lm_head.map(|h| name(h.1)),
+        "other": m.other,
+    })
 }
 
 fn memory_json(gpu: &Gpu) -> serde_json::Value {
@@ -744,6 +767,7 @@ impl Tinytune {
                 "bytes_read": counter.bytes(),
                 "file_bytes": total_bytes,
                 "model_bytes": model_bytes,
+                "model_memory": model_memory_json(&model.memory()),
             });
             inner.model.replace(Some(Rc::new(Loaded {
                 info: info.clone(),

@@ -52,21 +52,7 @@ impl LlamaModel {
     ) -> Result<LlamaModel, ModelError> {
         let cfg = src.config().clone();
         let table = |name: &str| -> Result<VocabTable, ModelError> {
-            let t = src.load(name)?;
-            if t.shape.len() != 2 {
-                return Err(ModelError::Shape(format!(
-                    "{name}: shape {:?}, expected [V, C]",
-                    t.shape
-                )));
-            }
-            VocabTable::upload(
-                gpu,
-                name,
-                &t.data,
-                t.shape[0],
-                t.shape[1],
-                opts.vocab_chunk_rows,
-            )
+            VocabTable::load(gpu, src, name, opts.vocab_dtype, opts.vocab_chunk_rows)
         };
         // The embedding first: its host copies (the stored tensor, its f32 form, wgpu's staging
         // copy) are the largest of the model and are gone before the layers pile up on the device.

@@ -16,6 +16,7 @@ mod workspace;
 
 use tinytune_gpu::{Encoder, Gpu, GpuBuffer};
 
+use crate::float::FloatDtype;
 use crate::lora::LoraGpu;
 use crate::prefix::PrefixGpu;
 use crate::prompt::PromptGpu;
@@ -34,8 +35,9 @@ pub enum Quant {
     /// f32, as loaded (plain LoRA).
     None,
     /// NF4 with the given block size and double quantization of the absmax (QLoRA), quantized on
-    /// the GPU at load time exactly as bitsandbytes does. Embeddings, norms, biases and the LM head
-    /// stay f32, as bitsandbytes leaves them.
+    /// the GPU at load time exactly as bitsandbytes does. Norms and biases stay f32, as
+    /// bitsandbytes leaves them; the embedding and LM head stay in the checkpoint's dtype
+    /// ([`LoadOptions::vocab_dtype`]).
     Nf4 { block: usize, double_quant: bool },
 }
 
@@ -67,6 +69,59 @@ pub struct Layer {
 pub struct LoadOptions {
     /// Rows per chunk of the embedding / LM head (default: as many as one binding holds).
     pub vocab_chunk_rows: Option<usize>,
+    /// What the embedding / LM head are stored as on the device (default: the checkpoint's own
+    /// dtype, f16 for a quantized GGUF table; see [`crate::vocab::table_dtype`]). `Some(F32)` is
+    /// the f32 path the 16-bit tables are compared against.
+    pub vocab_dtype: Option<FloatDtype>,
+}
+
+/// Where a loaded model's device bytes go ([`LlamaModel::memory`]), as [`Gpu::memory`] counts
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelMemory {
+    /// The decoder's linear layers (NF4 codes, absmax and constants, or f32), biases excluded.
+    pub linears: u64,
+    /// How the linears are stored.
+    pub quant: Quant,
+    /// The token embedding and what it is stored as.
+    pub embed: (u64, FloatDtype),
+    /// The LM head and what it is stored as; `None` when tied to the embedding (one table).
+    pub lm_head: Option<(u64, FloatDtype)>,
+    /// Norm weights, biases and the RoPE frequencies (f32).
+    pub other: u64,
+}
+
+impl ModelMemory {
+    /// The whole model.
+    pub fn total(&self) -> u64 {
+        self.linears + self.embed.0 + self.lm_head.map_or(0, |h| h.0) + self.other
+    }
+}
+
+impl std::fmt::Display for ModelMemory {
+    /// `106.6 MiB: decoder linears 52.4 MiB (NF4), embeddings 54.0 MiB (f16, tied LM head),
+    /// norms / biases 0.1 MiB (f32)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let name = |d: FloatDtype| crate::vocab::kernel_dtype(d).name();
+        let quant = match self.quant {
+            Quant::None => "f32",
+            Quant::Nf4 { .. } => "NF4",
+        };
+        write!(
+            f,
+            "{:.1} MiB: decoder linears {:.1} MiB ({quant}), embeddings {:.1} MiB ({}",
+            mib(self.total()),
+            mib(self.linears),
+            mib(self.embed.0),
+            name(self.embed.1)
+        )?;
+        match self.lm_head {
+            None => write!(f, ", tied LM head)")?,
+            Some((b, d)) => write!(f, "), LM head {:.1} MiB ({})", mib(b), name(d))?,
+        }
+        write!(f, ", norms / biases {:.1} MiB (f32)", mib(self.other))
+    }
 }
 
 /// A loaded model.
@@ -162,6 +217,31 @@ pub(crate) fn lora_of<'a>(peft: Option<Peft<'a>>) -> Option<&'a LoraGpu> {
 }
 
 impl LlamaModel {
+    /// The device bytes of each part of the model.
+    pub fn memory(&self) -> ModelMemory {
+        let mut linears = 0;
+        let mut other = self.norm.device_bytes() + self.inv_freq.device_bytes();
+        for l in &self.layers {
+            other += l.input_layernorm.device_bytes() + l.post_attention_layernorm.device_bytes();
+            for lin in &l.linears {
+                linears += match &lin.weight {
+                    Weight::F32(b) => b.device_bytes(),
+                    Weight::Nf4(w) => {
+                        w.codes.device_bytes() + w.absmax.device_bytes() + w.dq.device_bytes()
+                    }
+                };
+                other += lin.bias.as_ref().map_or(0, |b| b.device_bytes());
+            }
+        }
+        ModelMemory {
+            linears,
+            quant: self.quant,
+            embed: (self.embed.device_bytes(), self.embed.dtype),
+            lm_head: self.lm_head.as_ref().map(|h| (h.device_bytes(), h.dtype)),
+            other,
+        }
+    }
+
     /// The LM head weight `[V, C]` (the embedding when tied).
     pub(crate) fn head(&self) -> &VocabTable {
         self.lm_head.as_ref().unwrap_or(&self.embed)

@@ -12,6 +12,7 @@ mod prefix;
 mod rmsnorm;
 mod rope;
 mod swiglu;
+mod table16;
 
 pub use add::*;
 pub use attention::*;
@@ -24,3 +25,4 @@ pub use prefix::*;
 pub use rmsnorm::*;
 pub use rope::*;
 pub use swiglu::*;
+pub use table16::*;

@@ -4,7 +4,7 @@
 
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
-use crate::ops::{check_distinct, check_f32, check_u32, groups_for, mul};
+use crate::ops::{check_distinct, check_f32, check_table, check_u32, groups_for, mul, TableDtype};
 use crate::params::EmbeddingParams;
 
 /// Invocations per workgroup; one invocation per output element.
@@ -55,6 +55,38 @@ pub fn embedding_fwd_rows(
     rows: usize,
     c: usize,
 ) -> Result<()> {
+    embedding_fwd_rows_dtype(
+        enc,
+        ids,
+        table,
+        TableDtype::F32,
+        x,
+        m,
+        v_total,
+        row0,
+        rows,
+        c,
+    )
+}
+
+/// [`embedding_fwd_rows`] from a chunk stored as `dtype` (a 16-bit table packed as
+/// [`TableDtype`] says, its elements widened to f32 exactly: the same `x` as the f32 copy of the
+/// chunk gives).
+///
+/// Errors as [`embedding_fwd_rows`], with `table` checked for `[rows, c]` elements of `dtype`.
+#[allow(clippy::too_many_arguments)]
+pub fn embedding_fwd_rows_dtype(
+    enc: &mut Encoder,
+    ids: &GpuBuffer,
+    table: &GpuBuffer,
+    dtype: TableDtype,
+    x: &GpuBuffer,
+    m: usize,
+    v_total: usize,
+    row0: usize,
+    rows: usize,
+    c: usize,
+) -> Result<()> {
     const K: &str = "nn/embedding_fwd";
     check_u32(
         K,
@@ -84,7 +116,7 @@ pub fn embedding_fwd_rows(
             ),
         ));
     }
-    check_f32(K, "table", table, &[rows, c])?;
+    check_table(K, "table", table, dtype, &[rows, c])?;
     check_f32(K, "x", x, &[m, c])?;
     check_distinct(K, &[("x", x)], &[("ids", ids), ("table", table)])?;
     if m == 0 || c == 0 {
@@ -92,7 +124,7 @@ pub fn embedding_fwd_rows(
     }
     let n = mul(m, c);
     let gpu = enc.gpu;
-    let kern = gpu.kernel(K, "main", &[])?;
+    let kern = gpu.kernel(K, "main", &[("TABLE_DTYPE", dtype.code())])?;
     let params = EmbeddingParams {
         m: m as u32,
         v: v_total as u32,

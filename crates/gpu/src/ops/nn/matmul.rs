@@ -2,7 +2,7 @@
 
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
-use crate::ops::{check_distinct, check_f32, check_u32, groups_for, mul};
+use crate::ops::{check_distinct, check_f32, check_table, check_u32, groups_for, mul, TableDtype};
 use crate::params::{MatmulBwdInputParams, MatmulFwdParams};
 
 /// Column tile of the matmul kernels: each invocation owns 8 output columns.
@@ -78,12 +78,44 @@ pub fn matmul_fwd_strided(
     alpha: f32,
     accumulate: bool,
 ) -> Result<()> {
+    matmul_fwd_strided_dtype(
+        enc,
+        x,
+        w,
+        TableDtype::F32,
+        y,
+        s,
+        ldy,
+        col0,
+        alpha,
+        accumulate,
+    )
+}
+
+/// [`matmul_fwd_strided`] with `w` stored as `dtype` (a frozen LM head chunk in its checkpoint's
+/// 16-bit dtype, packed as [`TableDtype`] says): each element is widened to f32 exactly before
+/// the multiply, so the result is the one the f32 copy of `w` gives.
+///
+/// Errors as [`matmul_fwd_strided`], with `w` checked for `[n, k]` elements of `dtype`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_fwd_strided_dtype(
+    enc: &mut Encoder,
+    x: &GpuBuffer,
+    w: &GpuBuffer,
+    w_dtype: TableDtype,
+    y: &GpuBuffer,
+    s: MatmulShape,
+    ldy: usize,
+    col0: usize,
+    alpha: f32,
+    accumulate: bool,
+) -> Result<()> {
     const K: &str = "nn/matmul_fwd";
     let MatmulShape { m, k, n } = s;
     let y_len = check_band(K, "y", y, m, n, ldy, col0)?;
     check_u32(K, &[("x", mul(m, k)), ("w", mul(n, k)), ("y", y_len)])?;
     check_f32(K, "x", x, &[m, k])?;
-    check_f32(K, "w", w, &[n, k])?;
+    check_table(K, "w", w, w_dtype, &[n, k])?;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -100,6 +132,7 @@ pub fn matmul_fwd_strided(
             ("ACCUMULATE", if accumulate { 1.0 } else { 0.0 }),
             ("ROWS", rows as f64),
             ("WG", wg as f64),
+            ("TABLE_DTYPE", w_dtype.code()),
         ],
     )?;
     let params = MatmulFwdParams {
@@ -199,11 +232,31 @@ pub fn matmul_bwd_input_strided(
     col0: usize,
     accumulate: bool,
 ) -> Result<()> {
+    matmul_bwd_input_strided_dtype(enc, dy, w, TableDtype::F32, dx, s, lddy, col0, accumulate)
+}
+
+/// [`matmul_bwd_input_strided`] with `w` stored as `dtype` (a frozen LM head chunk in its
+/// checkpoint's 16-bit dtype, packed as [`TableDtype`] says), widened to f32 exactly: the result
+/// is the one the f32 copy of `w` gives. No gradient for `w`.
+///
+/// Errors as [`matmul_bwd_input_strided`], with `w` checked for `[n, k]` elements of `dtype`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_bwd_input_strided_dtype(
+    enc: &mut Encoder,
+    dy: &GpuBuffer,
+    w: &GpuBuffer,
+    w_dtype: TableDtype,
+    dx: &GpuBuffer,
+    s: MatmulShape,
+    lddy: usize,
+    col0: usize,
+    accumulate: bool,
+) -> Result<()> {
     const K: &str = "nn/matmul_bwd_input";
     let MatmulShape { m, k, n } = s;
     let dy_len = check_band(K, "dy", dy, m, n, lddy, col0)?;
     check_u32(K, &[("dy", dy_len), ("w", mul(n, k)), ("dx", mul(m, k))])?;
-    check_f32(K, "w", w, &[n, k])?;
+    check_table(K, "w", w, w_dtype, &[n, k])?;
     check_f32(K, "dx", dx, &[m, k])?;
     check_distinct(K, &[("dx", dx)], &[("dy", dy), ("w", w)])?;
     if m == 0 || k == 0 {
@@ -222,6 +275,7 @@ pub fn matmul_bwd_input_strided(
             ("ACCUMULATE", if accumulate { 1.0 } else { 0.0 }),
             ("ROWS", rows as f64),
             ("WG", wg as f64),
+            ("TABLE_DTYPE", w_dtype.code()),
         ],
     )?;
     let params = MatmulBwdInputParams {
