@@ -273,8 +273,14 @@ fn mixed_gguf_loads_as_nf4_and_f32() {
     let src = mixed_source();
     let (b, t) = (2, 12);
     let input = ids(b * t, 1);
+    // The quantized vocabulary kept in f32, as the reference dequantizes it (by default a
+    // quantized GGUF vocabulary is stored as f16: tests/model_forward.rs measures that).
+    let opts = tinytune::model::LoadOptions {
+        vocab_dtype: Some(tinytune::model::FloatDtype::F32),
+        ..Default::default()
+    };
     for (quant, nf4) in [(Quant::None, false), (Quant::NF4, true)] {
-        let model = LlamaModel::load(gpu, &src, quant).unwrap();
+        let model = LlamaModel::load_with(gpu, &src, quant, &opts).unwrap();
         let got = pollster::block_on(model.logits(gpu, &input, b, t)).unwrap();
         let (d, w) = reference_model(&src, nf4);
         let want = llama::forward(&d, &w, None, &input, b, t);

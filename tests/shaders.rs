@@ -309,3 +309,50 @@ fn every_kernel_has_one_name_in_four_places() {
         failures.join("\n")
     );
 }
+
+/// The runtime builds each entry point's bind group layout from `tinytune_gpu::bindings`' scan of
+/// the WGSL; it must list exactly the bindings naga's usage analysis finds (the set wgpu's derived
+/// layouts held), with the same kind: uniform, read-only storage or read-write storage.
+#[test]
+fn entry_bindings_match_naga_usage() {
+    use tinytune::gpu::bindings::{entry_bindings, Binding, BindingKind};
+    let mut checked = 0;
+    for s in SHADERS {
+        let module = naga::front::wgsl::parse_str(s.source).expect("parses");
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .expect("validates");
+        for (i, ep) in module.entry_points.iter().enumerate() {
+            let fi = info.get_entry_point(i);
+            let mut want: Vec<Binding> = module
+                .global_variables
+                .iter()
+                .filter(|(h, _)| !fi[*h].is_empty())
+                .filter_map(|(_, g)| {
+                    let b = g.binding.as_ref()?;
+                    assert_eq!(b.group, 0, "{} {}", s.name, ep.name);
+                    let kind = match g.space {
+                        naga::AddressSpace::Uniform => BindingKind::Uniform,
+                        naga::AddressSpace::Storage { access } => BindingKind::Storage {
+                            read_only: !access.contains(naga::StorageAccess::STORE),
+                        },
+                        other => panic!("{} {}: binding in {other:?}", s.name, ep.name),
+                    };
+                    Some(Binding {
+                        binding: b.binding,
+                        kind,
+                    })
+                })
+                .collect();
+            want.sort_by_key(|b| b.binding);
+            let got = entry_bindings(s.source, &ep.name)
+                .unwrap_or_else(|| panic!("{}: entry {} not found", s.name, ep.name));
+            assert_eq!(got, want, "{} entry {}", s.name, ep.name);
+            checked += 1;
+        }
+    }
+    assert!(checked >= SHADERS.len(), "{checked} entry points");
+}

@@ -98,6 +98,7 @@ pub fn run(args: &GenerateArgs, gpu_name: Option<String>) -> Result<()> {
         .map_err(|e| anyhow!(e))?;
     let gpu = Gpu::new_blocking(GpuOptions {
         adapter_name: gpu_name,
+        ..GpuOptions::default()
     })?;
     let model = LlamaModel::load(&gpu, &src, args.quant.quant())
         .with_context(|| format!("cannot load {}", args.model.display()))?;

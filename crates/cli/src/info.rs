@@ -13,6 +13,7 @@ pub fn run(adapter: Option<String>) -> Result<()> {
     }
     let gpu = Gpu::new_blocking(GpuOptions {
         adapter_name: adapter,
+        ..GpuOptions::default()
     })
     .context("cannot open a GPU device")?;
     let a = &gpu.adapter;

@@ -66,6 +66,7 @@ pub fn run(args: &LogitsArgs, adapter: Option<String>) -> Result<()> {
     }
     let gpu = Gpu::new_blocking(GpuOptions {
         adapter_name: adapter,
+        ..GpuOptions::default()
     })?;
     let model = LlamaModel::load(&gpu, &src, args.quant.quant())
         .with_context(|| format!("cannot load {}", args.model.display()))?;

@@ -293,6 +293,7 @@ fn temp_location(out: &Path) -> Result<(PathBuf, String)> {
 fn open_gpu(adapter: Option<String>, max_buffer_bytes: Option<u64>) -> Result<Gpu> {
     let mut gpu = Gpu::new_blocking(GpuOptions {
         adapter_name: adapter,
+        ..GpuOptions::default()
     })
     .context("cannot open a GPU device")?;
     if let Some(cap) = max_buffer_bytes {

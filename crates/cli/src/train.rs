@@ -118,6 +118,7 @@ fn load_data(files: &[PathBuf], tok: &ModelTokenizer, cfg: &DataConfig) -> Resul
 fn open_gpu(gpu_name: Option<String>) -> Result<Gpu> {
     Ok(Gpu::new_blocking(GpuOptions {
         adapter_name: gpu_name,
+        ..GpuOptions::default()
     })?)
 }
 

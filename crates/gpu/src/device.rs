@@ -1,19 +1,130 @@
 //! Device creation, buffers, the pipeline cache, dispatch and readback.
+//!
+//! # How a dispatch is recorded
+//!
+//! The hot path of a training step is about 2,200 dispatches, so a dispatch allocates nothing on
+//! the device and waits for nothing:
+//!
+//! - **Bind groups are made once.** [`Gpu::kernel`] builds each kernel's bind group layout itself
+//!   ([`crate::bindings`]) with binding 0, the uniform `Params`, taking a *dynamic offset*. A
+//!   bind group is keyed by the layout (kernel and entry point), the params arena chunk and the
+//!   ids of the bound buffers ([`GpuBuffer::id`], never reused), and cached; a later dispatch of
+//!   the same kernel on the same buffers reuses it whatever its params. When a buffer's last
+//!   handle drops, its id is queued and every cached bind group naming it is dropped at the next
+//!   dispatch (a bind group keeps its buffers' device memory alive, so stale entries would leak
+//!   memory; ids are never reused, so they could never alias a new buffer). As a backstop the
+//!   cache is emptied when it exceeds [`BIND_CACHE_MAX`] entries.
+//! - **Params go to one arena per submission.** Each dispatch appends its `Params` to the
+//!   encoder's host-side arena at a slot aligned to `min_uniform_buffer_offset_alignment`;
+//!   [`Encoder::submit`] uploads the arena with one `queue.write_buffer` per used chunk (one for
+//!   up to [`ARENA_CHUNK`] bytes) right before `queue.submit`. The chunks are persistent device
+//!   buffers shared by every encoder. This is safe without double buffering because a
+//!   `queue.write_buffer` is a queue-timeline operation: it takes effect after every command
+//!   buffer submitted before it has executed and before the command buffers of the next submit
+//!   (WebGPU's `writeBuffer`; wgpu-core stages the data and records the copy, with the barrier
+//!   from the previous `UNIFORM` use, ahead of the next submission). So submission N+1's params
+//!   can never overwrite what submission N is still reading. The write and the submit are made
+//!   under one lock so that two threads submitting encoders cannot interleave their writes to
+//!   the same slots.
+//! - **One compute pass for consecutive dispatches.** Dispatches share a compute pass until a
+//!   copy, clear, readback or the submit ends it. This needs no explicit barrier: in WebGPU each
+//!   dispatch of a compute pass is its own usage scope, so storage writes of one dispatch are
+//!   visible to the next (wgpu-core tracks usage per dispatch and inserts the barriers itself;
+//!   see the comments on per-dispatch usage scopes in wgpu-core's `command/compute.rs` and
+//!   gfx-rs/wgpu#2659).
+//! - **Errors are checked at setup.** Pipelines and bind groups are created inside error scopes
+//!   (a cache miss); a cache hit pushes no scope. `TINYTUNE_CHECK_DISPATCH=1` (or
+//!   [`GpuOptions::check_dispatch`]) checks every dispatch: each is submitted on its own inside
+//!   an error scope, so a failure names the kernel (slow; for debugging).
+//! - **Reads need not wait.** [`Encoder::read_later`] records a copy into a pooled staging
+//!   buffer and maps it after the submit; [`PendingRead::try_take`] returns the data once it is
+//!   there without blocking, [`PendingRead::wait`] blocks (counted in
+//!   [`GpuCounters::blocking_reads`]).
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::counters::Counters;
+use crate::bindings::{self, BindingKind};
 use crate::error::{GpuError, Result};
-use crate::params::KernelParams;
+use crate::params::{KernelParams, PARAMS};
 use crate::shaders;
 
-/// Options for opening a device. `Default` honours `WGPU_BACKEND` and `WGPU_ADAPTER_NAME`.
+/// Bytes of one params arena chunk (a uniform buffer on the device). One chunk holds 4,096
+/// dispatches at a 256-byte offset alignment; an encoder with more spills into further chunks.
+pub const ARENA_CHUNK: u64 = 1 << 20;
+
+/// Most bind groups kept; past it the cache is emptied (a bound on memory should buffers be
+/// created and bound in an unbounded stream; dead buffers' entries are dropped anyway).
+pub const BIND_CACHE_MAX: usize = 16_384;
+
+/// Most staging buffers, and their bytes, kept for reuse by readbacks.
+const STAGING_POOL_MAX: usize = 16;
+const STAGING_POOL_MAX_BYTES: u64 = 64 << 20;
+
+/// Options for opening a device. `Default` honours `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and
+/// `TINYTUNE_CHECK_DISPATCH`.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
     /// Substring (case-insensitive) of the adapter name to pick; `None` reads `WGPU_ADAPTER_NAME`.
     pub adapter_name: Option<String>,
+    /// Check every dispatch inside an error scope, submitting it on its own (slow; names the
+    /// failing kernel). `None` reads `TINYTUNE_CHECK_DISPATCH` (`1` turns it on).
+    pub check_dispatch: Option<bool>,
+}
+
+/// What the runtime has done since the device was opened, for tests and benchmarks. Take two
+/// snapshots with [`Gpu::counters`] and subtract them with [`GpuCounters::delta`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuCounters {
+    /// `queue.submit` calls.
+    pub submits: u64,
+    /// Kernel dispatches recorded (empty grids are skipped and not counted).
+    pub dispatches: u64,
+    /// Buffer-to-buffer copies recorded (including the copies of readbacks into staging).
+    pub copies: u64,
+    /// Buffer clears recorded.
+    pub clears: u64,
+    /// Readbacks the host waited for ([`PendingRead::wait`], [`Gpu::read`] and its variants).
+    pub blocking_reads: u64,
+    /// Bind groups created (cache misses).
+    pub bind_groups_created: u64,
+    /// Bytes of kernel params uploaded (arena slots, alignment padding included).
+    pub params_bytes: u64,
+}
+
+impl GpuCounters {
+    /// What happened between `earlier` and `self` (field by field `self - earlier`).
+    pub fn delta(&self, earlier: &GpuCounters) -> GpuCounters {
+        GpuCounters {
+            submits: self.submits.saturating_sub(earlier.submits),
+            dispatches: self.dispatches.saturating_sub(earlier.dispatches),
+            copies: self.copies.saturating_sub(earlier.copies),
+            clears: self.clears.saturating_sub(earlier.clears),
+            blocking_reads: self.blocking_reads.saturating_sub(earlier.blocking_reads),
+            bind_groups_created: self
+                .bind_groups_created
+                .saturating_sub(earlier.bind_groups_created),
+            params_bytes: self.params_bytes.saturating_sub(earlier.params_bytes),
+        }
+    }
+}
+
+/// The atomics behind [`GpuCounters`].
+#[derive(Default)]
+struct Counters {
+    submits: AtomicU64,
+    dispatches: AtomicU64,
+    copies: AtomicU64,
+    clears: AtomicU64,
+    blocking_reads: AtomicU64,
+    bind_groups_created: AtomicU64,
+    params_bytes: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
 }
 
 /// Description of the chosen adapter, for `tinytune info` and benchmark tables.
@@ -54,8 +165,155 @@ pub struct Kernel {
     pub name: &'static str,
     pub entry: &'static str,
     pipeline: wgpu::ComputePipeline,
-    layout: wgpu::BindGroupLayout,
+    layout: Arc<BindLayout>,
 }
+
+/// The bind group layout of one kernel entry point (shared by its specialisations).
+struct BindLayout {
+    /// Unique per layout: part of the bind group cache key.
+    id: u64,
+    layout: wgpu::BindGroupLayout,
+    /// Storage bindings 1..=storage the entry point uses.
+    storage: usize,
+}
+
+/// Cache key of a bind group: layout, params arena chunk, bound buffers in order.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct BindKey {
+    layout: u64,
+    chunk: u32,
+    buffers: Vec<u64>,
+}
+
+/// Bind groups by key, and the keys each buffer appears in (to drop them with the buffer).
+#[derive(Default)]
+struct BindCache {
+    groups: HashMap<BindKey, wgpu::BindGroup>,
+    by_buffer: HashMap<u64, Vec<BindKey>>,
+}
+
+impl BindCache {
+    /// Drops every bind group that names a dead buffer.
+    fn purge(&mut self, dead: &[u64]) {
+        for id in dead {
+            for key in self.by_buffer.remove(id).unwrap_or_default() {
+                self.groups.remove(&key);
+                for other in &key.buffers {
+                    if other != id {
+                        if let Some(keys) = self.by_buffer.get_mut(other) {
+                            keys.retain(|k| k != &key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, key: BindKey, group: wgpu::BindGroup) {
+        if self.groups.len() >= BIND_CACHE_MAX {
+            self.groups.clear();
+            self.by_buffer.clear();
+        }
+        for id in &key.buffers {
+            let keys = self.by_buffer.entry(*id).or_default();
+            if !keys.contains(&key) {
+                keys.push(key.clone());
+            }
+        }
+        self.groups.insert(key, group);
+    }
+}
+
+/// The uniform params arena: persistent chunks of [`ARENA_CHUNK`] bytes.
+struct Arena {
+    /// Bytes bound per dispatch: the largest params struct.
+    binding: u64,
+    /// Bytes between slots: `binding` rounded up to the uniform offset alignment.
+    stride: u64,
+    chunks: Mutex<Vec<wgpu::Buffer>>,
+    /// Held across "write the arena, submit" (see the module docs).
+    submit: Mutex<()>,
+}
+
+impl Arena {
+    fn new(limits: &wgpu::Limits) -> Arena {
+        let binding = PARAMS
+            .iter()
+            .map(|l| l.size as u64)
+            .max()
+            .unwrap_or(16)
+            .max(16);
+        let align = (limits.min_uniform_buffer_offset_alignment as u64).max(16);
+        Arena {
+            binding,
+            stride: binding.div_ceil(align) * align,
+            chunks: Mutex::new(Vec::new()),
+            submit: Mutex::new(()),
+        }
+    }
+
+    fn slots_per_chunk(&self) -> u64 {
+        ARENA_CHUNK / self.stride
+    }
+
+    /// The device buffer of chunk `i`, created on first use.
+    fn chunk(&self, device: &wgpu::Device, i: usize) -> wgpu::Buffer {
+        let mut chunks = self.chunks.lock().expect("params arena poisoned");
+        while chunks.len() <= i {
+            chunks.push(device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("params arena"),
+                size: ARENA_CHUNK,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        chunks[i].clone()
+    }
+}
+
+/// Reusable `MAP_READ` staging buffers.
+#[derive(Default)]
+struct StagingPool {
+    free: Mutex<Vec<wgpu::Buffer>>,
+}
+
+impl StagingPool {
+    /// The smallest free buffer of at least `size` bytes, or a new one (a power of two, at
+    /// least 4 KiB, so that sizes recur).
+    fn acquire(&self, device: &wgpu::Device, size: u64) -> wgpu::Buffer {
+        let mut free = self.free.lock().expect("staging pool poisoned");
+        let best = free
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.size() >= size)
+            .min_by_key(|(_, b)| b.size())
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            return free.swap_remove(i);
+        }
+        drop(free);
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback staging"),
+            size: size.max(4096).next_power_of_two(),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Keeps an unmapped, idle staging buffer for reuse, within the pool's bounds.
+    fn release(&self, buf: wgpu::Buffer) {
+        let mut free = self.free.lock().expect("staging pool poisoned");
+        let bytes: u64 = free.iter().map(|b| b.size()).sum();
+        if free.len() < STAGING_POOL_MAX && bytes + buf.size() <= STAGING_POOL_MAX_BYTES {
+            free.push(buf);
+        }
+    }
+}
+
+/// Ids of buffers, never reused within a process.
+static NEXT_BUFFER_ID: AtomicU64 = AtomicU64::new(1);
+/// Ids of bind group layouts.
+static NEXT_LAYOUT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A storage buffer on the device. Sizes are in bytes; `len` is the logical length in bytes
 /// before rounding up to the 4-byte granularity storage buffers need. Cloning clones the handle
@@ -69,13 +327,6 @@ pub struct GpuBuffer {
     _tracked: Arc<Tracked>,
 }
 
-impl GpuBuffer {
-    /// The bytes this buffer takes in [`Gpu::memory`] (`len` rounded up to 4, at least 4).
-    pub fn device_bytes(&self) -> u64 {
-        self._tracked.bytes
-    }
-}
-
 /// Bytes of storage buffers alive, and the most ever alive, on one device.
 #[derive(Default)]
 struct MemoryCounter {
@@ -83,15 +334,21 @@ struct MemoryCounter {
     peak: AtomicU64,
 }
 
-/// One buffer's share of a [`MemoryCounter`], given back on drop.
+/// One buffer's share of a [`MemoryCounter`], given back on drop, and its id, queued on drop
+/// so that the bind group cache lets go of it.
 struct Tracked {
+    id: u64,
     bytes: u64,
     counter: Arc<MemoryCounter>,
+    dead: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
         self.counter.live.fetch_sub(self.bytes, Ordering::Relaxed);
+        if let Ok(mut dead) = self.dead.lock() {
+            dead.push(self.id);
+        }
     }
 }
 
@@ -110,6 +367,17 @@ impl GpuBuffer {
     pub fn words(&self) -> u64 {
         self.raw.size() / 4
     }
+
+    /// A process-wide unique id, shared by clones and never given to another buffer (the bind
+    /// group cache's key).
+    pub fn id(&self) -> u64 {
+        self._tracked.id
+    }
+
+    /// The bytes this buffer takes in [`Gpu::memory`] (`len` rounded up to 4, at least 4).
+    pub fn device_bytes(&self) -> u64 {
+        self._tracked.bytes
+    }
 }
 
 /// An open device with its queue, limits and pipeline cache.
@@ -124,8 +392,15 @@ pub struct Gpu {
     /// How many of `uncaptured` `sync` / reads have already returned.
     uncaptured_reported: AtomicU64,
     memory: Arc<MemoryCounter>,
-    /// Submits, dispatches, copies, clears and blocking reads ([`Gpu::counters`]).
-    pub(crate) counters: Counters,
+    /// Whether every dispatch is checked on its own ([`GpuOptions::check_dispatch`]).
+    check_dispatch: bool,
+    counters: Counters,
+    layouts: Mutex<HashMap<(&'static str, &'static str), Arc<BindLayout>>>,
+    binds: Mutex<BindCache>,
+    /// Ids of dropped buffers not yet purged from `binds`.
+    dead: Arc<Mutex<Vec<u64>>>,
+    arena: Arena,
+    staging: StagingPool,
 }
 
 impl Gpu {
@@ -161,7 +436,17 @@ impl Gpu {
             }
         }));
         let limits = device.limits();
+        let check_dispatch = opts.check_dispatch.unwrap_or_else(|| {
+            std::env::var("TINYTUNE_CHECK_DISPATCH").is_ok_and(|v| v.trim() == "1")
+        });
         Ok(Gpu {
+            check_dispatch,
+            counters: Counters::default(),
+            layouts: Mutex::new(HashMap::new()),
+            binds: Mutex::new(BindCache::default()),
+            dead: Arc::new(Mutex::new(Vec::new())),
+            arena: Arena::new(&limits),
+            staging: StagingPool::default(),
             device,
             queue,
             adapter: summarize(&info),
@@ -171,7 +456,6 @@ impl Gpu {
             uncaptured,
             uncaptured_reported: AtomicU64::new(0),
             memory: Arc::new(MemoryCounter::default()),
-            counters: Counters::default(),
         })
     }
 
@@ -236,10 +520,32 @@ impl Gpu {
             raw,
             len: bytes,
             _tracked: Arc::new(Tracked {
+                id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed),
                 bytes: size,
                 counter,
+                dead: self.dead.clone(),
             }),
         })
+    }
+
+    /// What the runtime has done so far (see [`GpuCounters`]).
+    pub fn counters(&self) -> GpuCounters {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        GpuCounters {
+            submits: get(&c.submits),
+            dispatches: get(&c.dispatches),
+            copies: get(&c.copies),
+            clears: get(&c.clears),
+            blocking_reads: get(&c.blocking_reads),
+            bind_groups_created: get(&c.bind_groups_created),
+            params_bytes: get(&c.params_bytes),
+        }
+    }
+
+    /// Whether every dispatch is checked on its own ([`GpuOptions::check_dispatch`]).
+    pub fn checks_dispatches(&self) -> bool {
+        self.check_dispatch
     }
 
     /// Device memory in tinytune's storage buffers: alive now and at most so far.
@@ -248,12 +554,6 @@ impl Gpu {
             live_bytes: self.memory.live.load(Ordering::Relaxed),
             peak_bytes: self.memory.peak.load(Ordering::Relaxed),
         }
-    }
-
-    /// What the runtime has asked of the device since it was opened (a snapshot; take two and
-    /// [`crate::GpuCounters::delta`] them to count a step).
-    pub fn counters(&self) -> crate::counters::GpuCounters {
-        self.counters.snapshot()
     }
 
     /// Starts a new peak: [`MemoryStats::peak_bytes`] becomes the bytes alive now.
@@ -288,13 +588,138 @@ impl Gpu {
     pub fn encoder(&self) -> Encoder<'_> {
         Encoder {
             gpu: self,
+            pass: None,
+            enc: self.command_encoder(),
+            params: Vec::new(),
+            maps: Vec::new(),
             staged: Default::default(),
-            enc: self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("tinytune"),
-                }),
         }
+    }
+
+    fn command_encoder(&self) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("tinytune"),
+            })
+    }
+
+    /// The bind group layout of `kernel`'s `entry` (binding 0 the dynamic-offset uniform, then
+    /// the storage bindings the entry point uses), made once. Call inside an error scope.
+    fn bind_layout(&self, kernel: &'static str, entry: &'static str) -> Result<Arc<BindLayout>> {
+        let fail = |message: String| GpuError::Pipeline {
+            kernel: kernel.into(),
+            entry: entry.into(),
+            message,
+        };
+        let mut layouts = self.layouts.lock().expect("layout cache poisoned");
+        if let Some(l) = layouts.get(&(kernel, entry)) {
+            return Ok(l.clone());
+        }
+        let shader = shaders::get(kernel).ok_or_else(|| GpuError::UnknownShader(kernel.into()))?;
+        let used = bindings::entry_bindings(shader.source, entry)
+            .ok_or_else(|| fail(format!("no @compute entry point {entry:?}")))?;
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: true,
+                min_binding_size: NonZeroU64::new(self.arena.binding),
+            },
+            count: None,
+        }];
+        let mut storage = 0;
+        for b in &used {
+            match (b.binding, b.kind) {
+                (0, BindingKind::Uniform) => {}
+                (n, BindingKind::Storage { read_only }) if n as usize == storage + 1 => {
+                    storage += 1;
+                    entries.push(wgpu::BindGroupLayoutEntry {
+                        binding: n,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Storage { read_only },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    });
+                }
+                (n, kind) => {
+                    return Err(fail(format!(
+                        "binding {n} ({kind:?}): binding 0 must be the uniform params and the \
+                         storage bindings 1, 2, ... in order"
+                    )))
+                }
+            }
+        }
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(kernel),
+                entries: &entries,
+            });
+        let l = Arc::new(BindLayout {
+            id: NEXT_LAYOUT_ID.fetch_add(1, Ordering::Relaxed),
+            layout,
+            storage,
+        });
+        layouts.insert((kernel, entry), l.clone());
+        Ok(l)
+    }
+
+    /// The cached bind group of `kernel` on arena chunk `chunk` and `buffers`, created (inside
+    /// an error scope) on a miss.
+    fn bind_group(
+        &self,
+        kernel: &Kernel,
+        chunk: usize,
+        buffers: &[&GpuBuffer],
+    ) -> Result<wgpu::BindGroup> {
+        let key = BindKey {
+            layout: kernel.layout.id,
+            chunk: chunk as u32,
+            buffers: buffers.iter().map(|b| b.id()).collect(),
+        };
+        let dead = std::mem::take(&mut *self.dead.lock().expect("dead buffer list poisoned"));
+        let mut cache = self.binds.lock().expect("bind group cache poisoned");
+        if !dead.is_empty() {
+            cache.purge(&dead);
+        }
+        if let Some(g) = cache.groups.get(&key) {
+            return Ok(g.clone());
+        }
+        let arena = self.arena.chunk(&self.device, chunk);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &arena,
+                offset: 0,
+                size: NonZeroU64::new(self.arena.binding),
+            }),
+        }];
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: b.raw.as_entire_binding(),
+            });
+        }
+        let scope = ErrorScope::push(&self.device);
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.name),
+            layout: &kernel.layout.layout,
+            entries: &entries,
+        });
+        if let Some(message) = scope.pop() {
+            return Err(GpuError::Pipeline {
+                kernel: kernel.name.into(),
+                entry: kernel.entry.into(),
+                message: format!("binding {} buffers: {message}", buffers.len()),
+            });
+        }
+        bump(&self.counters.bind_groups_created, 1);
+        cache.insert(key, group.clone());
+        Ok(group)
     }
 
     /// Gets (compiling once) the pipeline of `kernel`'s `entry` specialised with `constants`.
@@ -327,6 +752,20 @@ impl Gpu {
             message,
         };
         let scope = ErrorScope::push(&self.device);
+        let layout = match self.bind_layout(kernel, entry) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = scope.pop();
+                return Err(e);
+            }
+        };
+        let pipeline_layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(kernel),
+                bind_group_layouts: &[Some(&layout.layout)],
+                immediate_size: 0,
+            });
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -337,7 +776,7 @@ impl Gpu {
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(kernel),
-                layout: None,
+                layout: Some(&pipeline_layout),
                 module: &module,
                 entry_point: Some(entry),
                 compilation_options: wgpu::PipelineCompilationOptions {
@@ -349,7 +788,6 @@ impl Gpu {
         if let Some(message) = scope.pop() {
             return Err(fail(message));
         }
-        let layout = pipeline.get_bind_group_layout(0);
         let k = Kernel {
             name: kernel,
             entry,
@@ -389,64 +827,19 @@ impl Gpu {
         self.uncaptured.lock().expect("error sink poisoned").clone()
     }
 
-    /// Copies a buffer back to the host. The only async point of the runtime.
+    /// Copies a buffer back to the host, waiting for it (one blocking read in
+    /// [`GpuCounters::blocking_reads`]). The only async point of the runtime besides
+    /// [`PendingRead::wait_async`].
     pub async fn read_bytes(&self, buf: &GpuBuffer) -> Result<Vec<u8>> {
-        let size = buf.raw.size();
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("readback"),
-            });
-        enc.copy_buffer_to_buffer(&buf.raw, 0, &staging, 0, size);
-        self.queue.submit([enc.finish()]);
-        self.counters.submit();
-        self.counters.blocking_read();
-        let (tx, rx) = futures_channel::oneshot::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::Readback {
-                label: buf.label.clone(),
-                message: e.to_string(),
-            })?;
-        let mapped = rx.await.map_err(|e| GpuError::Readback {
-            label: buf.label.clone(),
-            message: e.to_string(),
-        })?;
-        mapped.map_err(|e| GpuError::Readback {
-            label: buf.label.clone(),
-            message: e.to_string(),
-        })?;
-        self.take_uncaptured()?;
-        let view = staging
-            .get_mapped_range(..)
-            .map_err(|e| GpuError::Readback {
-                label: buf.label.clone(),
-                message: e.to_string(),
-            })?;
-        let mut out = view.to_vec();
-        drop(view);
-        staging.unmap();
-        out.truncate(buf.len as usize);
-        Ok(out)
+        let mut enc = self.encoder();
+        let pending = enc.read_later(buf, 0..buf.len)?;
+        enc.submit();
+        pending.wait_async().await
     }
 
     /// Reads a buffer as `T` values (the buffer's logical length must be a multiple of `size_of::<T>()`).
     pub async fn read<T: bytemuck::Pod>(&self, buf: &GpuBuffer) -> Result<Vec<T>> {
-        let bytes = self.read_bytes(buf).await?;
-        let n = bytes.len() / std::mem::size_of::<T>();
-        let mut out = vec![T::zeroed(); n];
-        bytemuck::cast_slice_mut::<T, u8>(&mut out)
-            .copy_from_slice(&bytes[..n * std::mem::size_of::<T>()]);
-        Ok(out)
+        Ok(cast_bytes(&self.read_bytes(buf).await?))
     }
 
     /// Native convenience: blocking [`Gpu::read`].
@@ -456,18 +849,42 @@ impl Gpu {
     }
 }
 
-/// Records kernel launches into one command buffer.
+/// Bytes as `T` values (a tail shorter than one `T` is dropped).
+pub fn cast_bytes<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
+    let n = bytes.len() / std::mem::size_of::<T>();
+    let mut out = vec![T::zeroed(); n];
+    bytemuck::cast_slice_mut::<T, u8>(&mut out)
+        .copy_from_slice(&bytes[..n * std::mem::size_of::<T>()]);
+    out
+}
+
+/// A readback mapped once its encoder is submitted.
+struct MapRequest {
+    staging: wgpu::Buffer,
+    size: u64,
+    done: futures_channel::oneshot::Sender<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
+/// Records kernel launches into one command buffer. Consecutive dispatches share one compute
+/// pass; their params go into the encoder's arena, uploaded at [`Encoder::submit`].
 pub struct Encoder<'g> {
     pub gpu: &'g Gpu,
+    /// The open compute pass (declared before `enc`: it must end first).
+    pass: Option<wgpu::ComputePass<'static>>,
     enc: wgpu::CommandEncoder,
+    /// The params of this submission's dispatches, one arena slot (`stride` bytes) each.
+    params: Vec<u8>,
+    /// Readbacks to map after the submit.
+    maps: Vec<MapRequest>,
     /// Bytes of [`Encoder::upload`], written just before the submission.
-    pub(crate) staged: crate::upload::Staged,
+    staged: crate::upload::Staged,
 }
 
 impl<'g> Encoder<'g> {
     /// Records one dispatch. Binding 0 is the uniform `params`, the kernel's WGSL `struct Params`
     /// ([`crate::params`]); bindings 1.. are `buffers` in order, matching the WGSL file's
-    /// declarations. Fails if `P` is not the params struct of `kernel`.
+    /// declarations. Fails if `P` is not the params struct of `kernel`, or (on the bind group's
+    /// first use) if the buffers do not fit the kernel's bindings.
     pub fn dispatch<P: KernelParams>(
         &mut self,
         kernel: &Kernel,
@@ -475,16 +892,17 @@ impl<'g> Encoder<'g> {
         buffers: &[&GpuBuffer],
         groups: [u32; 3],
     ) -> Result<()> {
+        let fail = |message: String| GpuError::Pipeline {
+            kernel: kernel.name.into(),
+            entry: kernel.entry.into(),
+            message,
+        };
         if !P::KERNELS.contains(&kernel.name) {
-            return Err(GpuError::Pipeline {
-                kernel: kernel.name.into(),
-                entry: kernel.entry.into(),
-                message: format!(
-                    "params {} are for {:?}",
-                    std::any::type_name::<P>(),
-                    P::KERNELS
-                ),
-            });
+            return Err(fail(format!(
+                "params {} are for {:?}",
+                std::any::type_name::<P>(),
+                P::KERNELS
+            )));
         }
         let max = self.gpu.limits.max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max) {
@@ -498,49 +916,48 @@ impl<'g> Encoder<'g> {
         if groups.contains(&0) {
             return Ok(());
         }
-        let uniform = wgpu::util::DeviceExt::create_buffer_init(
-            &self.gpu.device,
-            &wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::bytes_of(params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            },
-        );
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
-        for (i, b) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
-                resource: b.raw.as_entire_binding(),
-            });
+        if buffers.len() != kernel.layout.storage {
+            return Err(fail(format!(
+                "entry point uses {} storage bindings, got {} buffers",
+                kernel.layout.storage,
+                buffers.len()
+            )));
         }
-        let scope = ErrorScope::push(&self.gpu.device);
-        let bind = self
-            .gpu
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(kernel.name),
-                layout: &kernel.layout,
-                entries: &entries,
-            });
-        if let Some(message) = scope.pop() {
-            return Err(GpuError::Pipeline {
-                kernel: kernel.name.into(),
-                entry: kernel.entry.into(),
-                message: format!("binding {} buffers: {message}", buffers.len()),
-            });
-        }
-        let mut pass = self.enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(kernel.name),
-            timestamp_writes: None,
+        let arena = &self.gpu.arena;
+        let slot = self.params.len() as u64 / arena.stride;
+        let chunk = slot / arena.slots_per_chunk();
+        let offset = (slot % arena.slots_per_chunk()) * arena.stride;
+        let bind = self.gpu.bind_group(kernel, chunk as usize, buffers)?;
+        self.params.extend_from_slice(bytemuck::bytes_of(params));
+        self.params.resize(((slot + 1) * arena.stride) as usize, 0);
+        let check = self.gpu.check_dispatch;
+        let scope = check.then(|| ErrorScope::push(&self.gpu.device));
+        let pass = self.pass.get_or_insert_with(|| {
+            self.enc
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("tinytune"),
+                    timestamp_writes: None,
+                })
+                .forget_lifetime()
         });
         pass.set_pipeline(&kernel.pipeline);
-        pass.set_bind_group(0, &bind, &[]);
+        pass.set_bind_group(0, &bind, &[offset as u32]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        self.gpu.counters.dispatch(std::mem::size_of::<P>() as u64);
+        bump(&self.gpu.counters.dispatches, 1);
+        if let Some(scope) = scope {
+            // Debug mode: end the pass and submit this dispatch alone, so that any error is
+            // this kernel's.
+            self.flush();
+            if let Some(message) = scope.pop() {
+                return Err(fail(format!("dispatch {groups:?} failed: {message}")));
+            }
+        }
         Ok(())
+    }
+
+    /// Ends the shared compute pass, if one is open.
+    fn end_pass(&mut self) {
+        self.pass = None;
     }
 
     /// Copies `bytes` bytes between buffers (offsets and size multiples of 4).
@@ -552,9 +969,10 @@ impl<'g> Encoder<'g> {
         dst_off: u64,
         bytes: u64,
     ) {
+        self.end_pass();
         self.enc
             .copy_buffer_to_buffer(&src.raw, src_off, &dst.raw, dst_off, bytes);
-        self.gpu.counters.copy();
+        bump(&self.gpu.counters.copies, 1);
     }
 
     /// Records writing `bytes` into `dst` at `dst_off` (a multiple of 4) here in the command
@@ -565,8 +983,8 @@ impl<'g> Encoder<'g> {
         if bytes.is_empty() {
             return Ok(());
         }
-        let (src, at, len) = self.staged.stage(&self.gpu.device, bytes);
-        if dst_off + len > dst.len {
+        let len = bytes.len().div_ceil(4) as u64 * 4;
+        if dst_off + len > dst.raw.size() {
             return Err(GpuError::Shape {
                 kernel: "upload".into(),
                 message: format!(
@@ -575,23 +993,206 @@ impl<'g> Encoder<'g> {
                 ),
             });
         }
+        let (src, at, len) = self.staged.stage(&self.gpu.device, bytes);
+        self.end_pass();
         self.enc
             .copy_buffer_to_buffer(&src, at, &dst.raw, dst_off, len);
-        self.gpu.counters.copy();
+        bump(&self.gpu.counters.copies, 1);
         Ok(())
     }
 
     /// Zeroes a whole buffer.
     pub fn clear(&mut self, buf: &GpuBuffer) {
+        self.end_pass();
         self.enc.clear_buffer(&buf.raw, 0, None);
-        self.gpu.counters.clear();
+        bump(&self.gpu.counters.clears, 1);
+    }
+
+    /// Requests the bytes `range` of `buf` (the start a multiple of 4, the end at most the
+    /// buffer's logical length) back on the host without waiting: records a copy into a pooled
+    /// staging buffer, mapped once this encoder is submitted. Take the data with
+    /// [`PendingRead::try_take`] (never blocks) or [`PendingRead::wait`].
+    pub fn read_later(
+        &mut self,
+        buf: &GpuBuffer,
+        range: std::ops::Range<u64>,
+    ) -> Result<PendingRead<'g>> {
+        let bad = |message: String| GpuError::Readback {
+            label: buf.label.clone(),
+            message,
+        };
+        if range.start > range.end || range.end > buf.len {
+            return Err(bad(format!(
+                "range {range:?} is outside the buffer's {} bytes",
+                buf.len
+            )));
+        }
+        if !range.start.is_multiple_of(4) {
+            return Err(bad(format!(
+                "range {range:?} must start at a multiple of 4 bytes"
+            )));
+        }
+        let len = range.end - range.start;
+        let (rx, staging, size) = if len == 0 {
+            (None, None, 0)
+        } else {
+            // Storage buffers are whole words, so the rounded-up copy stays inside the buffer.
+            let size = len.div_ceil(4) * 4;
+            let staging = self.gpu.staging.acquire(&self.gpu.device, size);
+            self.end_pass();
+            self.enc
+                .copy_buffer_to_buffer(&buf.raw, range.start, &staging, 0, size);
+            bump(&self.gpu.counters.copies, 1);
+            let (tx, rx) = futures_channel::oneshot::channel();
+            self.maps.push(MapRequest {
+                staging: staging.clone(),
+                size,
+                done: tx,
+            });
+            (Some(rx), Some(staging), size)
+        };
+        Ok(PendingRead {
+            gpu: self.gpu,
+            label: buf.label.clone(),
+            len: len as usize,
+            size,
+            staging,
+            rx,
+            taken: false,
+        })
+    }
+
+    /// Uploads the params arena, submits what was recorded, starts the maps of the readbacks
+    /// and leaves the encoder empty (the next commands go to a new command buffer).
+    fn flush(&mut self) {
+        self.end_pass();
+        let enc = std::mem::replace(&mut self.enc, self.gpu.command_encoder());
+        let params = std::mem::take(&mut self.params);
+        let arena = &self.gpu.arena;
+        {
+            let _order = arena.submit.lock().expect("params arena poisoned");
+            let chunk_bytes = (arena.slots_per_chunk() * arena.stride) as usize;
+            for (i, bytes) in params.chunks(chunk_bytes).enumerate() {
+                let chunk = arena.chunk(&self.gpu.device, i);
+                self.gpu.queue.write_buffer(&chunk, 0, bytes);
+            }
+            self.staged.flush(&self.gpu.queue);
+            self.gpu.queue.submit([enc.finish()]);
+        }
+        bump(&self.gpu.counters.params_bytes, params.len() as u64);
+        bump(&self.gpu.counters.submits, 1);
+        for m in self.maps.drain(..) {
+            let done = m.done;
+            m.staging
+                .map_async(wgpu::MapMode::Read, 0..m.size, move |r| {
+                    let _ = done.send(r);
+                });
+        }
     }
 
     /// Submits everything recorded.
     pub fn submit(mut self) {
-        self.staged.flush(&self.gpu.queue);
-        self.gpu.queue.submit([self.enc.finish()]);
-        self.gpu.counters.submit();
+        self.flush();
+    }
+}
+
+/// A readback requested with [`Encoder::read_later`]: the data arrive some time after the
+/// encoder is submitted. Its staging buffer goes back to the device's pool when the data are
+/// taken; one dropped untaken is freed instead.
+pub struct PendingRead<'g> {
+    gpu: &'g Gpu,
+    label: String,
+    /// Bytes asked for.
+    len: usize,
+    /// Bytes copied (`len` rounded up to 4).
+    size: u64,
+    /// `None` for an empty range, or once taken.
+    staging: Option<wgpu::Buffer>,
+    rx: Option<futures_channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>>,
+    taken: bool,
+}
+
+impl PendingRead<'_> {
+    fn err(&self, message: impl Into<String>) -> GpuError {
+        GpuError::Readback {
+            label: self.label.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// The data if they have arrived, else `Ok(None)`; never blocks (native: polls the device
+    /// once without waiting; web: the map callback has run or not). Fails if the data were
+    /// already taken, the encoder was dropped unsubmitted, or the map failed.
+    pub fn try_take(&mut self) -> Result<Option<Vec<u8>>> {
+        if self.taken {
+            return Err(self.err("already taken"));
+        }
+        let Some(rx) = self.rx.as_mut() else {
+            self.taken = true;
+            return Ok(Some(Vec::new()));
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        self.gpu
+            .device
+            .poll(wgpu::PollType::Poll)
+            .map_err(|e| GpuError::Device(e.to_string()))?;
+        match rx.try_recv() {
+            Ok(None) => Ok(None),
+            Ok(Some(r)) => self.finish(r).map(Some),
+            Err(_) => Err(self.err("its encoder was dropped before it was submitted")),
+        }
+    }
+
+    /// Waits for the data (counted in [`GpuCounters::blocking_reads`]). Native: blocks on the
+    /// device; web: awaits the map callback.
+    pub async fn wait_async(mut self) -> Result<Vec<u8>> {
+        bump(&self.gpu.counters.blocking_reads, 1);
+        if self.taken {
+            return Err(self.err("already taken"));
+        }
+        let Some(rx) = self.rx.take() else {
+            self.taken = true;
+            return Ok(Vec::new());
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        self.gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| self.err(e.to_string()))?;
+        match rx.await {
+            Ok(r) => self.finish(r),
+            Err(_) => Err(self.err("its encoder was dropped before it was submitted")),
+        }
+    }
+
+    /// Native convenience: blocking [`PendingRead::wait_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn wait(self) -> Result<Vec<u8>> {
+        pollster::block_on(self.wait_async())
+    }
+
+    /// Copies the mapped data out, unmaps and returns the staging buffer to the pool.
+    fn finish(
+        &mut self,
+        mapped: std::result::Result<(), wgpu::BufferAsyncError>,
+    ) -> Result<Vec<u8>> {
+        self.taken = true;
+        self.rx = None;
+        let staging = self
+            .staging
+            .take()
+            .ok_or_else(|| self.err("already taken"))?;
+        mapped.map_err(|e| self.err(e.to_string()))?;
+        self.gpu.take_uncaptured()?;
+        let view = staging
+            .get_mapped_range(0..self.size)
+            .map_err(|e| self.err(e.to_string()))?;
+        let mut out = view.to_vec();
+        drop(view);
+        staging.unmap();
+        self.gpu.staging.release(staging);
+        out.truncate(self.len);
+        Ok(out)
     }
 }
 

@@ -2,7 +2,7 @@
 //! readback, one launcher per WGSL kernel (`ops`), and the host types the launchers take
 //! (bitsandbytes' NF4 layout in [`nf4`], AdamW's hyper-parameters in [`ops::optim`]).
 
-pub mod counters;
+pub mod bindings;
 pub mod device;
 pub mod error;
 pub mod nf4;
@@ -11,11 +11,11 @@ pub mod params;
 pub mod shaders;
 pub(crate) mod upload;
 
-pub use counters::GpuCounters;
 #[cfg(not(target_arch = "wasm32"))]
 pub use device::list_adapters;
 pub use device::{
-    groups_1d, AdapterSummary, Encoder, Gpu, GpuBuffer, GpuOptions, Kernel, MemoryStats,
+    cast_bytes, groups_1d, AdapterSummary, Encoder, Gpu, GpuBuffer, GpuCounters, GpuOptions,
+    Kernel, MemoryStats, PendingRead,
 };
 pub use error::{GpuError, Result};
 pub use ops::TableDtype;
