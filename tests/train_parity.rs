@@ -185,3 +185,34 @@ fn lora_of(tr: &Trainer) -> LoraAdapter {
         _ => panic!("a LoRA run saves a LoRA adapter"),
     }
 }
+
+/// A LoRA optimizer step is one submission (every micro-batch, the gradient norm and AdamW) and
+/// one readback the host waits for, with gradient accumulation 1 and 4, counted by the runtime.
+#[test]
+fn a_training_step_is_one_submission() {
+    gpu().unwrap(); // fails without a device under TINYTUNE_REQUIRE_GPU=1
+                    // A device of its own: the other tests of this binary run in parallel on the shared one.
+    let own = tinytune::gpu::Gpu::new_blocking(Default::default()).unwrap();
+    let gpu = &own;
+    let name = "llama";
+    let train_rel = format!("{name}/lora_train.safetensors");
+    let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+    let model = LlamaModel::load(gpu, &src, Quant::NF4).unwrap();
+    for grad_accum in [1, 4] {
+        let data = fixture_dataset(&train_rel);
+        let mut cfg = peft_recipe(2, 1);
+        cfg.grad_accum = grad_accum;
+        let init = LoraAdapter::load(&fixture(&format!("{name}/lora_init"))).unwrap();
+        let start = Start::Adapter(init);
+        let mut tr = Trainer::new(gpu, &model, cfg, data, start, Box::new(|| 0.0)).unwrap();
+        for step in 1..=2 {
+            let before = gpu.counters();
+            let rec = pollster::block_on(tr.step()).unwrap().expect("a step");
+            let d = gpu.counters().delta(&before);
+            let what = format!("grad_accum {grad_accum} step {step}: {d:?}");
+            assert!(rec.loss.is_finite(), "{what}");
+            assert_eq!(d.submits, 1, "{what}");
+            assert_eq!(d.blocking_reads, 1, "{what}");
+        }
+    }
+}

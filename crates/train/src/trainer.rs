@@ -887,8 +887,10 @@ impl<'g> Trainer<'g> {
         }
         let norm_at = (self.config.grad_accum * slot * 4) as u64;
         enc.copy(&f.norm, 0, &self.report, norm_at, 4);
+        // The readback rides in the step's own submission; the host waits for it once.
+        let pending = enc.read_later(&self.report, 0..norm_at + 4)?;
         enc.submit();
-        let report = gpu.read::<f32>(&self.report).await?;
+        let report: Vec<f32> = tinytune_gpu::cast_bytes(&pending.wait_async().await?);
         // Summed per micro-batch in f64, in order (as the host always summed them).
         let mut loss_sum = 0.0;
         for (at, rows) in loss_rows {
@@ -1074,8 +1076,9 @@ pub async fn loss_sum(
             std::mem::replace(&mut enc, gpu.encoder()).submit();
         }
     }
+    let pending = enc.read_later(&losses, 0..losses.len)?;
     enc.submit();
-    let all = gpu.read::<f32>(&losses).await?;
+    let all: Vec<f32> = tinytune_gpu::cast_bytes(&pending.wait_async().await?);
     // Summed per batch in f64, in order (as the host always summed them).
     let mut sum = 0.0;
     for (at, rows) in slots {
