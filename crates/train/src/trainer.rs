@@ -891,11 +891,7 @@ impl<'g> Trainer<'g> {
         let pending = enc.read_later(&self.report, 0..norm_at + 4)?;
         enc.submit();
         let report: Vec<f32> = tinytune_gpu::cast_bytes(&pending.wait_async().await?);
-        // Summed per micro-batch in f64, in order (as the host always summed them).
-        let mut loss_sum = 0.0;
-        for (at, rows) in loss_rows {
-            loss_sum += report[at..at + rows].iter().map(|&l| l as f64).sum::<f64>();
-        }
+        let loss_sum = sum_slots(&report, &loss_rows);
         let grad_norm = report[self.config.grad_accum * slot] as f64;
         let now = (self.clock)();
         let elapsed = now - self.t0;
@@ -1030,6 +1026,15 @@ impl<'g> Trainer<'g> {
     }
 }
 
+/// The summed per-row losses of every `(start, rows)` slot of a readback: each slot summed in f64,
+/// the slots in order (as the host always summed each pass's rows), so losses stay bit-identical.
+fn sum_slots(losses: &[f32], slots: &[(usize, usize)]) -> f64 {
+    slots
+        .iter()
+        .map(|&(at, rows)| losses[at..at + rows].iter().map(|&l| l as f64).sum::<f64>())
+        .fold(0.0, |acc, s| acc + s)
+}
+
 /// Batches of an evaluation pass recorded into one submission.
 const EVAL_BATCHES_PER_SUBMIT: usize = 64;
 
@@ -1079,12 +1084,7 @@ pub async fn loss_sum(
     let pending = enc.read_later(&losses, 0..losses.len)?;
     enc.submit();
     let all: Vec<f32> = tinytune_gpu::cast_bytes(&pending.wait_async().await?);
-    // Summed per batch in f64, in order (as the host always summed them).
-    let mut sum = 0.0;
-    for (at, rows) in slots {
-        sum += all[at..at + rows].iter().map(|&l| l as f64).sum::<f64>();
-    }
-    Ok((sum, count))
+    Ok((sum_slots(&all, &slots), count))
 }
 
 /// Evaluates `model` (+ `adapter`: LoRA, prompt or prefix tuning) on a dataset:

@@ -5,7 +5,7 @@ use tinytune_gpu::ops::{lora, nf4, nn};
 use tinytune_gpu::{Encoder, GpuBuffer};
 
 use super::workspace::{head_chunks, GradBufs, LayerActs, LayerScratch, PrefixBufs, Workspace};
-use super::{grads_of, lora_dropout_seed, lora_of, LlamaModel, LoraDropout, Peft};
+use super::{grads_of, lora_dropout_seed, LlamaModel, LoraDropout, Peft};
 use crate::lora::LoraGpu;
 use crate::prefix::PrefixGpu;
 use crate::{ModelError, Weight};
@@ -111,11 +111,7 @@ impl LlamaModel {
         drop: Option<LoraDropout>,
     ) -> Result<(), ModelError> {
         let g = grads_of(ws)?;
-        let (lora, prompt, prefix) = (
-            lora_of(peft),
-            peft.and_then(Peft::prompt),
-            peft.and_then(Peft::prefix),
-        );
+        let (lora, prompt, prefix) = Peft::parts(peft);
         if targets.len() != ids.len() {
             return Err(ModelError::Shape(format!(
                 "forward_backward: {} targets for {} ids",

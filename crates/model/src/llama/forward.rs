@@ -5,7 +5,7 @@ use tinytune_gpu::ops::{lora, nf4, nn};
 use tinytune_gpu::{Encoder, GpuBuffer};
 
 use super::workspace::{LayerActs, LayerScratch, Workspace};
-use super::{lora_dropout_seed, lora_of, LlamaModel, LoraDropout, Peft};
+use super::{lora_dropout_seed, LlamaModel, LoraDropout, Peft};
 use crate::lora::LoraGpu;
 use crate::prefix::PrefixGpu;
 use crate::{ModelError, Weight};
@@ -294,11 +294,7 @@ impl LlamaModel {
         let cfg = &self.config;
         let m = self.check_batch(ws, ids.len(), b, t)?;
         let c = cfg.hidden_size;
-        let (lora, prompt, prefix) = (
-            lora_of(peft),
-            peft.and_then(Peft::prompt),
-            peft.and_then(Peft::prefix),
-        );
+        let (lora, prompt, prefix) = Peft::parts(peft);
         if let Some(pf) = prefix {
             self.check_prefix(ws, pf, b, t)?;
         }

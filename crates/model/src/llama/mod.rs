@@ -186,6 +186,21 @@ impl<'a> Peft<'a> {
         }
     }
 
+    /// The LoRA pairs, prompt and prefix of `peft` (each `None` unless it is that method).
+    pub(crate) fn parts(
+        peft: Option<Peft<'a>>,
+    ) -> (
+        Option<&'a LoraGpu>,
+        Option<&'a PromptGpu>,
+        Option<&'a PrefixGpu>,
+    ) {
+        (
+            peft.and_then(Peft::lora),
+            peft.and_then(Peft::prompt),
+            peft.and_then(Peft::prefix),
+        )
+    }
+
     /// Rows of the residual stream a sequence of `t` tokens takes (prompt tuning runs its
     /// virtual tokens as rows; a prefix only adds keys and values).
     pub fn rows_per_sequence(peft: Option<Peft<'_>>, t: usize) -> usize {
@@ -209,11 +224,6 @@ pub fn lora_dropout_seed(seed: u64, layer: usize, target: usize) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-/// The LoRA pairs of `peft`, if any.
-pub(crate) fn lora_of<'a>(peft: Option<Peft<'a>>) -> Option<&'a LoraGpu> {
-    peft.and_then(Peft::lora)
 }
 
 impl LlamaModel {
