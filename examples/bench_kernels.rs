@@ -349,7 +349,7 @@ fn main() {
         shape: format!("n={np}"),
         gpu_ms: time_gpu(&gpu, |enc| {
             step += 1;
-            optim::adamw_step(enc, &pb, &gb, &mb, &vb, np, step, &cfg, Some((1.0, &norm)))
+            optim::adamw_step(enc, &pb, &gb, &mb, &vb, &norm, np, step, &cfg, Some(1.0))
                 .expect("adamw")
         }),
         flops: 16.0 * np as f64,

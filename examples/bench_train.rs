@@ -1,8 +1,9 @@
-//! Training-step benchmark: time of the forward pass (loss only) and of a training step (the
-//! forward and backward passes with LoRA r 8 on all seven projections, then the optimizer: gradient
-//! copy, norm, clipped AdamW, parameter copy, gradient zeroing) over every layer and the top 8, for a
-//! batch of B sequences of T tokens with a target at every position; on a real model file or on
-//! a published model's shapes with random weights (`--config`, no download).
+//! Training-step benchmark: time of the forward pass (loss only) and of a training step as the
+//! trainer takes it (one submission: the forward and backward passes with LoRA r 8 on all seven
+//! projections, the gradient norm and clipped AdamW; steps pipelined as in `tinytune train`) over
+//! every layer and the top 8, for a batch of B sequences of T tokens with a target at every
+//! position; on a real model file or on a published model's shapes with random weights
+//! (`--config`, no download).
 //!
 //! ```sh
 //! cargo run --release --example bench_train -- MODEL [B] [T] [options]
@@ -16,25 +17,30 @@
 //! - `--shapes BxT[,BxT...]`: several batch shapes on one loaded model (instead of B T).
 //! - `--quant nf4|none`: the frozen linears in NF4 (QLoRA, the default) or f32 (LoRA).
 //! - `--layers all|N[,...]`: adapt every layer and/or the top N (default `all,8`).
-//! - `--reps N`: timed repetitions after one warm-up (default 2).
+//! - `--reps N`: timed repetitions after one warm-up (default 2; the step is timed twice: host
+//!   time on an idle device, then throughput pipelined).
 //! - `--json`: one JSON line per run on stdout (the table goes to stderr).
 //! - `--adapter`: print the adapter (`name | type | backend`) and exit.
 //!
 //! A JSON line has the keys `model`, `source` (`config` or `file`), `b`, `t`, `quant`,
 //! `layers_adapted`, `layers`, `lora_params`, `reps`, `load_s`, `forward_s`, `step_s`,
-//! `tokens_per_s` (B*T / `step_s`), `host_ms_per_step`, `submits_per_step`,
-//! `dispatches_per_step`, `copies_per_step`, `clears_per_step`, `blocking_reads_per_step`,
-//! `bind_groups_per_step`, `params_bytes_per_step` (from `Gpu::counters`), `model_bytes` (device
+//! `tokens_per_s` (B*T / `step_s`, steps pipelined as in `tinytune train`), `host_ms_per_step`
+//! (recording and submitting one step on an idle device: the host's own cost, no GPU wait in it),
+//! the mean per step of `submits`, `dispatches`, `copies`, `clears`, `blocking_reads` (waits that
+//! left the GPU idle), `overlapped_reads` (waits with the next step queued), `bind_groups`,
+//! `params_bytes` (each `<name>_per_step`, from `Gpu::counters`), `model_bytes` (device
 //! buffers after loading), `peak_bytes` (the most alive during the run, model included),
 //! `host_peak_rss_bytes` (the process's VmHWM so far, Linux; else null), `adapter`,
 //! `adapter_type`, `backend`.
 
 use std::time::{Duration, Instant};
 
-use tinytune::gpu::ops::optim::{self, AdamW};
 use tinytune::gpu::{Gpu, GpuOptions};
 use tinytune::model::{
     LlamaConfig, LlamaModel, Lora, LoraGpu, LoraPair, ModelSource, Peft, Quant, Workspace,
+};
+use tinytune::train::{
+    Dataset, Example, LoraModule, ScheduleKind, Start, Stop, TrainConfig, Trainer,
 };
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -152,6 +158,61 @@ fn parse_args(argv: &[String]) -> BoxResult<Args> {
     })
 }
 
+/// A trainer over `b` x `t` synthetic examples (a target at every position): LoRA r 8 (alpha 16)
+/// on the seven projections of the top `top` layers, PEFT's init, AdamW with clipping, `steps`
+/// optimizer steps.
+fn trainer<'g>(
+    gpu: &'g Gpu,
+    model: &'g LlamaModel,
+    b: usize,
+    t: usize,
+    top: usize,
+    steps: usize,
+) -> BoxResult<Trainer<'g>> {
+    let v = model.config.vocab_size;
+    let n_layers = model.layers.len();
+    let examples: Vec<Example> = (0..4 * b)
+        .map(|e| {
+            let ids: Vec<u32> = (0..t)
+                .map(|i| ((e * 131 + i * 7919 + 13) % v) as u32)
+                .collect();
+            Example {
+                labels: ids.iter().map(|&x| x as i32).collect(),
+                input_ids: ids,
+                len: t,
+            }
+        })
+        .collect();
+    let data = Dataset {
+        seq_len: t,
+        examples,
+        stats: Default::default(),
+    };
+    let mut config = TrainConfig {
+        batch_size: b,
+        seq_len: t,
+        stop: Stop::Steps(steps as u64),
+        lr: 1e-4,
+        schedule: ScheduleKind::Constant,
+        max_grad_norm: 1.0,
+        ..TrainConfig::default()
+    };
+    config.lora.r = 8;
+    config.lora.alpha = 16.0;
+    config.lora.dropout = 0.0;
+    config.lora.targets = LoraModule::ALL.to_vec();
+    config.lora.layers_to_transform =
+        (top < n_layers).then(|| (n_layers - top..n_layers).collect());
+    Ok(Trainer::new(
+        gpu,
+        model,
+        config,
+        data,
+        Start::Fresh,
+        Box::new(|| 0.0),
+    )?)
+}
+
 fn lora_for(model: &LlamaModel, r: usize, top: usize) -> Lora {
     let n = model.layers.len();
     let layers = (0..n)
@@ -244,84 +305,71 @@ fn run(args: &Args) -> BoxResult<()> {
         let targets: Vec<i32> = (0..m).map(|i| ((i * 104729 + 7) % v) as i32).collect();
         for &top in &args.layers {
             let top = top.unwrap_or(n_layers).min(n_layers);
-            gpu.reset_peak_memory();
-            let lora = LoraGpu::upload(&gpu, &model, &lora_for(&model, 8, top))?;
-            let ws = Workspace::new(&gpu, &model, Some(&lora), m, true)?;
-            let n = lora.n_params;
-            let flat: Vec<_> = (0..4)
-                .map(|i| gpu.alloc(&format!("flat{i}"), (n * 4) as u64))
-                .collect::<Result<_, _>>()?;
-            let norm = gpu.alloc("norm", 4)?;
-            let forward = || -> BoxResult<()> {
-                model.forward_loss(&gpu, &ws, Some(Peft::Lora(&lora)), &ids, &targets, b, t)?;
-                Ok(())
-            };
-            // One training step as the trainer records it, submitted but not waited on.
-            let step = || -> BoxResult<()> {
-                let peft = Peft::Lora(&lora);
-                model.forward_backward(&gpu, &ws, peft, &ids, &targets, b, t, 1e-3, None)?;
-                let mut enc = gpu.encoder();
-                lora.copy_grads_to(&mut enc, &flat[1])?;
-                optim::grad_norm(&mut enc, &flat[1], n, &norm)?;
-                optim::adamw_step(
-                    &mut enc,
-                    &flat[0],
-                    &flat[1],
-                    &flat[2],
-                    &flat[3],
-                    n,
-                    1,
-                    &AdamW {
-                        lr: 1e-4,
-                        beta1: 0.9,
-                        beta2: 0.999,
-                        eps: 1e-8,
-                        weight_decay: 0.0,
-                    },
-                    Some((1.0, &norm)),
-                )?;
-                lora.copy_params_from(&mut enc, &flat[0])?;
-                lora.zero_grads(&mut enc);
-                enc.submit();
-                Ok(())
-            };
-            // Warm-up (pipelines compile), then the timed repetitions.
-            forward()?;
-            gpu.sync()?;
-            let t0 = Instant::now();
-            for _ in 0..args.reps {
+            // The forward pass alone (loss only), on its own adapter and workspace.
+            let forward_s = {
+                let lora = LoraGpu::upload(&gpu, &model, &lora_for(&model, 8, top))?;
+                let ws = Workspace::new(&gpu, &model, Some(&lora), m, true)?;
+                let forward = || -> BoxResult<()> {
+                    model.forward_loss(&gpu, &ws, Some(Peft::Lora(&lora)), &ids, &targets, b, t)?;
+                    Ok(())
+                };
+                // Warm-up (pipelines compile), then the timed repetitions.
                 forward()?;
                 gpu.sync()?;
-            }
-            let forward_s = t0.elapsed().as_secs_f64() / args.reps as f64;
-            step()?;
-            gpu.sync()?;
-            let c0 = gpu.counters();
+                let t0 = Instant::now();
+                for _ in 0..args.reps {
+                    forward()?;
+                    gpu.sync()?;
+                }
+                t0.elapsed().as_secs_f64() / args.reps as f64
+            };
+            // Training steps as `tinytune train` takes them: the trainer's one submission per
+            // optimizer step (forward, backward, gradient norm, clipped AdamW), pipelined like the
+            // session (step N+1 is submitted before step N's report is taken).
+            gpu.reset_peak_memory();
+            let mut tr = trainer(&gpu, &model, b, t, top, 2 * args.reps + 1)?;
+            let n = tr.n_params();
+            pollster::block_on(tr.step())?.ok_or("no warm-up step")?;
+            // Host time: recording and submitting one step on an idle device, so that it holds
+            // no wait for the GPU (a queue already holding work can block in `queue.submit`:
+            // lavapipe does from the third step in flight) and, on lavapipe, where the "GPU" is
+            // the CPU too, nothing competes for the cores.
             let mut host = Duration::ZERO;
+            for _ in 0..args.reps {
+                gpu.sync()?;
+                let h0 = Instant::now();
+                tr.submit_step()?;
+                host += h0.elapsed();
+                pollster::block_on(tr.take_report())?;
+            }
+            // Throughput and counters: steps pipelined as the session takes them.
+            let c0 = gpu.counters();
             let t0 = Instant::now();
             for _ in 0..args.reps {
-                // Host time: recording and submitting the step, without waiting on the device
-                // (on lavapipe the "GPU" is the CPU too, so the two compete for the same cores).
-                let h0 = Instant::now();
-                step()?;
-                host += h0.elapsed();
-                gpu.sync()?;
+                tr.submit_step()?;
+                if tr.in_flight() > 1 {
+                    pollster::block_on(tr.take_report())?;
+                }
+            }
+            while tr.in_flight() > 0 {
+                pollster::block_on(tr.take_report())?;
             }
             let step_s = t0.elapsed().as_secs_f64() / args.reps as f64;
             let c = gpu.counters().delta(&c0);
-            let per = |x: u64| x / args.reps as u64;
+            let per = |x: u64| x as f64 / args.reps as f64;
             let peak_bytes = gpu.memory().peak_bytes;
             let host_ms = host.as_secs_f64() * 1e3 / args.reps as f64;
             let tokens_per_s = m as f64 / step_s;
             say(format!(
                 "B={b} T={t} LoRA on the top {top:>2} layers ({n:>8} params): forward {forward_s:>7.3} s \
                  | step {step_s:>7.3} s ({tokens_per_s:>7.1} tok/s, host {host_ms:.1} ms) \
-                 | {} dispatches, {} submits, {} copies, {} blocking reads per step \
+                 | {} dispatches, {} submits, {} copies, {} blocking reads ({} overlapped) per step \
                  | peak {:.1} MiB",
                 per(c.dispatches),
                 per(c.submits),
                 per(c.copies),
                 per(c.blocking_reads),
+                per(c.overlapped_reads),
                 peak_bytes as f64 / (1 << 20) as f64
             ));
             if args.json {
@@ -345,6 +393,7 @@ fn run(args: &Args) -> BoxResult<()> {
                     "copies_per_step": per(c.copies),
                     "clears_per_step": per(c.clears),
                     "blocking_reads_per_step": per(c.blocking_reads),
+                    "overlapped_reads_per_step": per(c.overlapped_reads),
                     "bind_groups_per_step": per(c.bind_groups_created),
                     "params_bytes_per_step": per(c.params_bytes),
                     "model_bytes": model_bytes,

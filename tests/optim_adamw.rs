@@ -108,24 +108,8 @@ fn run_adamw(
         let g = rng.vec(n, 0.5 + step as f32);
         let gb = up(gpu, "g", &g);
         let mut enc = gpu.encoder();
-        match clip {
-            Some(max_norm) => {
-                optim::grad_norm(&mut enc, &gb, n, &normb).unwrap();
-                optim::adamw_step(
-                    &mut enc,
-                    &pb,
-                    &gb,
-                    &mb,
-                    &vb,
-                    n,
-                    step,
-                    cfg,
-                    Some((max_norm, &normb)),
-                )
-                .unwrap();
-            }
-            None => optim::adamw_step(&mut enc, &pb, &gb, &mb, &vb, n, step, cfg, None).unwrap(),
-        }
+        optim::grad_norm(&mut enc, &gb, n, &normb).unwrap();
+        optim::adamw_step(&mut enc, &pb, &gb, &mb, &vb, &normb, n, step, cfg, clip).unwrap();
         enc.submit();
         roptim::adamw_step(&mut p, &g, &mut m, &mut v, step, &oracle(cfg), clip);
         let tag = format!(
@@ -316,19 +300,19 @@ fn launchers_reject_bad_input() {
     let mut enc = gpu.encoder();
     assert!(
         is_shape(optim::adamw_step(
-            &mut enc, &p, &g, &m, &v, n, 0, &cfg, None
+            &mut enc, &p, &g, &m, &v, &norm, n, 0, &cfg, None
         )),
         "step 0"
     );
     assert!(
         is_shape(optim::adamw_step(
-            &mut enc, &p, &g, &m, &short, n, 1, &cfg, None
+            &mut enc, &p, &g, &m, &short, &norm, n, 1, &cfg, None
         )),
         "short v"
     );
     assert!(
         is_shape(optim::adamw_step(
-            &mut enc, &p, &g, &m, &m, n, 1, &cfg, None
+            &mut enc, &p, &g, &m, &m, &norm, n, 1, &cfg, None
         )),
         "m aliases v"
     );
@@ -339,17 +323,24 @@ fn launchers_reject_bad_input() {
             &g,
             &m,
             &v,
+            &norm,
             n,
             1,
             &cfg,
-            Some((0.0, &norm))
+            Some(0.0)
         )),
         "max_norm 0"
+    );
+    assert!(
+        is_shape(optim::adamw_step(
+            &mut enc, &p, &g, &m, &v, &m, n, 1, &cfg, None
+        )),
+        "norm aliases m"
     );
     let bad = AdamW { beta2: 1.0, ..cfg };
     assert!(
         is_shape(optim::adamw_step(
-            &mut enc, &p, &g, &m, &v, n, 1, &bad, None
+            &mut enc, &p, &g, &m, &v, &norm, n, 1, &bad, None
         )),
         "beta2 = 1"
     );
@@ -362,7 +353,57 @@ fn launchers_reject_bad_input() {
         "norm aliases grads"
     );
     assert!(optim::grad_norm(&mut enc, &g, n, &norm).is_ok());
-    assert!(optim::adamw_step(&mut enc, &p, &g, &m, &v, n, 1, &cfg, Some((1.0, &norm))).is_ok());
+    assert!(optim::adamw_step(&mut enc, &p, &g, &m, &v, &norm, n, 1, &cfg, Some(1.0)).is_ok());
     enc.submit();
     gpu.sync().unwrap();
+}
+
+/// A gradient holding an inf or a NaN makes the norm non-finite; the step then changes nothing
+/// (parameters and moments keep their values), on the device as in the reference.
+#[test]
+fn adamw_step_skips_a_non_finite_gradient() {
+    let Some(gpu) = gpu() else { return };
+    let n = 300; // more than one workgroup
+    let mut rng = Rng::new(7);
+    let cfg = AdamW {
+        lr: 0.1,
+        ..AdamW::default()
+    };
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for clip in [None, Some(1.0)] {
+            let p0 = rng.vec(n, 1.0);
+            let m0 = rng.vec(n, 0.1);
+            let v0: Vec<f32> = rng.vec(n, 0.1).iter().map(|x| x * x).collect();
+            let mut g = rng.vec(n, 1.0);
+            g[n - 1] = bad;
+            let (pb, gb, mb, vb) = (
+                up(gpu, "p", &p0),
+                up(gpu, "g", &g),
+                up(gpu, "m", &m0),
+                up(gpu, "v", &v0),
+            );
+            let normb = gpu.alloc("norm", 4).unwrap();
+            let mut enc = gpu.encoder();
+            optim::grad_norm(&mut enc, &gb, n, &normb).unwrap();
+            optim::adamw_step(&mut enc, &pb, &gb, &mb, &vb, &normb, n, 3, &cfg, clip).unwrap();
+            enc.submit();
+            let what = format!("gradient {bad}, clip {clip:?}");
+            assert!(!read(gpu, &normb)[0].is_finite(), "{what}: the norm");
+            for (name, buf, want) in [("p", &pb, &p0), ("m", &mb, &m0), ("v", &vb, &v0)] {
+                let got = read(gpu, buf);
+                assert!(
+                    got.iter()
+                        .zip(want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{what}: {name} changed"
+                );
+            }
+            let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+            roptim::adamw_step(&mut p, &g, &mut m, &mut v, 3, &oracle(&cfg), clip);
+            assert!(
+                p == p0 && m == m0 && v == v0,
+                "{what}: the reference changed"
+            );
+        }
+    }
 }

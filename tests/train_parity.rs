@@ -8,7 +8,9 @@ mod common;
 use common::hf::{fixture, fixture_dataset, peft_recipe, read_tensors};
 use common::{assert_close, gpu};
 use tinytune::model::{LlamaModel, ModelSource, Quant};
-use tinytune::train::{LoraAdapter, PeftAdapter, Start, Trainer};
+use tinytune::train::{
+    LoraAdapter, PeftAdapter, RunPlan, Start, TrainError, TrainSession, Trainer,
+};
 
 const MODELS: [&str; 3] = ["llama", "llama_tied_llama3", "qwen2"];
 
@@ -186,10 +188,14 @@ fn lora_of(tr: &Trainer) -> LoraAdapter {
     }
 }
 
-/// A LoRA optimizer step is one submission (every micro-batch, the gradient norm and AdamW) and
-/// one readback the host waits for, with gradient accumulation 1 and 4, counted by the runtime.
+/// A LoRA optimizer step is one submission (every micro-batch, the gradient norm and AdamW), and
+/// through the session the host never stalls the GPU: it submits step N+1 before it waits for
+/// step N's report, so every wait is overlapped with queued work (the runtime counts a wait with
+/// nothing queued behind it as a blocking read), with gradient accumulation 1 and 4. Only the
+/// run's last step, after which nothing is left to queue, is waited for alone. The pipelined
+/// losses and gradient norms equal unpipelined steps' bit for bit.
 #[test]
-fn a_training_step_is_one_submission() {
+fn a_training_step_is_one_submission_and_never_stalls() {
     gpu().unwrap(); // fails without a device under TINYTUNE_REQUIRE_GPU=1
                     // A device of its own: the other tests of this binary run in parallel on the shared one.
     let own = tinytune::gpu::Gpu::new_blocking(Default::default()).unwrap();
@@ -198,21 +204,105 @@ fn a_training_step_is_one_submission() {
     let train_rel = format!("{name}/lora_train.safetensors");
     let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
     let model = LlamaModel::load(gpu, &src, Quant::NF4).unwrap();
+    let steps = 5u64;
     for grad_accum in [1, 4] {
-        let data = fixture_dataset(&train_rel);
-        let mut cfg = peft_recipe(2, 1);
-        cfg.grad_accum = grad_accum;
-        let init = LoraAdapter::load(&fixture(&format!("{name}/lora_init"))).unwrap();
-        let start = Start::Adapter(init);
-        let mut tr = Trainer::new(gpu, &model, cfg, data, start, Box::new(|| 0.0)).unwrap();
-        for step in 1..=2 {
+        let config = || {
+            let mut cfg = peft_recipe(steps, 1);
+            cfg.grad_accum = grad_accum;
+            cfg
+        };
+        let start =
+            || Start::Adapter(LoraAdapter::load(&fixture(&format!("{name}/lora_init"))).unwrap());
+        let data = || fixture_dataset(&train_rel);
+        let mut plain =
+            Trainer::new(gpu, &model, config(), data(), start(), Box::new(|| 0.0)).unwrap();
+        let want: Vec<_> = (0..steps)
+            .map(|_| pollster::block_on(plain.step()).unwrap().expect("a step"))
+            .collect();
+        let plan = RunPlan {
+            config: config(),
+            start: start(),
+            warmup_ratio: None,
+        };
+        let mut session = TrainSession::new(gpu, &model, plan, data(), Box::new(|| 0.0)).unwrap();
+        for step in 1..=steps {
             let before = gpu.counters();
-            let rec = pollster::block_on(tr.step()).unwrap().expect("a step");
+            let ev = pollster::block_on(session.step()).unwrap().expect("a step");
             let d = gpu.counters().delta(&before);
             let what = format!("grad_accum {grad_accum} step {step}: {d:?}");
-            assert!(rec.loss.is_finite(), "{what}");
-            assert_eq!(d.submits, 1, "{what}");
-            assert_eq!(d.blocking_reads, 1, "{what}");
+            let (rec, w) = (&ev.rec, &want[step as usize - 1]);
+            assert_eq!(rec.step, step, "{what}");
+            assert_eq!(rec.loss.to_bits(), w.loss.to_bits(), "{what}: loss");
+            assert_eq!(rec.grad_norm.to_bits(), w.grad_norm.to_bits(), "{what}");
+            // Step 1 submits itself and step 2; the last step submits nothing more.
+            let (submits, blocking, overlapped) = match step {
+                1 => (2, 0, 1),
+                s if s == steps => (0, 1, 0),
+                _ => (1, 0, 1),
+            };
+            assert_eq!(
+                (d.submits, d.blocking_reads, d.overlapped_reads),
+                (submits, blocking, overlapped),
+                "{what}"
+            );
+            assert_eq!(ev.last, step == steps, "{what}");
         }
+        assert!(pollster::block_on(session.step()).unwrap().is_none());
     }
+}
+
+/// A run that diverges stops with a clear message when the first non-finite loss or gradient
+/// norm is reported, and the GPU skipped that step's update: the adapter holds the last finite
+/// step's weights, so what is saved stays usable.
+#[test]
+fn a_non_finite_loss_stops_the_run() {
+    let gpu = gpu().unwrap();
+    let name = "llama";
+    let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+    let model = LlamaModel::load(gpu, &src, Quant::NF4).unwrap();
+    let mut cfg = peft_recipe(20, 1);
+    // Without clipping, a learning rate of 1e30 moves every weight by about 1e30 at step 1;
+    // step 2's forward then overflows.
+    cfg.lr = 1e30;
+    cfg.max_grad_norm = 0.0;
+    let plan = RunPlan {
+        config: cfg,
+        start: Start::Adapter(LoraAdapter::load(&fixture(&format!("{name}/lora_init"))).unwrap()),
+        warmup_ratio: None,
+    };
+    let data = fixture_dataset(&format!("{name}/lora_train.safetensors"));
+    let mut session = TrainSession::new(gpu, &model, plan, data, Box::new(|| 0.0)).unwrap();
+    let mut reported = 0;
+    let err = loop {
+        match pollster::block_on(session.step()) {
+            Ok(Some(ev)) => {
+                assert!(ev.rec.loss.is_finite() && ev.rec.grad_norm.is_finite());
+                reported += 1;
+                assert!(reported < 20, "the run never diverged");
+            }
+            Ok(None) => panic!("the run ended without diverging"),
+            Err(e) => break e,
+        }
+    };
+    let TrainError::NonFinite { step, lr, .. } = &err else {
+        panic!("wrong error: {err}");
+    };
+    assert_eq!(
+        *step,
+        reported + 1,
+        "the first non-finite step is the one reported"
+    );
+    assert_eq!(*lr, 1e30);
+    let msg = err.to_string();
+    for part in ["diverged", "Lower the learning rate", "skipped"] {
+        assert!(msg.contains(part), "{msg}");
+    }
+    // The steps after the diverged one (one may have been in flight) changed nothing either.
+    let a = lora_of(&session.trainer);
+    let finite = a
+        .weights
+        .pairs
+        .values()
+        .all(|p| p.a.iter().chain(&p.b).all(|x| x.is_finite()));
+    assert!(finite, "a NaN reached the adapter");
 }

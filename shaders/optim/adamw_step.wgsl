@@ -8,7 +8,9 @@
 //   p     = p - step_size * (m / denom)                                step_size = lr / bc1
 // The host computes the scalars in f64 and rounds them to f32 (reference: optim::AdamW::coefficients).
 // `grads` is only read (the clipped gradient is not written back). `norm` is the output of
-// optim/grad_norm; without CLIP it is bound but never read.
+// optim/grad_norm. When it is not finite (the gradients hold an inf or a NaN) the step changes
+// nothing: param, m and v keep their values, so a diverged step cannot poison the parameters
+// (the host stops the run when it reads the norm).
 
 override CLIP: bool = false;
 
@@ -34,16 +36,22 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> v: array<f32>;      // (n) exp_avg_sq
 @group(0) @binding(5) var<storage, read> norm: array<f32>;         // (1) global grad norm
 
+// inf and NaN have every exponent bit set (a bit test: compilers may assume no NaN in `x != x`).
+fn is_finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = (wid.x + wid.y * nwg.x) * 256u + lid;
-    if (i >= p.n) {
+    let gnorm = norm[0];
+    if (i >= p.n || !is_finite(gnorm)) {
         return;
     }
     var g = grads[i];
     if (CLIP) {
-        g *= min(p.max_norm / (norm[0] + 1e-6), 1.0);
+        g *= min(p.max_norm / (gnorm + 1e-6), 1.0);
     }
     let pd = param[i] * p.decay;
     let mo = m[i];

@@ -244,6 +244,20 @@ fn train_errors_are_one_line() {
             ],
             "layer 7",
         ),
+        (
+            // Diverges at step 2: the run stops with what to change.
+            vec![
+                "--data",
+                good.to_str().unwrap(),
+                "--learning-rate",
+                "1e30",
+                "--max-grad-norm",
+                "0",
+                "--num-steps",
+                "20",
+            ],
+            "training diverged",
+        ),
     ] {
         let mut a = vec!["train", "--model", m, "--output-dir", out.to_str().unwrap()];
         a.extend_from_slice(&extra);

@@ -38,8 +38,9 @@
 //!   an error scope, so a failure names the kernel (slow; for debugging).
 //! - **Reads need not wait.** [`Encoder::read_later`] records a copy into a pooled staging
 //!   buffer and maps it after the submit; [`PendingRead::try_take`] returns the data once it is
-//!   there without blocking, [`PendingRead::wait`] blocks (counted in
-//!   [`GpuCounters::blocking_reads`]).
+//!   there without blocking, [`PendingRead::wait`] blocks until its own submission is done
+//!   (counted in [`GpuCounters::blocking_reads`] when nothing was queued behind it, so the GPU
+//!   idled while the host waited, else in [`GpuCounters::overlapped_reads`]).
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -86,8 +87,13 @@ pub struct GpuCounters {
     pub copies: u64,
     /// Buffer clears recorded.
     pub clears: u64,
-    /// Readbacks the host waited for ([`PendingRead::wait`], [`Gpu::read`] and its variants).
+    /// Readbacks the host waited for with no later submission queued behind them, so the GPU ran
+    /// dry while the host waited ([`Gpu::read`] and its variants, [`PendingRead::wait`] on the
+    /// newest submission): a stall of the pipeline.
     pub blocking_reads: u64,
+    /// Readbacks the host waited for while later submissions kept the GPU busy (a report taken
+    /// one step late): the host waits, the GPU does not.
+    pub overlapped_reads: u64,
     /// Bind groups created (cache misses).
     pub bind_groups_created: u64,
     /// Bytes of kernel params uploaded (arena slots, alignment padding included).
@@ -103,6 +109,9 @@ impl GpuCounters {
             copies: self.copies.saturating_sub(earlier.copies),
             clears: self.clears.saturating_sub(earlier.clears),
             blocking_reads: self.blocking_reads.saturating_sub(earlier.blocking_reads),
+            overlapped_reads: self
+                .overlapped_reads
+                .saturating_sub(earlier.overlapped_reads),
             bind_groups_created: self
                 .bind_groups_created
                 .saturating_sub(earlier.bind_groups_created),
@@ -119,6 +128,7 @@ struct Counters {
     copies: AtomicU64,
     clears: AtomicU64,
     blocking_reads: AtomicU64,
+    overlapped_reads: AtomicU64,
     bind_groups_created: AtomicU64,
     params_bytes: AtomicU64,
 }
@@ -401,6 +411,8 @@ pub struct Gpu {
     dead: Arc<Mutex<Vec<u64>>>,
     arena: Arena,
     staging: StagingPool,
+    /// Submissions made so far (the serial of the newest one).
+    submitted: AtomicU64,
 }
 
 impl Gpu {
@@ -447,6 +459,7 @@ impl Gpu {
             dead: Arc::new(Mutex::new(Vec::new())),
             arena: Arena::new(&limits),
             staging: StagingPool::default(),
+            submitted: AtomicU64::new(0),
             device,
             queue,
             adapter: summarize(&info),
@@ -538,6 +551,7 @@ impl Gpu {
             copies: get(&c.copies),
             clears: get(&c.clears),
             blocking_reads: get(&c.blocking_reads),
+            overlapped_reads: get(&c.overlapped_reads),
             bind_groups_created: get(&c.bind_groups_created),
             params_bytes: get(&c.params_bytes),
         }
@@ -863,7 +877,12 @@ struct MapRequest {
     staging: wgpu::Buffer,
     size: u64,
     done: futures_channel::oneshot::Sender<std::result::Result<(), wgpu::BufferAsyncError>>,
+    ticket: Ticket,
 }
+
+/// Which submission carries a readback, set when its encoder is submitted: the serial (to tell
+/// whether later work is queued behind it) and wgpu's index (to wait for that submission only).
+type Ticket = Arc<Mutex<Option<(u64, wgpu::SubmissionIndex)>>>;
 
 /// Records kernel launches into one command buffer. Consecutive dispatches share one compute
 /// pass; their params go into the encoder's arena, uploaded at [`Encoder::submit`].
@@ -1033,6 +1052,7 @@ impl<'g> Encoder<'g> {
             )));
         }
         let len = range.end - range.start;
+        let ticket = Ticket::default();
         let (rx, staging, size) = if len == 0 {
             (None, None, 0)
         } else {
@@ -1048,11 +1068,13 @@ impl<'g> Encoder<'g> {
                 staging: staging.clone(),
                 size,
                 done: tx,
+                ticket: ticket.clone(),
             });
             (Some(rx), Some(staging), size)
         };
         Ok(PendingRead {
             gpu: self.gpu,
+            ticket,
             label: buf.label.clone(),
             len: len as usize,
             size,
@@ -1069,7 +1091,7 @@ impl<'g> Encoder<'g> {
         let enc = std::mem::replace(&mut self.enc, self.gpu.command_encoder());
         let params = std::mem::take(&mut self.params);
         let arena = &self.gpu.arena;
-        {
+        let (serial, index) = {
             let _order = arena.submit.lock().expect("params arena poisoned");
             let chunk_bytes = (arena.slots_per_chunk() * arena.stride) as usize;
             for (i, bytes) in params.chunks(chunk_bytes).enumerate() {
@@ -1077,11 +1099,14 @@ impl<'g> Encoder<'g> {
                 self.gpu.queue.write_buffer(&chunk, 0, bytes);
             }
             self.staged.flush(&self.gpu.queue);
-            self.gpu.queue.submit([enc.finish()]);
-        }
+            let index = self.gpu.queue.submit([enc.finish()]);
+            let serial = self.gpu.submitted.fetch_add(1, Ordering::Relaxed) + 1;
+            (serial, index)
+        };
         bump(&self.gpu.counters.params_bytes, params.len() as u64);
         bump(&self.gpu.counters.submits, 1);
         for m in self.maps.drain(..) {
+            *m.ticket.lock().expect("read ticket poisoned") = Some((serial, index.clone()));
             let done = m.done;
             m.staging
                 .map_async(wgpu::MapMode::Read, 0..m.size, move |r| {
@@ -1101,6 +1126,7 @@ impl<'g> Encoder<'g> {
 /// taken; one dropped untaken is freed instead.
 pub struct PendingRead<'g> {
     gpu: &'g Gpu,
+    ticket: Ticket,
     label: String,
     /// Bytes asked for.
     len: usize,
@@ -1143,10 +1169,10 @@ impl PendingRead<'_> {
         }
     }
 
-    /// Waits for the data (counted in [`GpuCounters::blocking_reads`]). Native: blocks on the
-    /// device; web: awaits the map callback.
+    /// Waits for the data: native, blocks until its own submission is done (not the ones queued
+    /// after it); web, awaits the map callback. Counted in [`GpuCounters::overlapped_reads`] when
+    /// later submissions are queued behind it, else in [`GpuCounters::blocking_reads`].
     pub async fn wait_async(mut self) -> Result<Vec<u8>> {
-        bump(&self.gpu.counters.blocking_reads, 1);
         if self.taken {
             return Err(self.err("already taken"));
         }
@@ -1154,10 +1180,23 @@ impl PendingRead<'_> {
             self.taken = true;
             return Ok(Vec::new());
         };
+        let ticket = self.ticket.lock().expect("read ticket poisoned").clone();
+        let Some((serial, _index)) = ticket else {
+            return Err(self.err("its encoder was not submitted"));
+        };
+        let counter = if self.gpu.submitted.load(Ordering::Relaxed) > serial {
+            &self.gpu.counters.overlapped_reads
+        } else {
+            &self.gpu.counters.blocking_reads
+        };
+        bump(counter, 1);
         #[cfg(not(target_arch = "wasm32"))]
         self.gpu
             .device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(_index),
+                timeout: None,
+            })
             .map_err(|e| self.err(e.to_string()))?;
         match rx.await {
             Ok(r) => self.finish(r),

@@ -105,6 +105,7 @@ pub fn clip_coef(total_norm: f32, max_norm: f32) -> f32 {
 
 /// One AdamW step over flat buffers of equal length, in place; with `clip = Some(max_norm)` the
 /// gradients are first scaled by [`clip_coef`] of their [`grad_norm`] (`g` itself is not modified).
+/// A non-finite norm leaves everything as it was (tinytune's guard against a diverged step).
 ///
 /// Panics if the lengths differ or `step == 0`.
 pub fn adamw_step(
@@ -124,8 +125,13 @@ pub fn adamw_step(
         m.len(),
         v.len()
     );
+    let norm = grad_norm(g);
+    if !norm.is_finite() {
+        // The step changes nothing (tinytune's guard; torch would write NaNs).
+        return;
+    }
     let c = cfg.coefficients(step);
-    let coef = clip.map_or(1.0, |max_norm| clip_coef(grad_norm(g), max_norm));
+    let coef = clip.map_or(1.0, |max_norm| clip_coef(norm, max_norm));
     for i in 0..n {
         let gi = g[i] * coef;
         let pi = p[i] * c.decay;

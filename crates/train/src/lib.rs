@@ -108,6 +108,21 @@ pub enum TrainError {
     /// A run that cannot fit the device (the message says what to change).
     #[error("{0}")]
     DeviceLimit(String),
+    /// A step's loss or gradient norm is not finite: the run diverged. The GPU skipped that
+    /// step's update (AdamW leaves every parameter and moment as it was when the norm is not
+    /// finite), so the parameters and the checkpoints already saved are intact.
+    #[error(
+        "step {step}: the loss is {loss} and the gradient norm {grad_norm}: training diverged, \
+         so the run stopped (the GPU skipped this step's update; checkpoints already saved are \
+         intact). Lower the learning rate (it was {lr:e}), keep gradient clipping on \
+         (max_grad_norm), or check the data"
+    )]
+    NonFinite {
+        step: u64,
+        loss: f64,
+        grad_norm: f64,
+        lr: f64,
+    },
 }
 
 /// Result alias of the train crate.

@@ -148,12 +148,49 @@ impl<'g> TrainSession<'g> {
         self.trainer.evaluate().await
     }
 
-    /// Takes one optimizer step (`None` when the run is over), evaluating after it every
+    /// The next optimizer step's event (`None` when the run is over), evaluating after it every
     /// `eval_every` steps and after the last one.
+    ///
+    /// Steps are pipelined: the session submits step N+1 before it waits for step N's report, so
+    /// the GPU never runs dry while the host reads losses; it does not run ahead of a step after
+    /// which it evaluates or a checkpoint is due (those see exactly step N's parameters). At most
+    /// one step is in flight when this returns; a host that stops early takes its event with
+    /// [`TrainSession::stop`].
     pub async fn step(&mut self) -> Result<Option<StepEvent>> {
-        let Some(mut rec) = self.trainer.step().await? else {
+        let tr = &mut self.trainer;
+        if tr.in_flight() == 0 && !tr.submit_step()? {
+            return Ok(None);
+        }
+        let oldest = tr.oldest_in_flight().unwrap_or(tr.state.global_step);
+        if !self.pauses_after(oldest) {
+            self.trainer.submit_step()?;
+        }
+        let Some(rec) = self.trainer.take_report().await? else {
             return Ok(None);
         };
+        self.event(rec).await.map(Some)
+    }
+
+    /// The event of the step still in flight, if any, without submitting another: what a host
+    /// that stops early reports before it saves (the trainer's state already counts that step).
+    pub async fn stop(&mut self) -> Result<Option<StepEvent>> {
+        match self.trainer.take_report().await? {
+            Some(rec) => self.event(rec).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the session waits after `step` (an evaluation, a checkpoint, or the end).
+    fn pauses_after(&self, step: u64) -> bool {
+        let c = &self.trainer.config;
+        let (_, n_eval) = self.trainer.n_examples();
+        step >= self.trainer.total_steps()
+            || (n_eval > 0 && c.eval_every > 0 && step.is_multiple_of(c.eval_every))
+            || (c.save_every > 0 && step.is_multiple_of(c.save_every))
+    }
+
+    /// A reported step as the session's event, evaluated when due.
+    async fn event(&mut self, mut rec: MetricsRecord) -> Result<StepEvent> {
         let total = self.trainer.total_steps();
         let (_, n_eval) = self.trainer.n_examples();
         let (eval_every, save_every) = (
@@ -162,17 +199,19 @@ impl<'g> TrainSession<'g> {
         );
         let step = rec.step;
         let last = step == total;
-        if n_eval > 0 && ((eval_every > 0 && step % eval_every == 0) || last) {
+        // Never evaluate with a later step in flight (it would see that step's parameters).
+        let alone = self.trainer.in_flight() == 0;
+        if alone && n_eval > 0 && ((eval_every > 0 && step % eval_every == 0) || last) {
             if let Some(l) = self.trainer.evaluate().await? {
                 rec = rec.with_eval(l);
             }
         }
-        Ok(Some(StepEvent {
+        Ok(StepEvent {
             rec,
             total_steps: total,
             last,
-            checkpoint_due: (save_every > 0 && step % save_every == 0) || last,
-        }))
+            checkpoint_due: alone && ((save_every > 0 && step % save_every == 0) || last),
+        })
     }
 
     /// Whether a run stopped early has something to checkpoint (a step was taken).

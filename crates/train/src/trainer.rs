@@ -12,7 +12,7 @@
 //! loop runs in a browser.
 
 use tinytune_gpu::ops::optim::{self, AdamW};
-use tinytune_gpu::{Gpu, GpuBuffer};
+use tinytune_gpu::{Gpu, GpuBuffer, PendingRead};
 use tinytune_model::llama::LoraDropout;
 use tinytune_model::{f32_bytes, LlamaModel, LoraGpu, Mode, Peft, PrefixGpu, PromptGpu, Workspace};
 
@@ -207,9 +207,12 @@ pub struct Trainer<'g> {
     adapter: AdapterGpu,
     ws: Workspace,
     flat: Flat,
-    /// What one step reports, read back once after its one submission: each micro-batch's
-    /// per-row losses (`[grad_accum, workspace rows]`), then the gradient norm.
+    /// What one step reports, read back after its one submission: each micro-batch's per-row
+    /// losses (`[grad_accum, workspace rows]`), then the gradient norm. One buffer serves every
+    /// step: a step's copy into its staging buffer runs before the next step writes here.
     report: GpuBuffer,
+    /// Steps submitted whose reports were not taken yet, oldest first.
+    in_flight: std::collections::VecDeque<InFlight<'g>>,
     pub state: TrainerState,
     schedule: Schedule,
     train: Vec<Example>,
@@ -218,6 +221,18 @@ pub struct Trainer<'g> {
     clock: Clock,
     /// `clock()` at construction minus the elapsed time of a resumed run.
     t0: f64,
+}
+
+/// A submitted step whose report (losses, gradient norm) the host has not taken yet.
+struct InFlight<'g> {
+    read: PendingRead<'g>,
+    step: u64,
+    lr: f64,
+    tokens: u64,
+    /// Target tokens of the step (the loss's denominator).
+    targets: usize,
+    /// Where each micro-batch's loss rows are in the report: `(start, rows)`.
+    loss_rows: Vec<(usize, usize)>,
 }
 
 /// Error for an unsupported or inconsistent setting.
@@ -746,6 +761,7 @@ impl<'g> Trainer<'g> {
             ws,
             flat,
             report,
+            in_flight: Default::default(),
             state,
             schedule,
             train,
@@ -801,8 +817,29 @@ impl<'g> Trainer<'g> {
         self.adapter
     }
 
-    /// Runs one optimizer step; `None` when the run is over.
+    /// Runs one optimizer step and waits for its report; `None` when the run is over. (With
+    /// steps already in flight from [`Trainer::submit_step`], it reports the oldest of them.)
     pub async fn step(&mut self) -> Result<Option<MetricsRecord>> {
+        self.submit_step()?;
+        self.take_report().await
+    }
+
+    /// Steps submitted whose reports were not taken yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The step the next [`Trainer::take_report`] reports, if any is in flight.
+    pub fn oldest_in_flight(&self) -> Option<u64> {
+        self.in_flight.front().map(|f| f.step)
+    }
+
+    /// Records one optimizer step and submits it without waiting: every micro-batch's passes,
+    /// the gradient norm, AdamW and the copy of the step's report, one submission. `false` when
+    /// the run is over. The trainer's state (step, data position, tokens) moves on at once; the
+    /// losses and the norm come with [`Trainer::take_report`], so the host can record the next
+    /// step while the GPU runs this one.
+    pub fn submit_step(&mut self) -> Result<bool> {
         let gpu = self.gpu;
         let v = self.model.config.vocab_size;
         let mut micro = Vec::new();
@@ -813,7 +850,7 @@ impl<'g> Trainer<'g> {
             }
         }
         if micro.is_empty() {
-            return Ok(None);
+            return Ok(false);
         }
         let peft = self.adapter.peft();
         let targets: Vec<Vec<i32>> = micro.iter().map(|mb| mb.targets_for(peft)).collect();
@@ -865,14 +902,16 @@ impl<'g> Trainer<'g> {
             AdapterGpu::Prompt(..) => {}
         }
         optim::grad_norm(&mut enc, &f.grads, n, &f.norm)?;
-        let clip = (self.config.max_grad_norm > 0.0)
-            .then_some((self.config.max_grad_norm as f32, &f.norm));
+        let clip = (self.config.max_grad_norm > 0.0).then_some(self.config.max_grad_norm as f32);
+        // AdamW skips the update on the GPU when the norm is not finite; the host stops the run
+        // when the report arrives.
         optim::adamw_step(
             &mut enc,
             &f.params,
             &f.grads,
             &f.m,
             &f.v,
+            &f.norm,
             n,
             step as u32,
             &cfg,
@@ -887,27 +926,52 @@ impl<'g> Trainer<'g> {
         }
         let norm_at = (self.config.grad_accum * slot * 4) as u64;
         enc.copy(&f.norm, 0, &self.report, norm_at, 4);
-        // The readback rides in the step's own submission; the host waits for it once.
-        let pending = enc.read_later(&self.report, 0..norm_at + 4)?;
+        // The readback rides in the step's own submission; the host takes it when it wants.
+        let read = enc.read_later(&self.report, 0..norm_at + 4)?;
         enc.submit();
-        let report: Vec<f32> = tinytune_gpu::cast_bytes(&pending.wait_async().await?);
-        let loss_sum = sum_slots(&report, &loss_rows);
-        let grad_norm = report[self.config.grad_accum * slot] as f64;
-        let now = (self.clock)();
-        let elapsed = now - self.t0;
-        let step_time = elapsed - self.state.elapsed_s;
+        self.in_flight.push_back(InFlight {
+            read,
+            step,
+            lr,
+            tokens,
+            targets: total,
+            loss_rows,
+        });
         self.state.global_step = step;
         self.state.position = self.batches.position();
         self.state.tokens_seen += tokens;
-        self.state.elapsed_s = elapsed;
         self.state.last_lr = lr;
+        Ok(true)
+    }
+
+    /// The metrics of the oldest step in flight, waiting for its report if it has not arrived
+    /// (the GPU keeps running the steps submitted after it); `None` when none is in flight.
+    /// A non-finite loss or gradient norm is [`TrainError::NonFinite`].
+    pub async fn take_report(&mut self) -> Result<Option<MetricsRecord>> {
+        let Some(f) = self.in_flight.pop_front() else {
+            return Ok(None);
+        };
+        let report: Vec<f32> = tinytune_gpu::cast_bytes(&f.read.wait_async().await?);
+        let loss = sum_slots(&report, &f.loss_rows) / f.targets.max(1) as f64;
+        let grad_norm = report[self.config.grad_accum * self.ws.rows] as f64;
+        if !(loss.is_finite() && grad_norm.is_finite()) {
+            return Err(TrainError::NonFinite {
+                step: f.step,
+                loss,
+                grad_norm,
+                lr: f.lr,
+            });
+        }
+        let elapsed = (self.clock)() - self.t0;
+        let step_time = elapsed - self.state.elapsed_s;
+        self.state.elapsed_s = elapsed;
         Ok(Some(MetricsRecord {
-            step,
-            loss: loss_sum / total.max(1) as f64,
-            lr,
+            step: f.step,
+            loss,
+            lr: f.lr,
             grad_norm,
             tokens_per_s: if step_time > 0.0 {
-                tokens as f64 / step_time
+                f.tokens as f64 / step_time
             } else {
                 0.0
             },

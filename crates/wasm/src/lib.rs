@@ -39,7 +39,7 @@ use tinytune_gpu::{Gpu, GpuOptions};
 use tinytune_model::{ByteSource, LlamaModel, MemBytes, StopReason, TextStream};
 use tinytune_train::{
     plan_run, prompt_ids, AdapterGpu, Checkpoint, Clock, Dataset, GenerateSession, ModelTokenizer,
-    PeftAdapter, QuantOption, RunFrom, TrainSession, Trainer,
+    PeftAdapter, QuantOption, RunFrom, StepEvent, TrainSession, Trainer,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
@@ -876,9 +876,23 @@ impl Tinytune {
                 .map_err(|e| gpu_err("train")(e.to_string()))?;
             let mut stopped = false;
             let mut final_loss = None;
+            let emit_step = |ev: &StepEvent| -> Result<(), JsValue> {
+                if let Some(f) = &on_step {
+                    let mut v = serde_json::to_value(&ev.rec).map_err(err)?;
+                    v["total_steps"] = json!(ev.total_steps);
+                    f.call1(&JsValue::NULL, &JsValue::from_str(&v.to_string()))?;
+                }
+                Ok(())
+            };
             loop {
                 if inner.stop.get() {
                     stopped = true;
+                    // The step still in flight is reported before the checkpoint that holds it.
+                    let last = session.stop().await;
+                    if let Some(ev) = last.map_err(|e| gpu_err("train")(e.to_string()))? {
+                        final_loss = Some(ev.rec.loss);
+                        emit_step(&ev)?;
+                    }
                     if session.checkpoint_on_stop() {
                         if let Some(f) = &on_checkpoint {
                             emit_checkpoint(&session.trainer, f).await?;
@@ -891,11 +905,7 @@ impl Tinytune {
                     break;
                 };
                 final_loss = Some(ev.rec.loss);
-                if let Some(f) = &on_step {
-                    let mut v = serde_json::to_value(&ev.rec).map_err(err)?;
-                    v["total_steps"] = json!(ev.total_steps);
-                    f.call1(&JsValue::NULL, &JsValue::from_str(&v.to_string()))?;
-                }
+                emit_step(&ev)?;
                 if let Some(f) = &on_checkpoint {
                     if ev.checkpoint_due {
                         emit_checkpoint(&session.trainer, f).await?;

@@ -2,9 +2,9 @@
 //! and `shaders/optim/adamw_step.wgsl` (one `torch.optim.AdamW` step, optionally clipped like
 //! `torch.nn.utils.clip_grad_norm_`). Reference: `tinytune_reference::optim`.
 //!
-//! Typical step: `grad_norm(enc, grads, n, &norm)` then `adamw_step(..., Some((max_norm, &norm)))`
-//! in the same encoder; the update reads the norm on the device (no readback in between) and the
-//! trainer may read `norm[0]` afterwards for logging.
+//! Typical step: `grad_norm(enc, grads, n, &norm)` then `adamw_step(..., &norm, ..., Some(max_norm))`
+//! in the same encoder; the update reads the norm on the device (no readback in between), skips
+//! itself when the norm is not finite, and the trainer may read `norm[0]` afterwards.
 
 use super::{check_distinct, check_f32, groups_for};
 use crate::device::{Encoder, GpuBuffer};
@@ -149,10 +149,11 @@ fn check_cfg(kernel: &str, cfg: &AdamW) -> Result<()> {
 /// share one layout; `params`, `m` and `v` are updated in place, `grads` is only read. `step` is
 /// the 1-based step number (1 for the first update; the bias corrections use it).
 ///
-/// With `clip = Some((max_norm, norm))`, where `norm[0]` holds the global gradient norm written by
-/// [`grad_norm`] earlier in the same (or an earlier) submission, every gradient is scaled by
-/// `min(1, max_norm / (norm + 1e-6))` first, as `clip_grad_norm_` does. One dispatch of
-/// `optim/adamw_step`.
+/// `norm[0]` holds the global gradient norm written by [`grad_norm`] earlier in the same (or an
+/// earlier) submission. With `clip = Some(max_norm)` every gradient is scaled by
+/// `min(1, max_norm / (norm + 1e-6))` first, as `clip_grad_norm_` does. When the norm is not
+/// finite the step changes nothing (torch would write NaNs; the trainer stops the run instead and
+/// keeps the parameters). One dispatch of `optim/adamw_step`.
 ///
 /// Errors with [`crate::GpuError::Shape`] if a buffer is too short, two of `params`/`m`/`v`/`grads`
 /// are the same buffer, `step == 0`, `max_norm` is not positive, or a hyper-parameter is out of
@@ -164,10 +165,11 @@ pub fn adamw_step(
     grads: &GpuBuffer,
     m: &GpuBuffer,
     v: &GpuBuffer,
+    norm: &GpuBuffer,
     n: usize,
     step: u32,
     cfg: &AdamW,
-    clip: Option<(f32, &GpuBuffer)>,
+    clip: Option<f32>,
 ) -> Result<()> {
     const K: &str = "optim/adamw_step";
     check_n(K, n)?;
@@ -183,22 +185,19 @@ pub fn adamw_step(
         &[("params", params), ("grads", grads), ("m", m), ("v", v)],
         &[],
     )?;
-    let (max_norm, norm) = match clip {
-        Some((max_norm, norm)) => {
-            if !(max_norm > 0.0 && max_norm.is_finite()) {
-                return Err(shape_err(
-                    K,
-                    format!("max_norm must be positive and finite, got {max_norm}"),
-                ));
-            }
-            check_f32(K, "norm", norm, &[1])?;
-            if [params, m, v].iter().any(|b| b.raw == norm.raw) {
-                return Err(shape_err(K, "the norm buffer must not be params, m or v"));
-            }
-            (max_norm, norm)
+    check_f32(K, "norm", norm, &[1])?;
+    if [params, m, v].iter().any(|b| b.raw == norm.raw) {
+        return Err(shape_err(K, "the norm buffer must not be params, m or v"));
+    }
+    let max_norm = match clip {
+        Some(max_norm) if !(max_norm > 0.0 && max_norm.is_finite()) => {
+            return Err(shape_err(
+                K,
+                format!("max_norm must be positive and finite, got {max_norm}"),
+            ))
         }
-        // Binding 5 must be bound even when CLIP is off; the kernel never reads it then.
-        None => (0.0, grads),
+        Some(max_norm) => max_norm,
+        None => 0.0,
     };
     let c = cfg.coefficients(step);
     let gpu = enc.gpu;
