@@ -9,7 +9,7 @@ use common::hf::{fixture, fixture_dataset, peft_recipe, read_tensors};
 use common::{assert_close, gpu};
 use tinytune::model::{LlamaModel, ModelSource, Quant};
 use tinytune::train::{
-    LoraAdapter, PeftAdapter, RunPlan, Start, TrainError, TrainSession, Trainer,
+    LoraAdapter, LoraModule, PeftAdapter, RunPlan, Start, TrainError, TrainSession, Trainer,
 };
 
 const MODELS: [&str; 3] = ["llama", "llama_tied_llama3", "qwen2"];
@@ -305,4 +305,39 @@ fn a_non_finite_loss_stops_the_run() {
         .values()
         .all(|p| p.a.iter().chain(&p.b).all(|x| x.is_finite()));
     assert!(finite, "a NaN reached the adapter");
+}
+
+/// LoRA's parameters and gradients live in the optimizer's flat buffers (each pair's tensors are
+/// views of them): a step copies no parameter, so its copies (the inputs' uploads, the loss rows
+/// and the norm into the report, the report's readback) do not depend on how many pairs there
+/// are, and zeroing the gradients is one clear.
+#[test]
+fn a_lora_step_copies_no_parameters() {
+    gpu().unwrap(); // fails without a device under TINYTUNE_REQUIRE_GPU=1
+    let own = tinytune::gpu::Gpu::new_blocking(Default::default()).unwrap();
+    let gpu = &own;
+    let name = "llama";
+    let src = ModelSource::open(fixture(&format!("{name}/model"))).unwrap();
+    let model = LlamaModel::load(gpu, &src, Quant::NF4).unwrap();
+    let mut per_step = Vec::new();
+    for (layers, targets) in [
+        (vec![1], vec![LoraModule::Q]),
+        (vec![0, 1], LoraModule::ALL.to_vec()),
+    ] {
+        let mut cfg = peft_recipe(3, 1);
+        cfg.lora.layers_to_transform = Some(layers);
+        cfg.lora.targets = targets;
+        let data = fixture_dataset(&format!("{name}/lora_train.safetensors"));
+        let mut tr = Trainer::new(gpu, &model, cfg, data, Start::Fresh, Box::new(|| 0.0)).unwrap();
+        pollster::block_on(tr.step()).unwrap().expect("a step");
+        let before = gpu.counters();
+        pollster::block_on(tr.step()).unwrap().expect("a step");
+        let d = gpu.counters().delta(&before);
+        per_step.push((tr.n_params(), d));
+    }
+    let ((n1, one), (n14, all)) = (per_step[0], per_step[1]);
+    assert!(n14 > 10 * n1, "{n1} vs {n14} parameters");
+    assert_eq!(one.copies, all.copies, "1 pair: {one:?}\n14 pairs: {all:?}");
+    assert_eq!(one.clears, all.clears, "1 pair: {one:?}\n14 pairs: {all:?}");
+    assert!(all.copies < 28, "{all:?}");
 }

@@ -325,15 +325,22 @@ static NEXT_BUFFER_ID: AtomicU64 = AtomicU64::new(1);
 /// Ids of bind group layouts.
 static NEXT_LAYOUT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A storage buffer on the device. Sizes are in bytes; `len` is the logical length in bytes
-/// before rounding up to the 4-byte granularity storage buffers need. Cloning clones the handle
-/// (the same device memory).
+/// A storage buffer on the device, or a view of a range of one ([`Gpu::view`]). Sizes are in
+/// bytes; `len` is the logical length in bytes before rounding up to the 4-byte granularity
+/// storage buffers need. Cloning clones the handle (the same device memory). Every use of `raw`
+/// goes through `offset` (bindings, copies, clears, writes and reads of a view touch its range
+/// only).
 #[derive(Clone)]
 pub struct GpuBuffer {
     pub label: String,
     pub raw: wgpu::Buffer,
     pub len: u64,
-    /// Counts the buffer in [`Gpu::memory`] until its last clone drops.
+    /// Where the buffer starts in `raw` (0 unless a view).
+    pub offset: u64,
+    /// Bytes of `raw` from `offset` on that the buffer covers (a binding's size).
+    bound: u64,
+    /// Counts the buffer in [`Gpu::memory`] until its last clone drops (a view counts nothing
+    /// and keeps its parent's share alive).
     _tracked: Arc<Tracked>,
 }
 
@@ -351,6 +358,8 @@ struct Tracked {
     bytes: u64,
     counter: Arc<MemoryCounter>,
     dead: Arc<Mutex<Vec<u64>>>,
+    /// A view's parent.
+    _parent: Option<Arc<Tracked>>,
 }
 
 impl Drop for Tracked {
@@ -375,7 +384,23 @@ pub struct MemoryStats {
 impl GpuBuffer {
     /// Number of 4-byte words the buffer holds.
     pub fn words(&self) -> u64 {
-        self.raw.size() / 4
+        self.bound / 4
+    }
+
+    /// Whether the two share device memory (the same buffer, or overlapping views of one).
+    pub fn overlaps(&self, other: &GpuBuffer) -> bool {
+        self.raw == other.raw
+            && self.offset < other.offset + other.bound
+            && other.offset < self.offset + self.bound
+    }
+
+    /// The binding of the buffer's range.
+    fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.raw,
+            offset: self.offset,
+            size: NonZeroU64::new(self.bound),
+        })
     }
 
     /// A process-wide unique id, shared by clones and never given to another buffer (the bind
@@ -532,11 +557,57 @@ impl Gpu {
             label: label.into(),
             raw,
             len: bytes,
+            offset: 0,
+            bound: size,
             _tracked: Arc::new(Tracked {
                 id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed),
                 bytes: size,
                 counter,
                 dead: self.dead.clone(),
+                _parent: None,
+            }),
+        })
+    }
+
+    /// The storage-buffer offset alignment views must keep ([`Gpu::view`]), in bytes.
+    pub fn view_alignment(&self) -> u64 {
+        self.limits.min_storage_buffer_offset_alignment as u64
+    }
+
+    /// A view of `bytes` bytes of `parent` from `offset` on (a multiple of
+    /// [`Gpu::view_alignment`]): a buffer of its own to every kernel, copy and read, over the
+    /// parent's memory (so one flat buffer can hold many tensors that kernels bind one by one).
+    pub fn view(
+        &self,
+        parent: &GpuBuffer,
+        label: &str,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<GpuBuffer> {
+        let bound = bytes.max(4).div_ceil(4) * 4;
+        let align = self.view_alignment();
+        if !offset.is_multiple_of(align) || offset + bound > parent.bound {
+            return Err(GpuError::Shape {
+                kernel: "view".into(),
+                message: format!(
+                    "{label}: {bytes} bytes at {offset} do not fit {:?} ({} bytes) at the \
+                     device's {align}-byte offset alignment",
+                    parent.label, parent.bound
+                ),
+            });
+        }
+        Ok(GpuBuffer {
+            label: label.into(),
+            raw: parent.raw.clone(),
+            len: bytes,
+            offset: parent.offset + offset,
+            bound,
+            _tracked: Arc::new(Tracked {
+                id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed),
+                bytes: 0,
+                counter: self.memory.clone(),
+                dead: self.dead.clone(),
+                _parent: Some(parent._tracked.clone()),
             }),
         })
     }
@@ -589,12 +660,13 @@ impl Gpu {
         if bytes.is_empty() {
             return;
         }
+        let at = buf.offset + offset;
         if bytes.len().is_multiple_of(4) {
-            self.queue.write_buffer(&buf.raw, offset, bytes);
+            self.queue.write_buffer(&buf.raw, at, bytes);
         } else {
             let mut padded = bytes.to_vec();
             padded.resize(bytes.len().div_ceil(4) * 4, 0);
-            self.queue.write_buffer(&buf.raw, offset, &padded);
+            self.queue.write_buffer(&buf.raw, at, &padded);
         }
     }
 
@@ -715,7 +787,7 @@ impl Gpu {
         for (i, b) in buffers.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
                 binding: i as u32 + 1,
-                resource: b.raw.as_entire_binding(),
+                resource: b.binding(),
             });
         }
         let scope = ErrorScope::push(&self.device);
@@ -989,8 +1061,13 @@ impl<'g> Encoder<'g> {
         bytes: u64,
     ) {
         self.end_pass();
-        self.enc
-            .copy_buffer_to_buffer(&src.raw, src_off, &dst.raw, dst_off, bytes);
+        self.enc.copy_buffer_to_buffer(
+            &src.raw,
+            src.offset + src_off,
+            &dst.raw,
+            dst.offset + dst_off,
+            bytes,
+        );
         bump(&self.gpu.counters.copies, 1);
     }
 
@@ -1003,7 +1080,7 @@ impl<'g> Encoder<'g> {
             return Ok(());
         }
         let len = bytes.len().div_ceil(4) as u64 * 4;
-        if dst_off + len > dst.raw.size() {
+        if dst_off + len > dst.bound {
             return Err(GpuError::Shape {
                 kernel: "upload".into(),
                 message: format!(
@@ -1015,7 +1092,7 @@ impl<'g> Encoder<'g> {
         let (src, at, len) = self.staged.stage(&self.gpu.device, bytes);
         self.end_pass();
         self.enc
-            .copy_buffer_to_buffer(&src, at, &dst.raw, dst_off, len);
+            .copy_buffer_to_buffer(&src, at, &dst.raw, dst.offset + dst_off, len);
         bump(&self.gpu.counters.copies, 1);
         Ok(())
     }
@@ -1023,7 +1100,7 @@ impl<'g> Encoder<'g> {
     /// Zeroes a whole buffer.
     pub fn clear(&mut self, buf: &GpuBuffer) {
         self.end_pass();
-        self.enc.clear_buffer(&buf.raw, 0, None);
+        self.enc.clear_buffer(&buf.raw, buf.offset, Some(buf.bound));
         bump(&self.gpu.counters.clears, 1);
     }
 
@@ -1061,7 +1138,7 @@ impl<'g> Encoder<'g> {
             let staging = self.gpu.staging.acquire(&self.gpu.device, size);
             self.end_pass();
             self.enc
-                .copy_buffer_to_buffer(&buf.raw, range.start, &staging, 0, size);
+                .copy_buffer_to_buffer(&buf.raw, buf.offset + range.start, &staging, 0, size);
             bump(&self.gpu.counters.copies, 1);
             let (tx, rx) = futures_channel::oneshot::channel();
             self.maps.push(MapRequest {

@@ -1,11 +1,14 @@
 //! LoRA adapters on the device: one `lora_A` `[R, in]` / `lora_B` `[out, R]` pair per adapted
 //! linear layer, their gradients, and the flat layout the optimizer works on.
 //!
-//! Each pair lives in its own buffers (the kernels bind whole buffers), and the trainer's flat
-//! state (params, grads, Adam moments: one layout, one optimizer dispatch) is filled and read back
-//! with buffer copies: [`LoraGpu::copy_grads_to`] after the backward pass, [`LoraGpu::copy_params_from`]
-//! after the update. The flat layout visits layers in order, in each layer the targets in the order
-//! of [`crate::targets::LINEARS`], and for each pair `a` then `b`.
+//! The parameters live in one flat buffer and the gradients in another of the same layout; each
+//! pair's `a`, `b`, `da` and `db` are views of them ([`Gpu::view`]) that the kernels bind one by
+//! one. So the optimizer updates the parameters in place (one dispatch over the flat buffers, no
+//! copies), zeroing the gradients is one clear, and reading the adapter back is one read. The flat
+//! layout visits layers in order, in each layer the targets in the order of
+//! [`crate::targets::LINEARS`], and for each pair `a` then `b`, each tensor starting at the
+//! device's storage offset alignment (the gaps stay zero: zero gradients, and AdamW keeps a zero
+//! parameter with zero moments at zero).
 //!
 //! The host form is [`Lora`]: per layer one optional [`LoraPair`] per entry of [`LINEARS`] (the
 //! CPU reference has its own, `tinytune_reference::llama::Lora`, of the same layout).
@@ -66,7 +69,7 @@ pub struct Lora {
     pub layers: Vec<[Option<LoraPair>; 7]>,
 }
 
-/// One adapted linear layer on the device.
+/// One adapted linear layer on the device: views of [`LoraGpu::params`] and [`LoraGpu::grads`].
 pub struct LoraPairGpu {
     /// `lora_A.weight` `[R, in]`.
     pub a: GpuBuffer,
@@ -78,8 +81,9 @@ pub struct LoraPairGpu {
     pub db: GpuBuffer,
     pub n_in: usize,
     pub n_out: usize,
-    /// Offset (in f32 elements) of `a` in the flat layout; `b` follows at `offset + R * n_in`.
-    pub offset: usize,
+    /// Where `a` and `b` start in the flat layout (f32 elements).
+    pub a_at: usize,
+    pub b_at: usize,
 }
 
 /// LoRA adapters over a [`crate::LlamaModel`] (uploaded by [`LoraGpu::upload`], beside the
@@ -89,8 +93,33 @@ pub struct LoraGpu {
     pub r: usize,
     pub scale: f32,
     pub layers: Vec<[Option<LoraPairGpu>; 7]>,
-    /// Total number of trainable parameters (length of the flat layout).
+    /// Total number of trainable parameters.
     pub n_params: usize,
+    /// Length of the flat layout (f32 elements): the parameters and the alignment gaps.
+    pub flat_len: usize,
+    /// Every parameter, `[flat_len]`.
+    pub params: GpuBuffer,
+    /// Every gradient, `[flat_len]`, the same layout.
+    pub grads: GpuBuffer,
+}
+
+/// Where each pair of `lora` goes in the flat layout (`(a_at, b_at)` per adapted linear, in
+/// flat order) and the layout's length, each tensor starting at a multiple of `align` elements.
+pub(crate) fn flat_layout(lora: &Lora, align: usize) -> (Vec<(usize, usize)>, usize) {
+    let align = align.max(1);
+    let mut at = 0usize;
+    let mut place = |n: usize| {
+        let start = at.div_ceil(align) * align;
+        at = start + n;
+        start
+    };
+    let spots = lora
+        .layers
+        .iter()
+        .flat_map(|l| l.iter().flatten())
+        .map(|p| (place(p.a.len()), place(p.b.len())))
+        .collect();
+    (spots, at)
 }
 
 impl LoraGpu {
@@ -113,76 +142,19 @@ impl LoraGpu {
         self.pairs().next().map(|(i, _, _)| i)
     }
 
-    /// Records zeroing every gradient (start of an optimizer step).
+    /// Records zeroing every gradient (start of an optimizer step): one clear.
     pub fn zero_grads(&self, enc: &mut Encoder) {
-        for (_, _, p) in self.pairs() {
-            enc.clear(&p.da);
-            enc.clear(&p.db);
-        }
+        enc.clear(&self.grads);
     }
 
-    fn check_flat(&self, flat: &GpuBuffer) -> Result<(), ModelError> {
-        if flat.len < (self.n_params * 4) as u64 {
-            return Err(ModelError::Shape(format!(
-                "flat LoRA buffer {:?} holds {} bytes, {} parameters need {}",
-                flat.label,
-                flat.len,
-                self.n_params,
-                self.n_params * 4
-            )));
-        }
-        Ok(())
-    }
-
-    /// Records, for every pair, a copy between its two buffers (picked by `pick`: `(a, b)` or the
-    /// gradients) and their place in the flat buffer; `to_flat` sets the direction.
-    fn copy_flat(
-        &self,
-        enc: &mut Encoder,
-        flat: &GpuBuffer,
-        to_flat: bool,
-        pick: impl Fn(&LoraPairGpu) -> (&GpuBuffer, &GpuBuffer),
-    ) -> Result<(), ModelError> {
-        self.check_flat(flat)?;
-        for (_, _, p) in self.pairs() {
-            let na = (self.r * p.n_in * 4) as u64;
-            let nb = (p.n_out * self.r * 4) as u64;
-            let off = (p.offset * 4) as u64;
-            let (a, b) = pick(p);
-            for (buf, at, n) in [(a, off, na), (b, off + na, nb)] {
-                if to_flat {
-                    enc.copy(buf, 0, flat, at, n);
-                } else {
-                    enc.copy(flat, at, buf, 0, n);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Records copying every gradient into the flat buffer `flat` (`[n_params]`).
-    pub fn copy_grads_to(&self, enc: &mut Encoder, flat: &GpuBuffer) -> Result<(), ModelError> {
-        self.copy_flat(enc, flat, true, |p| (&p.da, &p.db))
-    }
-
-    /// Records copying every parameter into the flat buffer `flat`.
-    pub fn copy_params_to(&self, enc: &mut Encoder, flat: &GpuBuffer) -> Result<(), ModelError> {
-        self.copy_flat(enc, flat, true, |p| (&p.a, &p.b))
-    }
-
-    /// Records copying the parameters back from the flat buffer (after an optimizer update).
-    pub fn copy_params_from(&self, enc: &mut Encoder, flat: &GpuBuffer) -> Result<(), ModelError> {
-        self.copy_flat(enc, flat, false, |p| (&p.a, &p.b))
-    }
-
-    /// Splits a flat host vector (`[n_params]`, e.g. read back from the optimizer's buffers) into
+    /// Splits a flat host vector (`[flat_len]`, e.g. read back from the optimizer's buffers) into
     /// the host form.
     pub fn unflatten(&self, flat: &[f32]) -> Result<Lora, ModelError> {
-        if flat.len() < self.n_params {
+        if flat.len() < self.flat_len {
             return Err(ModelError::Shape(format!(
-                "unflatten: {} values for {} LoRA parameters",
+                "unflatten: {} values for a LoRA layout of {}",
                 flat.len(),
-                self.n_params
+                self.flat_len
             )));
         }
         let layers = self
@@ -198,8 +170,8 @@ impl LoraGpu {
                             r: self.r,
                             in_features: p.n_in,
                             out_features: p.n_out,
-                            a: flat[p.offset..p.offset + na].to_vec(),
-                            b: flat[p.offset + na..p.offset + na + nb].to_vec(),
+                            a: flat[p.a_at..p.a_at + na].to_vec(),
+                            b: flat[p.b_at..p.b_at + nb].to_vec(),
                         });
                     }
                 }
@@ -213,9 +185,9 @@ impl LoraGpu {
         })
     }
 
-    /// Flattens host adapters of the same layout into `[n_params]`.
+    /// Flattens host adapters of the same layout into `[flat_len]` (zeros in the gaps).
     pub fn flatten(&self, lora: &Lora) -> Result<Vec<f32>, ModelError> {
-        let mut flat = vec![0f32; self.n_params];
+        let mut flat = vec![0f32; self.flat_len];
         for (i, t, p) in self.pairs() {
             let hp = lora
                 .layers
@@ -232,37 +204,19 @@ impl LoraGpu {
                     LINEARS[t]
                 )));
             }
-            flat[p.offset..p.offset + na].copy_from_slice(&hp.a);
-            flat[p.offset + na..p.offset + na + nb].copy_from_slice(&hp.b);
+            flat[p.a_at..p.a_at + na].copy_from_slice(&hp.a);
+            flat[p.b_at..p.b_at + nb].copy_from_slice(&hp.b);
         }
         Ok(flat)
     }
 
-    /// Reads the adapters back to the host.
+    /// Reads the adapters back to the host (one read).
     pub async fn download(&self, gpu: &Gpu) -> Result<Lora, ModelError> {
-        self.read_pairs(gpu, |p| (&p.a, &p.b)).await
+        self.unflatten(&gpu.read::<f32>(&self.params).await?)
     }
 
     /// Reads the gradients back to the host (same layout as the adapters).
     pub async fn download_grads(&self, gpu: &Gpu) -> Result<Lora, ModelError> {
-        self.read_pairs(gpu, |p| (&p.da, &p.db)).await
-    }
-
-    async fn read_pairs(
-        &self,
-        gpu: &Gpu,
-        pick: impl Fn(&LoraPairGpu) -> (&GpuBuffer, &GpuBuffer),
-    ) -> Result<Lora, ModelError> {
-        let mut flat = vec![0f32; self.n_params];
-        for (_, _, p) in self.pairs() {
-            let na = self.r * p.n_in;
-            let nb = p.n_out * self.r;
-            let (a, b) = pick(p);
-            let a = gpu.read::<f32>(a).await?;
-            let b = gpu.read::<f32>(b).await?;
-            flat[p.offset..p.offset + na].copy_from_slice(&a[..na]);
-            flat[p.offset + na..p.offset + na + nb].copy_from_slice(&b[..nb]);
-        }
-        self.unflatten(&flat)
+        self.unflatten(&gpu.read::<f32>(&self.grads).await?)
     }
 }

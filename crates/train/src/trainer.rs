@@ -191,6 +191,8 @@ pub type Clock = Box<dyn Fn() -> f64>;
 
 /// The flat optimizer state on the device.
 struct Flat {
+    /// Elements the optimizer runs over (LoRA's flat layout has alignment gaps).
+    len: usize,
     params: GpuBuffer,
     grads: GpuBuffer,
     m: GpuBuffer,
@@ -639,31 +641,24 @@ impl<'g> Trainer<'g> {
         if n == 0 {
             return Err(cfg_err("the adapter has no trainable parameters"));
         }
-        // Prompt learning updates the virtual tokens' buffers in place; LoRA's pairs are copied
-        // to and from one flat buffer.
-        let (params, grads) = match &adapter {
-            AdapterGpu::Lora(..) => (
-                gpu.alloc("lora.params", f32_bytes(&[n]))?,
-                gpu.alloc("lora.grads", f32_bytes(&[n]))?,
-            ),
-            AdapterGpu::Prompt(pg, _) => (pg.emb.clone(), pg.grad.clone()),
+        // The optimizer updates the adapter's own buffers in place: LoRA's flat parameters and
+        // gradients (each pair's tensors are views of them), the virtual tokens' buffers.
+        let (len, params, grads) = match &adapter {
+            AdapterGpu::Lora(lora, _) => (lora.flat_len, lora.params.clone(), lora.grads.clone()),
+            AdapterGpu::Prompt(pg, _) => (n, pg.emb.clone(), pg.grad.clone()),
             AdapterGpu::Prefix(pf, _) => {
                 let (p, g) = pf.trainable();
-                (p.clone(), g.clone())
+                (n, p.clone(), g.clone())
             }
         };
         let flat = Flat {
+            len,
             params,
             grads,
-            m: gpu.alloc("adam.exp_avg", f32_bytes(&[n]))?,
-            v: gpu.alloc("adam.exp_avg_sq", f32_bytes(&[n]))?,
+            m: gpu.alloc("adam.exp_avg", f32_bytes(&[len]))?,
+            v: gpu.alloc("adam.exp_avg_sq", f32_bytes(&[len]))?,
             norm: gpu.alloc("grad_norm", 4)?,
         };
-        if let AdapterGpu::Lora(lora, _) = &adapter {
-            let mut enc = gpu.encoder();
-            lora.copy_params_to(&mut enc, &flat.params)?;
-            enc.submit();
-        }
         if let Some(o) = &opt {
             for (moment, buf) in [(&o.m, &flat.m), (&o.v, &flat.v)] {
                 let values = match (moment, &adapter) {
@@ -677,9 +672,9 @@ impl<'g> Trainer<'g> {
                         ))
                     }
                 };
-                if values.len() != n {
+                if values.len() != len {
                     return Err(cfg_err(format!(
-                        "the checkpoint's optimizer state has {} values for {n} parameters",
+                        "the checkpoint's optimizer state has {} values for {len} parameters",
                         values.len()
                     )));
                 }
@@ -894,12 +889,10 @@ impl<'g> Trainer<'g> {
             eps: self.config.adamw.eps,
             weight_decay: self.config.adamw.weight_decay,
         };
-        let n = self.n_params();
         let f = &self.flat;
-        match &self.adapter {
-            AdapterGpu::Lora(lora, _) => lora.copy_grads_to(&mut enc, &f.grads)?,
-            AdapterGpu::Prefix(pf, _) => pf.backprop_projection(&mut enc)?,
-            AdapterGpu::Prompt(..) => {}
+        let n = f.len;
+        if let AdapterGpu::Prefix(pf, _) = &self.adapter {
+            pf.backprop_projection(&mut enc)?;
         }
         optim::grad_norm(&mut enc, &f.grads, n, &f.norm)?;
         let clip = (self.config.max_grad_norm > 0.0).then_some(self.config.max_grad_norm as f32);
@@ -917,12 +910,10 @@ impl<'g> Trainer<'g> {
             &cfg,
             clip,
         )?;
-        match &self.adapter {
-            AdapterGpu::Lora(lora, _) => lora.copy_params_from(&mut enc, &f.params)?,
-            // A projected prefix follows its parameters right where they change (the upload made
-            // the first one), so steps, evaluation and saving all see the current prefix.
-            AdapterGpu::Prefix(pf, _) => pf.refresh(&mut enc)?,
-            AdapterGpu::Prompt(..) => {}
+        // A projected prefix follows its parameters right where they change (the upload made
+        // the first one), so steps, evaluation and saving all see the current prefix.
+        if let AdapterGpu::Prefix(pf, _) = &self.adapter {
+            pf.refresh(&mut enc)?;
         }
         let norm_at = (self.config.grad_accum * slot * 4) as u64;
         enc.copy(&f.norm, 0, &self.report, norm_at, 4);

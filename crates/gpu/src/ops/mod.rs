@@ -148,10 +148,10 @@ pub(crate) fn check_distinct(
 ) -> Result<()> {
     for (i, (on, ob)) in outputs.iter().enumerate() {
         for (other, bb) in outputs[i + 1..].iter().chain(inputs) {
-            if ob.raw == bb.raw {
+            if ob.overlaps(bb) {
                 return Err(shape_err(
                     kernel,
-                    format!("{on} and {other} are the same buffer ({})", ob.label),
+                    format!("{on} and {other} share memory ({})", ob.label),
                 ));
             }
         }

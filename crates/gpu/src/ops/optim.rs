@@ -186,7 +186,7 @@ pub fn adamw_step(
         &[],
     )?;
     check_f32(K, "norm", norm, &[1])?;
-    if [params, m, v].iter().any(|b| b.raw == norm.raw) {
+    if [params, m, v].iter().any(|b| b.overlaps(norm)) {
         return Err(shape_err(K, "the norm buffer must not be params, m or v"));
     }
     let max_norm = match clip {

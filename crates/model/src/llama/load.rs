@@ -6,7 +6,7 @@ use tinytune_gpu::{Gpu, GpuBuffer};
 
 use super::{linear_path, Layer, Linear, LlamaModel, LoadOptions, Quant, Workspace};
 use crate::f32_bytes;
-use crate::lora::{Lora, LoraGpu, LoraPairGpu};
+use crate::lora::{flat_layout, Lora, LoraGpu, LoraPairGpu};
 use crate::prefix::PrefixGpu;
 use crate::rope::{rope_inv_freq, Llama3Scaling};
 use crate::targets::LINEARS;
@@ -161,32 +161,68 @@ impl LoraGpu {
             return Err(ModelError::Shape("LoRA rank must be positive".into()));
         }
         let r = lora.r;
-        let mut offset = 0usize;
-        let mut layers = Vec::with_capacity(n_layers);
+        let align = (gpu.view_alignment() / 4).max(1) as usize;
+        let (spots, flat_len) = flat_layout(lora, align);
+        // Check every pair's shape before anything is allocated.
         for (i, pairs) in lora.layers.iter().enumerate() {
-            let mut out: [Option<LoraPairGpu>; 7] = Default::default();
-            for (t, pair) in pairs.iter().enumerate() {
-                let Some(p) = pair else { continue };
+            for (t, p) in pairs.iter().enumerate() {
+                let Some(p) = p else { continue };
                 let lin = &model.layers[i].linears[t];
                 let (k, n) = (lin.n_in, lin.n_out);
-                let name = format!("layers.{i}.{}", LINEARS[t]);
                 if p.a.len() != r * k || p.b.len() != n * r {
                     return Err(ModelError::Shape(format!(
-                        "LoRA {name}: lora_A has {} values and lora_B {}, expected [{r}, {k}] and [{n}, {r}]",
+                        "LoRA layers.{i}.{}: lora_A has {} values and lora_B {}, expected [{r}, {k}] and [{n}, {r}]",
+                        LINEARS[t],
                         p.a.len(),
                         p.b.len()
                     )));
                 }
+            }
+        }
+        let mut host = vec![0f32; flat_len.max(1)];
+        for (p, &(a_at, b_at)) in lora
+            .layers
+            .iter()
+            .flat_map(|l| l.iter().flatten())
+            .zip(&spots)
+        {
+            host[a_at..a_at + p.a.len()].copy_from_slice(&p.a);
+            host[b_at..b_at + p.b.len()].copy_from_slice(&p.b);
+        }
+        let params = gpu.upload("lora.params", &host)?;
+        let grads = gpu.alloc("lora.grads", f32_bytes(&[host.len()]))?;
+        let mut spots = spots.into_iter();
+        let mut layers = Vec::with_capacity(n_layers);
+        let mut n_params = 0;
+        for (i, pairs) in lora.layers.iter().enumerate() {
+            let mut out: [Option<LoraPairGpu>; 7] = Default::default();
+            for (t, pair) in pairs.iter().enumerate() {
+                if pair.is_none() {
+                    continue;
+                }
+                let (a_at, b_at) = spots.next().expect("one spot per pair");
+                let lin = &model.layers[i].linears[t];
+                let (k, n) = (lin.n_in, lin.n_out);
+                let name = format!("layers.{i}.{}", LINEARS[t]);
+                let view = |flat: &GpuBuffer, what: &str, at: usize, len: usize| {
+                    gpu.view(
+                        flat,
+                        &format!("{name}.{what}"),
+                        (at * 4) as u64,
+                        (len * 4) as u64,
+                    )
+                };
                 out[t] = Some(LoraPairGpu {
-                    a: gpu.upload(&format!("{name}.lora_A"), &p.a)?,
-                    b: gpu.upload(&format!("{name}.lora_B"), &p.b)?,
-                    da: gpu.alloc(&format!("{name}.lora_A.grad"), f32_bytes(&[r, k]))?,
-                    db: gpu.alloc(&format!("{name}.lora_B.grad"), f32_bytes(&[n, r]))?,
+                    a: view(&params, "lora_A", a_at, r * k)?,
+                    b: view(&params, "lora_B", b_at, n * r)?,
+                    da: view(&grads, "lora_A.grad", a_at, r * k)?,
+                    db: view(&grads, "lora_B.grad", b_at, n * r)?,
                     n_in: k,
                     n_out: n,
-                    offset,
+                    a_at,
+                    b_at,
                 });
-                offset += r * (k + n);
+                n_params += r * (k + n);
             }
             layers.push(out);
         }
@@ -194,7 +230,10 @@ impl LoraGpu {
             r,
             scale: lora.scale,
             layers,
-            n_params: offset,
+            n_params,
+            flat_len,
+            params,
+            grads,
         })
     }
 }
