@@ -60,6 +60,9 @@ pub const ARENA_CHUNK: u64 = 1 << 20;
 /// created and bound in an unbounded stream; dead buffers' entries are dropped anyway).
 pub const BIND_CACHE_MAX: usize = 16_384;
 
+/// Most launcher temporaries [`Gpu::scratch`] keeps (past it the cache is emptied).
+pub const SCRATCH_MAX: usize = 64;
+
 /// Most staging buffers, and their bytes, kept for reuse by readbacks.
 const STAGING_POOL_MAX: usize = 16;
 const STAGING_POOL_MAX_BYTES: u64 = 64 << 20;
@@ -438,6 +441,8 @@ pub struct Gpu {
     staging: StagingPool,
     /// Submissions made so far (the serial of the newest one).
     submitted: AtomicU64,
+    /// Launchers' temporaries by (label, bytes), see [`Gpu::scratch`].
+    scratch: Mutex<HashMap<(&'static str, u64), GpuBuffer>>,
 }
 
 impl Gpu {
@@ -485,6 +490,7 @@ impl Gpu {
             arena: Arena::new(&limits),
             staging: StagingPool::default(),
             submitted: AtomicU64::new(0),
+            scratch: Mutex::new(HashMap::new()),
             device,
             queue,
             adapter: summarize(&info),
@@ -567,6 +573,24 @@ impl Gpu {
                 _parent: None,
             }),
         })
+    }
+
+    /// A launcher's temporary of `bytes` bytes (contents undefined), the same buffer every time
+    /// for the same `label` and size: made once, so later calls allocate nothing and reuse their
+    /// bind groups. Safe to share because the queue runs commands in order: a launcher writes its
+    /// temporary before it reads it within the commands it records, so an earlier or later user
+    /// of the same scratch never sees a half-done state. At most [`SCRATCH_MAX`] are kept.
+    pub fn scratch(&self, label: &'static str, bytes: u64) -> Result<GpuBuffer> {
+        let mut cache = self.scratch.lock().expect("scratch cache poisoned");
+        if let Some(b) = cache.get(&(label, bytes)) {
+            return Ok(b.clone());
+        }
+        if cache.len() >= SCRATCH_MAX {
+            cache.clear();
+        }
+        let b = self.alloc(label, bytes)?;
+        cache.insert((label, bytes), b.clone());
+        Ok(b)
     }
 
     /// The storage-buffer offset alignment views must keep ([`Gpu::view`]), in bytes.

@@ -113,7 +113,7 @@ pub fn grad_norm(
     check_distinct(K, &[("out_norm", out_norm)], &[("grads", grads)])?;
     let gpu = enc.gpu;
     let nparts = (n as u64).div_ceil(NORM_CHUNK);
-    let parts = gpu.alloc("grad_norm.partials", nparts * 4)?;
+    let parts = gpu.scratch("grad_norm.partials", nparts * 4)?;
     let params = GradNormParams {
         n: n as u32,
         nparts: nparts as u32,

@@ -162,13 +162,13 @@ fn repack(
 /// zero-padded to `dp` floats.
 fn padded(
     enc: &mut Encoder,
-    label: &str,
+    label: &'static str,
     src: &GpuBuffer,
     rows: usize,
     d: usize,
     dp: usize,
 ) -> Result<GpuBuffer> {
-    let buf = enc.gpu.alloc(label, (rows * dp * 4) as u64)?;
+    let buf = enc.gpu.scratch(label, (rows * dp * 4) as u64)?;
     repack(enc, src, &buf, rows, d, dp, false)?;
     Ok(buf)
 }
@@ -252,7 +252,7 @@ pub fn attention_fwd(
     let vp = padded(enc, "attention v (padded)", v, b * tk * kvh, d, dp)?;
     let op = enc
         .gpu
-        .alloc("attention o (padded)", (b * tq * h * dp * 4) as u64)?;
+        .scratch("attention o (padded)", (b * tq * h * dp * 4) as u64)?;
     fwd_aligned(enc, &qp, &kp, &vp, &op, lse, &AttentionShape { d: dp, ..s })?;
     repack(enc, &op, o, b * tq * h, dp, d, false)
 }
@@ -281,7 +281,7 @@ fn bwd_aligned(
     let wg = wg_for(gpu);
     let acc = if accumulate { 1.0 } else { 0.0 };
     // Di = rowsum(dO ⊙ o), written by stage_dq for stage_dkdv.
-    let delta = gpu.alloc("attention delta", (b * h * tq * 4) as u64)?;
+    let delta = gpu.scratch("attention delta", (b * h * tq * 4) as u64)?;
     if tq > 0 {
         let rows = rows_for(tq);
         let nblk = tq.div_ceil(rows);
@@ -384,9 +384,9 @@ fn bwd(
     let vp = padded(enc, "attention v (padded)", v, nk, d, dp)?;
     let op = padded(enc, "attention o (padded)", o, nq, d, dp)?;
     let gpu = enc.gpu;
-    let dqp = gpu.alloc("attention dq (padded)", (nq * dp * 4) as u64)?;
-    let dkp = gpu.alloc("attention dk (padded)", (nk * dp * 4) as u64)?;
-    let dvp = gpu.alloc("attention dv (padded)", (nk * dp * 4) as u64)?;
+    let dqp = gpu.scratch("attention dq (padded)", (nq * dp * 4) as u64)?;
+    let dkp = gpu.scratch("attention dk (padded)", (nk * dp * 4) as u64)?;
+    let dvp = gpu.scratch("attention dv (padded)", (nk * dp * 4) as u64)?;
     let sp = AttentionShape { d: dp, ..*s };
     bwd_aligned(
         enc, &gp, &qp, &kp, &vp, &op, lse, &dqp, &dkp, &dvp, &sp, false,
