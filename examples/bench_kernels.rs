@@ -6,13 +6,14 @@
 //! cargo run --release --example bench_kernels              # full shapes on a GPU, tiny ones on a CPU adapter
 //! cargo run --release --example bench_kernels -- --tiny    # tiny shapes (lavapipe)
 //! cargo run --release --example bench_kernels -- --full    # full shapes anywhere
+//! cargo run --release --example bench_kernels -- --kernels all   # one table per kernel variant (cpu, gpu)
 //! ```
 //! The CPU reference runs only where it takes less than about 2 GFLOP (`--reference-all` for every row).
 
 use std::time::Instant;
 
 use tinytune::gpu::ops::{lora, nf4, nn, optim};
-use tinytune::gpu::{Gpu, GpuBuffer, GpuOptions};
+use tinytune::gpu::{Gpu, GpuBuffer, GpuOptions, KernelSet};
 use tinytune::reference as r;
 use tinytune::reference::nf4::Nf4Tensor;
 
@@ -147,10 +148,38 @@ fn buf(gpu: &Gpu, label: &str, v: &[f32]) -> GpuBuffer {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let gpu = Gpu::new_blocking(GpuOptions::default()).unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(1)
-    });
+    // `--kernels cpu|gpu|all`: the variants to measure (default: the one the device picks).
+    let sets: Vec<Option<KernelSet>> = match args
+        .iter()
+        .position(|a| a == "--kernels")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+    {
+        None => vec![None],
+        Some("all") => KernelSet::ALL.into_iter().map(Some).collect(),
+        Some(s) => match KernelSet::parse(s) {
+            Some(k) => vec![Some(k)],
+            None => {
+                eprintln!("error: --kernels takes cpu, gpu or all, not {s:?}");
+                std::process::exit(2)
+            }
+        },
+    };
+    for kernels in sets {
+        let gpu = Gpu::new_blocking(GpuOptions {
+            kernels,
+            ..GpuOptions::default()
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(1)
+        });
+        bench(&gpu, &args);
+    }
+}
+
+/// Measures every kernel on `gpu` and prints the table.
+fn bench(gpu: &Gpu, args: &[String]) {
     let cpu_adapter = gpu.adapter.device_type == "Cpu";
     let tiny =
         args.iter().any(|a| a == "--tiny") || (cpu_adapter && !args.iter().any(|a| a == "--full"));
@@ -167,8 +196,8 @@ fn main() {
         let w = rand_vec(n * k, 1);
         let wq = Nf4Tensor::quantize(&w, 64, true);
         let w_dq = wq.dequantize();
-        let wb = buf(&gpu, "w", &w);
-        let wn = nf4::Nf4Weight::upload(&gpu, "w", &device_form(&wq)).expect("upload nf4");
+        let wb = buf(gpu, "w", &w);
+        let wn = nf4::Nf4Weight::upload(gpu, "w", &device_form(&wq)).expect("upload nf4");
         let tag = |t: usize| format!("{} {} T={t} K={k} N={n}", l.model, l.name);
 
         // Quantization of the whole weight (once per model load).
@@ -176,7 +205,7 @@ fn main() {
         rows.push(Row {
             kernel: "nf4/quantize (+double quant)",
             shape: format!("{} {} {}x{}", l.model, l.name, n, k),
-            gpu_ms: time_gpu(&gpu, |enc| {
+            gpu_ms: time_gpu(gpu, |enc| {
                 nf4::quantize(enc, "wq", &wb, n * k, 64, true).expect("quantize");
             }),
             flops: 0.0,
@@ -188,7 +217,7 @@ fn main() {
         rows.push(Row {
             kernel: "nf4/dequantize",
             shape: format!("{} {} {}x{}", l.model, l.name, n, k),
-            gpu_ms: time_gpu(&gpu, |enc| {
+            gpu_ms: time_gpu(gpu, |enc| {
                 nf4::dequantize(enc, &wn, &deq).expect("dequantize")
             }),
             flops: 0.0,
@@ -202,16 +231,16 @@ fn main() {
             let m = t;
             let x = rand_vec(m * k, 2);
             let dy_h = rand_vec(m * n, 3);
-            let xb = buf(&gpu, "x", &x);
+            let xb = buf(gpu, "x", &x);
             let yb = gpu.alloc("y", (m * n * 4) as u64).expect("alloc");
-            let dyb = buf(&gpu, "dy", &dy_h);
+            let dyb = buf(gpu, "dy", &dy_h);
             let dxb = gpu.alloc("dx", (m * k * 4) as u64).expect("alloc");
             let mm_flops = 2.0 * (m * n * k) as f64;
             let ref_ok = ref_all || mm_flops < 2e9;
             rows.push(Row {
                 kernel: "nn/matmul_fwd (f32 W)",
                 shape: tag(t),
-                gpu_ms: time_gpu(&gpu, |enc| {
+                gpu_ms: time_gpu(gpu, |enc| {
                     nn::matmul_fwd(enc, &xb, &wb, &yb, nn::MatmulShape { m, k, n }, 1.0, false)
                         .expect("matmul")
                 }),
@@ -225,7 +254,7 @@ fn main() {
             rows.push(Row {
                 kernel: "nf4/matmul_fwd",
                 shape: tag(t),
-                gpu_ms: time_gpu(&gpu, |enc| {
+                gpu_ms: time_gpu(gpu, |enc| {
                     nf4::matmul_fwd(enc, &xb, &wn, &yb, nf4::MatmulShape { m, k, n }, 1.0, false)
                         .expect("matmul")
                 }),
@@ -238,7 +267,7 @@ fn main() {
             rows.push(Row {
                 kernel: "nf4/matmul_bwd_input",
                 shape: tag(t),
-                gpu_ms: time_gpu(&gpu, |enc| {
+                gpu_ms: time_gpu(gpu, |enc| {
                     nf4::matmul_bwd_input(enc, &dyb, &wn, &dxb, nf4::MatmulShape { m, k, n }, false)
                         .expect("bwd")
                 }),
@@ -252,7 +281,7 @@ fn main() {
             let rr = LORA_R;
             let a = rand_vec(rr * k, 4);
             let b = rand_vec(n * rr, 5);
-            let (ab, bb) = (buf(&gpu, "lora_A", &a), buf(&gpu, "lora_B", &b));
+            let (ab, bb) = (buf(gpu, "lora_A", &a), buf(gpu, "lora_B", &b));
             let hb = gpu.alloc("h", (m * rr * 4) as u64).expect("alloc");
             let dab = gpu.alloc("dA", (rr * k * 4) as u64).expect("alloc");
             let dbb = gpu.alloc("dB", (n * rr * 4) as u64).expect("alloc");
@@ -260,7 +289,7 @@ fn main() {
             rows.push(Row {
                 kernel: "lora/adapter_fwd (R=16)",
                 shape: tag(t),
-                gpu_ms: time_gpu(&gpu, |enc| {
+                gpu_ms: time_gpu(gpu, |enc| {
                     lora::adapter_fwd(
                         enc,
                         &xb,
@@ -288,7 +317,7 @@ fn main() {
             rows.push(Row {
                 kernel: "lora/adapter_bwd (R=16)",
                 shape: tag(t),
-                gpu_ms: time_gpu(&gpu, |enc| {
+                gpu_ms: time_gpu(gpu, |enc| {
                     lora::adapter_bwd(
                         enc,
                         &xb,
@@ -325,7 +354,7 @@ fn main() {
     let np = if tiny { 1 << 20 } else { 4_884_480 };
     let p = rand_vec(np, 6);
     let g = rand_vec(np, 7);
-    let (pb, gb) = (buf(&gpu, "params", &p), buf(&gpu, "grads", &g));
+    let (pb, gb) = (buf(gpu, "params", &p), buf(gpu, "grads", &g));
     let mb = gpu.alloc("m", (np * 4) as u64).expect("alloc");
     let vb = gpu.alloc("v", (np * 4) as u64).expect("alloc");
     let norm = gpu.alloc("norm", 4).expect("alloc");
@@ -334,7 +363,7 @@ fn main() {
     rows.push(Row {
         kernel: "optim/grad_norm",
         shape: format!("n={np}"),
-        gpu_ms: time_gpu(&gpu, |enc| {
+        gpu_ms: time_gpu(gpu, |enc| {
             optim::grad_norm(enc, &gb, np, &norm).expect("norm")
         }),
         flops: 2.0 * np as f64,
@@ -347,7 +376,7 @@ fn main() {
     rows.push(Row {
         kernel: "optim/adamw_step (+clip)",
         shape: format!("n={np}"),
-        gpu_ms: time_gpu(&gpu, |enc| {
+        gpu_ms: time_gpu(gpu, |enc| {
             step += 1;
             optim::adamw_step(enc, &pb, &gb, &mb, &vb, &norm, np, step, &cfg, Some(1.0))
                 .expect("adamw")
@@ -362,7 +391,7 @@ fn main() {
     });
 
     println!("tinytune kernel benchmark");
-    println!("adapter: {}", gpu.adapter);
+    println!("adapter: {} | kernels {}", gpu.adapter, gpu.kernel_info());
     println!(
         "shapes: {} (R={LORA_R} for LoRA); CPU reference: plain loops, one thread\n",
         if tiny { "tiny" } else { "full" }

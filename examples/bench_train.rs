@@ -288,8 +288,9 @@ fn run(args: &Args) -> BoxResult<()> {
     let n_layers = model.layers.len();
     say(format!("model memory: {}", model.memory()));
     say(format!(
-        "adapter: {ad} | model {} ({n_layers} layers{}) quant {quant} | loaded in {load_s:.1} s, \
-         {:.1} MiB of device buffers",
+        "adapter: {ad} | kernels {} | model {} ({n_layers} layers{}) quant {quant} | loaded in \
+         {load_s:.1} s, {:.1} MiB of device buffers",
+        gpu.kernel_info(),
         args.model,
         if args.from_config {
             ", random weights"
@@ -402,6 +403,7 @@ fn run(args: &Args) -> BoxResult<()> {
                     "adapter": ad.name,
                     "adapter_type": ad.device_type,
                     "backend": ad.backend,
+                    "kernels": gpu.kernel_info().to_string(),
                 });
                 println!("{line}");
             }

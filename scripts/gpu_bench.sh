@@ -121,8 +121,8 @@ h100() {
 echo
 echo "tinytune on $adapter; LoRA r 8 on every linear of every layer, random weights; $reps timed step(s)."
 echo
-echo "| model | B×T | base | tok/s | step s | forward s | host ms/step | dispatches | submits | blocking reads | model GiB | peak GiB | H100 PEFT+bnb tok/s | H100 peak GiB |"
-echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| model | B×T | base | kernels | tok/s | step s | forward s | host ms/step | dispatches | submits | blocking reads | model GiB | peak GiB | H100 PEFT+bnb tok/s | H100 peak GiB |"
+echo "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 while IFS= read -r line; do
     [ -z "$line" ] && continue
     m=$(field "$line" model)
@@ -131,8 +131,8 @@ while IFS= read -r line; do
     ref="- | -"
     [ "$q" = nf4 ] && ref=$(h100 "$m" "$bt")
     base=$([ "$q" = nf4 ] && echo "NF4 (QLoRA)" || echo "f32 (LoRA)")
-    printf '| %s | %s | %s | %.1f | %.3f | %.3f | %.1f | %s | %s | %s | %.2f | %.2f | %s |\n' \
-        "$m" "${bt/x/×}" "$base" "$(field "$line" tokens_per_s)" "$(field "$line" step_s)" \
+    printf '| %s | %s | %s | %s | %.1f | %.3f | %.3f | %.1f | %s | %s | %s | %.2f | %.2f | %s |\n' \
+        "$m" "${bt/x/×}" "$base" "$(field "$line" kernels)" "$(field "$line" tokens_per_s)" "$(field "$line" step_s)" \
         "$(field "$line" forward_s)" "$(field "$line" host_ms_per_step)" \
         "$(field "$line" dispatches_per_step)" "$(field "$line" submits_per_step)" \
         "$(field "$line" blocking_reads_per_step)" \

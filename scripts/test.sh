@@ -16,6 +16,11 @@ if [ -z "${TINYTUNE_SMOLLM2_GGUF:-}" ]; then
 fi
 cargo fmt --all --check
 cargo test --workspace
+# The parity tests again with the GPU kernel variant (workgroup-memory tiles, split LoRA gradients;
+# crates/gpu/src/kernels.rs), which a CPU adapter does not pick by itself: every variant must
+# match PEFT. (The kernel tests already run both variants.)
+TINYTUNE_KERNELS=gpu cargo test --test train_parity --test model_forward --test model_backward \
+    --test train_peft --test prompt_tuning --test prefix_tuning
 bash scripts/build_web.sh
 echo "wasm: tinytune-wasm builds for wasm32-unknown-unknown"
 # The browser app end to end in headless Chromium (WebGPU on SwiftShader): load, train, generate,

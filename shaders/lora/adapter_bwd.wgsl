@@ -22,9 +22,9 @@ struct Params {
     n: u32,      // output features
     r: u32,      // LoRA rank
     scale: f32,  // alpha / r (or alpha / sqrt(r) with rsLoRA)
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
+    mc: u32,     // split_db / split_da: rows of X per split (the last split may have fewer)
+    nsplit: u32, // split_db / split_da / reduce: splits
+    len: u32,    // reduce: elements of the gradient (N*R for dB, R*K for dA)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -45,6 +45,12 @@ struct Params {
 // stage_dx
 @group(0) @binding(2) var<storage, read> a: array<f32>;             // (R, K) lora_A.weight
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;      // (M, K)
+
+// split_db and split_da
+@group(0) @binding(3) var<storage, read_write> part: array<f32>;    // (nsplit, N*R) or (nsplit, R*K)
+// reduce
+@group(0) @binding(1) var<storage, read> part_in: array<f32>;       // (nsplit, len)
+@group(0) @binding(2) var<storage, read_write> grad: array<f32>;    // (len) dB or dA
 
 const WG: u32 = 64u;
 
@@ -207,4 +213,108 @@ fn stage_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             }
         }
     }
+}
+
+// ---- The GPU variant (crates/gpu/src/kernels.rs) of stage_db and stage_da ----
+// stage_db and stage_da reduce over all M rows with one invocation per 4×4 output tile: for a
+// LoRA layer that is a handful of workgroups, far too few for a GPU. split_db / split_da cut the
+// rows into nsplit splits of mc rows; invocation (split s, tile) sums its tile over the split's
+// rows (increasing) into part[s, ...] (dB's partials already scaled), and reduce adds the splits'
+// partials in increasing s into the gradient: grad[o] += Σ_s part_in[s * len + o]. The grid of a
+// split kernel is tiles fastest, then splits.
+
+@compute @workgroup_size(64)
+fn split_db(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let tiles_r = (p.r + 3u) / 4u;
+    let ntiles = ((p.n + 3u) / 4u) * tiles_r;
+    let id = linear_id(wid, nwg, lid);
+    if (id >= ntiles * p.nsplit) {
+        return;
+    }
+    let sp = id / ntiles;
+    let tile = id % ntiles;
+    let tn = tile / tiles_r;
+    let tr = tile % tiles_r;
+    let cols = tile4(tn, p.n);
+    let ranks = tile4(tr, p.r);
+    var acc = array<vec4<f32>, 4>();
+    let m_end = min((sp + 1u) * p.mc, p.m);
+    for (var i = sp * p.mc; i < m_end; i++) {
+        let oh = i * p.r;
+        let od = i * p.n;
+        let hv = vec4<f32>(h[oh + ranks.x], h[oh + ranks.y], h[oh + ranks.z], h[oh + ranks.w]);
+        acc[0] += dy[od + cols.x] * hv;
+        acc[1] += dy[od + cols.y] * hv;
+        acc[2] += dy[od + cols.z] * hv;
+        acc[3] += dy[od + cols.w] * hv;
+    }
+    let n0 = tn * 4u;
+    let r0 = tr * 4u;
+    let base = sp * p.n * p.r;
+    for (var c = 0u; c < 4u; c++) {
+        let nc = n0 + c;
+        if (nc < p.n) {
+            for (var j = 0u; j < 4u; j++) {
+                if (r0 + j < p.r) {
+                    part[base + nc * p.r + r0 + j] = p.scale * acc[c][j];
+                }
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn split_da(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let tiles_k = (p.k + 3u) / 4u;
+    let ntiles = ((p.r + 3u) / 4u) * tiles_k;
+    let id = linear_id(wid, nwg, lid);
+    if (id >= ntiles * p.nsplit) {
+        return;
+    }
+    let sp = id / ntiles;
+    let tile = id % ntiles;
+    let tr = tile / tiles_k;
+    let tk = tile % tiles_k;
+    let ranks = tile4(tr, p.r);
+    let feats = tile4(tk, p.k);
+    var acc = array<vec4<f32>, 4>();
+    let m_end = min((sp + 1u) * p.mc, p.m);
+    for (var i = sp * p.mc; i < m_end; i++) {
+        let oh = i * p.r;
+        let ox = i * p.k;
+        let xv = vec4<f32>(x[ox + feats.x], x[ox + feats.y], x[ox + feats.z], x[ox + feats.w]);
+        acc[0] += dh_in[oh + ranks.x] * xv;
+        acc[1] += dh_in[oh + ranks.y] * xv;
+        acc[2] += dh_in[oh + ranks.z] * xv;
+        acc[3] += dh_in[oh + ranks.w] * xv;
+    }
+    let r0 = tr * 4u;
+    let k0 = tk * 4u;
+    let base = sp * p.r * p.k;
+    for (var j = 0u; j < 4u; j++) {
+        let rj = r0 + j;
+        if (rj < p.r) {
+            for (var t = 0u; t < 4u; t++) {
+                if (k0 + t < p.k) {
+                    part[base + rj * p.k + k0 + t] = acc[j][t];
+                }
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let o = linear_id(wid, nwg, lid);
+    if (o >= p.len) {
+        return;
+    }
+    var s = 0.0;
+    for (var sp = 0u; sp < p.nsplit; sp++) {
+        s += part_in[sp * p.len + o];
+    }
+    grad[o] = grad[o] + s;
 }

@@ -19,9 +19,9 @@ struct Params {
     n: u32,      // output features
     r: u32,      // LoRA rank
     scale: f32,  // alpha / r (or alpha / sqrt(r) with rsLoRA)
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
+    mc: u32,      // unused here (lora/adapter_bwd's split kernels)
+    nsplit: u32,  // unused here
+    len: u32,     // unused here
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -138,3 +138,81 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     }
 }
+
+// ---- Entry point `tiled`: the GPU variant (crates/gpu/src/kernels.rs) ----
+// As nn/matmul_bwd_input's `tiled`: a workgroup of 256 invocations owns a 64×64 tile of dx and
+// walks N in stages of 16, loading dy's 64×16 block and W's 16×64 block into workgroup memory; W's
+// block is dequantized as it is loaded (each invocation 4 consecutive k of one W row: one code word
+// and one scale when K % 4 == 0, element by element otherwise). Values past M, N or K load as 0;
+// sums run in increasing n. The launcher sets ntk = ceil(k / 64) and ntiles = ceil(m / 64) * ntk.
+
+const TT: u32 = 64u;    // tile side (outputs)
+const TN: u32 = 16u;    // n per stage
+const TP: u32 = 65u;    // padded stage row: (n q, index r) at q * TP + r
+
+var<workgroup> sd: array<f32, 1040>;  // (TN, TP) stage of dy: (n q, row r)
+var<workgroup> sw: array<f32, 1040>;  // (TN, TP) stage of dequantized W: (n q, k c)
+
+@compute @workgroup_size(256)
+fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= p.ntiles) {
+        return;
+    }
+    if (lid < 16u) {
+        nf4_lut[lid] = nf4_value(lid);
+    }
+    workgroupBarrier();
+    let r0 = (t / p.ntk) * TT;
+    let c0 = (t % p.ntk) * TT;
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    let dr = lid / 4u;
+    let dq_ = (lid % 4u) * 4u;
+    let wn = lid / 16u;
+    let wc = (lid % 16u) * 4u;
+    let dok = r0 + dr < p.m;
+    let drow = min(r0 + dr, p.m - 1u) * p.n;
+    let aligned = p.k % 4u == 0u;
+    var acc: array<vec4<f32>, 4>;  // acc[i][j]: row ty + 16i, k tx + 16j
+    for (var n0 = 0u; n0 < p.n; n0 += TN) {
+        let wr = n0 + wn;
+        let kc0 = c0 + wc;
+        let wbase = min(wr, p.n - 1u) * p.k;
+        var wq = vec4<f32>(0.0);
+        if (aligned) {
+            if (wr < p.n && kc0 < p.k) {
+                wq = w4_aligned(wbase + kc0);
+            }
+        } else {
+            for (var q = 0u; q < 4u; q++) {
+                if (wr < p.n && kc0 + q < p.k) {
+                    wq[q] = w1(wbase + kc0 + q);
+                }
+            }
+        }
+        for (var q = 0u; q < 4u; q++) {
+            let nq = n0 + dq_ + q;
+            sd[(dq_ + q) * TP + dr] = select(0.0, dy[drow + min(nq, p.n - 1u)], dok && nq < p.n);
+            sw[wn * TP + wc + q] = wq[q];
+        }
+        workgroupBarrier();
+        for (var q = 0u; q < TN; q++) {
+            let o = q * TP;
+            let b = vec4<f32>(sw[o + tx], sw[o + tx + 16u], sw[o + tx + 32u], sw[o + tx + 48u]);
+            for (var i = 0u; i < 4u; i++) {
+                acc[i] += sd[o + ty + 16u * i] * b;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let row = r0 + ty + 16u * i;
+        if (row < p.m) {
+            for (var j = 0u; j < 4u; j++) {
+                store(row, c0 + tx + 16u * j, acc[i][j]);
+            }
+        }
+    }
+}

@@ -160,3 +160,81 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     }
 }
+
+// ---- Entry point `tiled`: the GPU variant (crates/gpu/src/kernels.rs) ----
+// As nn/matmul_fwd's `tiled`: a workgroup of 256 invocations owns a 64×64 tile of y and walks K in
+// stages of 16, loading x's 64×16 block and W's 64×16 block into workgroup memory; W's block is
+// dequantized as it is loaded (each invocation 4 consecutive k of one W row: one code word and one
+// scale when K % 4 == 0, element by element otherwise), so the f32 weight exists only one stage at
+// a time in workgroup memory. Values past M, N or K load as 0; sums run in increasing k. The
+// launcher sets ntn = ceil(n / 64) and ntiles = ceil(m / 64) * ntn.
+
+const TT: u32 = 64u;    // tile side (outputs)
+const TK: u32 = 16u;    // k per stage
+const TP: u32 = 65u;    // padded stage row: (k q, row r) at q * TP + r
+
+var<workgroup> sx: array<f32, 1040>;  // (TK, TP) stage of x
+var<workgroup> sw: array<f32, 1040>;  // (TK, TP) stage of dequantized W
+
+@compute @workgroup_size(256)
+fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= p.ntiles) {
+        return;
+    }
+    if (lid < 16u) {
+        nf4_lut[lid] = nf4_value(lid);
+    }
+    workgroupBarrier();
+    let r0 = (t / p.ntn) * TT;
+    let c0 = (t % p.ntn) * TT;
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    let lr = lid / 4u;
+    let lq = (lid % 4u) * 4u;
+    let xok = r0 + lr < p.m;
+    let wok = c0 + lr < p.n;
+    let xrow = min(r0 + lr, p.m - 1u) * p.k;
+    let wrow = min(c0 + lr, p.n - 1u) * p.k;
+    let aligned = p.k % 4u == 0u;
+    var acc: array<vec4<f32>, 4>;  // acc[i][j]: row ty + 16i, column tx + 16j
+    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+        let kq0 = k0 + lq;
+        var wq = vec4<f32>(0.0);
+        if (aligned) {
+            if (wok && kq0 < p.k) {
+                wq = w4_aligned(wrow + kq0);
+            }
+        } else {
+            for (var q = 0u; q < 4u; q++) {
+                let kq = kq0 + q;
+                if (wok && kq < p.k) {
+                    wq[q] = w1(wrow + kq);
+                }
+            }
+        }
+        for (var q = 0u; q < 4u; q++) {
+            let kq = kq0 + q;
+            sx[(lq + q) * TP + lr] = select(0.0, x[xrow + min(kq, p.k - 1u)], xok && kq < p.k);
+            sw[(lq + q) * TP + lr] = wq[q];
+        }
+        workgroupBarrier();
+        for (var q = 0u; q < TK; q++) {
+            let o = q * TP;
+            let b = vec4<f32>(sw[o + tx], sw[o + tx + 16u], sw[o + tx + 32u], sw[o + tx + 48u]);
+            for (var i = 0u; i < 4u; i++) {
+                acc[i] += sx[o + ty + 16u * i] * b;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let row = r0 + ty + 16u * i;
+        if (row < p.m) {
+            for (var j = 0u; j < 4u; j++) {
+                store(row, c0 + tx + 16u * j, acc[i][j]);
+            }
+        }
+    }
+}

@@ -105,3 +105,67 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     }
 }
+
+// ---- Entry point `tiled`: the GPU variant (crates/gpu/src/kernels.rs) ----
+// A workgroup of 256 invocations owns a 64×64 tile of dx (64 rows × 64 k) and walks N in stages of
+// 16: each stage loads dy's 64×16 block (4 consecutive n of one row per invocation) and w's 16×64
+// block (4 consecutive k of one w row per invocation) into workgroup memory; every invocation then
+// does 4×4 multiply-adds per n for its outputs (rows ty + 16i, k tx + 16j). Values past M, N or K
+// load as 0; sums run in increasing n like the reference. The launcher sets ntk = ceil(k / 64) and
+// ntiles = ceil(m / 64) * ntk (tiles k-fastest, 1-D grid).
+
+const TT: u32 = 64u;    // tile side (outputs)
+const TN: u32 = 16u;    // n per stage
+const TP: u32 = 65u;    // padded stage row: (n q, index r) at q * TP + r
+
+var<workgroup> sd: array<f32, 1040>;  // (TN, TP) stage of dy: (n q, row r)
+var<workgroup> sw: array<f32, 1040>;  // (TN, TP) stage of w: (n q, k c)
+
+@compute @workgroup_size(256)
+fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= p.ntiles) {
+        return;
+    }
+    let r0 = (t / p.ntk) * TT;
+    let c0 = (t % p.ntk) * TT;
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    // dy share: 4 consecutive n (dq..dq+3) of stage row dr. w share: 4 consecutive k (wc..wc+3)
+    // of stage n row wn.
+    let dr = lid / 4u;
+    let dq = (lid % 4u) * 4u;
+    let wn = lid / 16u;
+    let wc = (lid % 16u) * 4u;
+    let dok = r0 + dr < p.m;
+    let drow = min(r0 + dr, p.m - 1u) * p.lddy + p.col0;
+    var acc: array<vec4<f32>, 4>;  // acc[i][j]: row ty + 16i, k tx + 16j
+    for (var n0 = 0u; n0 < p.n; n0 += TN) {
+        for (var q = 0u; q < 4u; q++) {
+            let nq = n0 + dq + q;
+            sd[(dq + q) * TP + dr] = select(0.0, dy[drow + min(nq, p.n - 1u)], dok && nq < p.n);
+            let wr = n0 + wn;
+            let kq = c0 + wc + q;
+            let wi = min(wr, p.n - 1u) * p.k + min(kq, p.k - 1u);
+            sw[wn * TP + wc + q] = select(0.0, wv(wi), wr < p.n && kq < p.k);
+        }
+        workgroupBarrier();
+        for (var q = 0u; q < TN; q++) {
+            let o = q * TP;
+            let b = vec4<f32>(sw[o + tx], sw[o + tx + 16u], sw[o + tx + 32u], sw[o + tx + 48u]);
+            for (var i = 0u; i < 4u; i++) {
+                acc[i] += sd[o + ty + 16u * i] * b;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let row = r0 + ty + 16u * i;
+        if (row < p.m) {
+            for (var j = 0u; j < 4u; j++) {
+                store(row, c0 + tx + 16u * j, acc[i][j]);
+            }
+        }
+    }
+}

@@ -105,3 +105,65 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     }
 }
+
+// ---- Entry point `tiled`: the GPU variant (crates/gpu/src/kernels.rs) ----
+// A workgroup of 256 invocations owns a 64×64 tile of y and walks K in stages of 16: each stage
+// loads a 64×16 block of x and of w into workgroup memory (each invocation 4 consecutive k of one
+// row, so neighbouring invocations read neighbouring addresses), then every invocation does 4×4
+// multiply-adds per k for its outputs (rows ty + 16i, columns tx + 16j: conflict-free reads of the
+// stage). Values past M, N or K load as 0; sums run in increasing k like the reference. The launcher
+// sets ntn = ceil(n / 64) and ntiles = ceil(m / 64) * ntn (tiles column-fastest, 1-D grid).
+
+const TT: u32 = 64u;    // tile side (outputs)
+const TK: u32 = 16u;    // k per stage
+const TP: u32 = 65u;    // padded stage row: (k q, row r) at q * TP + r
+
+var<workgroup> sx: array<f32, 1040>;  // (TK, TP) stage of x
+var<workgroup> sw: array<f32, 1040>;  // (TK, TP) stage of w
+
+@compute @workgroup_size(256)
+fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= p.ntiles) {
+        return;
+    }
+    let r0 = (t / p.ntn) * TT;
+    let c0 = (t % p.ntn) * TT;
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    // This invocation's share of each stage: 4 consecutive k (lq..lq+3) of stage row lr.
+    let lr = lid / 4u;
+    let lq = (lid % 4u) * 4u;
+    let xok = r0 + lr < p.m;
+    let wok = c0 + lr < p.n;
+    let xrow = min(r0 + lr, p.m - 1u) * p.k;
+    let wrow = min(c0 + lr, p.n - 1u) * p.k;
+    var acc: array<vec4<f32>, 4>;  // acc[i][j]: row ty + 16i, column tx + 16j
+    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+        for (var q = 0u; q < 4u; q++) {
+            let kq = k0 + lq + q;
+            let kc = min(kq, p.k - 1u);
+            let kin = kq < p.k;
+            sx[(lq + q) * TP + lr] = select(0.0, x[xrow + kc], xok && kin);
+            sw[(lq + q) * TP + lr] = select(0.0, wv(wrow + kc), wok && kin);
+        }
+        workgroupBarrier();
+        for (var q = 0u; q < TK; q++) {
+            let o = q * TP;
+            let b = vec4<f32>(sw[o + tx], sw[o + tx + 16u], sw[o + tx + 32u], sw[o + tx + 48u]);
+            for (var i = 0u; i < 4u; i++) {
+                acc[i] += sx[o + ty + 16u * i] * b;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let row = r0 + ty + 16u * i;
+        if (row < p.m) {
+            for (var j = 0u; j < 4u; j++) {
+                store(row, c0 + tx + 16u * j, acc[i][j]);
+            }
+        }
+    }
+}

@@ -1,9 +1,10 @@
 //! Shared helpers of the integration tests: one device per test binary, seeded data, tolerances.
 #![allow(dead_code)]
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 
-use tinytune::gpu::{Gpu, GpuOptions};
+use tinytune::gpu::{Gpu, GpuOptions, KernelSet};
 
 /// The device for this test binary. With `TINYTUNE_REQUIRE_GPU=1` (CI) a missing adapter fails the
 /// test; otherwise the test is skipped with a message.
@@ -18,6 +19,42 @@ pub fn gpu() -> Option<&'static Gpu> {
             }
             eprintln!("SKIPPED: no GPU adapter ({e})");
             None
+        }
+    }
+}
+
+thread_local! {
+    /// The kernel variant [`for_each_kernels`] is running, named in [`assert_close`]'s failures.
+    static VARIANT: Cell<Option<KernelSet>> = const { Cell::new(None) };
+}
+
+/// Runs `f` on one device per kernel variant ([`KernelSet::ALL`]: the CPU variant and the GPU
+/// variant, both on whatever adapter the machine has), so that kernel tests check every variant
+/// against the reference. A missing adapter fails or skips as [`gpu`] does.
+pub fn for_each_kernels(mut f: impl FnMut(&'static Gpu)) {
+    static GPUS: [OnceLock<Result<Gpu, String>>; 2] = [OnceLock::new(), OnceLock::new()];
+    for (i, k) in KernelSet::ALL.into_iter().enumerate() {
+        let g = GPUS[i].get_or_init(|| {
+            Gpu::new_blocking(GpuOptions {
+                kernels: Some(k),
+                ..GpuOptions::default()
+            })
+            .map_err(|e| e.to_string())
+        });
+        match g {
+            Ok(g) => {
+                assert_eq!(g.kernels(), k);
+                VARIANT.with(|v| v.set(Some(k)));
+                f(g);
+                VARIANT.with(|v| v.set(None));
+            }
+            Err(e) => {
+                if std::env::var("TINYTUNE_REQUIRE_GPU").as_deref() == Ok("1") {
+                    panic!("TINYTUNE_REQUIRE_GPU=1 but no GPU device: {e}");
+                }
+                eprintln!("SKIPPED: no GPU adapter ({e})");
+                return;
+            }
         }
     }
 }
@@ -51,6 +88,14 @@ impl Rng {
 
 /// Asserts `|got - want| <= atol + rtol * |want|` elementwise, naming the kernel and the worst index.
 pub fn assert_close(kernel: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    let named;
+    let kernel = match VARIANT.with(|v| v.get()) {
+        Some(k) => {
+            named = format!("{kernel} [{k} kernels]");
+            named.as_str()
+        }
+        None => kernel,
+    };
     assert_eq!(got.len(), want.len(), "{kernel}: length");
     let mut worst = (0usize, 0f32);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {

@@ -23,6 +23,10 @@ pub fn run(adapter: Option<String>) -> Result<()> {
     if !a.driver.is_empty() || !a.driver_info.is_empty() {
         println!("  driver:       {} {}", a.driver, a.driver_info);
     }
+    println!(
+        "  kernels:      {} (TINYTUNE_KERNELS=cpu|gpu overrides)",
+        gpu.kernel_info()
+    );
     let yes_no = |f: Features| {
         if gpu.features.contains(f) {
             "enabled"

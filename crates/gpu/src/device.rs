@@ -49,6 +49,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::bindings::{self, BindingKind};
 use crate::error::{GpuError, Result};
+use crate::kernels::{KernelInfo, KernelSet};
 use crate::params::{KernelParams, PARAMS};
 use crate::shaders;
 
@@ -76,6 +77,9 @@ pub struct GpuOptions {
     /// Check every dispatch inside an error scope, submitting it on its own (slow; names the
     /// failing kernel). `None` reads `TINYTUNE_CHECK_DISPATCH` (`1` turns it on).
     pub check_dispatch: Option<bool>,
+    /// The kernel variant to run; `None` reads `TINYTUNE_KERNELS` (`cpu` or `gpu`), and without
+    /// it chooses from the adapter ([`KernelSet::for_adapter`]).
+    pub kernels: Option<KernelSet>,
 }
 
 /// What the runtime has done since the device was opened, for tests and benchmarks. Take two
@@ -425,6 +429,8 @@ pub struct Gpu {
     pub adapter: AdapterSummary,
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
+    /// The kernel variant the launchers dispatch ([`GpuOptions::kernels`]).
+    kernels: KernelSet,
     pipelines: Mutex<HashMap<PipelineKey, Kernel>>,
     uncaptured: Arc<Mutex<Vec<String>>>,
     /// How many of `uncaptured` `sync` / reads have already returned.
@@ -478,11 +484,21 @@ impl Gpu {
             }
         }));
         let limits = device.limits();
+        let kernels = match opts.kernels {
+            Some(k) => k,
+            None => match std::env::var(crate::kernels::KERNELS_ENV) {
+                Ok(v) if !v.trim().is_empty() => {
+                    KernelSet::parse(&v).ok_or(GpuError::BadKernels(v))?
+                }
+                _ => KernelSet::for_adapter(info.device_type, &info.name, &info.driver),
+            },
+        };
         let check_dispatch = opts.check_dispatch.unwrap_or_else(|| {
             std::env::var("TINYTUNE_CHECK_DISPATCH").is_ok_and(|v| v.trim() == "1")
         });
         Ok(Gpu {
             check_dispatch,
+            kernels,
             counters: Counters::default(),
             layouts: Mutex::new(HashMap::new()),
             binds: Mutex::new(BindCache::default()),
@@ -507,6 +523,20 @@ impl Gpu {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new_blocking(opts: GpuOptions) -> Result<Gpu> {
         pollster::block_on(Gpu::new(opts))
+    }
+
+    /// The kernel variant the launchers dispatch.
+    pub fn kernels(&self) -> KernelSet {
+        self.kernels
+    }
+
+    /// The kernel variant and the optional features it may use, for reports.
+    pub fn kernel_info(&self) -> KernelInfo {
+        KernelInfo {
+            set: self.kernels,
+            f16: self.features.contains(wgpu::Features::SHADER_F16),
+            subgroups: self.features.contains(wgpu::Features::SUBGROUP),
+        }
     }
 
     /// The largest buffer one storage binding may hold.

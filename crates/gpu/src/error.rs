@@ -40,6 +40,8 @@ pub enum GpuError {
     Shape { kernel: String, message: String },
     #[error("reading back buffer {label:?} failed: {message}")]
     Readback { label: String, message: String },
+    #[error("TINYTUNE_KERNELS={0:?} is not a kernel variant: use cpu or gpu (or unset it to choose from the adapter)")]
+    BadKernels(String),
     #[error("device error: {0}")]
     Device(String),
 }

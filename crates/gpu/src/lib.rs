@@ -5,6 +5,7 @@
 pub mod bindings;
 pub mod device;
 pub mod error;
+pub mod kernels;
 pub mod nf4;
 pub mod ops;
 pub mod params;
@@ -18,5 +19,6 @@ pub use device::{
     Kernel, MemoryStats, PendingRead,
 };
 pub use error::{GpuError, Result};
+pub use kernels::{KernelInfo, KernelSet};
 pub use ops::TableDtype;
 pub use wgpu;

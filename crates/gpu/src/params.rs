@@ -339,9 +339,9 @@ kernel_params! {
         n: u32,
         r: u32,
         scale: f32,
-        _p0: u32,
-        _p1: u32,
-        _p2: u32,
+        mc: u32,
+        nsplit: u32,
+        len: u32,
     }
 
     /// `optim/adamw_step`.

@@ -56,6 +56,9 @@ export type ModelFiles =
 export interface TinytuneInfo {
     adapter: { name: string; backend: string; device_type: string; driver: string; driver_info: string };
     features: string[];
+    /** The kernel variant in use and the optional features it may use, e.g.
+     * `"gpu (f16, subgroups)"` or `"cpu"` (CPU implementations such as SwiftShader). */
+    kernels: string;
     limits: Record<string, number>;
     shaders: number;
     model: ModelInfo | null;
@@ -642,6 +645,7 @@ impl Tinytune {
                 "driver_info": g.adapter.driver_info,
             },
             "features": features,
+            "kernels": g.kernel_info().to_string(),
             "limits": {
                 "max_buffer_size": l.max_buffer_size,
                 "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,

@@ -7,13 +7,18 @@
 //! Each op is several dispatches of separate entry points of one WGSL file (`stage_*`), recorded
 //! in order into the caller's encoder.
 
-use super::{check_distinct, check_f32, groups_for};
+use super::{check_distinct, check_f32, check_u32, groups_for, mul};
 use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
+use crate::kernels::KernelSet;
 use crate::params::LoraParams;
 
 /// Workgroup size of every LoRA kernel; each invocation computes a 4 x 4 output tile.
 const WG: u64 = 64;
+
+/// Rows of `x` per split of the GPU variant's split weight-gradient kernels (`split_db`,
+/// `split_da`); with at most this many rows the single-pass kernels run.
+const SPLIT_ROWS: usize = 64;
 
 /// Invocations for an `rows x cols` output in 4 x 4 tiles.
 fn tiles(rows: usize, cols: usize) -> u64 {
@@ -112,7 +117,10 @@ pub fn adapter_fwd(
 ///
 /// `da`, `db` and `dx` **accumulate**: zero them before the first micro-batch (gradient
 /// accumulation), and let the frozen base weight add its share of `dx` before or after.
-/// Four dispatches of `lora/adapter_bwd` (`stage_dh`, `stage_db`, `stage_da`, `stage_dx`).
+/// Four dispatches of `lora/adapter_bwd` (`stage_dh`, `stage_db`, `stage_da`, `stage_dx`); with
+/// the GPU kernel variant and more than 64 rows, `stage_db` and `stage_da` are each a split pass
+/// over 64-row slices and a reduction (`split_db` / `split_da`, then `reduce`), so that the
+/// weight gradients run on many workgroups.
 ///
 /// Errors with [`crate::GpuError::Shape`] on an empty shape, a buffer shorter than its shape,
 /// more than 2^32 elements in one operand, or an output aliasing another operand.
@@ -161,15 +169,48 @@ pub fn adapter_bwd(
         &[dy, b, dh_scratch],
         groups_for(gpu, tiles(m, r), WG),
     )?;
-    let k_db = gpu.kernel(K, "stage_db", &[])?;
-    enc.dispatch(&k_db, &pr, &[dy, h, db], groups_for(gpu, tiles(n, r), WG))?;
-    let k_da = gpu.kernel(K, "stage_da", &[])?;
-    enc.dispatch(
-        &k_da,
-        &pr,
-        &[dh_scratch, x, da],
-        groups_for(gpu, tiles(r, k), WG),
-    )?;
+    if gpu.kernels() == KernelSet::Gpu && m > SPLIT_ROWS {
+        // Split over the rows, then reduce (see the kernel's `split_db`).
+        let nsplit = m.div_ceil(SPLIT_ROWS);
+        for (entry, ins, grad, len, ntiles) in [
+            ("split_db", [dy, h], db, n * r, tiles(n, r)),
+            ("split_da", [dh_scratch, x], da, r * k, tiles(r, k)),
+        ] {
+            let sp = LoraParams {
+                mc: SPLIT_ROWS as u32,
+                nsplit: nsplit as u32,
+                len: len as u32,
+                ..pr
+            };
+            check_u32(
+                K,
+                &[
+                    ("partials", mul(nsplit, len)),
+                    ("split grid", ntiles * nsplit as u64),
+                ],
+            )?;
+            let part = gpu.scratch("lora partials", mul(nsplit, len) * 4)?;
+            let ks = gpu.kernel(K, entry, &[])?;
+            enc.dispatch(
+                &ks,
+                &sp,
+                &[ins[0], ins[1], &part],
+                groups_for(gpu, ntiles * nsplit as u64, WG),
+            )?;
+            let kr = gpu.kernel(K, "reduce", &[])?;
+            enc.dispatch(&kr, &sp, &[&part, grad], groups_for(gpu, len as u64, WG))?;
+        }
+    } else {
+        let k_db = gpu.kernel(K, "stage_db", &[])?;
+        enc.dispatch(&k_db, &pr, &[dy, h, db], groups_for(gpu, tiles(n, r), WG))?;
+        let k_da = gpu.kernel(K, "stage_da", &[])?;
+        enc.dispatch(
+            &k_da,
+            &pr,
+            &[dh_scratch, x, da],
+            groups_for(gpu, tiles(r, k), WG),
+        )?;
+    }
     let k_dx = gpu.kernel(K, "stage_dx", &[])?;
     enc.dispatch(
         &k_dx,

@@ -4,10 +4,11 @@
 
 use super::nf4::{Nf4Weight, DQ_NESTED};
 pub use super::nn::MatmulShape;
-use super::nn::{rows_for, wg_for, TILE_N};
+use super::nn::{rows_for, wg_for, GPU_TILE, TILE_N};
 use super::{check_f32, check_u32, groups_for, mul};
-use crate::device::{Encoder, GpuBuffer};
+use crate::device::{groups_1d, Encoder, Gpu, GpuBuffer};
 use crate::error::{shape_err, Result};
+use crate::kernels::KernelSet;
 use crate::nf4::{valid_block_size, NESTED_BLOCK};
 use crate::params::{Nf4MatmulBwdInputParams, Nf4MatmulFwdParams};
 
@@ -56,6 +57,43 @@ fn check_weight(kernel: &str, w: &Nf4Weight, k: usize, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// The output tiles of one dispatch of either kernel for the device's kernel variant: `m` rows
+/// by `cols` output columns (N for the forward, K for the input gradient).
+struct Grid {
+    /// The entry point: `main` (CPU variant, [`rows_for`] rows × 8 columns per invocation) or
+    /// `tiled` (GPU variant, 64 × 64 per workgroup).
+    entry: &'static str,
+    /// Column tiles (the kernels' `ntn` / `ntk`).
+    nt: usize,
+    /// All tiles.
+    ntiles: usize,
+    groups: [u32; 3],
+}
+
+impl Grid {
+    fn new(gpu: &Gpu, m: usize, cols: usize, rows: usize) -> Grid {
+        if gpu.kernels() == KernelSet::Gpu {
+            let nt = cols.div_ceil(GPU_TILE);
+            let ntiles = m.div_ceil(GPU_TILE) * nt;
+            Grid {
+                entry: "tiled",
+                nt,
+                ntiles,
+                groups: groups_1d(gpu, ntiles as u64),
+            }
+        } else {
+            let nt = cols.div_ceil(TILE_N);
+            let ntiles = m.div_ceil(rows) * nt;
+            Grid {
+                entry: "main",
+                nt,
+                ntiles,
+                groups: groups_for(gpu, ntiles as u64, wg_for(rows) as u64),
+            }
+        }
+    }
+}
+
 /// Override constants shared by both kernels.
 fn constants(w: &Nf4Weight, k: usize, rows: usize, accumulate: bool) -> [(&'static str, f64); 6] {
     let b = |v: bool| if v { 1.0 } else { 0.0 };
@@ -100,12 +138,12 @@ pub fn matmul_fwd(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let rows = rows_for(m);
-    let ntn = n.div_ceil(TILE_N);
-    let ntiles = m.div_ceil(rows) * ntn;
-    check_u32(K, &[("tile grid", ntiles as u64)])?;
     let gpu = enc.gpu;
-    let kern = gpu.kernel(K, "main", &constants(w, k, rows, accumulate))?;
+    let rows = rows_for(m);
+    let grid = Grid::new(gpu, m, n, rows);
+    check_u32(K, &[("tile grid", grid.ntiles as u64)])?;
+    let (ntn, ntiles) = (grid.nt, grid.ntiles);
+    let kern = gpu.kernel(K, grid.entry, &constants(w, k, rows, accumulate))?;
     let nwords = (n * k).div_ceil(8);
     let params = Nf4MatmulFwdParams {
         m: m as u32,
@@ -121,7 +159,7 @@ pub fn matmul_fwd(
         &kern,
         &params,
         &[x, &w.codes, &w.absmax, &w.dq, y],
-        groups_for(gpu, ntiles as u64, wg_for(rows) as u64),
+        grid.groups,
     )
 }
 
@@ -155,12 +193,12 @@ pub fn matmul_bwd_input(
     if m == 0 || k == 0 {
         return Ok(());
     }
-    let rows = rows_for(m);
-    let ntk = k.div_ceil(TILE_N);
-    let ntiles = m.div_ceil(rows) * ntk;
-    check_u32(K, &[("tile grid", ntiles as u64)])?;
     let gpu = enc.gpu;
-    let kern = gpu.kernel(K, "main", &constants(w, k, rows, accumulate))?;
+    let rows = rows_for(m);
+    let grid = Grid::new(gpu, m, k, rows);
+    check_u32(K, &[("tile grid", grid.ntiles as u64)])?;
+    let (ntk, ntiles) = (grid.nt, grid.ntiles);
+    let kern = gpu.kernel(K, grid.entry, &constants(w, k, rows, accumulate))?;
     let nwords = (n * k).div_ceil(8);
     let params = Nf4MatmulBwdInputParams {
         m: m as u32,
@@ -175,6 +213,6 @@ pub fn matmul_bwd_input(
         &kern,
         &params,
         &[dy, &w.codes, &w.absmax, &w.dq, dx],
-        groups_for(gpu, ntiles as u64, wg_for(rows) as u64),
+        grid.groups,
     )
 }

@@ -1,9 +1,14 @@
 //! Dense f32 launchers: `shaders/nn/*.wgsl`.
 
-use crate::device::{Encoder, GpuBuffer};
+use crate::device::{groups_1d, Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
+use crate::kernels::KernelSet;
 use crate::ops::{check_distinct, check_f32, check_table, check_u32, groups_for, mul, TableDtype};
 use crate::params::{MatmulBwdInputParams, MatmulFwdParams};
+
+/// Output tile side of the GPU variant's matmuls (entry point `tiled`, 256 invocations each
+/// owning 4 × 4 outputs of a 64 × 64 tile), here and in the NF4 matmuls.
+pub(crate) const GPU_TILE: usize = 64;
 
 /// Column tile of the matmul kernels: each invocation owns 8 output columns.
 pub(crate) const TILE_N: usize = 8;
@@ -119,11 +124,35 @@ pub fn matmul_fwd_strided_dtype(
     if m == 0 || n == 0 {
         return Ok(());
     }
+    let gpu = enc.gpu;
+    if gpu.kernels() == KernelSet::Gpu {
+        let ntn = n.div_ceil(GPU_TILE);
+        let ntiles = m.div_ceil(GPU_TILE) * ntn;
+        check_u32(K, &[("tile grid", ntiles as u64)])?;
+        let kern = gpu.kernel(
+            K,
+            "tiled",
+            &[
+                ("ACCUMULATE", if accumulate { 1.0 } else { 0.0 }),
+                ("TABLE_DTYPE", w_dtype.code()),
+            ],
+        )?;
+        let params = MatmulFwdParams {
+            m: m as u32,
+            k: k as u32,
+            n: n as u32,
+            alpha,
+            ntn: ntn as u32,
+            ntiles: ntiles as u32,
+            ldy: ldy as u32,
+            col0: col0 as u32,
+        };
+        return enc.dispatch(&kern, &params, &[x, w, y], groups_1d(gpu, ntiles as u64));
+    }
     let rows = rows_for(m);
     let ntn = n.div_ceil(TILE_N);
     let ntiles = m.div_ceil(rows) * ntn;
     check_u32(K, &[("tile grid", ntiles as u64)])?;
-    let gpu = enc.gpu;
     let wg = wg_for(rows);
     let kern = gpu.kernel(
         K,
@@ -262,11 +291,35 @@ pub fn matmul_bwd_input_strided_dtype(
     if m == 0 || k == 0 {
         return Ok(());
     }
+    let gpu = enc.gpu;
+    if gpu.kernels() == KernelSet::Gpu {
+        let ntk = k.div_ceil(GPU_TILE);
+        let ntiles = m.div_ceil(GPU_TILE) * ntk;
+        check_u32(K, &[("tile grid", ntiles as u64)])?;
+        let kern = gpu.kernel(
+            K,
+            "tiled",
+            &[
+                ("ACCUMULATE", if accumulate { 1.0 } else { 0.0 }),
+                ("TABLE_DTYPE", w_dtype.code()),
+            ],
+        )?;
+        let params = MatmulBwdInputParams {
+            m: m as u32,
+            k: k as u32,
+            n: n as u32,
+            ntk: ntk as u32,
+            ntiles: ntiles as u32,
+            lddy: lddy as u32,
+            col0: col0 as u32,
+            ..Default::default()
+        };
+        return enc.dispatch(&kern, &params, &[dy, w, dx], groups_1d(gpu, ntiles as u64));
+    }
     let rows = rows_for(m);
     let ntk = k.div_ceil(TILE_N);
     let ntiles = m.div_ceil(rows) * ntk;
     check_u32(K, &[("tile grid", ntiles as u64)])?;
-    let gpu = enc.gpu;
     let wg = wg_for(rows);
     let kern = gpu.kernel(
         K,
