@@ -1,5 +1,5 @@
 //! Kernel benchmark: time, GFLOP/s and GB/s of every kernel on linear-layer shapes of SmolLM2-135M,
-//! Qwen2.5-0.5B and Llama-3.2-1B (T = 1 and T = 512), beside the same shape through the plain-loop
+//! Qwen2.5-0.5B and Llama-3.2-1B (T = 1, 256 and 2048), beside the same shape through the plain-loop
 //! CPU reference (single thread), with the adapter name — a table to compare across machines.
 //!
 //! ```sh
@@ -187,7 +187,7 @@ fn bench(gpu: &Gpu, args: &[String]) {
     let (layers, ts): (&[Layer], &[usize]) = if tiny {
         (TINY, &[1, 64])
     } else {
-        (FULL, &[1, 512])
+        (FULL, &[1, 256, 2048])
     };
     let mut rows: Vec<Row> = Vec::new();
 

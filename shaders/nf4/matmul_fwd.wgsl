@@ -238,3 +238,48 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         }
     }
 }
+
+// ---- Entry point `matvec`: the GPU variant for M <= 8 (decoding) ----
+// As nn/matmul_fwd's `matvec`: one workgroup of 64 invocations per column of y, invocation lid
+// dequantizing and multiplying k = lid, lid + 64, ... (neighbouring invocations read the same or
+// neighbouring code words), then a workgroup-memory tree over the 64 partial sums of each row.
+
+var<workgroup> mv: array<vec4<f32>, 128>;  // (64, 2): invocation i's partial sums of rows 0..3, 4..7
+
+@compute @workgroup_size(64)
+fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let col = wid.x + wid.y * nwg.x;
+    if (col >= p.n) {
+        return;
+    }
+    if (lid < 16u) {
+        nf4_lut[lid] = nf4_value(lid);
+    }
+    workgroupBarrier();
+    let wbase = col * p.k;
+    var lo = vec4<f32>(0.0);
+    var hi = vec4<f32>(0.0);
+    for (var kk = lid; kk < p.k; kk += 64u) {
+        let wk = w1(wbase + kk);
+        var xs: array<f32, 8>;
+        for (var i = 0u; i < 8u; i++) {
+            xs[i] = select(0.0, x[min(i, p.m - 1u) * p.k + kk], i < p.m);
+        }
+        lo += vec4<f32>(xs[0], xs[1], xs[2], xs[3]) * wk;
+        hi += vec4<f32>(xs[4], xs[5], xs[6], xs[7]) * wk;
+    }
+    mv[2u * lid] = lo;
+    mv[2u * lid + 1u] = hi;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            mv[2u * lid] += mv[2u * (lid + s)];
+            mv[2u * lid + 1u] += mv[2u * (lid + s) + 1u];
+        }
+        workgroupBarrier();
+    }
+    if (lid < p.m) {
+        store(lid, col, mv[lid / 4u][lid % 4u]);
+    }
+}

@@ -4,7 +4,7 @@
 
 use super::nf4::{Nf4Weight, DQ_NESTED};
 pub use super::nn::MatmulShape;
-use super::nn::{rows_for, wg_for, GPU_TILE, TILE_N};
+use super::nn::{rows_for, wg_for, GPU_MATVEC_ROWS, GPU_TILE, TILE_N};
 use super::{check_f32, check_u32, groups_for, mul};
 use crate::device::{groups_1d, Encoder, Gpu, GpuBuffer};
 use crate::error::{shape_err, Result};
@@ -71,8 +71,17 @@ struct Grid {
 }
 
 impl Grid {
-    fn new(gpu: &Gpu, m: usize, cols: usize, rows: usize) -> Grid {
-        if gpu.kernels() == KernelSet::Gpu {
+    /// `matvec`: the kernel has a `matvec` entry point for at most [`GPU_MATVEC_ROWS`] rows (one
+    /// workgroup per output column), which the GPU variant then uses.
+    fn new(gpu: &Gpu, m: usize, cols: usize, rows: usize, matvec: bool) -> Grid {
+        if gpu.kernels() == KernelSet::Gpu && matvec && m <= GPU_MATVEC_ROWS {
+            Grid {
+                entry: "matvec",
+                nt: cols.div_ceil(GPU_TILE),
+                ntiles: cols,
+                groups: groups_1d(gpu, cols as u64),
+            }
+        } else if gpu.kernels() == KernelSet::Gpu {
             let nt = cols.div_ceil(GPU_TILE);
             let ntiles = m.div_ceil(GPU_TILE) * nt;
             Grid {
@@ -140,7 +149,7 @@ pub fn matmul_fwd(
     }
     let gpu = enc.gpu;
     let rows = rows_for(m);
-    let grid = Grid::new(gpu, m, n, rows);
+    let grid = Grid::new(gpu, m, n, rows, true);
     check_u32(K, &[("tile grid", grid.ntiles as u64)])?;
     let (ntn, ntiles) = (grid.nt, grid.ntiles);
     let kern = gpu.kernel(K, grid.entry, &constants(w, k, rows, accumulate))?;
@@ -195,7 +204,7 @@ pub fn matmul_bwd_input(
     }
     let gpu = enc.gpu;
     let rows = rows_for(m);
-    let grid = Grid::new(gpu, m, k, rows);
+    let grid = Grid::new(gpu, m, k, rows, false);
     check_u32(K, &[("tile grid", grid.ntiles as u64)])?;
     let (ntk, ntiles) = (grid.nt, grid.ntiles);
     let kern = gpu.kernel(K, grid.entry, &constants(w, k, rows, accumulate))?;

@@ -10,6 +10,10 @@ use crate::params::{MatmulBwdInputParams, MatmulFwdParams};
 /// owning 4 × 4 outputs of a 64 × 64 tile), here and in the NF4 matmuls.
 pub(crate) const GPU_TILE: usize = 64;
 
+/// Most rows the GPU variant's forward matmuls compute with their `matvec` entry point (one
+/// workgroup per output column; decoding) rather than 64 × 64 tiles.
+pub(crate) const GPU_MATVEC_ROWS: usize = 8;
+
 /// Column tile of the matmul kernels: each invocation owns 8 output columns.
 pub(crate) const TILE_N: usize = 8;
 /// Most output rows one invocation owns.
@@ -126,12 +130,18 @@ pub fn matmul_fwd_strided_dtype(
     }
     let gpu = enc.gpu;
     if gpu.kernels() == KernelSet::Gpu {
+        // Up to GPU_MATVEC_ROWS rows: one workgroup per column (`matvec`); else 64x64 tiles.
+        let matvec = m <= GPU_MATVEC_ROWS;
         let ntn = n.div_ceil(GPU_TILE);
-        let ntiles = m.div_ceil(GPU_TILE) * ntn;
+        let ntiles = if matvec {
+            n
+        } else {
+            m.div_ceil(GPU_TILE) * ntn
+        };
         check_u32(K, &[("tile grid", ntiles as u64)])?;
         let kern = gpu.kernel(
             K,
-            "tiled",
+            if matvec { "matvec" } else { "tiled" },
             &[
                 ("ACCUMULATE", if accumulate { 1.0 } else { 0.0 }),
                 ("TABLE_DTYPE", w_dtype.code()),
