@@ -4,6 +4,7 @@
 
 mod generate;
 mod info;
+mod lock;
 mod logits;
 mod merge;
 mod quantize;

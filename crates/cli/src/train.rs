@@ -202,6 +202,8 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         |t| tok.tok.encode(t, false).map_err(|e| e.to_string()),
     )
     .map_err(|e| anyhow!(e))?;
+    // One run per output directory (a second one is refused while this one lives).
+    let _lock = crate::lock::RunLock::acquire(&args.output_dir)?;
     let data = load_data(&args.input.data, &tok, &plan.config.data_config())?;
     let stats = &data.stats;
     eprintln!(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{have_gpu, root, tinytune};
+use common::{assert_fails, have_gpu, root, tinytune};
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -399,4 +399,42 @@ fn train_prompt_and_prefix_tuning_save_peft_adapters() {
             "4",
         ]));
     }
+}
+
+/// A second `train` into a directory a live run holds is refused with the holder's pid; a lock
+/// left by a process that is gone (a killed run) is taken over with a message.
+#[test]
+fn a_second_run_into_a_live_runs_directory_is_refused() {
+    if !have_gpu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path());
+    let out = tmp.path().join("o");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut holder = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    std::fs::write(out.join("tinytune.lock"), format!("{}\n", holder.id())).unwrap();
+    let m = model();
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let args = train_args(d, o, &["--model", m.to_str().unwrap()]);
+    assert_fails(
+        &args,
+        &[
+            "in use by another tinytune run",
+            &format!("process {}", holder.id()),
+        ],
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let r = tinytune(&args);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(stderr.contains("taking over the stale lock"), "{stderr}");
+    assert!(
+        !out.join("tinytune.lock").exists(),
+        "the lock is removed at the end"
+    );
 }
