@@ -168,7 +168,7 @@ async function start() {
     state.info = info;
     state.ready = true;
     const lim = info.limits;
-    $("gpu").textContent = `${info.adapter.name || "WebGPU adapter"} · ${info.adapter.backend} · max binding ${fmtBytes(
+    $("gpu").textContent = `${info.adapter.name || "WebGPU adapter"} · ${info.adapter.backend} · kernels ${info.kernels} · max binding ${fmtBytes(
       lim.max_storage_buffer_binding_size,
     )} · ${info.features.length ? info.features.join(", ") : "no optional features"}`;
     $("gpu").title = JSON.stringify(info, null, 1);

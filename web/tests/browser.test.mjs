@@ -200,6 +200,10 @@ if (want("train")) {
     check(model.bytes_read <= fileBytes && last.bytes <= fileBytes, `read ${model.bytes_read} bytes of ${fileBytes}: some twice`);
     check(await page.isHidden("#load-progress"), "the progress bar is hidden after loading");
     log(`load progress: ${prog.length} events, ${last.total_tensors} tensors, ${model.bytes_read} of ${fileBytes} bytes read`);
+    // The kernel variant the device runs, as info() and the page's header name it.
+    const kernels = await page.evaluate(() => window.tinytune.state.info.kernels);
+    check(/^(cpu|gpu)( \(.*\))?$/.test(kernels) && (await page.textContent("#gpu")).includes(`kernels ${kernels}`), `kernels: ${kernels}`);
+    log(`kernels: ${kernels}`);
     // GPU memory: the model's bytes are what is alive after loading, and the page shows them.
     check(Number.isInteger(model.model_bytes) && model.model_bytes > 0, `model_bytes: ${model.model_bytes}`);
     await page.waitForFunction(() => /\(model /.test(document.querySelector("#gpu-memory").textContent));
