@@ -917,6 +917,7 @@ fn metrics_are_json_lines() {
         elapsed_s: 0.5,
         eval_loss: None,
         eval_ppl: None,
+        eval_data: Default::default(),
     };
     let r2 = MetricsRecord {
         step: 2,
@@ -975,4 +976,41 @@ fn metrics_are_json_lines() {
     );
     assert_eq!(back[3].loss, 9.0);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn metrics_hold_eval_sets_and_the_evaluation_before_training() {
+    let before = MetricsRecord::before_training()
+        .with_eval(2.0)
+        .with_eval_set("general", 1.5)
+        .with_eval_set("code", f64::INFINITY);
+    let line = before.to_json_line();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    // Step 0 has no training fields; each set has its loss and perplexity.
+    for k in ["loss", "lr", "grad_norm", "tokens_per_s"] {
+        assert!(v.get(k).is_none(), "{line}");
+    }
+    assert_eq!((&v["step"], &v["elapsed_s"]), (&0.into(), &0.0.into()));
+    assert_eq!(v["eval_data"]["general"]["loss"], 1.5);
+    assert_eq!(v["eval_data"]["general"]["ppl"], 1.5f64.exp());
+    assert!(v["eval_data"]["code"]["loss"].is_null(), "{line}");
+    assert!(before.has_eval());
+    assert_eq!(
+        before.eval_summary(),
+        format!(
+            " eval_loss 2.0000 ppl {:.2} code_loss inf ppl inf general_loss 1.5000 ppl {:.2}",
+            2f64.exp(),
+            1.5f64.exp()
+        )
+    );
+    // Read back (as a resumed log does) and written again: the same line.
+    let back = parse_metrics(&line, "m.jsonl").unwrap();
+    assert!(back[0].loss.is_nan() && back[0].eval_data["code"].loss.is_nan());
+    assert_eq!(back[0].to_json_line(), line);
+    // A training step keeps its fields even when they are not finite.
+    let mut step = MetricsRecord::before_training().with_eval_set("general", 1.0);
+    step.step = 3;
+    let v: serde_json::Value = serde_json::from_str(&step.to_json_line()).unwrap();
+    assert!(v["loss"].is_null() && v["eval_data"]["general"]["loss"] == 1.0);
+    assert!(!MetricsRecord::before_training().has_eval());
 }

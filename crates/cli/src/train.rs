@@ -18,8 +18,8 @@ use tinytune_model::{LlamaModel, ModelSource, PrefixGpu};
 use tinytune_train::data::{DataConfig, TextSplit};
 use tinytune_train::metrics::MetricsWriter;
 use tinytune_train::{
-    evaluate, plan_run, AdapterGpu, Checkpoint, Dataset, ModelTokenizer, PeftAdapter, PeftMethod,
-    RunFrom, TrainOptions, TrainSession,
+    evaluate, parse_eval_data_arg, plan_run, AdapterGpu, Checkpoint, Dataset, ModelTokenizer,
+    PeftAdapter, PeftMethod, RunFrom, TrainOptions, TrainSession,
 };
 
 use crate::logits::QuantArg;
@@ -65,6 +65,12 @@ pub struct TrainArgs {
     /// Print one line per step instead of a progress bar [default: a bar on a terminal].
     #[arg(long)]
     pub log_steps: bool,
+    /// An extra held-out set, repeatable: NAME=FILE (any --data format), evaluated before
+    /// training, every --eval-every steps and at the end; its loss and perplexity go in the log
+    /// and in metrics.jsonl's "eval_data" under NAME (e.g. general=general.jsonl to measure
+    /// forgetting) [default: none].
+    #[arg(long, value_name = "NAME=FILE")]
+    pub eval_data: Vec<String>,
     #[command(flatten)]
     pub options: TrainOptions,
 }
@@ -214,6 +220,20 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         stats.truncated,
         stats.dropped
     );
+    let mut eval_sets = Vec::new();
+    for arg in &args.eval_data {
+        let (name, file) = parse_eval_data_arg(arg).map_err(|e| anyhow!(e))?;
+        if eval_sets.iter().any(|(n, _)| n == &name) {
+            bail!("two eval sets are named {name:?}: give each --eval-data its own NAME");
+        }
+        let set = load_data(&[PathBuf::from(&file)], &tok, &plan.config.data_config())
+            .with_context(|| format!("--eval-data {arg}"))?;
+        eprintln!(
+            "eval set {name}: {} examples ({} tokens with loss) from {file}",
+            set.stats.examples, set.stats.targets
+        );
+        eval_sets.push((name, set));
+    }
     let gpu = open_gpu(gpu_name)?;
     let model = load_model(&gpu, &src, model_path, args.input.quant)?;
     let model_bytes = gpu.memory().live_bytes;
@@ -222,6 +242,9 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     let clock_start = Instant::now();
     let clock = Box::new(move || clock_start.elapsed().as_secs_f64());
     let mut session = TrainSession::new(&gpu, &model, plan, data, clock)?;
+    for (name, set) in eval_sets {
+        session.add_eval_set(&name, set)?;
+    }
     let trainer = &session.trainer;
     let (n_train, n_eval) = trainer.n_examples();
     let c = &trainer.config;
@@ -274,8 +297,9 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     let resumed_at = (trainer.state.global_step > 0).then_some(trainer.state.global_step);
     let mut metrics = MetricsWriter::open(&args.output_dir.join("metrics.jsonl"), resumed_at)?;
 
-    if let Some(l) = pollster::block_on(session.eval_before())? {
-        eprintln!("eval before training: loss {l:.4} ppl {:.2}", l.exp());
+    if let Some(rec) = pollster::block_on(session.eval_before())? {
+        metrics.write(&rec)?;
+        eprintln!("eval before training:{}", rec.eval_summary());
     }
     let total = session.trainer.total_steps();
     let bar = if std::io::stderr().is_terminal() && !args.log_steps {
@@ -295,10 +319,7 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         let rec = &ev.rec;
         let step = rec.step;
         metrics.write(rec)?;
-        let eval = rec
-            .eval_loss
-            .map(|l| format!(" eval_loss {l:.4} ppl {:.2}", l.exp()))
-            .unwrap_or_default();
+        let eval = rec.eval_summary();
         let line = format!(
             "loss {:.4} lr {:.2e} grad_norm {:.3} {:.0} tok/s{eval}",
             rec.loss, rec.lr, rec.grad_norm, rec.tokens_per_s
@@ -307,7 +328,7 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
             Some(b) => {
                 b.set_position(step);
                 b.set_message(line);
-                if rec.eval_loss.is_some() {
+                if rec.has_eval() {
                     b.println(format!("step {step}/{total}: {}", b.message()));
                 }
             }

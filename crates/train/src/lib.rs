@@ -47,7 +47,7 @@ pub use data::{
     collate, prompt_targets, shift_labels, split_eval, Batch, BatchIter, BatchPlan, DataConfig,
     DataPosition, DataStats, Dataset, EvalSplit, Example, Stop, TextSplit, IGNORE_INDEX,
 };
-pub use metrics::{MetricsRecord, MetricsWriter};
+pub use metrics::{MetricsRecord, MetricsWriter, SetLoss};
 pub use model_tok::ModelTokenizer;
 pub use options::{
     parse_gen_options, parse_train_options, GenOptions, Layers, Names, NumOrText, PromptInit,
@@ -61,7 +61,8 @@ pub use prompt::{peft_type, PromptAdapter, PromptTuningConfig};
 pub use rng::Rng;
 pub use schedule::{Schedule, ScheduleKind};
 pub use session::{
-    kv_length, plan_run, prompt_ids, GenerateSession, RunFrom, RunPlan, StepEvent, TrainSession,
+    check_eval_set_name, kv_length, parse_eval_data_arg, plan_run, prompt_ids, GenerateSession,
+    RunFrom, RunPlan, StepEvent, TrainSession,
 };
 pub use tokenize::{Tokenize, WithChatTemplate};
 pub use trainer::{

@@ -93,10 +93,14 @@ export interface LoadProgress {
 export interface StepMetrics {
     step: number; total_steps: number; loss: number; lr: number; grad_norm: number;
     tokens_per_s: number; elapsed_s: number; eval_loss?: number; eval_ppl?: number;
+    /** The extra held-out sets (`eval_data`) evaluated at this step, by name. */
+    eval_data?: Record<string, { loss: number; ppl: number }>;
 }
 export interface TrainSummary {
     resumed: boolean; peft: "lora" | "prompt-tuning" | "prefix-tuning"; checkpoints: boolean; steps: number; total_steps: number; stopped: boolean; n_params: number; n_train: number;
     n_eval: number; tokens_seen: number; elapsed_s: number; eval_loss_before: number | null;
+    /** The extra held-out sets (`eval_data`) before training (null when resumed or none). */
+    eval_data_before: Record<string, { loss: number; ppl: number }> | null;
     final_loss: number | null; data: { records: number; examples: number; tokens: number;
     targets: number; truncated: number; dropped: number };
     /** The most GPU bytes alive at once during the run (model, adapter, activations,
@@ -855,9 +859,15 @@ impl Tinytune {
             )
             .map_err(err)?;
             let resumed = plan.resumed();
+            let data_config = plan.config.data_config();
             let data =
-                Dataset::from_named_str(&data_name, &data_text, tok, &plan.config.data_config())
-                    .map_err(err)?;
+                Dataset::from_named_str(&data_name, &data_text, tok, &data_config).map_err(err)?;
+            let mut eval_sets = Vec::with_capacity(opts.eval_data.len());
+            for (name, f) in &opts.eval_data {
+                let set = Dataset::from_named_str(&f.file, &f.text, tok, &data_config)
+                    .map_err(|e| err(format!("eval_data.{name}: {e}")))?;
+                eval_sets.push((name.clone(), set));
+            }
             if data.examples.is_empty() {
                 return Err(err(format!("{data_name}: the dataset holds no examples")));
             }
@@ -868,12 +878,18 @@ impl Tinytune {
             });
             let mut session = TrainSession::new(&inner.gpu, &loaded.model, plan, data, clock())
                 .map_err(|e| gpu_err("train")(e.to_string()))?;
+            for (name, set) in eval_sets {
+                session.add_eval_set(&name, set).map_err(err)?;
+            }
             let (n_train, n_eval) = session.trainer.n_examples();
             let total = session.trainer.total_steps();
             let eval_before = session
                 .eval_before()
                 .await
                 .map_err(|e| gpu_err("train")(e.to_string()))?;
+            let eval_data_before = eval_before.as_ref().map(|r| &r.eval_data);
+            let eval_data_before = serde_json::to_value(eval_data_before).map_err(err)?;
+            let eval_before = eval_before.and_then(|r| r.eval_loss);
             let mut stopped = false;
             let mut final_loss = None;
             let emit_step = |ev: &StepEvent| -> Result<(), JsValue> {
@@ -927,6 +943,7 @@ impl Tinytune {
                 "tokens_seen": trainer.state.tokens_seen,
                 "elapsed_s": trainer.state.elapsed_s,
                 "eval_loss_before": eval_before,
+                "eval_data_before": eval_data_before,
                 "final_loss": final_loss,
                 "data": data_stats,
                 "peak_bytes": inner.gpu.memory().peak_bytes,
