@@ -15,7 +15,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tinytune_gpu::{Gpu, GpuOptions};
 use tinytune_model::{LlamaModel, ModelSource, PrefixGpu};
-use tinytune_train::data::{DataConfig, TextSplit};
+use tinytune_train::data::{Columns, DataConfig, TextSplit};
 use tinytune_train::metrics::MetricsWriter;
 use tinytune_train::{
     evaluate, parse_eval_data_arg, plan_run, AdapterGpu, Checkpoint, Dataset, ModelTokenizer,
@@ -39,9 +39,11 @@ pub struct ModelDataArgs {
     /// double quant), none = f32.
     #[arg(long, value_enum, default_value_t = QuantArg::default())]
     pub quant: QuantArg,
-    /// Dataset file(s), repeatable: .txt (plain text), or .jsonl with {"text"},
-    /// {"prompt","completion"} or {"messages":[{"role","content"}...]} records (chat records go
-    /// through the model's chat template; only assistant tokens carry loss) [required].
+    /// Dataset file(s), repeatable (mixed): .txt (plain text), or .jsonl / .parquet with
+    /// {"text"}, {"prompt","completion"}, {"messages":[{"role","content"}...]}, ShareGPT
+    /// {"conversations":[{"from","value"}...]} or pre-tokenized {"input_ids","labels"?} records
+    /// (chat records go through the model's chat template; only assistant tokens carry loss)
+    /// [required].
     #[arg(long, value_name = "FILE", required = true)]
     pub data: Vec<PathBuf>,
 }
@@ -85,6 +87,10 @@ pub struct EvalArgs {
     /// How .txt files are split into documents.
     #[arg(long, value_enum, default_value_t = defaults().text_split)]
     pub text_split: TextSplit,
+    /// Read a record field from another key / column, repeatable: FIELD=COLUMN (as train's)
+    /// [default: none, each field under its own name].
+    #[arg(long, value_name = "FIELD=COLUMN")]
+    pub data_column: Vec<String>,
     /// Rows per micro-batch.
     #[arg(long, default_value_t = defaults().batch_size)]
     pub batch_size: usize,
@@ -372,6 +378,7 @@ pub fn run_eval(args: &EvalArgs, gpu_name: Option<String>) -> Result<()> {
     let cfg = DataConfig {
         seq_len: args.seq_len,
         text_split: args.text_split,
+        columns: Columns::parse(&args.data_column).map_err(|e| anyhow!(e))?,
     };
     let data = load_data(&args.input.data, &tok, &cfg)?;
     let gpu = open_gpu(gpu_name)?;

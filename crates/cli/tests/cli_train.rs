@@ -378,6 +378,75 @@ fn eval_data_sets_are_logged_before_every_eval_every_and_at_the_end() {
     }
 }
 
+/// Several `--data` files of different formats mix into one dataset (JSONL messages, ShareGPT
+/// JSONL, Parquet as the Hub serves it, Parquet with other column names mapped by
+/// `--data-column`); a bad Parquet row is a one-line error naming the file, row and column.
+#[test]
+fn eval_mixes_dataset_formats_and_names_bad_parquet_rows() {
+    if !have_gpu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let chat = write_data(tmp.path());
+    let share = tmp.path().join("share.jsonl");
+    std::fs::write(
+        &share,
+        "{\"conversations\": [{\"from\": \"human\", \"value\": \"Hi?\"}, {\"from\": \"gpt\", \"value\": \"Arr!\"}]}\n",
+    )
+    .unwrap();
+    let fx = |n: &str| root().join("tests/fixtures/data").join(n);
+    let (m, chat, share) = (
+        model(),
+        chat.display().to_string(),
+        share.display().to_string(),
+    );
+    let (msgs, qa) = (fx("messages.parquet"), fx("qa.parquet"));
+    let (msgs, qa) = (msgs.to_str().unwrap(), qa.to_str().unwrap());
+    let m = m.to_str().unwrap();
+    let examples = |extra: &[&str]| -> u64 {
+        let mut a = vec!["eval", "--model", m, "--seq-len", "64"];
+        a.extend_from_slice(extra);
+        let o = tinytune(&a);
+        ok(&o);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(v["eval_loss"].as_f64().unwrap().is_finite(), "{v}");
+        v["examples"].as_u64().unwrap()
+    };
+    // 12 chat records + 1 ShareGPT + 3 Parquet rows (zstd, two row groups).
+    assert_eq!(
+        examples(&["--data", &chat, "--data", &share, "--data", msgs]),
+        16
+    );
+    assert_eq!(
+        examples(&[
+            "--data",
+            qa,
+            "--data-column",
+            "prompt=question",
+            "--data-column",
+            "completion=answer"
+        ]),
+        2
+    );
+    for (data, needle) in [
+        (
+            fx("bad_row.parquet"),
+            "bad_row.parquet: row 1 (from 0): messages[0].content must be a string, got null",
+        ),
+        (
+            fx("qa.parquet"),
+            "qa.parquet: row 0 (from 0): expected a \"text\"",
+        ),
+    ] {
+        let o = tinytune(&["eval", "--model", m, "--data", data.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(errors[0].contains(needle), "{err}");
+    }
+}
+
 /// The `eval_loss` `tinytune eval` prints.
 fn eval_loss(args: &[&str]) -> f64 {
     let o = tinytune(args);
