@@ -99,7 +99,8 @@ export interface StepMetrics {
 export interface TrainSummary {
     resumed: boolean; peft: "lora" | "prompt-tuning" | "prefix-tuning"; checkpoints: boolean; steps: number; total_steps: number; stopped: boolean; n_params: number; n_train: number;
     n_eval: number; tokens_seen: number; elapsed_s: number; eval_loss_before: number | null;
-    /** The extra held-out sets (`eval_data`) before training (null when resumed or none). */
+    /** The extra held-out sets (`eval_data`) before training, by name (null when nothing was
+     * evaluated before training: a resumed run, or no eval split and no sets). */
     eval_data_before: Record<string, { loss: number; ppl: number }> | null;
     final_loss: number | null; data: { records: number; examples: number; tokens: number;
     targets: number; truncated: number; dropped: number };
@@ -782,8 +783,8 @@ impl Tinytune {
         })
     }
 
-    /// Fine-tunes LoRA adapters on `dataText` (a `.jsonl` or `.txt` file's contents; `dataName`'s
-    /// extension says which). `optionsJson` takes `tinytune train`'s flag names and defaults
+    /// Fine-tunes LoRA adapters on `dataText` (a `.jsonl` or `.txt` file's contents, or a
+    /// `Uint8Array` of a `.parquet` file's bytes; `dataName`'s extension says which). `optionsJson` takes `tinytune train`'s flag names and defaults
     /// (`lora_r`, `lora_alpha`, `learning_rate`, `num_steps` / `epochs`, `batch_size`, `seq_len`,
     /// `seed`, `lr_scheduler`, `warmup_steps`, `eval_split`, `save_every`, ...; `"adapter": true`
     /// starts from the loaded adapter). `onStep` gets each step's metrics as a JSON string
@@ -794,7 +795,8 @@ impl Tinytune {
     #[wasm_bindgen(unchecked_return_type = "Promise<TrainSummary>")]
     pub fn train(
         &self,
-        #[wasm_bindgen(js_name = dataText)] data_text: String,
+        #[wasm_bindgen(js_name = dataText, unchecked_param_type = "string | Uint8Array")]
+        data_text: JsValue,
         #[wasm_bindgen(js_name = dataName)] data_name: String,
         #[wasm_bindgen(js_name = optionsJson)] options_json: String,
         #[wasm_bindgen(js_name = onStep, unchecked_param_type = "((metricsJson: string) => void) | null | undefined")]
@@ -860,8 +862,21 @@ impl Tinytune {
             .map_err(err)?;
             let resumed = plan.resumed();
             let data_config = plan.config.data_config();
-            let data =
-                Dataset::from_named_str(&data_name, &data_text, tok, &data_config).map_err(err)?;
+            // Text (.jsonl, .txt), or a file's bytes (.parquet, or any of them).
+            let data = match data_text.as_string() {
+                Some(text) => Dataset::from_named_str(&data_name, &text, tok, &data_config),
+                None if data_text.is_instance_of::<Uint8Array>() => {
+                    let bytes = Uint8Array::from(data_text).to_vec();
+                    Dataset::from_named_bytes(&data_name, &bytes, tok, &data_config)
+                }
+                None => {
+                    return Err(err(format!(
+                        "{data_name}: the data must be a string (.jsonl, .txt) or a Uint8Array \
+                         (a .parquet file's bytes)"
+                    )))
+                }
+            }
+            .map_err(err)?;
             let mut eval_sets = Vec::with_capacity(opts.eval_data.len());
             for (name, f) in &opts.eval_data {
                 let set = Dataset::from_named_str(&f.file, &f.text, tok, &data_config)
