@@ -284,14 +284,17 @@ impl<'g> TrainSession<'g> {
         let last = step == total;
         // Never evaluate with a later step in flight (it would see that step's parameters).
         let alone = self.trainer.in_flight() == 0;
-        if alone && self.evaluates() && ((eval_every > 0 && step % eval_every == 0) || last) {
+        if alone
+            && self.evaluates()
+            && ((eval_every > 0 && step.is_multiple_of(eval_every)) || last)
+        {
             rec = self.evaluate_into(rec).await?;
         }
         Ok(StepEvent {
             rec,
             total_steps: total,
             last,
-            checkpoint_due: alone && ((save_every > 0 && step % save_every == 0) || last),
+            checkpoint_due: alone && ((save_every > 0 && step.is_multiple_of(save_every)) || last),
         })
     }
 

@@ -453,7 +453,7 @@ fn tokens<T: Tokenize + ?Sized>(
             ));
         }
         len = mask.iter().take_while(|&&b| b == 1).count();
-        if mask[len..].iter().any(|&b| b == 1) {
+        if mask[len..].contains(&1) {
             return Err(
                 "\"attention_mask\" has zeros before ones: only right padding can be dropped; \
                  remove left padding (or give records without padding)"
