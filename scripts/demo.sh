@@ -5,7 +5,9 @@
 # adapted answers, and leave the adapter (PEFT layout) in $TINYTUNE_DEMO_DIR (default target/tinytune-demo).
 #
 # The settings fit a GPU-less 2-core machine (lavapipe): 24 steps of 4 examples, LoRA on the top 8
-# layers only (the backward pass stops there). Extra arguments go to `tinytune train`, e.g.
+# layers only (the backward pass stops there). Besides the task's own held-out split, the run
+# evaluates examples/data/general_knowledge.jsonl (16 plain general-knowledge answers) before and
+# after training, to show what the fine-tune costs in what the model knew. Extra arguments go to `tinytune train`, e.g.
 #   bash scripts/demo.sh --num-steps 60 --layers-to-transform 0-29
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +38,8 @@ echo "== QLoRA fine-tuning on examples/data/pirate_chat.jsonl (every answer star
 rm -rf "$out"
 "$tt" train --model "$gguf" --data examples/data/pirate_chat.jsonl --output-dir "$out" \
   --seq-len 64 --batch-size 4 --num-steps 24 --learning-rate 2e-3 --lora-r 8 --lora-alpha 16 \
-  --layers-to-transform top:8 --eval-split 16 --log-steps "$@"
+  --layers-to-transform top:8 --eval-split 16 --log-steps \
+  --eval-data general=examples/data/general_knowledge.jsonl "$@"
 echo
 echo "== The same questions with the adapter"
 ask tuned --adapter "$out"

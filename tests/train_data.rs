@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use tinytune::train::chat::{ChatMessage, ChatTemplate, SpanMethod, TemplateValue};
-use tinytune::train::data::{tokenize_supervised, DataConfig, Dataset, TextSplit};
+use tinytune::train::data::{tokenize_supervised, Columns, DataConfig, Dataset, TextSplit};
 use tinytune::train::metrics::{parse_metrics, MetricsRecord, MetricsWriter};
 use tinytune::train::schedule::{warmup_steps_from_ratio, Schedule, ScheduleKind};
 use tinytune::train::{
@@ -86,6 +86,9 @@ impl Tokenize for ByteTok {
     fn pad_id(&self) -> Option<u32> {
         Some(PAD)
     }
+    fn vocab_size(&self) -> Option<usize> {
+        Some(256 + 3)
+    }
     fn chat_template(&self) -> Option<&ChatTemplate> {
         self.template.as_ref()
     }
@@ -145,6 +148,7 @@ fn txt_is_packed_into_blocks_with_eos_between_documents() {
         let cfg = DataConfig {
             seq_len: 4,
             text_split: TextSplit::Paragraphs,
+            columns: Columns::default(),
         };
         let ds = Dataset::from_txt("p.txt", "ab\n\n\ncd\n", &tok, &cfg).unwrap();
         let a = ids_of("a")[0];
@@ -183,6 +187,7 @@ fn txt_is_packed_into_blocks_with_eos_between_documents() {
         let cfg = DataConfig {
             seq_len: 64,
             text_split: TextSplit::Lines,
+            columns: Columns::default(),
         };
         let ds = Dataset::from_txt("l.txt", "x\r\n\n  \ny z\n", &tok, &cfg).unwrap();
         let mut want = vec![BOS];
@@ -347,7 +352,8 @@ fn malformed_jsonl_names_file_line_and_problem() {
         ("[1, 2]", "expected a JSON object, got an array"),
         (
             r#"{"txt": "typo"}"#,
-            "expected a \"text\", \"prompt\"/\"completion\" or \"messages\" record",
+            "expected a \"text\", \"prompt\"/\"completion\", \"messages\", \"conversations\" \
+             (ShareGPT) or \"input_ids\" (pre-tokenized) record; this one has \"txt\"",
         ),
         (r#"{"text": 5}"#, "\"text\" must be a string, got a number"),
         (r#"{"prompt": "p"}"#, "missing \"completion\""),
@@ -917,6 +923,7 @@ fn metrics_are_json_lines() {
         elapsed_s: 0.5,
         eval_loss: None,
         eval_ppl: None,
+        eval_data: Default::default(),
     };
     let r2 = MetricsRecord {
         step: 2,
@@ -975,4 +982,310 @@ fn metrics_are_json_lines() {
     );
     assert_eq!(back[3].loss, 9.0);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn metrics_hold_eval_sets_and_the_evaluation_before_training() {
+    let before = MetricsRecord::before_training()
+        .with_eval(2.0)
+        .with_eval_set("general", 1.5)
+        .with_eval_set("code", f64::INFINITY);
+    let line = before.to_json_line();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    // Step 0 has no training fields; each set has its loss and perplexity.
+    for k in ["loss", "lr", "grad_norm", "tokens_per_s"] {
+        assert!(v.get(k).is_none(), "{line}");
+    }
+    assert_eq!((&v["step"], &v["elapsed_s"]), (&0.into(), &0.0.into()));
+    assert_eq!(v["eval_data"]["general"]["loss"], 1.5);
+    assert_eq!(v["eval_data"]["general"]["ppl"], 1.5f64.exp());
+    assert!(v["eval_data"]["code"]["loss"].is_null(), "{line}");
+    assert!(before.has_eval());
+    assert_eq!(
+        before.eval_summary(),
+        format!(
+            " eval_loss 2.0000 ppl {:.2} code_loss inf ppl inf general_loss 1.5000 ppl {:.2}",
+            2f64.exp(),
+            1.5f64.exp()
+        )
+    );
+    // Read back (as a resumed log does) and written again: the same line.
+    let back = parse_metrics(&line, "m.jsonl").unwrap();
+    assert!(back[0].loss.is_nan() && back[0].eval_data["code"].loss.is_nan());
+    assert_eq!(back[0].to_json_line(), line);
+    // A training step keeps its fields even when they are not finite.
+    let mut step = MetricsRecord::before_training().with_eval_set("general", 1.0);
+    step.step = 3;
+    let v: serde_json::Value = serde_json::from_str(&step.to_json_line()).unwrap();
+    assert!(v["loss"].is_null() && v["eval_data"]["general"]["loss"] == 1.0);
+    assert!(!MetricsRecord::before_training().has_eval());
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/data/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn with_columns(seq_len: usize, specs: &[&str]) -> DataConfig {
+    DataConfig {
+        columns: Columns::parse(specs).unwrap(),
+        ..DataConfig::new(seq_len)
+    }
+}
+
+/// The same records as `.jsonl` text and as Parquet (written by pyarrow, as the Hub serves them):
+/// identical examples, whatever the compression (snappy, zstd), row groups or column types.
+#[test]
+fn parquet_rows_read_like_jsonl_records() {
+    let tok = ByteTok::with_template(true, CHATML, "", "<|im_end|>");
+    let cfg = DataConfig::new(256);
+    let same = |file: &str, cfg: &DataConfig, jsonl: &str| {
+        let p = Dataset::from_named_bytes(file, &fixture(file), &tok, cfg).unwrap();
+        let j = Dataset::from_jsonl("same.jsonl", jsonl, &tok, cfg).unwrap();
+        assert_eq!(p.examples, j.examples, "{file}");
+        assert_eq!(p.stats, j.stats, "{file}");
+        p
+    };
+    let text = same(
+        "text.parquet",
+        &cfg,
+        "{\"text\": \"Hello world.\"}\n{\"text\": \"Second row.\"}\n{\"text\": \"Third.\"}",
+    );
+    assert_eq!(text.examples.len(), 3);
+    let msg = |pairs: &[(&str, &str)]| {
+        let m: Vec<String> = pairs
+            .iter()
+            .map(|(r, c)| format!("{{\"role\": \"{r}\", \"content\": \"{c}\"}}"))
+            .collect();
+        format!("{{\"messages\": [{}]}}", m.join(", "))
+    };
+    let chats = [
+        msg(&[("user", "Hi?"), ("assistant", "Arr! Hi.")]),
+        msg(&[
+            ("system", "Be a pirate."),
+            ("user", "Sea?"),
+            ("assistant", "Arr! Wet."),
+        ]),
+        msg(&[
+            ("user", "One?"),
+            ("assistant", "Arr! 1."),
+            ("user", "Two?"),
+            ("assistant", "Arr! 2."),
+        ]),
+    ];
+    // zstd, two row groups, an extra prompt_id column.
+    let m = same("messages.parquet", &cfg, &chats.join("\n"));
+    assert_eq!(
+        supervised_text(&m.examples[2]),
+        "Arr! 1.<|im_end|>\nArr! 2.<|im_end|>\n"
+    );
+    // ShareGPT: the same conversations as messages.
+    same(
+        "sharegpt.parquet",
+        &cfg,
+        &[
+            msg(&[
+                ("system", "Pirate."),
+                ("user", "Hi?"),
+                ("assistant", "Arr! Hi."),
+            ]),
+            msg(&[("user", "Sea?"), ("assistant", "Arr! Wet.")]),
+        ]
+        .join("\n"),
+    );
+    // Other column names, mapped.
+    let qa = with_columns(32, &["prompt=question", "completion=answer"]);
+    same(
+        "qa.parquet",
+        &qa,
+        "{\"question\": \"Q1: \", \"answer\": \"A1.\"}\n{\"question\": \"Q2: \", \"answer\": \"A2.\"}",
+    );
+    // Pre-tokenized: the ids as they are, int32 ids and int64 labels.
+    let t = same(
+        "tokens.parquet",
+        &DataConfig::new(6),
+        "{\"input_ids\": [1, 10, 11, 12], \"labels\": [-100, -100, 11, 12]}\n{\"input_ids\": [1, 20, 21], \"labels\": [1, 20, 21]}",
+    );
+    assert_eq!(t.examples[0].input_ids, [1, 10, 11, 12, PAD, PAD]);
+    assert_eq!(
+        t.examples[0].labels[..4],
+        [IGNORE_INDEX, IGNORE_INDEX, 11, 12]
+    );
+    assert_eq!(t.examples[0].len, 4);
+}
+
+/// ShareGPT `conversations` render through the chat template like `messages`; pre-tokenized
+/// records keep their ids, take labels or default to every id, drop right padding; each form's
+/// errors name the field and what to do.
+#[test]
+fn sharegpt_and_pretokenized_records() {
+    let tok = ByteTok::with_template(false, CHATML, "", "<|im_end|>");
+    let share = r#"{"conversations": [{"from": "human", "value": "hey"}, {"from": "gpt", "value": "yo"}], "id": 3}"#;
+    let chat = r#"{"messages": [{"role": "user", "content": "hey"}, {"role": "assistant", "content": "yo"}]}"#;
+    let a = Dataset::from_jsonl("s.jsonl", share, &tok, &DataConfig::new(256)).unwrap();
+    let b = Dataset::from_jsonl("m.jsonl", chat, &tok, &DataConfig::new(256)).unwrap();
+    assert_eq!(a.examples, b.examples);
+    assert_eq!(supervised_text(&a.examples[0]), "yo<|im_end|>\n");
+
+    let toks = concat!(
+        "{\"input_ids\": [5, 6, 7, 8]}\n",
+        "{\"input_ids\": [5, 6, 7, 0, 0], \"labels\": [-100, 6, 7, -100, -100], \"attention_mask\": [1, 1, 1, 0, 0]}\n",
+    );
+    let d = Dataset::from_jsonl("t.jsonl", toks, &tok, &DataConfig::new(6)).unwrap();
+    assert_eq!(d.examples[0].input_ids, [5, 6, 7, 8, PAD, PAD]);
+    assert_eq!(
+        d.examples[0].labels[..4],
+        [5, 6, 7, 8],
+        "labels default to the ids"
+    );
+    assert_eq!(d.examples[1].len, 3, "the mask's padding is dropped");
+    assert_eq!(d.examples[1].labels[..3], [IGNORE_INDEX, 6, 7]);
+    // No BOS or EOS added, truncated like any record.
+    let d = Dataset::from_jsonl("t.jsonl", toks, &tok, &DataConfig::new(3)).unwrap();
+    assert_eq!(d.examples[0].input_ids, [5, 6, 7]);
+    assert_eq!(d.stats.truncated, 1);
+
+    for (bad, want) in [
+        (r#"{"conversations": "hi"}"#, "\"conversations\" must be an array, got a string"),
+        (r#"{"conversations": []}"#, "\"conversations\" is empty"),
+        (
+            r#"{"conversations": [{"from": "human"}]}"#,
+            "conversations[0] has no \"value\" (ShareGPT turns are {\"from\", \"value\"})",
+        ),
+        (
+            r#"{"conversations": [{"from": "narrator", "value": "x"}]}"#,
+            "conversations[0].from \"narrator\": expected \"human\", \"gpt\" or \"system\"",
+        ),
+        (
+            r#"{"conversations": [{"from": "human", "value": "x"}]}"#,
+            "no \"gpt\" (assistant) turn",
+        ),
+        (r#"{"input_ids": []}"#, "\"input_ids\" is empty"),
+        (r#"{"input_ids": "1 2"}"#, "\"input_ids\" must be an array of integers, got a string"),
+        (r#"{"input_ids": [1, 2.5]}"#, "\"input_ids\"[1] must be an integer, got a number"),
+        (r#"{"input_ids": [1, -3]}"#, "\"input_ids\"[1] is -3: token ids are >= 0"),
+        (
+            r#"{"input_ids": [1, 300]}"#,
+            "\"input_ids\"[1] is 300: beyond the tokenizer's 259 ids",
+        ),
+        (
+            r#"{"input_ids": [1, 2], "labels": [1]}"#,
+            "\"labels\" has 1 entries and \"input_ids\" 2",
+        ),
+        (
+            r#"{"input_ids": [1, 2], "labels": [1, -1]}"#,
+            "\"labels\"[1] is -1: token ids are >= 0; -100 marks no loss",
+        ),
+        (
+            r#"{"input_ids": [1, 2, 3], "attention_mask": [0, 1, 1]}"#,
+            "only right padding can be dropped",
+        ),
+        (r#"{"labels": [1, 2]}"#, "this one has \"labels\""),
+        (
+            r#"{"text": "a", "conversations": []}"#,
+            "ambiguous record: it has \"text\" and \"conversations\"; keep one form, or pick it with --data-column",
+        ),
+    ] {
+        let (line, msg) = jsonl_error(&tok, &[r#"{"text": "ok"}"#, bad]);
+        assert_eq!(line, 2, "{bad}");
+        assert!(msg.contains(want), "{bad}: got {msg:?}, want {want:?}");
+    }
+}
+
+/// `--data-column FIELD=COLUMN`: reads a field from another key, and naming a field picks its
+/// form in records that have several (Hub datasets with `prompt` next to `messages`).
+#[test]
+fn data_columns_rename_fields_and_pick_forms() {
+    let tok = ByteTok::with_template(true, CHATML, "", "<|im_end|>");
+    let rec = r#"{"prompt": "Hi?", "messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "yo"}]}"#;
+    let (_, msg) = jsonl_error(&tok, &[rec]);
+    assert!(
+        msg.contains("ambiguous record: it has \"prompt\"/\"completion\" and \"messages\"")
+            && msg.contains("--data-column messages=messages"),
+        "{msg}"
+    );
+    let d = Dataset::from_jsonl(
+        "d.jsonl",
+        rec,
+        &tok,
+        &with_columns(256, &["messages=messages"]),
+    )
+    .unwrap();
+    assert_eq!(supervised_text(&d.examples[0]), "yo<|im_end|>\n");
+    let renamed = r#"{"body": "hello", "text": 5}"#;
+    let d =
+        Dataset::from_jsonl("d.jsonl", renamed, &tok, &with_columns(64, &["text=body"])).unwrap();
+    assert_eq!(d.examples[0].input_ids[1..6], ids_of("hello")[..]);
+    // A mapped column that a record lacks says what the mapping asked for.
+    let e = Dataset::from_jsonl(
+        "d.jsonl",
+        r#"{"text": "x"}"#,
+        &tok,
+        &with_columns(64, &["text=body"]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains(
+            "d.jsonl:1: expected \"body\" (as data_column text=body names); this one has \"text\""
+        ),
+        "{e}"
+    );
+    for (specs, want) in [
+        (&["text"][..], "expected FIELD=COLUMN"),
+        (
+            &["body=text"][..],
+            "unknown field \"body\" (expected one of text, prompt",
+        ),
+        (&["text="][..], "the column after '=' is empty"),
+        (
+            &["text=a", "text=b"][..],
+            "names the column of \"text\" twice",
+        ),
+    ] {
+        let e = Columns::parse(specs).unwrap_err();
+        assert!(e.contains(want), "{specs:?}: {e}");
+    }
+}
+
+/// A bad Parquet row is an error naming the file, the row (from 0) and the column; a file that
+/// is not Parquet, or uses a compression tinytune does not read, says what to do.
+#[test]
+fn malformed_parquet_names_file_row_and_column() {
+    let tok = ByteTok::with_template(true, CHATML, "", "<|im_end|>");
+    let load = |name: &str, bytes: &[u8], cfg: &DataConfig| {
+        Dataset::from_named_bytes(name, bytes, &tok, cfg)
+            .unwrap_err()
+            .to_string()
+    };
+    let cfg = DataConfig::new(64);
+    let e = load("bad_row.parquet", &fixture("bad_row.parquet"), &cfg);
+    assert_eq!(
+        e,
+        "bad_row.parquet: row 1 (from 0): messages[0].content must be a string, got null"
+    );
+    let e = load("qa.parquet", &fixture("qa.parquet"), &cfg);
+    assert!(
+        e.starts_with("qa.parquet: row 0 (from 0): expected a \"text\"")
+            && e.contains("this one has \"answer\", \"question\"")
+            && e.contains("--data-column FIELD=COLUMN"),
+        "{e}"
+    );
+    let e = load("gzip.parquet", &fixture("gzip.parquet"), &cfg);
+    assert!(
+        e.starts_with("gzip.parquet: ") && e.contains("snappy"),
+        "{e}"
+    );
+    let e = load("junk.parquet", b"not a parquet file at all", &cfg);
+    assert!(
+        e.starts_with("junk.parquet: not a readable Parquet file"),
+        "{e}"
+    );
+    let e = Dataset::from_named_str("d.parquet", "text", &tok, &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("d.parquet: a Parquet file is binary"), "{e}");
 }

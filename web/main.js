@@ -282,6 +282,18 @@ $("data-file").onchange = async () => {
   $("data-format").value = /\.jsonl$/i.test(f.name) ? "data.jsonl" : "data.txt";
 };
 
+// Extra held-out sets, by name (the file name without its extension): the `eval_data` option.
+state.evalData = {};
+$("eval-files").onchange = async () => {
+  state.evalData = {};
+  for (const f of $("eval-files").files) {
+    const name = f.name.replace(/\.[^.]*$/, "").replace(/[^A-Za-z0-9_.-]/g, "_").slice(0, 64) || "set";
+    state.evalData[name] = { file: f.name, text: await f.text() };
+  }
+  const names = Object.keys(state.evalData);
+  $("eval-files-info").textContent = names.length ? `evaluated before, during and after training: ${names.join(", ")}` : "";
+};
+
 /** The form's hyperparameters; a field that is not a number is an error naming it. */
 function options() {
   const num = (id) => {
@@ -316,6 +328,7 @@ function options() {
   };
   const layers = $("layers_to_transform").value.trim();
   if (layers) o.layers_to_transform = layers;
+  if (Object.keys(state.evalData).length) o.eval_data = state.evalData;
   for (const k of Object.keys(o)) if (o[k] === undefined) delete o[k];
   return o;
 }
@@ -366,7 +379,13 @@ async function runTraining(cmd, args) {
     state.summary = s;
     state.hasAdapter = s.steps > 0;
     state.trainPeak = s.peak_bytes;
-    const ev = s.eval_loss_before != null ? ` · eval loss before ${s.eval_loss_before.toFixed(4)}` : "";
+    let ev = s.eval_loss_before != null ? ` · eval loss before ${s.eval_loss_before.toFixed(4)}` : "";
+    // Each extra held-out set: its loss before training and at the last evaluation.
+    const last = state.steps.filter((m) => m.eval_data).pop();
+    for (const [name, after] of Object.entries((last && last.eval_data) || {})) {
+      const before = s.eval_data_before && s.eval_data_before[name];
+      ev += ` · ${name} loss ${before ? `${before.loss.toFixed(4)} → ` : ""}${after.loss.toFixed(4)}`;
+    }
     $("train-status").textContent = `${s.stopped ? "stopped" : "done"}${s.resumed ? " (resumed)" : ""}: ${s.steps} steps, ${s.n_params.toLocaleString()} ${s.peft === "lora" ? "LoRA" : s.peft} parameters, ${
       s.n_train
     } train / ${s.n_eval} eval examples, ${s.tokens_seen} tokens in ${s.elapsed_s.toFixed(1)} s${ev}`;

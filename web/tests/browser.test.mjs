@@ -606,6 +606,16 @@ if (want("errors")) {
     check(r.error, `a malformed line trained: ${r.text}`);
     oneMessage(r.text, "data.jsonl:3: ", "malformed line");
 
+    // (b2) an extra held-out set picked in the page (eval_data): its loss before -> after.
+    await page.setInputFiles("#eval-files", { name: "general.jsonl", mimeType: "application/json", buffer: Buffer.from(DATA) });
+    await page.waitForFunction(() => Object.keys(window.tinytune.state.evalData).length === 1);
+    r = await train(DATA, "data.jsonl", GOOD);
+    check(!r.error && r.summary && r.summary.eval_data_before && r.summary.eval_data_before.general, `eval_data: ${r.text}`);
+    check(/general loss \d+\.\d+ → \d+\.\d+/.test(r.text), `the status shows the held-out set's losses: ${r.text}`);
+    log(`extra held-out set: "${r.text}"`);
+    await page.setInputFiles("#eval-files", []);
+    await page.waitForFunction(() => Object.keys(window.tinytune.state.evalData).length === 0);
+
     // (c) options that cannot be: a batch too large for one storage binding, and invalid values.
     const limits = await page.evaluate(() => window.tinytune.state.info.limits);
     r = await train(DATA, "data.jsonl", { ...GOOD, batch_size: 65536, seq_len: 65536 });

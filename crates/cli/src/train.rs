@@ -15,11 +15,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tinytune_gpu::{Gpu, GpuOptions};
 use tinytune_model::{LlamaModel, ModelSource, PrefixGpu};
-use tinytune_train::data::{DataConfig, TextSplit};
+use tinytune_train::data::{Columns, DataConfig, TextSplit};
 use tinytune_train::metrics::MetricsWriter;
 use tinytune_train::{
-    evaluate, plan_run, AdapterGpu, Checkpoint, Dataset, ModelTokenizer, PeftAdapter, PeftMethod,
-    RunFrom, TrainOptions, TrainSession,
+    evaluate, parse_eval_data_arg, plan_run, AdapterGpu, Checkpoint, Dataset, ModelTokenizer,
+    PeftAdapter, PeftMethod, RunFrom, TrainOptions, TrainSession,
 };
 
 use crate::logits::QuantArg;
@@ -39,9 +39,11 @@ pub struct ModelDataArgs {
     /// double quant), none = f32.
     #[arg(long, value_enum, default_value_t = QuantArg::default())]
     pub quant: QuantArg,
-    /// Dataset file(s), repeatable: .txt (plain text), or .jsonl with {"text"},
-    /// {"prompt","completion"} or {"messages":[{"role","content"}...]} records (chat records go
-    /// through the model's chat template; only assistant tokens carry loss) [required].
+    /// Dataset file(s), repeatable (mixed): .txt (plain text), or .jsonl / .parquet with
+    /// {"text"}, {"prompt","completion"}, {"messages":[{"role","content"}...]}, ShareGPT
+    /// {"conversations":[{"from","value"}...]} or pre-tokenized {"input_ids","labels"?} records
+    /// (chat records go through the model's chat template; only assistant tokens carry loss)
+    /// [required].
     #[arg(long, value_name = "FILE", required = true)]
     pub data: Vec<PathBuf>,
 }
@@ -65,6 +67,12 @@ pub struct TrainArgs {
     /// Print one line per step instead of a progress bar [default: a bar on a terminal].
     #[arg(long)]
     pub log_steps: bool,
+    /// An extra held-out set, repeatable: NAME=FILE (any --data format), evaluated before
+    /// training, every --eval-every steps and at the end; its loss and perplexity go in the log
+    /// and in metrics.jsonl's "eval_data" under NAME (e.g. general=general.jsonl to measure
+    /// forgetting) [default: none].
+    #[arg(long, value_name = "NAME=FILE")]
+    pub eval_data: Vec<String>,
     #[command(flatten)]
     pub options: TrainOptions,
 }
@@ -79,6 +87,10 @@ pub struct EvalArgs {
     /// How .txt files are split into documents.
     #[arg(long, value_enum, default_value_t = defaults().text_split)]
     pub text_split: TextSplit,
+    /// Read a record field from another key / column, repeatable: FIELD=COLUMN (as train's)
+    /// [default: none, each field under its own name].
+    #[arg(long, value_name = "FIELD=COLUMN")]
+    pub data_column: Vec<String>,
     /// Rows per micro-batch.
     #[arg(long, default_value_t = defaults().batch_size)]
     pub batch_size: usize,
@@ -216,6 +228,20 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         stats.truncated,
         stats.dropped
     );
+    let mut eval_sets = Vec::new();
+    for arg in &args.eval_data {
+        let (name, file) = parse_eval_data_arg(arg).map_err(|e| anyhow!(e))?;
+        if eval_sets.iter().any(|(n, _)| n == &name) {
+            bail!("two eval sets are named {name:?}: give each --eval-data its own NAME");
+        }
+        let set = load_data(&[PathBuf::from(&file)], &tok, &plan.config.data_config())
+            .with_context(|| format!("--eval-data {arg}"))?;
+        eprintln!(
+            "eval set {name}: {} examples ({} tokens with loss) from {file}",
+            set.stats.examples, set.stats.targets
+        );
+        eval_sets.push((name, set));
+    }
     let gpu = open_gpu(gpu_name)?;
     let model = load_model(&gpu, &src, model_path, args.input.quant)?;
     let model_bytes = gpu.memory().live_bytes;
@@ -224,6 +250,9 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     let clock_start = Instant::now();
     let clock = Box::new(move || clock_start.elapsed().as_secs_f64());
     let mut session = TrainSession::new(&gpu, &model, plan, data, clock)?;
+    for (name, set) in eval_sets {
+        session.add_eval_set(&name, set)?;
+    }
     let trainer = &session.trainer;
     let (n_train, n_eval) = trainer.n_examples();
     let c = &trainer.config;
@@ -276,8 +305,9 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     let resumed_at = (trainer.state.global_step > 0).then_some(trainer.state.global_step);
     let mut metrics = MetricsWriter::open(&args.output_dir.join("metrics.jsonl"), resumed_at)?;
 
-    if let Some(l) = pollster::block_on(session.eval_before())? {
-        eprintln!("eval before training: loss {l:.4} ppl {:.2}", l.exp());
+    if let Some(rec) = pollster::block_on(session.eval_before())? {
+        metrics.write(&rec)?;
+        eprintln!("eval before training:{}", rec.eval_summary());
     }
     let total = session.trainer.total_steps();
     let bar = if std::io::stderr().is_terminal() && !args.log_steps {
@@ -297,10 +327,7 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         let rec = &ev.rec;
         let step = rec.step;
         metrics.write(rec)?;
-        let eval = rec
-            .eval_loss
-            .map(|l| format!(" eval_loss {l:.4} ppl {:.2}", l.exp()))
-            .unwrap_or_default();
+        let eval = rec.eval_summary();
         let line = format!(
             "loss {:.4} lr {:.2e} grad_norm {:.3} {:.0} tok/s{eval}",
             rec.loss, rec.lr, rec.grad_norm, rec.tokens_per_s
@@ -309,7 +336,7 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
             Some(b) => {
                 b.set_position(step);
                 b.set_message(line);
-                if rec.eval_loss.is_some() {
+                if rec.has_eval() {
                     b.println(format!("step {step}/{total}: {}", b.message()));
                 }
             }
@@ -353,6 +380,7 @@ pub fn run_eval(args: &EvalArgs, gpu_name: Option<String>) -> Result<()> {
     let cfg = DataConfig {
         seq_len: args.seq_len,
         text_split: args.text_split,
+        columns: Columns::parse(&args.data_column).map_err(|e| anyhow!(e))?,
     };
     let data = load_data(&args.input.data, &tok, &cfg)?;
     let gpu = open_gpu(gpu_name)?;

@@ -32,11 +32,20 @@ fn write_data(dir: &Path) -> PathBuf {
     p
 }
 
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+/// Every line of `metrics.jsonl`, the step-0 evaluation before training included.
+fn metrics_lines(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The training steps' lines of `metrics.jsonl` (step >= 1).
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    metrics_lines(dir)
+        .into_iter()
+        .filter(|r| r["step"].as_u64().unwrap() > 0)
         .collect()
 }
 
@@ -116,6 +125,14 @@ fn train_saves_a_peft_adapter_and_resumes_bit_identically() {
         assert!(recs[5].get(k).is_some(), "metrics lack {k}: {}", recs[5]);
     }
     assert!(recs[5]["eval_loss"].as_f64().is_some());
+    // The evaluation before training is the step-0 line, without training fields.
+    let before = &metrics_lines(&out)[0];
+    assert_eq!(before["step"], 0, "{before}");
+    assert!(before["eval_loss"].as_f64().unwrap() > recs[5]["eval_loss"].as_f64().unwrap());
+    assert!(
+        before.get("loss").is_none() && before.get("lr").is_none(),
+        "{before}"
+    );
     assert!(out.join("checkpoint-3").is_dir() && out.join("checkpoint-6").is_dir());
 
     // Resume from step 3 in a copy: steps 4..6 repeat exactly.
@@ -130,7 +147,9 @@ fn train_saves_a_peft_adapter_and_resumes_bit_identically() {
     let first3: String = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .take(3)
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64() <= Some(3)
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(out2.join("metrics.jsonl"), first3).unwrap();
@@ -268,6 +287,163 @@ fn train_errors_are_one_line() {
         let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
         assert_eq!(errors.len(), 1, "{extra:?}: {err}");
         assert!(errors[0].contains(needle), "{extra:?}: {err}");
+    }
+}
+
+/// `--eval-data NAME=FILE`: each extra set is evaluated before training, every `--eval-every`
+/// steps and at the end, with its loss and perplexity in `metrics.jsonl` and the log; training on
+/// the data lowers its own set's loss more than an unrelated set's; bad arguments are one-line
+/// errors naming the set.
+#[test]
+fn eval_data_sets_are_logged_before_every_eval_every_and_at_the_end() {
+    if !have_gpu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path());
+    let other = tmp.path().join("other.jsonl");
+    std::fs::write(
+        &other,
+        "{\"text\": \"The sun is a star. Water boils at one hundred degrees.\"}\n\
+         {\"prompt\": \"Two plus two is\", \"completion\": \" four.\"}\n",
+    )
+    .unwrap();
+    let (data, m) = (data.to_str().unwrap(), model());
+    let m = m.to_str().unwrap();
+    let out = tmp.path().join("run");
+    let out_s = out.to_str().unwrap();
+    let own = format!("own={data}");
+    let general = format!("general={}", other.display());
+    let mut args = train_args(data, out_s, &["--model", m]);
+    args.extend_from_slice(&[
+        "--eval-every",
+        "2",
+        "--eval-data",
+        &own,
+        "--eval-data",
+        &general,
+    ]);
+    let log = ok(&tinytune(&args));
+    assert!(log.contains("eval set general: 2 examples"), "{log}");
+    let lines = metrics_lines(&out);
+    let steps: Vec<u64> = lines.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 1, 2, 3, 4, 5, 6]);
+    for r in &lines {
+        let step = r["step"].as_u64().unwrap();
+        let due = step % 2 == 0;
+        assert_eq!(r.get("eval_data").is_some(), due, "{r}");
+        assert_eq!(r.get("eval_loss").is_some(), due, "{r}");
+        if due {
+            for set in ["own", "general"] {
+                let (l, p) = (
+                    r["eval_data"][set]["loss"].as_f64().unwrap(),
+                    r["eval_data"][set]["ppl"].as_f64().unwrap(),
+                );
+                assert!(l > 0.0 && (p - l.exp()).abs() < 1e-9 * p, "{r}");
+            }
+        }
+    }
+    let loss = |r: &serde_json::Value, set: &str| r["eval_data"][set]["loss"].as_f64().unwrap();
+    let (first, last) = (&lines[0], &lines[6]);
+    let own_drop = loss(first, "own") - loss(last, "own");
+    let general_drop = loss(first, "general") - loss(last, "general");
+    assert!(
+        own_drop > 0.0 && own_drop > general_drop,
+        "own {own_drop}, general {general_drop}"
+    );
+    assert!(log.contains("eval before training: eval_loss"), "{log}");
+    assert!(
+        log.contains(" general_loss ") && log.contains(" own_loss "),
+        "{log}"
+    );
+    assert!(log.contains("step 6/6"), "{log}");
+
+    for (arg, needle) in [
+        ("general".to_string(), "expected NAME=FILE"),
+        ("a b=x.jsonl".to_string(), "\"a b\""),
+        (
+            "general=/nonexistent/g.jsonl".to_string(),
+            "/nonexistent/g.jsonl",
+        ),
+        (own.clone(), "two eval sets are named \"own\""),
+    ] {
+        let mut a = train_args(data, out_s, &["--model", m, "--eval-data", &own]);
+        a.extend_from_slice(&["--eval-data", &arg]);
+        let o = tinytune(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{arg} succeeded");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{arg}: {err}");
+        assert!(err.contains(needle), "{arg}: {err}");
+    }
+}
+
+/// Several `--data` files of different formats mix into one dataset (JSONL messages, ShareGPT
+/// JSONL, Parquet as the Hub serves it, Parquet with other column names mapped by
+/// `--data-column`); a bad Parquet row is a one-line error naming the file, row and column.
+#[test]
+fn eval_mixes_dataset_formats_and_names_bad_parquet_rows() {
+    if !have_gpu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let chat = write_data(tmp.path());
+    let share = tmp.path().join("share.jsonl");
+    std::fs::write(
+        &share,
+        "{\"conversations\": [{\"from\": \"human\", \"value\": \"Hi?\"}, {\"from\": \"gpt\", \"value\": \"Arr!\"}]}\n",
+    )
+    .unwrap();
+    let fx = |n: &str| root().join("tests/fixtures/data").join(n);
+    let (m, chat, share) = (
+        model(),
+        chat.display().to_string(),
+        share.display().to_string(),
+    );
+    let (msgs, qa) = (fx("messages.parquet"), fx("qa.parquet"));
+    let (msgs, qa) = (msgs.to_str().unwrap(), qa.to_str().unwrap());
+    let m = m.to_str().unwrap();
+    let examples = |extra: &[&str]| -> u64 {
+        let mut a = vec!["eval", "--model", m, "--seq-len", "64"];
+        a.extend_from_slice(extra);
+        let o = tinytune(&a);
+        ok(&o);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(v["eval_loss"].as_f64().unwrap().is_finite(), "{v}");
+        v["examples"].as_u64().unwrap()
+    };
+    // 12 chat records + 1 ShareGPT + 3 Parquet rows (zstd, two row groups).
+    assert_eq!(
+        examples(&["--data", &chat, "--data", &share, "--data", msgs]),
+        16
+    );
+    assert_eq!(
+        examples(&[
+            "--data",
+            qa,
+            "--data-column",
+            "prompt=question",
+            "--data-column",
+            "completion=answer"
+        ]),
+        2
+    );
+    for (data, needle) in [
+        (
+            fx("bad_row.parquet"),
+            "bad_row.parquet: row 1 (from 0): messages[0].content must be a string, got null",
+        ),
+        (
+            fx("qa.parquet"),
+            "qa.parquet: row 0 (from 0): expected a \"text\"",
+        ),
+    ] {
+        let o = tinytune(&["eval", "--model", m, "--data", data.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(errors[0].contains(needle), "{err}");
     }
 }
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{DataConfig, EvalSplit, Stop, TextSplit};
+use crate::data::{Columns, DataConfig, EvalSplit, Stop, TextSplit};
 use crate::peft::{LoraConfig, LoraModule};
 use crate::schedule::{Schedule, ScheduleKind};
 use crate::{Result, TrainError};
@@ -60,6 +60,9 @@ pub struct TrainConfig {
     pub data: Vec<String>,
     pub seq_len: usize,
     pub text_split: TextSplit,
+    /// Which key or column holds each record field (`--data-column FIELD=COLUMN`).
+    #[serde(skip_serializing_if = "Columns::is_empty")]
+    pub data_columns: Columns,
     pub batch_size: usize,
     /// Micro-batches of `batch_size` rows per optimizer step (gradient accumulation).
     pub grad_accum: usize,
@@ -103,6 +106,7 @@ impl TrainConfig {
         DataConfig {
             seq_len: self.seq_len,
             text_split: self.text_split,
+            columns: self.data_columns.clone(),
         }
     }
 

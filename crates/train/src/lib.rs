@@ -1,7 +1,7 @@
 //! Trainer loop, data batching, schedules, checkpoints and PEFT adapter IO for tinytune.
 //!
 //! The GPU-independent parts live here and build for `wasm32-unknown-unknown`:
-//! - [`data`]: `.txt` / `.jsonl` datasets → `(input_ids, labels)` examples, eval split, seeded
+//! - [`data`]: `.txt` / `.jsonl` / `.parquet` datasets → `(input_ids, labels)` examples, eval split, seeded
 //!   resumable batch order. Tokenizers plug in through [`Tokenize`]; chat templates through [`chat`].
 //! - [`schedule`]: LR warmup + cosine / linear / constant, equal to transformers' schedulers.
 //! - [`peft`]: `adapter_config.json` + `adapter_model.safetensors` in Hugging Face PEFT's layout.
@@ -44,10 +44,11 @@ pub use config::{
     LoraHyper, TrainConfig,
 };
 pub use data::{
-    collate, prompt_targets, shift_labels, split_eval, Batch, BatchIter, BatchPlan, DataConfig,
-    DataPosition, DataStats, Dataset, EvalSplit, Example, Stop, TextSplit, IGNORE_INDEX,
+    collate, prompt_targets, shift_labels, split_eval, Batch, BatchIter, BatchPlan, Columns,
+    DataConfig, DataPosition, DataStats, Dataset, EvalSplit, Example, Stop, TextSplit,
+    IGNORE_INDEX,
 };
-pub use metrics::{MetricsRecord, MetricsWriter};
+pub use metrics::{MetricsRecord, MetricsWriter, SetLoss};
 pub use model_tok::ModelTokenizer;
 pub use options::{
     parse_gen_options, parse_train_options, GenOptions, Layers, Names, NumOrText, PromptInit,
@@ -61,7 +62,8 @@ pub use prompt::{peft_type, PromptAdapter, PromptTuningConfig};
 pub use rng::Rng;
 pub use schedule::{Schedule, ScheduleKind};
 pub use session::{
-    kv_length, plan_run, prompt_ids, GenerateSession, RunFrom, RunPlan, StepEvent, TrainSession,
+    check_eval_set_name, kv_length, parse_eval_data_arg, plan_run, prompt_ids, GenerateSession,
+    RunFrom, RunPlan, StepEvent, TrainSession,
 };
 pub use tokenize::{Tokenize, WithChatTemplate};
 pub use trainer::{
@@ -88,6 +90,14 @@ pub enum TrainError {
     DataRecord {
         file: String,
         line: usize,
+        msg: String,
+    },
+    /// A row of a Parquet dataset is malformed (`row` counts from 0, as pandas and the Hub's
+    /// dataset viewer do).
+    #[error("{file}: row {row} (from 0): {msg}")]
+    DataRow {
+        file: String,
+        row: usize,
         msg: String,
     },
     /// A dataset as a whole is unusable (empty, unknown extension, bad split...).

@@ -1,8 +1,12 @@
 //! The training log: one JSON object per line,
-//! `{"step", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "eval_loss"?, "eval_ppl"?}`.
-//! Non-finite numbers (a diverged loss) are written as `null` and read back as NaN. Time is
-//! measured by the caller (`std::time::Instant` does not exist in wasm32).
+//! `{"step", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "eval_loss"?, "eval_ppl"?,
+//! "eval_data"?: {NAME: {"loss", "ppl"}}}`; `eval_data` holds the extra held-out sets
+//! (`--eval-data NAME=FILE`) evaluated at that step. The evaluation before training, when there is
+//! one, is a line of step 0 without the training fields (`{"step": 0, "elapsed_s": 0, "eval_loss"?,
+//! "eval_ppl"?, "eval_data"?}`). Non-finite numbers (a diverged loss) are written as `null` and
+//! read back as NaN. Time is measured by the caller (`std::time::Instant` does not exist in wasm32).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -13,21 +17,66 @@ fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::E
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
+fn nan() -> f64 {
+    f64::NAN
+}
+
+/// Whether a record has none of the training fields (the evaluation before training).
+fn no_training_fields(r: &MetricsRecord) -> bool {
+    [r.loss, r.lr, r.grad_norm, r.tokens_per_s]
+        .iter()
+        .all(|v| v.is_nan())
+}
+
+/// A step-0 line: [`MetricsRecord`] without the training fields, in the same key order.
+#[derive(Serialize)]
+struct BeforeTraining<'a> {
+    step: u64,
+    elapsed_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_ppl: Option<f64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    eval_data: &'a BTreeMap<String, SetLoss>,
+}
+
+/// Loss and perplexity of one extra held-out set.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetLoss {
+    /// Mean loss per target token.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub loss: f64,
+    /// `exp(loss)`.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub ppl: f64,
+}
+
+impl SetLoss {
+    /// The loss and its perplexity.
+    pub fn new(loss: f64) -> SetLoss {
+        SetLoss {
+            loss,
+            ppl: loss.exp(),
+        }
+    }
+}
+
 /// One line of the training log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRecord {
     /// Optimizer steps done (1 after the first update).
     pub step: u64,
-    /// Mean training loss of the step (nats per target token).
-    #[serde(deserialize_with = "nan_if_null")]
+    /// Mean training loss of the step (nats per target token); NaN in the step-0 line.
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Learning rate used by the step.
-    #[serde(deserialize_with = "nan_if_null")]
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub lr: f64,
     /// Global gradient norm before clipping.
-    #[serde(deserialize_with = "nan_if_null")]
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub grad_norm: f64,
-    #[serde(deserialize_with = "nan_if_null")]
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub tokens_per_s: f64,
     /// Seconds since the start of training (including time before a resume).
     #[serde(deserialize_with = "nan_if_null")]
@@ -38,6 +87,9 @@ pub struct MetricsRecord {
     /// `exp(eval_loss)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_ppl: Option<f64>,
+    /// Each extra held-out set evaluated at this step, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub eval_data: BTreeMap<String, SetLoss>,
 }
 
 impl MetricsRecord {
@@ -48,9 +100,60 @@ impl MetricsRecord {
         self
     }
 
-    /// The record as one JSON line (no newline).
+    /// Adds the loss of the extra held-out set `name`.
+    pub fn with_eval_set(mut self, name: &str, loss: f64) -> MetricsRecord {
+        self.eval_data.insert(name.to_string(), SetLoss::new(loss));
+        self
+    }
+
+    /// The evaluation before training: step 0, no training fields (NaN here, left out of the
+    /// JSON line), elapsed 0.
+    pub fn before_training() -> MetricsRecord {
+        MetricsRecord {
+            step: 0,
+            loss: f64::NAN,
+            lr: f64::NAN,
+            grad_norm: f64::NAN,
+            tokens_per_s: f64::NAN,
+            elapsed_s: 0.0,
+            eval_loss: None,
+            eval_ppl: None,
+            eval_data: BTreeMap::new(),
+        }
+    }
+
+    /// Whether anything was evaluated at this step.
+    pub fn has_eval(&self) -> bool {
+        self.eval_loss.is_some() || !self.eval_data.is_empty()
+    }
+
+    /// The record as one JSON line (no newline); a step-0 line leaves out the training fields.
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        let line = if self.step == 0 && no_training_fields(self) {
+            serde_json::to_string(&BeforeTraining {
+                step: 0,
+                elapsed_s: self.elapsed_s,
+                eval_loss: self.eval_loss,
+                eval_ppl: self.eval_ppl,
+                eval_data: &self.eval_data,
+            })
+        } else {
+            serde_json::to_string(self)
+        };
+        line.unwrap_or_default()
+    }
+
+    /// The evaluations of the record for a log line: ` eval_loss L ppl P NAME_loss L ppl P ...`
+    /// (empty when nothing was evaluated).
+    pub fn eval_summary(&self) -> String {
+        let mut s = String::new();
+        if let Some(l) = self.eval_loss {
+            s += &format!(" eval_loss {l:.4} ppl {:.2}", l.exp());
+        }
+        for (name, e) in &self.eval_data {
+            s += &format!(" {name}_loss {:.4} ppl {:.2}", e.loss, e.ppl);
+        }
+        s
     }
 }
 

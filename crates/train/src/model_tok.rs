@@ -60,6 +60,10 @@ impl Tokenize for ModelTokenizer {
         self.tok.pad_id()
     }
 
+    fn vocab_size(&self) -> Option<usize> {
+        Some(self.tok.vocab_size())
+    }
+
     fn chat_template(&self) -> Option<&ChatTemplate> {
         self.template.as_ref()
     }

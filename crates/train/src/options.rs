@@ -14,7 +14,7 @@ use crate::config::{
     check_layers, eval_split_from, parse_layers_to_transform, parse_target_modules, AdamWConfig,
     LoraHyper, TrainConfig,
 };
-use crate::data::{EvalSplit, Stop, TextSplit};
+use crate::data::{Columns, EvalSplit, Stop, TextSplit};
 use crate::peft::LoraModule;
 use crate::schedule::ScheduleKind;
 use crate::trainer::{Start, VirtualInit};
@@ -245,6 +245,12 @@ pub struct TrainOptions {
     /// How .txt files are split into documents.
     #[arg(long, value_enum, default_value_t = defaults().text_split)]
     pub text_split: TextSplit,
+    /// Read a record field from another key / column, repeatable: FIELD=COLUMN with FIELD one of
+    /// text, prompt, completion, messages, conversations, input_ids, labels (e.g.
+    /// --data-column prompt=question --data-column completion=answer); naming a field also
+    /// picks its form when records have several [default: none, each field under its own name].
+    #[arg(long, value_name = "FIELD=COLUMN")]
+    pub data_column: Vec<String>,
     /// Clip the global gradient norm to this (0: off).
     #[arg(long, default_value_t = defaults().max_grad_norm)]
     pub max_grad_norm: f64,
@@ -297,6 +303,7 @@ impl Default for TrainOptions {
             grad_accum: 1,
             seq_len: 512,
             text_split: TextSplit::Document,
+            data_column: Vec::new(),
             max_grad_norm: 1.0,
             weight_decay: 0.0,
             gradient_checkpointing: false,
@@ -469,6 +476,7 @@ impl TrainOptions {
             data,
             seq_len: self.seq_len,
             text_split: self.text_split,
+            data_columns: Columns::parse(&self.data_column)?,
             batch_size: self.batch_size,
             grad_accum: self.grad_accum,
             stop,
@@ -629,12 +637,17 @@ mod tests {
             "prompt-tuning",
             "--text-split",
             "lines",
+            "--data-column",
+            "prompt=question",
+            "--data-column",
+            "completion=answer",
         ])
         .unwrap()
         .o;
         let json = parse_train_options(
             r#"{"lora_r": 4, "eval_split": 0.25, "target_modules": "q_proj,v_proj",
-                "layers_to_transform": "top:1", "peft": "prompt-tuning", "text_split": "lines"}"#,
+                "layers_to_transform": "top:1", "peft": "prompt-tuning", "text_split": "lines",
+                "data_column": ["prompt=question", "completion=answer"]}"#,
         )
         .unwrap();
         assert_eq!(flags, json);
@@ -642,5 +655,19 @@ mod tests {
         assert_eq!(c.lora.targets, vec![LoraModule::Q, LoraModule::V]);
         assert_eq!(c.lora.layers_to_transform, Some(vec![1]));
         assert_eq!(c.eval_split, EvalSplit::Fraction(0.25));
+        assert_eq!(c.data_config().columns.col("prompt"), "question");
+        assert_eq!(
+            c.data_columns.specs(),
+            ["completion=answer", "prompt=question"]
+        );
+        let bad = TrainOptions {
+            data_column: vec!["answer".into()],
+            ..TrainOptions::default()
+        };
+        let e = bad.to_config("m", vec![], 2, false).unwrap_err();
+        assert!(
+            e.contains("data_column \"answer\": expected FIELD=COLUMN"),
+            "{e}"
+        );
     }
 }

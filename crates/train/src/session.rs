@@ -4,8 +4,9 @@
 //! - [`plan_run`]: a fresh run, one from an adapter, or a resumed checkpoint, from
 //!   [`TrainOptions`].
 //! - [`TrainSession`]: evaluates before training, steps, evaluates every `eval_every` steps and at
-//!   the end, and says when a checkpoint is due (every `save_every` steps, at the end, and on a
-//!   stop once a step was taken).
+//!   the end (the eval split and the extra held-out sets of [`TrainSession::add_eval_set`]), and
+//!   says when a checkpoint is due (every `save_every` steps, at the end, and on a stop once a step
+//!   was taken).
 //! - [`GenerateSession`]: renders the prompt with the chat template, checks the length cap, sizes
 //!   the KV cache from the adapter (its virtual tokens included) and generates.
 
@@ -23,7 +24,7 @@ use crate::metrics::MetricsRecord;
 use crate::model_tok::ModelTokenizer;
 use crate::options::{GenOptions, TrainOptions};
 use crate::trainer::{Clock, PrefixStart, PromptStart, Start, Trainer};
-use crate::Result;
+use crate::{Result, TrainError};
 
 /// Where a run starts.
 #[allow(clippy::large_enum_variant)] // one per run, consumed at once
@@ -114,6 +115,39 @@ pub struct StepEvent {
 pub struct TrainSession<'g> {
     pub trainer: Trainer<'g>,
     resumed: bool,
+    /// Extra held-out sets (`--eval-data NAME=FILE`), evaluated with the eval split.
+    eval_sets: Vec<(String, Dataset)>,
+}
+
+/// Checks the name of an extra held-out set (`--eval-data NAME=FILE`, the JS `eval_data` keys):
+/// it becomes a key of `metrics.jsonl`'s `eval_data` and a word of the log.
+pub fn check_eval_set_name(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "eval set name {name:?}: use 1-64 letters, digits, '_', '-' or '.' (e.g. general)"
+        ))
+    }
+}
+
+/// Splits an `--eval-data NAME=FILE` argument.
+pub fn parse_eval_data_arg(arg: &str) -> std::result::Result<(String, String), String> {
+    let (name, file) = arg.split_once('=').ok_or_else(|| {
+        format!("--eval-data {arg:?}: expected NAME=FILE, e.g. general=general.jsonl")
+    })?;
+    check_eval_set_name(name)?;
+    if file.is_empty() {
+        return Err(format!(
+            "--eval-data {arg:?}: the file after '=' is missing"
+        ));
+    }
+    Ok((name.to_string(), file.to_string()))
 }
 
 impl<'g> TrainSession<'g> {
@@ -131,7 +165,55 @@ impl<'g> TrainSession<'g> {
         if let (Some(r), false) = (plan.warmup_ratio, resumed) {
             trainer.set_warmup_steps((r * trainer.total_steps() as f64).ceil() as u64)?;
         }
-        Ok(TrainSession { trainer, resumed })
+        Ok(TrainSession {
+            trainer,
+            resumed,
+            eval_sets: Vec::new(),
+        })
+    }
+
+    /// Adds an extra held-out set, evaluated before training, every `eval_every` steps and at
+    /// the end along with the eval split (its loss goes in each record's `eval_data`). `data`
+    /// must be built with the run's data config ([`TrainConfig::data_config`]).
+    pub fn add_eval_set(&mut self, name: &str, data: Dataset) -> Result<()> {
+        check_eval_set_name(name).map_err(TrainError::Config)?;
+        if self.eval_sets.iter().any(|(n, _)| n == name) {
+            return Err(TrainError::Config(format!(
+                "two eval sets are named {name:?}: give each --eval-data (eval_data) set its own \
+                 name"
+            )));
+        }
+        if data.seq_len != self.trainer.config.seq_len {
+            return Err(TrainError::Config(format!(
+                "eval set {name:?} has examples of {} tokens, the run's seq_len is {}: build it \
+                 with the run's data config",
+                data.seq_len, self.trainer.config.seq_len
+            )));
+        }
+        if data.examples.is_empty() {
+            return Err(TrainError::Config(format!(
+                "eval set {name:?} holds no examples"
+            )));
+        }
+        self.eval_sets.push((name.to_string(), data));
+        Ok(())
+    }
+
+    /// Whether anything is evaluated (an eval split or an extra set).
+    fn evaluates(&self) -> bool {
+        self.trainer.n_examples().1 > 0 || !self.eval_sets.is_empty()
+    }
+
+    /// Evaluates the eval split and the extra sets into `rec`.
+    async fn evaluate_into(&mut self, mut rec: MetricsRecord) -> Result<MetricsRecord> {
+        if let Some(l) = self.trainer.evaluate().await? {
+            rec = rec.with_eval(l);
+        }
+        for (name, data) in &self.eval_sets {
+            let l = self.trainer.evaluate_examples(&data.examples).await?;
+            rec = rec.with_eval_set(name, l);
+        }
+        Ok(rec)
     }
 
     /// Whether the run continues a checkpoint.
@@ -139,13 +221,16 @@ impl<'g> TrainSession<'g> {
         self.resumed
     }
 
-    /// The eval loss before the first step of a new run with an eval set (`None` otherwise).
-    pub async fn eval_before(&mut self) -> Result<Option<f64>> {
-        let (_, n_eval) = self.trainer.n_examples();
-        if n_eval == 0 || self.trainer.state.global_step > 0 {
+    /// The evaluation before the first step of a new run with an eval split or extra eval sets:
+    /// the step-0 record of `metrics.jsonl` ([`MetricsRecord::before_training`]); `None` when
+    /// there is nothing to evaluate or the run continues a checkpoint.
+    pub async fn eval_before(&mut self) -> Result<Option<MetricsRecord>> {
+        if !self.evaluates() || self.trainer.state.global_step > 0 {
             return Ok(None);
         }
-        self.trainer.evaluate().await
+        self.evaluate_into(MetricsRecord::before_training())
+            .await
+            .map(Some)
     }
 
     /// The next optimizer step's event (`None` when the run is over), evaluating after it every
@@ -183,16 +268,14 @@ impl<'g> TrainSession<'g> {
     /// Whether the session waits after `step` (an evaluation, a checkpoint, or the end).
     fn pauses_after(&self, step: u64) -> bool {
         let c = &self.trainer.config;
-        let (_, n_eval) = self.trainer.n_examples();
         step >= self.trainer.total_steps()
-            || (n_eval > 0 && c.eval_every > 0 && step.is_multiple_of(c.eval_every))
+            || (self.evaluates() && c.eval_every > 0 && step.is_multiple_of(c.eval_every))
             || (c.save_every > 0 && step.is_multiple_of(c.save_every))
     }
 
     /// A reported step as the session's event, evaluated when due.
     async fn event(&mut self, mut rec: MetricsRecord) -> Result<StepEvent> {
         let total = self.trainer.total_steps();
-        let (_, n_eval) = self.trainer.n_examples();
         let (eval_every, save_every) = (
             self.trainer.config.eval_every,
             self.trainer.config.save_every,
@@ -201,16 +284,17 @@ impl<'g> TrainSession<'g> {
         let last = step == total;
         // Never evaluate with a later step in flight (it would see that step's parameters).
         let alone = self.trainer.in_flight() == 0;
-        if alone && n_eval > 0 && ((eval_every > 0 && step % eval_every == 0) || last) {
-            if let Some(l) = self.trainer.evaluate().await? {
-                rec = rec.with_eval(l);
-            }
+        if alone
+            && self.evaluates()
+            && ((eval_every > 0 && step.is_multiple_of(eval_every)) || last)
+        {
+            rec = self.evaluate_into(rec).await?;
         }
         Ok(StepEvent {
             rec,
             total_steps: total,
             last,
-            checkpoint_due: alone && ((save_every > 0 && step % save_every == 0) || last),
+            checkpoint_due: alone && ((save_every > 0 && step.is_multiple_of(save_every)) || last),
         })
     }
 

@@ -36,6 +36,11 @@ pub trait Tokenize {
     /// completion).
     fn eos_id(&self) -> Option<u32>;
 
+    /// Number of token ids, if known (pre-tokenized records are checked against it).
+    fn vocab_size(&self) -> Option<usize> {
+        None
+    }
+
     /// Id written into padding positions (their labels are always -100, so any id works); the
     /// default is the EOS id, then 0.
     fn pad_id(&self) -> Option<u32> {
@@ -86,6 +91,9 @@ impl<T: Tokenize> Tokenize for WithChatTemplate<T> {
     }
     fn pad_id(&self) -> Option<u32> {
         self.inner.pad_id()
+    }
+    fn vocab_size(&self) -> Option<usize> {
+        self.inner.vocab_size()
     }
     fn chat_template(&self) -> Option<&ChatTemplate> {
         Some(&self.template)

@@ -969,6 +969,7 @@ impl<'g> Trainer<'g> {
             elapsed_s: elapsed,
             eval_loss: None,
             eval_ppl: None,
+            eval_data: Default::default(),
         }))
     }
 
@@ -984,6 +985,15 @@ impl<'g> Trainer<'g> {
         // Evaluation time is not training time.
         self.t0 = (self.clock)() - self.state.elapsed_s;
         Ok(Some(loss))
+    }
+
+    /// Mean loss of the current adapters over another held-out set (`examples` built with this
+    /// run's `seq_len`), e.g. a general-knowledge set that measures forgetting. Like
+    /// [`Trainer::evaluate`], the time it takes is not training time.
+    pub async fn evaluate_examples(&mut self, examples: &[Example]) -> Result<f64> {
+        let loss = self.loss_on(examples).await?;
+        self.t0 = (self.clock)() - self.state.elapsed_s;
+        Ok(loss)
     }
 
     /// Token-weighted mean loss of the current adapters over `examples`.

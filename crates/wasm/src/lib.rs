@@ -96,10 +96,15 @@ export interface LoadProgress {
 export interface StepMetrics {
     step: number; total_steps: number; loss: number; lr: number; grad_norm: number;
     tokens_per_s: number; elapsed_s: number; eval_loss?: number; eval_ppl?: number;
+    /** The extra held-out sets (`eval_data`) evaluated at this step, by name. */
+    eval_data?: Record<string, { loss: number; ppl: number }>;
 }
 export interface TrainSummary {
     resumed: boolean; peft: "lora" | "prompt-tuning" | "prefix-tuning"; checkpoints: boolean; steps: number; total_steps: number; stopped: boolean; n_params: number; n_train: number;
     n_eval: number; tokens_seen: number; elapsed_s: number; eval_loss_before: number | null;
+    /** The extra held-out sets (`eval_data`) before training, by name (null when nothing was
+     * evaluated before training: a resumed run, or no eval split and no sets). */
+    eval_data_before: Record<string, { loss: number; ppl: number }> | null;
     final_loss: number | null; data: { records: number; examples: number; tokens: number;
     targets: number; truncated: number; dropped: number };
     /** The most GPU bytes alive at once during the run (model, adapter, activations,
@@ -782,8 +787,8 @@ impl Tinytune {
         })
     }
 
-    /// Fine-tunes LoRA adapters on `dataText` (a `.jsonl` or `.txt` file's contents; `dataName`'s
-    /// extension says which). `optionsJson` takes `tinytune train`'s flag names and defaults
+    /// Fine-tunes LoRA adapters on `dataText` (a `.jsonl` or `.txt` file's contents, or a
+    /// `Uint8Array` of a `.parquet` file's bytes; `dataName`'s extension says which). `optionsJson` takes `tinytune train`'s flag names and defaults
     /// (`lora_r`, `lora_alpha`, `learning_rate`, `num_steps` / `epochs`, `batch_size`, `seq_len`,
     /// `seed`, `lr_scheduler`, `warmup_steps`, `eval_split`, `save_every`, ...; `"adapter": true`
     /// starts from the loaded adapter). `onStep` gets each step's metrics as a JSON string
@@ -794,7 +799,8 @@ impl Tinytune {
     #[wasm_bindgen(unchecked_return_type = "Promise<TrainSummary>")]
     pub fn train(
         &self,
-        #[wasm_bindgen(js_name = dataText)] data_text: String,
+        #[wasm_bindgen(js_name = dataText, unchecked_param_type = "string | Uint8Array")]
+        data_text: JsValue,
         #[wasm_bindgen(js_name = dataName)] data_name: String,
         #[wasm_bindgen(js_name = optionsJson)] options_json: String,
         #[wasm_bindgen(js_name = onStep, unchecked_param_type = "((metricsJson: string) => void) | null | undefined")]
@@ -859,9 +865,28 @@ impl Tinytune {
             )
             .map_err(err)?;
             let resumed = plan.resumed();
-            let data =
-                Dataset::from_named_str(&data_name, &data_text, tok, &plan.config.data_config())
-                    .map_err(err)?;
+            let data_config = plan.config.data_config();
+            // Text (.jsonl, .txt), or a file's bytes (.parquet, or any of them).
+            let data = match data_text.as_string() {
+                Some(text) => Dataset::from_named_str(&data_name, &text, tok, &data_config),
+                None if data_text.is_instance_of::<Uint8Array>() => {
+                    let bytes = Uint8Array::from(data_text).to_vec();
+                    Dataset::from_named_bytes(&data_name, &bytes, tok, &data_config)
+                }
+                None => {
+                    return Err(err(format!(
+                        "{data_name}: the data must be a string (.jsonl, .txt) or a Uint8Array \
+                         (a .parquet file's bytes)"
+                    )))
+                }
+            }
+            .map_err(err)?;
+            let mut eval_sets = Vec::with_capacity(opts.eval_data.len());
+            for (name, f) in &opts.eval_data {
+                let set = Dataset::from_named_str(&f.file, &f.text, tok, &data_config)
+                    .map_err(|e| err(format!("eval_data.{name}: {e}")))?;
+                eval_sets.push((name.clone(), set));
+            }
             if data.examples.is_empty() {
                 return Err(err(format!("{data_name}: the dataset holds no examples")));
             }
@@ -872,12 +897,18 @@ impl Tinytune {
             });
             let mut session = TrainSession::new(&inner.gpu, &loaded.model, plan, data, clock())
                 .map_err(|e| gpu_err("train")(e.to_string()))?;
+            for (name, set) in eval_sets {
+                session.add_eval_set(&name, set).map_err(err)?;
+            }
             let (n_train, n_eval) = session.trainer.n_examples();
             let total = session.trainer.total_steps();
             let eval_before = session
                 .eval_before()
                 .await
                 .map_err(|e| gpu_err("train")(e.to_string()))?;
+            let eval_data_before = eval_before.as_ref().map(|r| &r.eval_data);
+            let eval_data_before = serde_json::to_value(eval_data_before).map_err(err)?;
+            let eval_before = eval_before.and_then(|r| r.eval_loss);
             let mut stopped = false;
             let mut final_loss = None;
             let emit_step = |ev: &StepEvent| -> Result<(), JsValue> {
@@ -931,6 +962,7 @@ impl Tinytune {
                 "tokens_seen": trainer.state.tokens_seen,
                 "elapsed_s": trainer.state.elapsed_s,
                 "eval_loss_before": eval_before,
+                "eval_data_before": eval_data_before,
                 "final_loss": final_loss,
                 "data": data_stats,
                 "peak_bytes": inner.gpu.memory().peak_bytes,

@@ -1,10 +1,14 @@
 //! The JSON options of `train` and `generate`: the one options table of `tinytune-train`
 //! ([`TrainOptions`], [`GenOptions`]: the CLI's flag names, `--lora-r` is `"lora_r"`, and its
-//! defaults) plus the JS API's own `"adapter"` key. Plain Rust, so they are tested natively.
+//! defaults) plus the JS API's own keys: `"adapter"`, and `train`'s `"eval_data"` (the CLI's
+//! `--eval-data NAME=FILE` with the file's contents). Plain Rust, so they are tested natively.
+
+use std::collections::BTreeMap;
 
 use std::ops::Deref;
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use tinytune_train::options::parse_named;
 pub use tinytune_train::options::{
     parse_eval_split, parse_layers, parse_targets, GenOptions, Layers, Names, NumOrText,
@@ -12,13 +16,46 @@ pub use tinytune_train::options::{
 };
 use tinytune_train::TrainConfig;
 
-/// `train`'s options: the options table plus `"adapter"`.
+/// `train`'s options: the options table plus `"adapter"` and `"eval_data"`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JsTrainOptions {
     pub options: TrainOptions,
     /// Start from the adapter given to `loadAdapter` (the CLI's `--adapter DIR`) instead of a
     /// fresh init.
     pub adapter: bool,
+    /// Extra held-out sets by name (the CLI's `--eval-data NAME=FILE`), in name order.
+    pub eval_data: Vec<(String, EvalFile)>,
+}
+
+/// One extra held-out set of `"eval_data": {"NAME": {"file": "general.jsonl", "text": "..."}}`:
+/// the file's name (its extension picks the format, as `train`'s `dataName` does) and contents.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalFile {
+    pub file: String,
+    pub text: String,
+}
+
+/// Parses the `"eval_data"` value: an object of set name -> `{file, text}`.
+fn parse_eval_data(v: serde_json::Value) -> Result<Vec<(String, EvalFile)>, String> {
+    let sets: BTreeMap<String, serde_json::Value> = serde_json::from_value(v).map_err(|_| {
+        "train options: eval_data: expected an object of set name -> {\"file\": \"NAME.jsonl\", \
+         \"text\": \"...\"}"
+            .to_string()
+    })?;
+    let mut out = Vec::with_capacity(sets.len());
+    for (name, v) in sets {
+        tinytune_train::check_eval_set_name(&name)
+            .map_err(|e| format!("train options: eval_data: {e}"))?;
+        let f: EvalFile = serde_json::from_value(v).map_err(|e| {
+            format!(
+                "train options: eval_data.{name}: {e} (expected {{\"file\": \"NAME.jsonl\", \
+                 \"text\": \"...\"}})"
+            )
+        })?;
+        out.push((name, f));
+    }
+    Ok(out)
 }
 
 impl Deref for JsTrainOptions {
@@ -30,7 +67,7 @@ impl Deref for JsTrainOptions {
 
 impl PartialEq<TrainOptions> for JsTrainOptions {
     fn eq(&self, other: &TrainOptions) -> bool {
-        !self.adapter && self.options == *other
+        !self.adapter && self.eval_data.is_empty() && self.options == *other
     }
 }
 
@@ -66,32 +103,43 @@ impl Deref for JsGenOptions {
     }
 }
 
-/// Takes the JS-only `"adapter"` key out of an options object, then parses the rest as the
-/// options table (unknown names are errors that name the key).
+/// Takes the JS-only `"adapter"` key (and `extra`, when given) out of an options object, then
+/// parses the rest as the options table (unknown names are errors that name the key).
 fn parse_with_adapter<T: DeserializeOwned + Default, A: DeserializeOwned + Default>(
     json: &str,
     what: &str,
-) -> Result<(T, A), String> {
+    extra: Option<&str>,
+) -> Result<(T, A, Option<serde_json::Value>), String> {
     let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_str(json) else {
-        return Ok((parse_named(json, what)?, A::default()));
+        return Ok((parse_named(json, what)?, A::default(), None));
     };
     let adapter = match obj.remove("adapter") {
         Some(v) => serde_json::from_value(v).map_err(|e| format!("{what}: adapter: {e}"))?,
         None => A::default(),
     };
+    let extra = extra.and_then(|k| obj.remove(k));
     let rest = serde_json::Value::Object(obj).to_string();
-    Ok((parse_named(&rest, what)?, adapter))
+    Ok((parse_named(&rest, what)?, adapter, extra))
 }
 
 /// Parses `train`'s options JSON (empty = defaults); unknown names are errors.
 pub fn parse_train_options(json: &str) -> Result<JsTrainOptions, String> {
-    let (options, adapter) = parse_with_adapter(json, "train options")?;
-    Ok(JsTrainOptions { options, adapter })
+    let (options, adapter, eval_data) =
+        parse_with_adapter(json, "train options", Some("eval_data"))?;
+    let eval_data = match eval_data {
+        Some(v) => parse_eval_data(v)?,
+        None => Vec::new(),
+    };
+    Ok(JsTrainOptions {
+        options,
+        adapter,
+        eval_data,
+    })
 }
 
 /// Parses `generate`'s options JSON (empty = defaults); unknown names are errors.
 pub fn parse_gen_options(json: &str) -> Result<JsGenOptions, String> {
-    let (options, adapter) = parse_with_adapter(json, "generate options")?;
+    let (options, adapter, _) = parse_with_adapter(json, "generate options", None)?;
     Ok(JsGenOptions { options, adapter })
 }
 
@@ -289,6 +337,37 @@ mod tests {
             .contains("prompt_tuning_init_text"));
         let e = parse_train_options(r#"{"peft": "ia3"}"#).unwrap_err();
         assert!(e.contains("ia3") && e.contains("prompt-tuning"), "{e}");
+    }
+
+    #[test]
+    fn eval_data_sets_are_named_files() {
+        let o = parse_train_options(
+            r#"{"lora_r": 4, "eval_data": {"general": {"file": "g.jsonl", "text": "{}"},
+                "code": {"file": "c.txt", "text": "x"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(o.lora_r, 4);
+        let names: Vec<(&str, &str)> = o
+            .eval_data
+            .iter()
+            .map(|(n, f)| (n.as_str(), f.file.as_str()))
+            .collect();
+        assert_eq!(names, [("code", "c.txt"), ("general", "g.jsonl")]);
+        for (json, want) in [
+            (r#"{"eval_data": ["g.jsonl"]}"#, "set name -> {"),
+            (
+                r#"{"eval_data": {"a b": {"file": "g.jsonl", "text": ""}}}"#,
+                "\"a b\"",
+            ),
+            (
+                r#"{"eval_data": {"g": {"file": "g.jsonl"}}}"#,
+                "eval_data.g: missing field `text`",
+            ),
+            (r#"{"eval_data": {"g": "text"}}"#, "eval_data.g"),
+        ] {
+            let e = parse_train_options(json).unwrap_err();
+            assert!(e.contains(want), "{json}: {e}");
+        }
     }
 
     #[test]

@@ -24,9 +24,19 @@
 //!   - `{"messages": [{"role", "content"}, ...], "tools"?: [...]}`: rendered with the tokenizer's
 //!     chat template (see [`crate::chat`]) and encoded with `add_special=false` (the template writes
 //!     BOS itself, as `apply_chat_template(tokenize=True)` does); only assistant spans are targets.
+//!   - `{"conversations": [{"from", "value"}, ...]}` (ShareGPT): the same as `messages`, with
+//!     `from` `human` / `user` → `user`, `gpt` / `assistant` → `assistant`, `system`, `tool`.
+//!   - `{"input_ids": [...], "labels"?: [...], "attention_mask"?: [...]}` (pre-tokenized): the
+//!     ids as they are (nothing added), labels one per id (default: the ids; -100 = no loss),
+//!     the mask's trailing zeros (right padding) dropped; ids must be in the tokenizer's vocabulary.
 //!
-//!   Other keys are ignored. A malformed record is an error naming the file, the 1-based line and
-//!   what is wrong ([`TrainError::DataRecord`]).
+//!   Other keys are ignored; [`Columns`] (`--data-column FIELD=COLUMN`) reads a field from another
+//!   key. A malformed record is an error naming the file, the 1-based line and what is wrong
+//!   ([`TrainError::DataRecord`]).
+//! - **`.parquet`** (the Hugging Face Hub's format): every row is a record of the forms above
+//!   (columns `text`, `prompt`/`completion`, `messages` as a list of `{role, content}` structs,
+//!   `conversations`, `input_ids`/`labels`); errors name the file and the row, counted from 0
+//!   ([`TrainError::DataRow`]). Snappy and uncompressed files everywhere, zstd natively.
 //!
 //! Examples without any target after truncation (e.g. a prompt longer than `seq_len`) are dropped
 //! and counted in [`DataStats::dropped`].
@@ -45,6 +55,11 @@ use serde::{Deserialize, Serialize};
 use crate::rng::Rng;
 use crate::tokenize::Tokenize;
 use crate::{Result, TrainError};
+
+mod parquet;
+mod records;
+
+pub use records::{Columns, FIELDS};
 
 /// Label of positions that carry no loss (PyTorch's `CrossEntropyLoss(ignore_index=-100)`).
 pub const IGNORE_INDEX: i32 = -100;
@@ -118,14 +133,18 @@ pub struct DataConfig {
     /// Document split of `.txt` files.
     #[serde(default)]
     pub text_split: TextSplit,
+    /// Which key or column holds each field of a record (default: the field's own name).
+    #[serde(default)]
+    pub columns: Columns,
 }
 
 impl DataConfig {
-    /// `seq_len` with the default text split.
+    /// `seq_len` with the default text split and column names.
     pub fn new(seq_len: usize) -> DataConfig {
         DataConfig {
             seq_len,
             text_split: TextSplit::Document,
+            columns: Columns::default(),
         }
     }
 }
@@ -169,6 +188,14 @@ pub struct Dataset {
 fn data_err(file: &str, msg: impl Into<String>) -> TrainError {
     TrainError::Data {
         file: file.to_string(),
+        msg: msg.into(),
+    }
+}
+
+fn row_err(file: &str, row: usize, msg: impl Into<String>) -> TrainError {
+    TrainError::DataRow {
+        file: file.to_string(),
+        row,
         msg: msg.into(),
     }
 }
@@ -401,14 +428,39 @@ impl Dataset {
                 continue;
             }
             b.ds.stats.records += 1;
-            let (ids, labels) = jsonl_record(tok, line).map_err(|m| rec_err(name, lineno, m))?;
+            let (ids, labels) =
+                jsonl_record(tok, line, &cfg.columns).map_err(|m| rec_err(name, lineno, m))?;
             b.push(ids, labels);
         }
         b.finish(name)
     }
 
+    /// Builds examples from a Parquet file's bytes (`name` is used in errors): one record per row.
+    pub fn from_parquet<T: Tokenize + ?Sized>(
+        name: &str,
+        bytes: &[u8],
+        tok: &T,
+        cfg: &DataConfig,
+    ) -> Result<Dataset> {
+        let mut b = Builder::new(name, tok, cfg)?;
+        parquet::for_each_row(bytes, |row, obj| {
+            b.ds.stats.records += 1;
+            let raw = || Ok(minijinja::Value::from(minijinja::value::Serde(obj)));
+            let (ids, labels) =
+                records::record(tok, obj, &raw, &cfg.columns).map_err(|m| (Some(row), m))?;
+            b.push(ids, labels);
+            Ok(())
+        })
+        .map_err(|(row, msg)| match row {
+            Some(r) => row_err(name, r, msg),
+            None => data_err(name, msg),
+        })?;
+        b.finish(name)
+    }
+
     /// Dispatches on the extension of `name`: `.jsonl` → [`Dataset::from_jsonl`]; `.txt`, `.text`,
-    /// `.md` → [`Dataset::from_txt`].
+    /// `.md` → [`Dataset::from_txt`]. A `.parquet` file is binary: pass its bytes to
+    /// [`Dataset::from_named_bytes`].
     pub fn from_named_str<T: Tokenize + ?Sized>(
         name: &str,
         text: &str,
@@ -419,20 +471,30 @@ impl Dataset {
         match ext.as_deref() {
             Some("jsonl") => Dataset::from_jsonl(name, text, tok, cfg),
             Some("txt" | "text" | "md") => Dataset::from_txt(name, text, tok, cfg),
+            Some("parquet") => Err(data_err(
+                name,
+                "a Parquet file is binary: pass its bytes, not text (in the browser, a \
+                 Uint8Array as the data)",
+            )),
             _ => Err(data_err(
                 name,
-                "unknown dataset extension (expected .txt, .text, .md or .jsonl)",
+                "unknown dataset extension (expected .txt, .text, .md, .jsonl or .parquet)",
             )),
         }
     }
 
-    /// Like [`Dataset::from_named_str`] from raw bytes; invalid UTF-8 is an error naming the line.
+    /// Like [`Dataset::from_named_str`] from raw bytes, and `.parquet` → [`Dataset::from_parquet`];
+    /// invalid UTF-8 in a text file is an error naming the line.
     pub fn from_named_bytes<T: Tokenize + ?Sized>(
         name: &str,
         bytes: &[u8],
         tok: &T,
         cfg: &DataConfig,
     ) -> Result<Dataset> {
+        let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+        if ext.as_deref() == Some("parquet") {
+            return Dataset::from_parquet(name, bytes, tok, cfg);
+        }
         let text = std::str::from_utf8(bytes).map_err(|e| {
             let at = e.valid_up_to();
             let line = bytes[..at].iter().filter(|&&c| c == b'\n').count() + 1;
@@ -466,140 +528,19 @@ impl Dataset {
     }
 }
 
-/// A JSON error in one `.jsonl` record: the position within the line as a column (serde_json
-/// counts lines within the string it parsed, always line 1 here, which reads like the file's).
-fn json_line_err(e: serde_json::Error) -> String {
-    let msg = e.to_string();
-    let suffix = format!(" at line {} column {}", e.line(), e.column());
-    let what = msg.strip_suffix(&suffix).unwrap_or(&msg);
-    format!("invalid JSON at column {}: {what}", e.column())
-}
-
+/// One `.jsonl` line → its example (the record's forms: [`records`]).
 fn jsonl_record<T: Tokenize + ?Sized>(
     tok: &T,
     line: &str,
+    cols: &Columns,
 ) -> std::result::Result<(Vec<u32>, Vec<i32>), String> {
-    let v: serde_json::Value = serde_json::from_str(line).map_err(json_line_err)?;
+    let v: serde_json::Value = serde_json::from_str(line).map_err(records::json_line_err)?;
     let obj = v
         .as_object()
-        .ok_or_else(|| format!("expected a JSON object, got {}", json_kind(&v)))?;
-    let has = |k: &str| obj.contains_key(k);
-    let forms = [
-        has("text"),
-        has("prompt") || has("completion"),
-        has("messages"),
-    ];
-    match forms.iter().filter(|&&f| f).count() {
-        0 => {
-            return Err(
-                "expected a \"text\", \"prompt\"/\"completion\" or \"messages\" record".into(),
-            )
-        }
-        1 => {}
-        _ => return Err(
-            "ambiguous record: use only one of \"text\", \"prompt\"/\"completion\", \"messages\""
-                .into(),
-        ),
-    }
-    let string_field = |k: &str| -> std::result::Result<&str, String> {
-        match obj.get(k) {
-            Some(serde_json::Value::String(s)) => Ok(s),
-            Some(other) => Err(format!(
-                "\"{k}\" must be a string, got {}",
-                json_kind(other)
-            )),
-            None => Err(format!("missing \"{k}\"")),
-        }
-    };
-    let tokerr = |e: String| format!("tokenizer: {e}");
-    if forms[0] {
-        let text = string_field("text")?;
-        let mut ids = tok.encode(text, true).map_err(tokerr)?;
-        let mut labels: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
-        push_eos(tok, &mut ids, &mut labels, true);
-        return Ok((ids, labels));
-    }
-    if forms[1] {
-        let prompt = string_field("prompt")?;
-        let completion = string_field("completion")?;
-        let full = format!("{prompt}{completion}");
-        let span = prompt.len()..full.len();
-        let (mut ids, mut labels) =
-            tokenize_supervised(tok, &full, std::slice::from_ref(&span), true).map_err(tokerr)?;
-        push_eos(tok, &mut ids, &mut labels, true);
-        return Ok((ids, labels));
-    }
-    // messages
-    let msgs = match obj.get("messages") {
-        Some(serde_json::Value::Array(a)) => a,
-        Some(other) => {
-            return Err(format!(
-                "\"messages\" must be an array, got {}",
-                json_kind(other)
-            ))
-        }
-        None => return Err("missing \"messages\"".into()),
-    };
-    if msgs.is_empty() {
-        return Err("\"messages\" is empty".into());
-    }
-    let mut n_assistant = 0;
-    for (i, m) in msgs.iter().enumerate() {
-        let m = m
-            .as_object()
-            .ok_or_else(|| format!("messages[{i}] must be an object, got {}", json_kind(m)))?;
-        match m.get("role") {
-            Some(serde_json::Value::String(r)) => n_assistant += usize::from(r == "assistant"),
-            Some(other) => {
-                return Err(format!(
-                    "messages[{i}].role must be a string, got {}",
-                    json_kind(other)
-                ))
-            }
-            None => return Err(format!("messages[{i}] has no \"role\"")),
-        }
-        match m.get("content") {
-            Some(serde_json::Value::String(_)) => {}
-            Some(other) => {
-                return Err(format!(
-                    "messages[{i}].content must be a string, got {}",
-                    json_kind(other)
-                ))
-            }
-            None => return Err(format!("messages[{i}] has no \"content\"")),
-        }
-    }
-    if n_assistant == 0 {
-        return Err("conversation has no \"assistant\" message (nothing to learn)".into());
-    }
-    let tpl = tok
-        .chat_template()
-        .ok_or("\"messages\" record but the tokenizer has no chat template")?;
-    // Re-parse into template values so object key order is kept (as Python dicts keep it).
-    let raw: minijinja::Value = serde_json::from_str(line).map_err(json_line_err)?;
-    let messages: Vec<minijinja::Value> = raw
-        .get_attr("messages")
-        .and_then(|m| m.try_iter().map(|it| it.collect()))
-        .map_err(|e| format!("messages: {e}"))?;
-    let tools = match raw.get_attr("tools") {
-        Ok(t) if !t.is_undefined() && !t.is_none() => Some(t),
-        _ => None,
-    };
-    let rendered = tpl
-        .render_with_assistant_spans_tools(&messages, tools.as_ref())
-        .map_err(|e| e.to_string())?;
-    tokenize_supervised(tok, &rendered.text, &rendered.assistant_spans, false).map_err(tokerr)
-}
-
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
+        .ok_or_else(|| format!("expected a JSON object, got {}", records::json_kind(&v)))?;
+    // Re-parsed into template values so object key order is kept (as Python dicts keep it).
+    let raw = || serde_json::from_str(line).map_err(records::json_line_err);
+    records::record(tok, obj, &raw, cols)
 }
 
 /// Size of the held-out evaluation set.
