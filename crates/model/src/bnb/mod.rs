@@ -24,6 +24,7 @@
 //! it likes; `config.json` last marks a complete folder.
 
 pub mod pyrepr;
+pub mod read;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Seek, SeekFrom, Write};
@@ -66,13 +67,26 @@ pub struct QuantizeOptions {
     pub select: Select,
     /// Convert every F32/F16/BF16 tensor to this dtype first (quantized ones before quantizing).
     pub cast: Option<FloatDtype>,
-    /// NF4 block size (see [`valid_block_size`]).
+    /// NF4 block size (see [`valid_block_size`]) of every tensor the plan does not name.
     pub block: usize,
+    /// Per-layer block sizes of the decoder linears (`model.layers.{i}.<proj>.weight`), which
+    /// override `block`; its `double_quant` must agree.
+    pub blocks: Option<crate::blocks::BlockPlan>,
     /// Double-quantize the absmax (8-bit codes, nested blocks of 256).
     pub double_quant: bool,
     /// Write dequant(quant(x)) as F32 under each quantized tensor's own name and shape instead of
     /// the packed layout.
     pub dequantize: bool,
+}
+
+impl QuantizeOptions {
+    /// The block size tensor `name` is quantized with.
+    pub fn block_of(&self, name: &str) -> usize {
+        self.blocks
+            .as_ref()
+            .and_then(|p| p.block_of_tensor(name))
+            .unwrap_or(self.block)
+    }
 }
 
 /// Progress of [`QuantizePlan::write`], reported per input tensor.
@@ -129,10 +143,19 @@ impl QuantizePlan {
     pub fn new(file: &SafetensorsFile, opts: QuantizeOptions) -> Result<QuantizePlan> {
         let inp = file.name().to_string();
         if !valid_block_size(opts.block) {
-            return Err(ModelError::Config(format!(
-                "NF4 block size {} is not a power of two in 32..=4096",
+            return Err(ModelError::Option(format!(
+                "NF4 block size {} is not one bitsandbytes accepts: use 32, 64, 128, 256, 512, \
+                 1024, 2048 or 4096",
                 opts.block
             )));
+        }
+        if let Some(p) = &opts.blocks {
+            if p.double_quant != opts.double_quant {
+                return Err(ModelError::Option(
+                    "the block-size plan and the quantization disagree on double quantization"
+                        .into(),
+                ));
+            }
         }
         let items = plan(file, &opts.select, &inp)?;
         let (mut fixed, mut blobs) = outputs(&items, &opts, &inp)?;
@@ -190,7 +213,7 @@ impl QuantizePlan {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<FileSummary> {
         let opts = &self.opts;
-        let (block, double_quant) = (opts.block, opts.double_quant);
+        let double_quant = opts.double_quant;
         let inp = file.name().to_string();
         let werr = |e: std::io::Error| ModelError::Io {
             path: out_name.to_string(),
@@ -232,6 +255,7 @@ impl QuantizePlan {
             let cast = out_dtype(stored, opts.cast);
             match (item.quantize, gpu) {
                 (Some((rows, cols)), Some(gpu)) => {
+                    let block = opts.block_of(name);
                     let fail = |e: ModelError| {
                         ModelError::Tensor(format!("cannot quantize tensor {name:?} of {inp}: {e}"))
                     };
@@ -450,13 +474,19 @@ impl ModelFolder {
         })
     }
 
-    /// How each weight file is quantized: the decoder's linear weights, NF4 block 64, after the
-    /// cast to [`ModelFolder::cast`].
-    pub fn options(&self, double_quant: bool) -> QuantizeOptions {
+    /// How each weight file is quantized: the decoder's linear weights, NF4 with the block sizes
+    /// of `blocks` (default: block 64), after the cast to [`ModelFolder::cast`]. Every layer's own
+    /// quant state records its block size, so mixed sizes load in transformers as they are.
+    pub fn options(
+        &self,
+        double_quant: bool,
+        blocks: Option<crate::blocks::BlockPlan>,
+    ) -> QuantizeOptions {
         QuantizeOptions {
             select: Select::DecoderLinears,
             cast: self.cast,
             block: DEFAULT_BLOCK,
+            blocks,
             double_quant,
             dequantize: false,
         }
@@ -600,7 +630,7 @@ fn outputs(
     opts: &QuantizeOptions,
     inp: &str,
 ) -> Result<(Vec<StEntry>, Vec<(String, usize)>)> {
-    let (block, double_quant) = (opts.block, opts.double_quant);
+    let double_quant = opts.double_quant;
     let mut fixed = Vec::new();
     let mut blobs = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
@@ -632,6 +662,7 @@ fn outputs(
             fixed.push(StEntry::new(name, StDtype::F32, vec![rows, cols])?);
             continue;
         }
+        let block = opts.block_of(name);
         let nblocks = n.div_ceil(block);
         let mut add = |suffix: &str, dtype: StDtype, shape: Vec<usize>| -> Result<()> {
             let full = format!("{name}{suffix}");
@@ -771,6 +802,7 @@ mod tests {
             select: Select::DecoderLinears,
             cast: Some(FloatDtype::BF16),
             block: DEFAULT_BLOCK,
+            blocks: None,
             double_quant: true,
             dequantize: false,
         };
