@@ -561,6 +561,39 @@ pub fn plan_blocks(
         }
         BlockDefault::Auto(b) => b,
     };
+    let n_total: usize = sizes.iter().sum();
+    let budget_bits = match auto {
+        Some(b) => b * n_total as f64,
+        None => {
+            sizes
+                .iter()
+                .zip(&pins)
+                .map(|(&n, p)| quantized_bytes(n, p.unwrap_or(DEFAULT_BLOCK), dq))
+                .sum::<u64>() as f64
+                * 8.0
+        }
+    };
+    // The least memory: the largest block everywhere (the pinned modules as given); checked before
+    // any error is measured.
+    let min_bits: f64 = sizes
+        .iter()
+        .zip(&pins)
+        .map(|(&n, p)| quantized_bytes(n, p.unwrap_or(BLOCK_SIZES[BLOCK_SIZES.len() - 1]), dq))
+        .sum::<u64>() as f64
+        * 8.0;
+    if min_bits > budget_bits + 1e-9 {
+        return Err(cfg_err(format!(
+            "--bits-per-weight {:.4} is below the smallest this model allows, {:.4} (block 4096 \
+             everywhere{}); raise it",
+            budget_bits / n_total as f64,
+            min_bits / n_total as f64,
+            if spec.map.is_empty() {
+                ""
+            } else {
+                ", the --block-size-map modules as given"
+            }
+        )));
+    }
     // Options per module: (block, bytes, weighted error).
     let mut options: Vec<Vec<(usize, u64, f64)>> = Vec::with_capacity(total);
     for (k, m) in mods.iter().enumerate() {
@@ -579,36 +612,6 @@ pub fn plan_blocks(
                 .collect(),
         );
         progress(k + 1, total);
-    }
-    let n_total: usize = sizes.iter().sum();
-    let budget_bits = match auto {
-        Some(b) => b * n_total as f64,
-        None => {
-            sizes
-                .iter()
-                .zip(&pins)
-                .map(|(&n, p)| quantized_bytes(n, p.unwrap_or(DEFAULT_BLOCK), dq))
-                .sum::<u64>() as f64
-                * 8.0
-        }
-    };
-    let min_bits: f64 = options
-        .iter()
-        .map(|o| o.iter().map(|x| x.1).min().unwrap_or(0))
-        .sum::<u64>() as f64
-        * 8.0;
-    if min_bits > budget_bits + 1e-9 {
-        return Err(cfg_err(format!(
-            "--bits-per-weight {:.4} is below the smallest this model allows, {:.4} (block 4096 \
-             everywhere{}); raise it",
-            budget_bits / n_total as f64,
-            min_bits / n_total as f64,
-            if spec.map.is_empty() {
-                ""
-            } else {
-                ", the --block-size-map modules as given"
-            }
-        )));
     }
     let budget = (budget_bits / 8.0).floor() as u64;
     let weights: Vec<f64> = sizes.iter().map(|&n| n as f64).collect();
