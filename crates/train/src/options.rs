@@ -160,6 +160,7 @@ pub struct BlockOptions {
     /// error within --bits-per-weight (default: the memory of block 64 everywhere); prints a
     /// per-layer table [default: 64, or the sizes stored with --adapter / --resume].
     #[arg(long, value_name = "N|auto")]
+    #[serde(deserialize_with = "text_or_number")]
     pub block_size: Option<String>,
     /// Per-module block sizes, `PATTERN=N,...` (e.g. 'mlp.down_proj=32,self_attn.*=128'): a
     /// pattern matches a module's whole name (model.layers.3.mlp.down_proj) or a dot-separated
@@ -172,6 +173,11 @@ pub struct BlockOptions {
     /// memory of block 64 everywhere].
     #[arg(long, value_name = "B")]
     pub bits_per_weight: Option<f64>,
+}
+
+/// A JSON string or number as text (`"block_size": 128` or `"auto"`).
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<NumOrText>::deserialize(d)?.map(|v| v.to_string()))
 }
 
 impl BlockOptions {
