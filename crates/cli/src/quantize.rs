@@ -90,7 +90,7 @@ pub fn run(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
         select,
         cast: None,
         block,
-        blocks: None,
+        blocks: Default::default(),
         double_quant,
         dequantize: args.dequantize,
     };
@@ -257,7 +257,12 @@ fn run_dir(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
         let s = quantize_file(
             &inp_dir.join(f),
             &out_dir.join(f),
-            folder.options(double_quant, plan.clone()),
+            folder.options(
+                double_quant,
+                plan.as_ref()
+                    .map(BlockPlan::tensor_blocks)
+                    .unwrap_or_default(),
+            ),
             &mut gpu,
         )?;
         nquant += s.nquant;

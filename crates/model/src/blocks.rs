@@ -330,6 +330,18 @@ impl BlockPlan {
         self.blocks.get(i).map(|b| b[t])
     }
 
+    /// Block size by tensor name (`model.layers.3.mlp.down_proj.weight`), for
+    /// `bnb::QuantizeOptions::blocks`.
+    pub fn tensor_blocks(&self) -> std::collections::HashMap<String, usize> {
+        let mut out = std::collections::HashMap::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (t, &block) in b.iter().enumerate() {
+                out.insert(format!("{}.weight", linear_path(i, t)), block);
+            }
+        }
+        out
+    }
+
     /// `{"quant": "nf4", "double_quant": true, "block_sizes": {"model.layers.0.self_attn.q_proj":
     /// 64, ...}}`, the text of [`PLAN_FILE`].
     pub fn to_json(&self) -> String {

@@ -69,9 +69,9 @@ pub struct QuantizeOptions {
     pub cast: Option<FloatDtype>,
     /// NF4 block size (see [`valid_block_size`]) of every tensor the plan does not name.
     pub block: usize,
-    /// Per-layer block sizes of the decoder linears (`model.layers.{i}.<proj>.weight`), which
-    /// override `block`; its `double_quant` must agree.
-    pub blocks: Option<crate::blocks::BlockPlan>,
+    /// Block sizes of named tensors (a per-layer plan's `BlockPlan::tensor_blocks`), overriding
+    /// `block`.
+    pub blocks: HashMap<String, usize>,
     /// Double-quantize the absmax (8-bit codes, nested blocks of 256).
     pub double_quant: bool,
     /// Write dequant(quant(x)) as F32 under each quantized tensor's own name and shape instead of
@@ -82,10 +82,7 @@ pub struct QuantizeOptions {
 impl QuantizeOptions {
     /// The block size tensor `name` is quantized with.
     pub fn block_of(&self, name: &str) -> usize {
-        self.blocks
-            .as_ref()
-            .and_then(|p| p.block_of_tensor(name))
-            .unwrap_or(self.block)
+        self.blocks.get(name).copied().unwrap_or(self.block)
     }
 }
 
@@ -149,13 +146,11 @@ impl QuantizePlan {
                 opts.block
             )));
         }
-        if let Some(p) = &opts.blocks {
-            if p.double_quant != opts.double_quant {
-                return Err(ModelError::Option(
-                    "the block-size plan and the quantization disagree on double quantization"
-                        .into(),
-                ));
-            }
+        if let Some((name, b)) = opts.blocks.iter().find(|(_, &b)| !valid_block_size(b)) {
+            return Err(ModelError::Option(format!(
+                "NF4 block size {b} of {name} is not one bitsandbytes accepts: use 32, 64, 128, \
+                 256, 512, 1024, 2048 or 4096"
+            )));
         }
         let items = plan(file, &opts.select, &inp)?;
         let (mut fixed, mut blobs) = outputs(&items, &opts, &inp)?;
@@ -477,11 +472,7 @@ impl ModelFolder {
     /// How each weight file is quantized: the decoder's linear weights, NF4 with the block sizes
     /// of `blocks` (default: block 64), after the cast to [`ModelFolder::cast`]. Every layer's own
     /// quant state records its block size, so mixed sizes load in transformers as they are.
-    pub fn options(
-        &self,
-        double_quant: bool,
-        blocks: Option<crate::blocks::BlockPlan>,
-    ) -> QuantizeOptions {
+    pub fn options(&self, double_quant: bool, blocks: HashMap<String, usize>) -> QuantizeOptions {
         QuantizeOptions {
             select: Select::DecoderLinears,
             cast: self.cast,
@@ -802,7 +793,7 @@ mod tests {
             select: Select::DecoderLinears,
             cast: Some(FloatDtype::BF16),
             block: DEFAULT_BLOCK,
-            blocks: None,
+            blocks: HashMap::new(),
             double_quant: true,
             dequantize: false,
         };
