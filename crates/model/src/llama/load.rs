@@ -161,10 +161,11 @@ impl LlamaModel {
                 Ok(l) => l,
                 Err(_) => unreachable!("seven linears were built"),
             };
-            if quant == Quant::None {
+            if quant == Quant::None || src.is_prequantized() {
                 // wgpu stages every `write_buffer` until the next submit: without one (an f32
-                // base has no quantize pass to submit), a whole model's staging copies would pile
-                // up in host memory before the first step. Flush them layer by layer.
+                // base, or a bitsandbytes checkpoint's codes, has no quantize pass to submit), a
+                // whole model's staging copies would pile up in host memory before the first
+                // step. Flush them layer by layer.
                 gpu.encoder().submit();
                 gpu.sync()?;
             }
