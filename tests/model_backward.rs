@@ -352,6 +352,7 @@ fn sixteen_bit_vocabulary_matches_its_f32_copy_exactly() {
             let full = LoadOptions {
                 vocab_chunk_rows: chunk,
                 vocab_dtype: Some(FloatDtype::F32),
+                ..Default::default()
             };
             let m16 = LlamaModel::load_with(gpu, &src, Quant::None, &half).unwrap();
             let m32 = LlamaModel::load_with(gpu, &src, Quant::None, &full).unwrap();

@@ -24,6 +24,8 @@ pub struct GenerateArgs {
     /// Storage of the base model's linear layers.
     #[arg(long, value_enum, default_value_t = QuantArg::default())]
     pub quant: QuantArg,
+    #[command(flatten)]
+    pub blocks: tinytune_train::BlockOptions,
     /// PEFT adapter folder (adapter_config.json + adapter_model.safetensors; LoRA, prompt tuning
     /// or prefix tuning), e.g. the output of `tinytune train` [default: none, the base model
     /// alone].
@@ -96,11 +98,23 @@ pub fn run(args: &GenerateArgs, gpu_name: Option<String>) -> Result<()> {
     let virt = adapter.as_ref().map_or(0, PeftAdapter::virtual_tokens);
     tinytune_train::kv_length(src.config(), ids.len(), virt, &args.options)
         .map_err(|e| anyhow!(e))?;
+    let blocks = crate::blocks::resolve(
+        &src,
+        &args.model,
+        args.quant.quant(),
+        &args.blocks,
+        args.adapter.as_deref(),
+        false,
+    )?;
     let gpu = Gpu::new_blocking(GpuOptions {
         adapter_name: gpu_name,
         ..GpuOptions::default()
     })?;
-    let model = LlamaModel::load(&gpu, &src, args.quant.quant())
+    let opts = tinytune_model::LoadOptions {
+        blocks,
+        ..Default::default()
+    };
+    let model = LlamaModel::load_with(&gpu, &src, args.quant.quant(), &opts)
         .with_context(|| format!("cannot load {}", args.model.display()))?;
     let adapter_gpu = match (&adapter, &args.adapter) {
         (Some(a), Some(dir)) => Some(

@@ -26,6 +26,8 @@ pub struct LogitsArgs {
     /// Storage of the base model's linear layers [default: nf4].
     #[arg(long, value_enum, default_value_t = QuantArg::default())]
     pub quant: QuantArg,
+    #[command(flatten)]
+    pub blocks: tinytune_train::BlockOptions,
     /// Comma-separated token ids, e.g. `--ids 1,2,3` [one of --ids or --prompt is required].
     #[arg(
         long,
@@ -64,11 +66,23 @@ pub fn run(args: &LogitsArgs, adapter: Option<String>) -> Result<()> {
             args.model.display()
         );
     }
+    let blocks = crate::blocks::resolve(
+        &src,
+        &args.model,
+        args.quant.quant(),
+        &args.blocks,
+        args.adapter.as_deref(),
+        false,
+    )?;
     let gpu = Gpu::new_blocking(GpuOptions {
         adapter_name: adapter,
         ..GpuOptions::default()
     })?;
-    let model = LlamaModel::load(&gpu, &src, args.quant.quant())
+    let opts = tinytune_model::LoadOptions {
+        blocks,
+        ..Default::default()
+    };
+    let model = LlamaModel::load_with(&gpu, &src, args.quant.quant(), &opts)
         .with_context(|| format!("cannot load {}", args.model.display()))?;
     let adapter = match &args.adapter {
         Some(dir) => {

@@ -2,6 +2,7 @@
 //!
 //! Errors print as one line `error: <message>` on stderr and exit with status 1.
 
+mod blocks;
 mod generate;
 mod info;
 mod lock;

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tinytune_gpu::{Gpu, GpuOptions};
+use tinytune_model::blocks::{parse_block, BlockPlan};
 use tinytune_model::bnb::{
-    valid_block_size, FileSummary, ModelFolder, Progress, QuantizeOptions, QuantizePlan, Select,
-    DEFAULT_BLOCK, INDEX_FILE,
+    FileSummary, ModelFolder, Progress, QuantizeOptions, QuantizePlan, Select, DEFAULT_BLOCK,
+    INDEX_FILE,
 };
 use tinytune_model::source::COPIED_FILES;
 use tinytune_model::{ModelError, SafetensorsFile};
@@ -35,9 +36,11 @@ pub struct QuantizeArgs {
     /// file is written to a temporary file next to it, then renamed.
     #[arg(value_name = "OUT")]
     pub output: PathBuf,
-    /// NF4 block size: a power of two in 32..=4096.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_BLOCK)]
-    pub block_size: usize,
+    /// NF4 block sizes: `--block-size N` for a file or a folder; for a model folder also
+    /// `--block-size-map` and `--block-size auto [--bits-per-weight B]` (per decoder linear; each
+    /// layer's quant state records its own block size) [default: 64].
+    #[command(flatten)]
+    pub blocks: tinytune_train::BlockOptions,
     /// Store the per-block absmax as F32 instead of double-quantizing it to 8 bits
     /// [default: off, i.e. double quantization with nested blocks of 256].
     #[arg(long)]
@@ -58,13 +61,24 @@ pub struct QuantizeArgs {
 
 /// Runs `tinytune quantize`.
 pub fn run(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
-    let block = args.block_size;
-    if !valid_block_size(block) {
-        bail!("--block-size {block} is not a power of two in 32..=4096");
-    }
     if args.input.is_dir() {
         return run_dir(args, adapter);
     }
+    let b = &args.blocks;
+    if b.block_size_map.is_some() || b.bits_per_weight.is_some() {
+        bail!(
+            "--block-size-map and --bits-per-weight choose block sizes per decoder layer of a \
+             model folder; for a safetensors file give one --block-size N"
+        );
+    }
+    let block = match b.block_size.as_deref() {
+        None => DEFAULT_BLOCK,
+        Some(s) if s.trim() == "auto" => bail!(
+            "--block-size auto chooses block sizes per decoder layer of a model folder; for a \
+             safetensors file give one --block-size N"
+        ),
+        Some(s) => parse_block(s, "--block-size")?,
+    };
     let double_quant = !args.no_double_quant;
     let out = args.output.display().to_string();
     let select = if args.tensors.is_empty() {
@@ -76,6 +90,7 @@ pub fn run(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
         select,
         cast: None,
         block,
+        blocks: Default::default(),
         double_quant,
         dequantize: args.dequantize,
     };
@@ -197,15 +212,32 @@ fn run_dir(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
     let inp_dir = &args.input;
     let out_dir = &args.output;
     let (inp, out) = (inp_dir.display().to_string(), out_dir.display().to_string());
-    if args.dequantize || !args.tensors.is_empty() || args.block_size != DEFAULT_BLOCK {
+    if args.dequantize || !args.tensors.is_empty() {
         bail!(
-            "--dequantize, --tensor and --block-size apply to a safetensors file; a model folder \
-             ({inp}) is always quantized like transformers' BitsAndBytesConfig (block size 64, the \
-             decoder's linear layers)"
+            "--dequantize and --tensor apply to a safetensors file; a model folder ({inp}) is \
+             quantized like transformers' BitsAndBytesConfig (the decoder's linear layers)"
         );
     }
     let double_quant = !args.no_double_quant;
     let folder = ModelFolder::open(inp_dir)?;
+    let plan: Option<BlockPlan> = match args.blocks.spec(double_quant).map_err(|e| anyhow!(e))? {
+        None => None,
+        Some(_) => {
+            let src = tinytune_model::ModelSource::open(inp_dir)
+                .with_context(|| format!("cannot read the model {inp} to plan its block sizes"))?;
+            crate::blocks::resolve(
+                &src,
+                inp_dir,
+                tinytune_model::Quant::Nf4 {
+                    block: DEFAULT_BLOCK,
+                    double_quant,
+                },
+                &args.blocks,
+                None,
+                false,
+            )?
+        }
+    };
 
     if out_dir.is_file() {
         bail!("{out} is a file; OUT_DIR must be a folder for a model folder input");
@@ -225,7 +257,12 @@ fn run_dir(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
         let s = quantize_file(
             &inp_dir.join(f),
             &out_dir.join(f),
-            folder.options(double_quant),
+            folder.options(
+                double_quant,
+                plan.as_ref()
+                    .map(BlockPlan::tensor_blocks)
+                    .unwrap_or_default(),
+            ),
             &mut gpu,
         )?;
         nquant += s.nquant;
@@ -259,7 +296,12 @@ fn run_dir(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
     crate::merge::write_file(&out_dir.join("config.json"), text.as_bytes())?;
     println!(
         "{out}: bitsandbytes 4-bit checkpoint of {inp}: {nquant} linear weight(s) quantized to NF4 \
-         (block size 64{}), {ncopied} tensor(s) kept{}; {bytes_in} -> {bytes_out} bytes",
+         ({}{}), {ncopied} tensor(s) kept{}; {bytes_in} -> {bytes_out} bytes",
+        match plan.as_ref().map(BlockPlan::range) {
+            None => "block size 64".to_string(),
+            Some((lo, hi)) if lo == hi => format!("block size {lo}"),
+            Some((lo, hi)) => format!("block sizes {lo}..{hi} per layer"),
+        },
         if double_quant { ", double quant" } else { "" },
         match folder.cast {
             Some(d) => format!(" as {}", d.torch_name()),

@@ -14,12 +14,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tinytune_gpu::{Gpu, GpuOptions};
-use tinytune_model::{LlamaModel, ModelSource, PrefixGpu};
+use tinytune_model::{BlockPlan, LlamaModel, LoadOptions, ModelSource, PrefixGpu};
 use tinytune_train::data::{Columns, DataConfig, TextSplit};
 use tinytune_train::metrics::MetricsWriter;
 use tinytune_train::{
-    evaluate, parse_eval_data_arg, plan_run, AdapterGpu, Checkpoint, Dataset, ModelTokenizer,
-    PeftAdapter, PeftMethod, RunFrom, TrainOptions, TrainSession,
+    evaluate, parse_eval_data_arg, plan_run, AdapterGpu, BlockOptions, Checkpoint, Dataset,
+    ModelTokenizer, PeftAdapter, PeftMethod, RunFrom, TrainOptions, TrainSession,
 };
 
 use crate::logits::QuantArg;
@@ -39,6 +39,8 @@ pub struct ModelDataArgs {
     /// double quant), none = f32.
     #[arg(long, value_enum, default_value_t = QuantArg::default())]
     pub quant: QuantArg,
+    #[command(flatten)]
+    pub blocks: BlockOptions,
     /// Dataset file(s), repeatable (mixed): .txt (plain text), or .jsonl / .parquet with
     /// {"text"}, {"prompt","completion"}, {"messages":[{"role","content"}...]}, ShareGPT
     /// {"conversations":[{"from","value"}...]} or pre-tokenized {"input_ids","labels"?} records
@@ -134,17 +136,32 @@ fn open_gpu(gpu_name: Option<String>) -> Result<Gpu> {
     })?)
 }
 
-fn load_model(gpu: &Gpu, src: &ModelSource, path: &Path, quant: QuantArg) -> Result<LlamaModel> {
+/// Loads the model with the given block sizes (`None`: the quant's own block everywhere).
+pub fn load_model(
+    gpu: &Gpu,
+    src: &ModelSource,
+    path: &Path,
+    quant: QuantArg,
+    blocks: Option<BlockPlan>,
+) -> Result<LlamaModel> {
     let t = Instant::now();
-    let model = LlamaModel::load(gpu, src, quant.quant())
+    let opts = LoadOptions {
+        blocks,
+        ..LoadOptions::default()
+    };
+    let model = LlamaModel::load_with(gpu, src, quant.quant(), &opts)
         .with_context(|| format!("cannot load {}", path.display()))?;
     eprintln!(
-        "model: {} ({} layers, hidden {}, vocab {}), {:?} base, loaded in {:.1}s",
+        "model: {} ({} layers, hidden {}, vocab {}), {}, loaded in {:.1}s",
         path.display(),
         model.config.num_hidden_layers,
         model.config.hidden_size,
         model.config.vocab_size,
-        quant,
+        if src.is_prequantized() {
+            "bitsandbytes NF4 base (its own codes)".to_string()
+        } else {
+            format!("{quant:?} base")
+        },
         t.elapsed().as_secs_f64()
     );
     eprintln!("model memory: {}", model.memory());
@@ -171,15 +188,20 @@ fn newest_checkpoint(dir: &Path) -> Result<PathBuf> {
         .with_context(|| format!("--resume: no checkpoint-<step> folder in {}", dir.display()))
 }
 
-/// Where the run starts: `--resume`, `--adapter` or fresh.
-fn run_from(args: &TrainArgs) -> Result<RunFrom> {
-    Ok(match (&args.resume, &args.adapter) {
-        (Some(p), _) => {
-            let dir = if p.as_os_str() == "latest" && !p.exists() {
-                newest_checkpoint(&args.output_dir)?
-            } else {
-                p.clone()
-            };
+/// Where the run starts: `--resume`, `--adapter` or fresh; and the folder it starts from (whose
+/// recorded block sizes the base takes).
+fn run_from(args: &TrainArgs) -> Result<(RunFrom, Option<PathBuf>)> {
+    let from = match (&args.resume, &args.adapter) {
+        (Some(p), _) if p.as_os_str() == "latest" && !p.exists() => {
+            Some(newest_checkpoint(&args.output_dir)?)
+        }
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(a)) => Some(a.clone()),
+        (None, None) => None,
+    };
+    let run = match (&args.resume, &args.adapter) {
+        (Some(_), _) => {
+            let dir = from.clone().expect("a resume folder");
             let ck = Checkpoint::load(&dir)?;
             eprintln!(
                 "resuming from {} (step {} of {})",
@@ -194,16 +216,26 @@ fn run_from(args: &TrainArgs) -> Result<RunFrom> {
             name: format!("--adapter {}", a.display()),
         },
         (None, None) => RunFrom::Fresh,
-    })
+    };
+    Ok((run, from))
 }
 
 pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     let model_path = &args.input.model;
     let src = open_source(model_path)?;
     let tok = tokenizer(&src, model_path)?;
+    let (from, from_dir) = run_from(args)?;
+    let blocks = crate::blocks::resolve(
+        &src,
+        model_path,
+        args.input.quant.quant(),
+        &args.input.blocks,
+        from_dir.as_deref(),
+        args.resume.is_some(),
+    )?;
     let plan = plan_run(
         &args.options,
-        run_from(args)?,
+        from,
         &model_path.display().to_string(),
         args.input
             .data
@@ -243,7 +275,7 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         eval_sets.push((name, set));
     }
     let gpu = open_gpu(gpu_name)?;
-    let model = load_model(&gpu, &src, model_path, args.input.quant)?;
+    let model = load_model(&gpu, &src, model_path, args.input.quant, blocks.clone())?;
     let model_bytes = gpu.memory().live_bytes;
     // The peak of the run itself, not of quantizing the model at load.
     gpu.reset_peak_memory();
@@ -345,6 +377,7 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         if ev.checkpoint_due {
             let dir = args.output_dir.join(format!("checkpoint-{step}"));
             pollster::block_on(session.trainer.checkpoint())?.save(&dir)?;
+            crate::blocks::save_plan(&dir, &src, args.input.quant.quant(), blocks.as_ref())?;
         }
     }
     if let Some(b) = bar {
@@ -352,6 +385,12 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     }
     let trainer = &session.trainer;
     pollster::block_on(trainer.peft_adapter())?.save(&args.output_dir)?;
+    crate::blocks::save_plan(
+        &args.output_dir,
+        &src,
+        args.input.quant.quant(),
+        blocks.as_ref(),
+    )?;
     eprintln!(
         "saved the adapter (PEFT layout) to {} after {} steps, {:.1}s of training ({} tokens)",
         args.output_dir.display(),
@@ -383,8 +422,16 @@ pub fn run_eval(args: &EvalArgs, gpu_name: Option<String>) -> Result<()> {
         columns: Columns::parse(&args.data_column).map_err(|e| anyhow!(e))?,
     };
     let data = load_data(&args.input.data, &tok, &cfg)?;
+    let blocks = crate::blocks::resolve(
+        &src,
+        model_path,
+        args.input.quant.quant(),
+        &args.input.blocks,
+        args.adapter.as_deref(),
+        false,
+    )?;
     let gpu = open_gpu(gpu_name)?;
-    let model = load_model(&gpu, &src, model_path, args.input.quant)?;
+    let model = load_model(&gpu, &src, model_path, args.input.quant, blocks)?;
     let adapter = match &args.adapter {
         Some(dir) => {
             let a = PeftAdapter::load(dir)

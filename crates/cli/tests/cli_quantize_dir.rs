@@ -271,8 +271,12 @@ fn quantize_model_folder_errors() {
     let m = model.to_str().unwrap();
     assert_fails(&["quantize", m, o, "--dequantize"], &["--dequantize"]);
     assert_fails(
-        &["quantize", m, o, "--block-size", "128"],
-        &["--block-size"],
+        &["quantize", m, o, "--block-size", "48"],
+        &["--block-size 48"],
+    );
+    assert_fails(
+        &["quantize", m, o, "--block-size-map", "mlp.nope=32"],
+        &["\"mlp.nope\""],
     );
     assert_fails(
         &["quantize", m, o, "--tensor", "model.norm.weight"],

@@ -19,6 +19,7 @@
 //! Q/K row permutation that llama.cpp's converter applies to `llama` models is undone, so a GGUF
 //! and the HF folder it was converted from load to the same tensors (up to quantization).
 
+pub mod blocks;
 pub mod bnb;
 pub mod bytes;
 pub mod config;
@@ -40,6 +41,7 @@ pub mod tensor;
 pub mod tokenizer;
 pub mod vocab;
 
+pub use blocks::{BlockPlan, BlockSpec, PlanReport};
 #[cfg(not(target_arch = "wasm32"))]
 pub use bytes::MmapBytes;
 pub use bytes::{ByteSource, ChunkedBytes, MemBytes};
@@ -101,6 +103,9 @@ pub enum ModelError {
     /// Inputs of a forward/backward call do not fit the model (token count, batch shape...).
     #[error("{0}")]
     Shape(String),
+    /// An option the user gave is invalid for this model (block sizes, block-size patterns).
+    #[error("{0}")]
+    Option(String),
 }
 
 /// Result alias of this crate.

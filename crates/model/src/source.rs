@@ -1,7 +1,7 @@
 //! [`ModelSource`]: one model, from a Hugging Face folder or a GGUF file, presented in Hugging
 //! Face terms (config, tensor names, torch shapes) and loaded one tensor at a time as f32.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::bytes::ByteSource;
 use crate::config::{LlamaConfig, ModelType};
@@ -71,6 +71,8 @@ enum Inner {
         tokenizer_json: Option<String>,
         tokenizer_config_json: Option<String>,
         chat_template: Option<String>,
+        /// Weights stored as bitsandbytes 4-bit NF4 (a pre-quantized checkpoint).
+        nf4: HashSet<String>,
     },
     Gguf(GgufFile),
 }
@@ -203,6 +205,8 @@ impl ModelSource {
     /// A model from the parts of a Hugging Face folder (any [`ByteSource`]s).
     pub fn from_hf_parts(parts: HfParts) -> Result<ModelSource> {
         let config = LlamaConfig::from_json(&parts.config_json)?;
+        let prequantized =
+            crate::bnb::read::check_quantization_config(&parts.config_json, "config.json")?;
         let mut shards = Vec::with_capacity(parts.shards.len());
         for s in parts.shards {
             shards.push(SafetensorsFile::new(s)?);
@@ -225,12 +229,40 @@ impl ModelSource {
         }
         let specs = config.tensor_specs();
         let mut tensors = Vec::with_capacity(specs.len());
+        let mut nf4 = HashSet::new();
+        let mut companions: HashSet<String> = HashSet::new();
         for (name, shape) in &specs {
             let &i = map.get(name).ok_or_else(|| {
                 ModelError::Tensor(format!(
                     "checkpoint has no tensor '{name}' (expected shape {shape:?})"
                 ))
             })?;
+            if crate::bnb::read::is_nf4_weight(&shards[i], name)? {
+                let qs = crate::bnb::read::quant_state(&shards[i], name)?;
+                if [qs.rows, qs.cols][..] != shape[..] {
+                    return Err(ModelError::Tensor(format!(
+                        "{}: bitsandbytes weight '{name}' has shape [{}, {}], the config implies \
+                         {shape:?}",
+                        shards[i].name(),
+                        qs.rows,
+                        qs.cols
+                    )));
+                }
+                for c in crate::bnb::read::COMPANIONS
+                    .iter()
+                    .chain([&crate::bnb::QUANT_STATE_SUFFIX])
+                {
+                    companions.insert(format!("{name}{c}"));
+                }
+                nf4.insert(name.clone());
+                tensors.push(TensorMeta {
+                    name: name.clone(),
+                    shape: shape.clone(),
+                    dtype: "NF4".to_string(),
+                    file: shards[i].name().to_string(),
+                });
+                continue;
+            }
             let info = shards[i].info(name).expect("mapped");
             if &info.shape != shape {
                 return Err(ModelError::Tensor(format!(
@@ -257,7 +289,9 @@ impl ModelSource {
         let unexpected: Vec<&str> = map
             .keys()
             .map(String::as_str)
-            .filter(|n| !expected.contains(n) && !ignorable_hf_tensor(n))
+            .filter(|n| {
+                !expected.contains(n) && !ignorable_hf_tensor(n) && !companions.contains(*n)
+            })
             // A tied checkpoint may still store lm_head.weight (a copy of the embeddings).
             .filter(|n| !(config.tie_word_embeddings && *n == "lm_head.weight"))
             .collect();
@@ -286,7 +320,17 @@ impl ModelSource {
                 tokenizer_json: parts.tokenizer_json,
                 tokenizer_config_json: parts.tokenizer_config_json,
                 chat_template: parts.chat_template,
+                nf4,
             },
+        })
+        .and_then(|src| match (prequantized, src.is_prequantized()) {
+            (crate::bnb::read::Prequantized::Nf4, false) => Err(ModelError::Tensor(
+                "config.json has a bitsandbytes 4-bit quantization_config but no weight is \
+                 stored quantized (no NAME.quant_state.bitsandbytes__nf4 tensor); is this the \
+                 right folder?"
+                    .into(),
+            )),
+            _ => Ok(src),
         })
     }
 
@@ -422,6 +466,15 @@ impl ModelSource {
             ModelError::Tensor(format!("the model has no tensor '{name}'{hint}"))
         })?;
         let t = match &self.inner {
+            Inner::Hf {
+                shards, map, nf4, ..
+            } if nf4.contains(name) => {
+                let (t, _) = crate::bnb::read::read_nf4(&shards[map[name]], name)?;
+                HostTensor {
+                    shape: meta.shape.clone(),
+                    data: crate::bnb::read::dequantize(&t),
+                }
+            }
             Inner::Hf { shards, map, .. } => shards[map[name]].load(name)?,
             Inner::Gguf(g) => {
                 let gname = hf_to_gguf_name(name).expect("model tensors map to GGUF names");
@@ -445,6 +498,25 @@ impl ModelSource {
         };
         debug_assert_eq!(t.shape, meta.shape);
         Ok(t)
+    }
+
+    /// Whether some linear weights are stored as bitsandbytes 4-bit NF4 (a pre-quantized folder:
+    /// the loader uses their codes as they are).
+    pub fn is_prequantized(&self) -> bool {
+        matches!(&self.inner, Inner::Hf { nf4, .. } if !nf4.is_empty())
+    }
+
+    /// A weight stored as bitsandbytes 4-bit NF4, read as it is stored (codes, absmax, block
+    /// size); `None` for a tensor stored as floats (or quantized in a GGUF).
+    pub fn nf4(&self, name: &str) -> Result<Option<tinytune_gpu::nf4::Nf4Tensor>> {
+        match &self.inner {
+            Inner::Hf {
+                shards, map, nf4, ..
+            } if nf4.contains(name) => Ok(Some(
+                crate::bnb::read::read_nf4(&shards[map[name]], name)?.0,
+            )),
+            _ => Ok(None),
+        }
     }
 
     /// The float dtype a tensor is stored in (F32, F16, BF16), or `None` when it is stored
@@ -494,6 +566,10 @@ impl ModelSource {
         let n = rows * c;
         let mut f32s = vec![0f32; n];
         match &self.inner {
+            Inner::Hf { nf4, .. } if nf4.contains(name) => {
+                let all = self.load(name)?;
+                f32s.copy_from_slice(&all.data[row0 * c..(row0 + rows) * c]);
+            }
             Inner::Hf { shards, map, .. } => {
                 let sh = &shards[map[name]];
                 let bytes = sh.raw_rows(name, row0, rows)?;

@@ -51,8 +51,8 @@ pub use data::{
 pub use metrics::{MetricsRecord, MetricsWriter, SetLoss};
 pub use model_tok::ModelTokenizer;
 pub use options::{
-    parse_gen_options, parse_train_options, GenOptions, Layers, Names, NumOrText, PromptInit,
-    QuantOption, TrainOptions,
+    parse_gen_options, parse_train_options, BlockOptions, GenOptions, Layers, Names, NumOrText,
+    PromptInit, QuantOption, TrainOptions,
 };
 pub use peft::{
     LoraAdapter, LoraConfig, LoraKey, LoraModule, LoraPair, LoraWeights, TargetModules,

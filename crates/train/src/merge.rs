@@ -220,6 +220,8 @@ pub fn output_config(src: &ModelSource, model_path: &Path, dtype: FloatDtype) ->
     if archs_empty {
         o.insert("architectures".into(), json!([cfg.model_type.hf_class()]));
     }
+    // A bitsandbytes source is written dequantized: the output is a plain float folder.
+    o.remove("quantization_config");
     o.insert("dtype".into(), json!(dtype.torch_name()));
     if o.contains_key("torch_dtype") {
         o.insert("torch_dtype".into(), json!(dtype.torch_name()));

@@ -148,6 +148,56 @@ impl QuantOption {
     }
 }
 
+/// `--block-size`, `--block-size-map`, `--bits-per-weight` (train, eval, generate, logits,
+/// quantize) and the same keys of the JS `loadModel` options: the NF4 block size of each frozen
+/// linear layer ([`tinytune_model::blocks`]). None given: block 64 everywhere (or what an adapter
+/// or checkpoint recorded).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlockOptions {
+    /// NF4 block size of every frozen linear layer: 32, 64, 128, 256, 512, 1024, 2048 or 4096
+    /// (what bitsandbytes accepts), or `auto`: per layer the size with the least quantization
+    /// error within --bits-per-weight (default: the memory of block 64 everywhere); prints a
+    /// per-layer table [default: 64, or the sizes stored with --adapter / --resume].
+    #[arg(long, value_name = "N|auto")]
+    #[serde(deserialize_with = "text_or_number")]
+    pub block_size: Option<String>,
+    /// Per-module block sizes, `PATTERN=N,...` (e.g. 'mlp.down_proj=32,self_attn.*=128'): a
+    /// pattern matches a module's whole name (model.layers.3.mlp.down_proj) or a dot-separated
+    /// suffix of it, `*` matches anything; later entries win; with --block-size auto the listed
+    /// modules keep their size [default: none].
+    #[arg(long, value_name = "PATTERN=N,...")]
+    pub block_size_map: Option<String>,
+    /// With --block-size auto: average bits per quantized weight to stay within, codes + absmax +
+    /// nested absmax counted (block 64 with double quantization is about 4.127) [default: the
+    /// memory of block 64 everywhere].
+    #[arg(long, value_name = "B")]
+    pub bits_per_weight: Option<f64>,
+}
+
+/// A JSON string or number as text (`"block_size": 128` or `"auto"`).
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<NumOrText>::deserialize(d)?.map(|v| v.to_string()))
+}
+
+impl BlockOptions {
+    /// Whether any of the three is given.
+    pub fn is_set(&self) -> bool {
+        self.block_size.is_some() || self.block_size_map.is_some() || self.bits_per_weight.is_some()
+    }
+
+    /// The model crate's spec (`None`: nothing given).
+    pub fn spec(&self, double_quant: bool) -> Result<Option<tinytune_model::BlockSpec>, String> {
+        tinytune_model::BlockSpec::parse(
+            self.block_size.as_deref(),
+            self.block_size_map.as_deref(),
+            self.bits_per_weight,
+            double_quant,
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
 fn defaults() -> TrainOptions {
     TrainOptions::default()
 }

@@ -185,6 +185,39 @@ impl Inner {
     }
 }
 
+/// The block sizes `loadModel` asked for (see `tinytune train --block-size`), resolved against
+/// the model; `None`: block 64 everywhere.
+fn block_plan(
+    src: &tinytune_model::ModelSource,
+    quant: QuantOption,
+    blocks: &tinytune_train::BlockOptions,
+) -> Result<Option<tinytune_model::BlockPlan>, String> {
+    if !blocks.is_set() {
+        return Ok(None);
+    }
+    if src.is_prequantized() {
+        return Err(
+            "the model is a bitsandbytes 4-bit checkpoint: its layers keep the block \
+                    sizes they were saved with; leave out block_size, block_size_map and \
+                    bits_per_weight"
+                .into(),
+        );
+    }
+    let tinytune_model::Quant::Nf4 { double_quant, .. } = quant.quant() else {
+        return Err(
+            "block_size, block_size_map and bits_per_weight set NF4 block sizes; they do \
+                    not apply with quant \"none\""
+                .into(),
+        );
+    };
+    let Some(spec) = blocks.spec(double_quant)? else {
+        return Ok(None);
+    };
+    let report = tinytune_model::blocks::plan_blocks(src, &spec, &mut |_, _| {})
+        .map_err(|e| format!("cannot choose block sizes: {e}"))?;
+    Ok(Some(report.plan))
+}
+
 fn err(e: impl std::fmt::Display) -> JsValue {
     JsError::new(&e.to_string()).into()
 }
@@ -695,10 +728,7 @@ impl Tinytune {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let _busy = inner.begin("loadModel")?;
-            let quant = match quant.as_deref() {
-                Some(q) => QuantOption::parse(q).map_err(err)?,
-                None => QuantOption::default(),
-            };
+            let (quant, blocks) = options::parse_load_options(quant.as_deref()).map_err(err)?;
             let t0 = (clock())();
             let counter = Arc::new(reader::LoadCounter::default());
             let files = match files.as_string() {
@@ -744,7 +774,12 @@ impl Tinytune {
             report_progress(&counter);
             inner.model.replace(None);
             inner.adapter.replace(None);
-            let model = LlamaModel::load(&inner.gpu, &src, quant.quant())
+            let plan = block_plan(&src, quant, &blocks).map_err(err)?;
+            let load_opts = tinytune_model::LoadOptions {
+                blocks: plan,
+                ..Default::default()
+            };
+            let model = LlamaModel::load_with(&inner.gpu, &src, quant.quant(), &load_opts)
                 .map_err(|e| gpu_err("loadModel")(format!("cannot load the model: {e}")))?;
             let tok = src
                 .tokenizer()

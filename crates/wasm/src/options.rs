@@ -14,7 +14,7 @@ pub use tinytune_train::options::{
     parse_eval_split, parse_layers, parse_targets, GenOptions, Layers, Names, NumOrText,
     PeftMethod, PromptInit, TrainOptions,
 };
-use tinytune_train::TrainConfig;
+use tinytune_train::{BlockOptions, QuantOption, TrainConfig};
 
 /// `train`'s options: the options table plus `"adapter"` and `"eval_data"`.
 #[derive(Clone, Debug, PartialEq)]
@@ -143,6 +143,31 @@ pub fn parse_gen_options(json: &str) -> Result<JsGenOptions, String> {
     Ok(JsGenOptions { options, adapter })
 }
 
+/// `loadModel`'s `quant`: `"nf4"`, `"none"`, or a JSON object with `quant` and the block-size
+/// options of `tinytune train` (`{"quant": "nf4", "block_size": "auto", "bits_per_weight": 4.1}`,
+/// `"block_size_map": "mlp.down_proj=32"`); unknown keys are errors that name them.
+pub fn parse_load_options(quant: Option<&str>) -> Result<(QuantOption, BlockOptions), String> {
+    let Some(q) = quant.map(str::trim) else {
+        return Ok((QuantOption::default(), BlockOptions::default()));
+    };
+    if !q.starts_with('{') {
+        return Ok((QuantOption::parse(q)?, BlockOptions::default()));
+    }
+    let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_str(q) else {
+        return Err(format!(
+            "quant: {q:?} is neither \"nf4\", \"none\" nor a JSON object"
+        ));
+    };
+    let quant = match obj.remove("quant") {
+        None => QuantOption::default(),
+        Some(serde_json::Value::String(s)) => QuantOption::parse(&s)?,
+        Some(v) => return Err(format!("quant: {v} is not \"nf4\" or \"none\"")),
+    };
+    let blocks: BlockOptions = serde_json::from_value(serde_json::Value::Object(obj))
+        .map_err(|e| format!("loadModel options: {e}"))?;
+    Ok((quant, blocks))
+}
+
 /// A GPU error's message plus what to change: over a device limit or out of memory while
 /// training or generating means a smaller batch / sequence (or model); other messages pass as they
 /// are (and so do messages that already say what to change). `what` is `"train"`, `"generate"` or
@@ -180,6 +205,27 @@ pub fn with_gpu_hint(msg: String, what: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_options_take_a_quant_or_block_sizes() {
+        let (q, b) = parse_load_options(Some("none")).unwrap();
+        assert_eq!((q, b.is_set()), (QuantOption::None, false));
+        let (q, b) = parse_load_options(Some(
+            r#"{"quant": "nf4", "block_size": 128, "block_size_map": "mlp.down_proj=32"}"#,
+        ))
+        .unwrap();
+        assert_eq!(q, QuantOption::Nf4);
+        assert_eq!(b.block_size.as_deref(), Some("128"));
+        assert_eq!(b.block_size_map.as_deref(), Some("mlp.down_proj=32"));
+        let (_, b) =
+            parse_load_options(Some(r#"{"block_size": "auto", "bits_per_weight": 4.1}"#)).unwrap();
+        assert_eq!(
+            (b.block_size.as_deref(), b.bits_per_weight),
+            (Some("auto"), Some(4.1))
+        );
+        let e = parse_load_options(Some(r#"{"blok_size": 64}"#)).unwrap_err();
+        assert!(e.contains("blok_size"), "{e}");
+    }
     use tinytune_model::SamplingParams;
     use tinytune_train::data::{EvalSplit, Stop};
     use tinytune_train::peft::LoraModule;

@@ -24,6 +24,7 @@
 //! it likes; `config.json` last marks a complete folder.
 
 pub mod pyrepr;
+pub mod read;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Seek, SeekFrom, Write};
@@ -66,13 +67,23 @@ pub struct QuantizeOptions {
     pub select: Select,
     /// Convert every F32/F16/BF16 tensor to this dtype first (quantized ones before quantizing).
     pub cast: Option<FloatDtype>,
-    /// NF4 block size (see [`valid_block_size`]).
+    /// NF4 block size (see [`valid_block_size`]) of every tensor the plan does not name.
     pub block: usize,
+    /// Block sizes of named tensors (a per-layer plan's `BlockPlan::tensor_blocks`), overriding
+    /// `block`.
+    pub blocks: HashMap<String, usize>,
     /// Double-quantize the absmax (8-bit codes, nested blocks of 256).
     pub double_quant: bool,
     /// Write dequant(quant(x)) as F32 under each quantized tensor's own name and shape instead of
     /// the packed layout.
     pub dequantize: bool,
+}
+
+impl QuantizeOptions {
+    /// The block size tensor `name` is quantized with.
+    pub fn block_of(&self, name: &str) -> usize {
+        self.blocks.get(name).copied().unwrap_or(self.block)
+    }
 }
 
 /// Progress of [`QuantizePlan::write`], reported per input tensor.
@@ -129,9 +140,16 @@ impl QuantizePlan {
     pub fn new(file: &SafetensorsFile, opts: QuantizeOptions) -> Result<QuantizePlan> {
         let inp = file.name().to_string();
         if !valid_block_size(opts.block) {
-            return Err(ModelError::Config(format!(
-                "NF4 block size {} is not a power of two in 32..=4096",
+            return Err(ModelError::Option(format!(
+                "NF4 block size {} is not one bitsandbytes accepts: use 32, 64, 128, 256, 512, \
+                 1024, 2048 or 4096",
                 opts.block
+            )));
+        }
+        if let Some((name, b)) = opts.blocks.iter().find(|(_, &b)| !valid_block_size(b)) {
+            return Err(ModelError::Option(format!(
+                "NF4 block size {b} of {name} is not one bitsandbytes accepts: use 32, 64, 128, \
+                 256, 512, 1024, 2048 or 4096"
             )));
         }
         let items = plan(file, &opts.select, &inp)?;
@@ -190,7 +208,7 @@ impl QuantizePlan {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<FileSummary> {
         let opts = &self.opts;
-        let (block, double_quant) = (opts.block, opts.double_quant);
+        let double_quant = opts.double_quant;
         let inp = file.name().to_string();
         let werr = |e: std::io::Error| ModelError::Io {
             path: out_name.to_string(),
@@ -232,6 +250,7 @@ impl QuantizePlan {
             let cast = out_dtype(stored, opts.cast);
             match (item.quantize, gpu) {
                 (Some((rows, cols)), Some(gpu)) => {
+                    let block = opts.block_of(name);
                     let fail = |e: ModelError| {
                         ModelError::Tensor(format!("cannot quantize tensor {name:?} of {inp}: {e}"))
                     };
@@ -450,13 +469,15 @@ impl ModelFolder {
         })
     }
 
-    /// How each weight file is quantized: the decoder's linear weights, NF4 block 64, after the
-    /// cast to [`ModelFolder::cast`].
-    pub fn options(&self, double_quant: bool) -> QuantizeOptions {
+    /// How each weight file is quantized: the decoder's linear weights, NF4 with the block sizes
+    /// of `blocks` (default: block 64), after the cast to [`ModelFolder::cast`]. Every layer's own
+    /// quant state records its block size, so mixed sizes load in transformers as they are.
+    pub fn options(&self, double_quant: bool, blocks: HashMap<String, usize>) -> QuantizeOptions {
         QuantizeOptions {
             select: Select::DecoderLinears,
             cast: self.cast,
             block: DEFAULT_BLOCK,
+            blocks,
             double_quant,
             dequantize: false,
         }
@@ -600,7 +621,7 @@ fn outputs(
     opts: &QuantizeOptions,
     inp: &str,
 ) -> Result<(Vec<StEntry>, Vec<(String, usize)>)> {
-    let (block, double_quant) = (opts.block, opts.double_quant);
+    let double_quant = opts.double_quant;
     let mut fixed = Vec::new();
     let mut blobs = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
@@ -632,6 +653,7 @@ fn outputs(
             fixed.push(StEntry::new(name, StDtype::F32, vec![rows, cols])?);
             continue;
         }
+        let block = opts.block_of(name);
         let nblocks = n.div_ceil(block);
         let mut add = |suffix: &str, dtype: StDtype, shape: Vec<usize>| -> Result<()> {
             let full = format!("{name}{suffix}");
@@ -771,6 +793,7 @@ mod tests {
             select: Select::DecoderLinears,
             cast: Some(FloatDtype::BF16),
             block: DEFAULT_BLOCK,
+            blocks: HashMap::new(),
             double_quant: true,
             dequantize: false,
         };

@@ -51,6 +51,25 @@ impl LlamaModel {
         opts: &LoadOptions,
     ) -> Result<LlamaModel, ModelError> {
         let cfg = src.config().clone();
+        if let (Some(p), Quant::Nf4 { double_quant, .. }) = (&opts.blocks, quant) {
+            if p.blocks.len() != cfg.num_hidden_layers || p.double_quant != double_quant {
+                return Err(ModelError::Option(format!(
+                    "the block-size plan is for {} layers{}, the model has {}{}",
+                    p.blocks.len(),
+                    if p.double_quant {
+                        " with double quantization"
+                    } else {
+                        ""
+                    },
+                    cfg.num_hidden_layers,
+                    if double_quant {
+                        " with double quantization"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
         let table = |name: &str| -> Result<VocabTable, ModelError> {
             VocabTable::load(gpu, src, name, opts.vocab_dtype, opts.vocab_chunk_rows)
         };
@@ -65,8 +84,42 @@ impl LlamaModel {
                 .map(|t| {
                     let path = linear_path(i, t);
                     let name = format!("{path}.weight");
+                    let (n_out, n_in) = match src.tensor_meta(&name).map(|m| &m.shape[..]) {
+                        Some(&[o, i]) => (o, i),
+                        _ => {
+                            return Err(ModelError::Tensor(format!(
+                                "the model has no 2-D tensor '{name}'"
+                            )))
+                        }
+                    };
+                    // A bitsandbytes checkpoint's codes, used as they are.
+                    if let Some(t) = src.nf4(&name)? {
+                        let w = tinytune_gpu::ops::nf4::Nf4Weight::upload(gpu, &name, &t)?;
+                        let weight = match quant {
+                            Quant::Nf4 { .. } => Weight::Nf4(w),
+                            Quant::None => {
+                                let out = gpu.alloc(&name, crate::f32_bytes(&[n_out, n_in]))?;
+                                let mut enc = gpu.encoder();
+                                nf4::dequantize(&mut enc, &w, &out)?;
+                                enc.submit();
+                                gpu.sync()?;
+                                Weight::F32(out)
+                            }
+                        };
+                        let bias_name = format!("{path}.bias");
+                        let bias = if src.tensor_meta(&bias_name).is_some() {
+                            Some(upload(gpu, src, &bias_name)?)
+                        } else {
+                            None
+                        };
+                        return Ok(Linear {
+                            weight,
+                            bias,
+                            n_in,
+                            n_out,
+                        });
+                    }
                     let host = src.load(&name)?;
-                    let (n_out, n_in) = (host.shape[0], host.shape[1]);
                     let f32w = gpu.upload(&name, &host.data)?;
                     drop(host);
                     let weight = match quant {
@@ -75,6 +128,7 @@ impl LlamaModel {
                             block,
                             double_quant,
                         } => {
+                            let block = opts.blocks.as_ref().map_or(block, |p| p.block(i, t));
                             let mut enc = gpu.encoder();
                             let w = nf4::quantize(
                                 &mut enc,
@@ -107,10 +161,11 @@ impl LlamaModel {
                 Ok(l) => l,
                 Err(_) => unreachable!("seven linears were built"),
             };
-            if quant == Quant::None {
+            if quant == Quant::None || src.is_prequantized() {
                 // wgpu stages every `write_buffer` until the next submit: without one (an f32
-                // base has no quantize pass to submit), a whole model's staging copies would pile
-                // up in host memory before the first step. Flush them layer by layer.
+                // base, or a bitsandbytes checkpoint's codes, has no quantize pass to submit), a
+                // whole model's staging copies would pile up in host memory before the first
+                // step. Flush them layer by layer.
                 gpu.encoder().submit();
                 gpu.sync()?;
             }

@@ -73,6 +73,11 @@ pub struct LoadOptions {
     /// dtype, f16 for a quantized GGUF table; see [`crate::vocab::table_dtype`]). `Some(F32)` is
     /// the f32 path the 16-bit tables are compared against.
     pub vocab_dtype: Option<FloatDtype>,
+    /// NF4 block size of every decoder linear (with [`Quant::Nf4`]; its `block` is then unused
+    /// and its `double_quant` must agree). Default: the quant's block everywhere. Ignored for the
+    /// weights a pre-quantized (bitsandbytes) source stores as NF4: their codes are used as
+    /// they are.
+    pub blocks: Option<crate::blocks::BlockPlan>,
 }
 
 /// Where a loaded model's device bytes go ([`LlamaModel::memory`]), as [`Gpu::memory`] counts
