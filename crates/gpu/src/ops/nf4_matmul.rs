@@ -4,11 +4,10 @@
 
 use super::nf4::{Nf4Weight, DQ_NESTED};
 pub use super::nn::MatmulShape;
-use super::nn::{rows_for, wg_for, GPU_MATVEC_ROWS, GPU_TILE, TILE_N};
-use super::{check_f32, check_u32, groups_for, mul};
-use crate::device::{groups_1d, Encoder, Gpu, GpuBuffer};
+use super::nn::{wg_for, Grid};
+use super::{check_f32, check_u32, mul};
+use crate::device::{Encoder, GpuBuffer};
 use crate::error::{shape_err, Result};
-use crate::kernels::KernelSet;
 use crate::nf4::{valid_block_size, NESTED_BLOCK};
 use crate::params::{Nf4MatmulBwdInputParams, Nf4MatmulFwdParams};
 
@@ -57,52 +56,6 @@ fn check_weight(kernel: &str, w: &Nf4Weight, k: usize, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// The output tiles of one dispatch of either kernel for the device's kernel variant: `m` rows
-/// by `cols` output columns (N for the forward, K for the input gradient).
-struct Grid {
-    /// The entry point: `main` (CPU variant, [`rows_for`] rows × 8 columns per invocation) or
-    /// `tiled` (GPU variant, 64 × 64 per workgroup).
-    entry: &'static str,
-    /// Column tiles (the kernels' `ntn` / `ntk`).
-    nt: usize,
-    /// All tiles.
-    ntiles: usize,
-    groups: [u32; 3],
-}
-
-impl Grid {
-    /// `matvec`: the kernel has a `matvec` entry point for at most [`GPU_MATVEC_ROWS`] rows (one
-    /// workgroup per output column), which the GPU variant then uses.
-    fn new(gpu: &Gpu, m: usize, cols: usize, rows: usize, matvec: bool) -> Grid {
-        if gpu.kernels() == KernelSet::Gpu && matvec && m <= GPU_MATVEC_ROWS {
-            Grid {
-                entry: "matvec",
-                nt: cols.div_ceil(GPU_TILE),
-                ntiles: cols,
-                groups: groups_1d(gpu, cols as u64),
-            }
-        } else if gpu.kernels() == KernelSet::Gpu {
-            let nt = cols.div_ceil(GPU_TILE);
-            let ntiles = m.div_ceil(GPU_TILE) * nt;
-            Grid {
-                entry: "tiled",
-                nt,
-                ntiles,
-                groups: groups_1d(gpu, ntiles as u64),
-            }
-        } else {
-            let nt = cols.div_ceil(TILE_N);
-            let ntiles = m.div_ceil(rows) * nt;
-            Grid {
-                entry: "main",
-                nt,
-                ntiles,
-                groups: groups_for(gpu, ntiles as u64, wg_for(rows) as u64),
-            }
-        }
-    }
-}
-
 /// Override constants shared by both kernels.
 fn constants(w: &Nf4Weight, k: usize, rows: usize, accumulate: bool) -> [(&'static str, f64); 6] {
     let b = |v: bool| if v { 1.0 } else { 0.0 };
@@ -148,11 +101,10 @@ pub fn matmul_fwd(
         return Ok(());
     }
     let gpu = enc.gpu;
-    let rows = rows_for(m);
-    let grid = Grid::new(gpu, m, n, rows, true);
+    let grid = Grid::new(gpu, m, n, true);
     check_u32(K, &[("tile grid", grid.ntiles as u64)])?;
     let (ntn, ntiles) = (grid.nt, grid.ntiles);
-    let kern = gpu.kernel(K, grid.entry, &constants(w, k, rows, accumulate))?;
+    let kern = gpu.kernel(K, grid.entry, &constants(w, k, grid.rows, accumulate))?;
     let nwords = (n * k).div_ceil(8);
     let params = Nf4MatmulFwdParams {
         m: m as u32,
@@ -203,11 +155,10 @@ pub fn matmul_bwd_input(
         return Ok(());
     }
     let gpu = enc.gpu;
-    let rows = rows_for(m);
-    let grid = Grid::new(gpu, m, k, rows, false);
+    let grid = Grid::new(gpu, m, k, false);
     check_u32(K, &[("tile grid", grid.ntiles as u64)])?;
     let (ntk, ntiles) = (grid.nt, grid.ntiles);
-    let kern = gpu.kernel(K, grid.entry, &constants(w, k, rows, accumulate))?;
+    let kern = gpu.kernel(K, grid.entry, &constants(w, k, grid.rows, accumulate))?;
     let nwords = (n * k).div_ceil(8);
     let params = Nf4MatmulBwdInputParams {
         m: m as u32,

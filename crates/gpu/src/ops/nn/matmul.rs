@@ -1,6 +1,6 @@
 //! Dense f32 launchers: `shaders/nn/*.wgsl`.
 
-use crate::device::{groups_1d, Encoder, GpuBuffer};
+use crate::device::{groups_1d, Encoder, Gpu, GpuBuffer};
 use crate::error::{shape_err, Result};
 use crate::kernels::KernelSet;
 use crate::ops::{check_distinct, check_f32, check_table, check_u32, groups_for, mul, TableDtype};
@@ -45,6 +45,55 @@ pub(crate) fn wg_for(rows: usize) -> usize {
         WG_MATVEC
     } else {
         WG
+    }
+}
+
+/// The output tiles of one matmul dispatch (the nn and nf4 forward and input-gradient kernels)
+/// for the device's kernel variant: `m` rows by `cols` output columns (N for a forward, K for an
+/// input gradient).
+pub(crate) struct Grid {
+    /// The entry point: `main` (CPU variant, [`rows_for`] rows × 8 columns per invocation),
+    /// `tiled` (GPU variant, 64 × 64 per workgroup) or `matvec` (GPU variant, forward, at most
+    /// [`GPU_MATVEC_ROWS`] rows: one workgroup per output column).
+    pub entry: &'static str,
+    /// The kernels' `ROWS` override: [`rows_for`]`(m)` for `main`; [`MAX_ROWS`] (the WGSL
+    /// default, unused) for the GPU entry points, so they compile once whatever `m` is.
+    pub rows: usize,
+    /// Column tiles (the kernels' `ntn` / `ntk`).
+    pub nt: usize,
+    /// All tiles (workgroups for `tiled` / `matvec`, invocations for `main`).
+    pub ntiles: usize,
+    pub groups: [u32; 3],
+}
+
+impl Grid {
+    /// `matvec`: the kernel has a `matvec` entry point (the forward kernels).
+    pub fn new(gpu: &Gpu, m: usize, cols: usize, matvec: bool) -> Grid {
+        if gpu.kernels() == KernelSet::Cpu {
+            let rows = rows_for(m);
+            let nt = cols.div_ceil(TILE_N);
+            let ntiles = m.div_ceil(rows) * nt;
+            return Grid {
+                entry: "main",
+                rows,
+                nt,
+                ntiles,
+                groups: groups_for(gpu, ntiles as u64, wg_for(rows) as u64),
+            };
+        }
+        let nt = cols.div_ceil(GPU_TILE);
+        let (entry, ntiles) = if matvec && m <= GPU_MATVEC_ROWS {
+            ("matvec", cols)
+        } else {
+            ("tiled", m.div_ceil(GPU_TILE) * nt)
+        };
+        Grid {
+            entry,
+            rows: MAX_ROWS,
+            nt,
+            ntiles,
+            groups: groups_1d(gpu, ntiles as u64),
+        }
     }
 }
 
@@ -129,48 +178,15 @@ pub fn matmul_fwd_strided_dtype(
         return Ok(());
     }
     let gpu = enc.gpu;
-    if gpu.kernels() == KernelSet::Gpu {
-        // Up to GPU_MATVEC_ROWS rows: one workgroup per column (`matvec`); else 64x64 tiles.
-        let matvec = m <= GPU_MATVEC_ROWS;
-        let ntn = n.div_ceil(GPU_TILE);
-        let ntiles = if matvec {
-            n
-        } else {
-            m.div_ceil(GPU_TILE) * ntn
-        };
-        check_u32(K, &[("tile grid", ntiles as u64)])?;
-        let kern = gpu.kernel(
-            K,
-            if matvec { "matvec" } else { "tiled" },
-            &[
-                ("ACCUMULATE", if accumulate { 1.0 } else { 0.0 }),
-                ("TABLE_DTYPE", w_dtype.code()),
-            ],
-        )?;
-        let params = MatmulFwdParams {
-            m: m as u32,
-            k: k as u32,
-            n: n as u32,
-            alpha,
-            ntn: ntn as u32,
-            ntiles: ntiles as u32,
-            ldy: ldy as u32,
-            col0: col0 as u32,
-        };
-        return enc.dispatch(&kern, &params, &[x, w, y], groups_1d(gpu, ntiles as u64));
-    }
-    let rows = rows_for(m);
-    let ntn = n.div_ceil(TILE_N);
-    let ntiles = m.div_ceil(rows) * ntn;
-    check_u32(K, &[("tile grid", ntiles as u64)])?;
-    let wg = wg_for(rows);
+    let grid = Grid::new(gpu, m, n, true);
+    check_u32(K, &[("tile grid", grid.ntiles as u64)])?;
     let kern = gpu.kernel(
         K,
-        "main",
+        grid.entry,
         &[
             ("ACCUMULATE", if accumulate { 1.0 } else { 0.0 }),
-            ("ROWS", rows as f64),
-            ("WG", wg as f64),
+            ("ROWS", grid.rows as f64),
+            ("WG", wg_for(grid.rows) as f64),
             ("TABLE_DTYPE", w_dtype.code()),
         ],
     )?;
@@ -179,17 +195,12 @@ pub fn matmul_fwd_strided_dtype(
         k: k as u32,
         n: n as u32,
         alpha,
-        ntn: ntn as u32,
-        ntiles: ntiles as u32,
+        ntn: grid.nt as u32,
+        ntiles: grid.ntiles as u32,
         ldy: ldy as u32,
         col0: col0 as u32,
     };
-    enc.dispatch(
-        &kern,
-        &params,
-        &[x, w, y],
-        groups_for(gpu, ntiles as u64, wg as u64),
-    )
+    enc.dispatch(&kern, &params, &[x, w, y], grid.groups)
 }
 
 /// Checks a column band `[m rows, columns col0..col0 + n]` of a row-major matrix with row stride
@@ -302,42 +313,15 @@ pub fn matmul_bwd_input_strided_dtype(
         return Ok(());
     }
     let gpu = enc.gpu;
-    if gpu.kernels() == KernelSet::Gpu {
-        let ntk = k.div_ceil(GPU_TILE);
-        let ntiles = m.div_ceil(GPU_TILE) * ntk;
-        check_u32(K, &[("tile grid", ntiles as u64)])?;
-        let kern = gpu.kernel(
-            K,
-            "tiled",
-            &[
-                ("ACCUMULATE", if accumulate { 1.0 } else { 0.0 }),
-                ("TABLE_DTYPE", w_dtype.code()),
-            ],
-        )?;
-        let params = MatmulBwdInputParams {
-            m: m as u32,
-            k: k as u32,
-            n: n as u32,
-            ntk: ntk as u32,
-            ntiles: ntiles as u32,
-            lddy: lddy as u32,
-            col0: col0 as u32,
-            ..Default::default()
-        };
-        return enc.dispatch(&kern, &params, &[dy, w, dx], groups_1d(gpu, ntiles as u64));
-    }
-    let rows = rows_for(m);
-    let ntk = k.div_ceil(TILE_N);
-    let ntiles = m.div_ceil(rows) * ntk;
-    check_u32(K, &[("tile grid", ntiles as u64)])?;
-    let wg = wg_for(rows);
+    let grid = Grid::new(gpu, m, k, false);
+    check_u32(K, &[("tile grid", grid.ntiles as u64)])?;
     let kern = gpu.kernel(
         K,
-        "main",
+        grid.entry,
         &[
             ("ACCUMULATE", if accumulate { 1.0 } else { 0.0 }),
-            ("ROWS", rows as f64),
-            ("WG", wg as f64),
+            ("ROWS", grid.rows as f64),
+            ("WG", wg_for(grid.rows) as f64),
             ("TABLE_DTYPE", w_dtype.code()),
         ],
     )?;
@@ -345,16 +329,11 @@ pub fn matmul_bwd_input_strided_dtype(
         m: m as u32,
         k: k as u32,
         n: n as u32,
-        ntk: ntk as u32,
-        ntiles: ntiles as u32,
+        ntk: grid.nt as u32,
+        ntiles: grid.ntiles as u32,
         lddy: lddy as u32,
         col0: col0 as u32,
         ..Default::default()
     };
-    enc.dispatch(
-        &kern,
-        &params,
-        &[dy, w, dx],
-        groups_for(gpu, ntiles as u64, wg as u64),
-    )
+    enc.dispatch(&kern, &params, &[dy, w, dx], grid.groups)
 }

@@ -25,4 +25,4 @@ pub use rmsnorm::*;
 pub use rope::*;
 pub use swiglu::*;
 
-pub(crate) use matmul::{rows_for, wg_for, GPU_MATVEC_ROWS, GPU_TILE, TILE_N};
+pub(crate) use matmul::{wg_for, Grid};
