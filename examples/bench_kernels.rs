@@ -1,5 +1,6 @@
 //! Kernel benchmark: time, GFLOP/s and GB/s of every kernel on linear-layer shapes of SmolLM2-135M,
-//! Qwen2.5-0.5B and Llama-3.2-1B (T = 1, 256 and 2048), beside the same shape through the plain-loop
+//! Qwen2.5-0.5B and Llama-3.2-1B (T = 1, 256 and 2048; causal attention of their heads at T = 256
+//! and 2048), beside the same shape through the plain-loop
 //! CPU reference (single thread), with the adapter name — a table to compare across machines.
 //!
 //! ```sh
@@ -344,6 +345,82 @@ fn bench(gpu: &Gpu, args: &[String]) {
                 ref_ms: time_ref(true, || {
                     std::hint::black_box(r::lora::adapter_bwd(
                         &x, &h, &dy_h, &a, &b, m, k, n, rr, 2.0,
+                    ));
+                }),
+            });
+        }
+    }
+
+    // Causal attention of the three configs (one sequence; every head size is 64).
+    let heads: &[(&str, usize, usize)] = if tiny {
+        &[("SmolLM2-135M", 9, 3)]
+    } else {
+        &[
+            ("SmolLM2-135M", 9, 3),
+            ("Qwen2.5-0.5B", 14, 2),
+            ("Llama-3.2-1B", 32, 8),
+        ]
+    };
+    let att_ts: &[usize] = if tiny { &[64] } else { &[256, 2048] };
+    for &(model, h, kvh) in heads {
+        for &t in att_ts {
+            let d = 64;
+            let (nq, nk) = (t * h * d, t * kvh * d);
+            let (q, k, v) = (rand_vec(nq, 8), rand_vec(nk, 9), rand_vec(nk, 10));
+            let dout = rand_vec(nq, 11);
+            let scale = 1.0 / (d as f32).sqrt();
+            let (qb, kb, vb, gb) = (
+                buf(gpu, "q", &q),
+                buf(gpu, "k", &k),
+                buf(gpu, "v", &v),
+                buf(gpu, "dout", &dout),
+            );
+            let ob = gpu.alloc("o", (nq * 4) as u64).expect("alloc");
+            let lb = gpu.alloc("lse", (t * h * 4) as u64).expect("alloc");
+            let dqb = gpu.alloc("dq", (nq * 4) as u64).expect("alloc");
+            let dkb = gpu.alloc("dk", (nk * 4) as u64).expect("alloc");
+            let dvb = gpu.alloc("dv", (nk * 4) as u64).expect("alloc");
+            let shape = nn::AttentionShape {
+                b: 1,
+                tq: t,
+                tk: t,
+                h,
+                kvh,
+                d,
+                scale,
+            };
+            // One causal (T×T)/2 product per matmul: the forward does 2 (scores, values), the
+            // backward 5 (scores again, dO·vᵀ, dv, dk, dq).
+            let mm = 2.0 * (t * (t + 1) / 2 * d * h) as f64;
+            let bytes = 4.0 * (2 * nq + 2 * nk) as f64;
+            let ref_ok = ref_all || 2.0 * mm < 2e9;
+            let tag = format!("{model} H={h} KVH={kvh} D={d} T={t}");
+            rows.push(Row {
+                kernel: "nn/attention_fwd",
+                shape: tag.clone(),
+                gpu_ms: time_gpu(gpu, |enc| {
+                    nn::attention_fwd(enc, &qb, &kb, &vb, &ob, &lb, shape).expect("attention")
+                }),
+                flops: 2.0 * mm,
+                bytes,
+                ref_ms: time_ref(ref_ok, || {
+                    std::hint::black_box(r::nn::attention_fwd(
+                        &q, &k, &v, 1, t, t, h, kvh, d, scale,
+                    ));
+                }),
+            });
+            rows.push(Row {
+                kernel: "nn/attention_bwd",
+                shape: tag,
+                gpu_ms: time_gpu(gpu, |enc| {
+                    nn::attention_bwd(enc, &gb, &qb, &kb, &vb, &ob, &lb, &dqb, &dkb, &dvb, shape)
+                        .expect("attention bwd")
+                }),
+                flops: 5.0 * mm,
+                bytes: 2.0 * bytes,
+                ref_ms: time_ref(ref_ok && 5.0 * mm < 2e9, || {
+                    std::hint::black_box(r::nn::attention_bwd(
+                        &dout, &q, &k, &v, 1, t, t, h, kvh, d, scale,
                     ));
                 }),
             });

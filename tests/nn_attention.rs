@@ -22,7 +22,8 @@ const BWD_RTOL: f32 = 5e-4;
 /// (B, Tq, Tk, H, KVH, D): odd T (37), decode (Tq = 1, Tk = 20), a chunk after a cache (Tq = 5,
 /// Tk = 12), B = 2, GQA groups of 2 (H=4, KVH=2), 1 (H=3, KVH=3) and 6 (H=6, KVH=1), D = 64, 8,
 /// 2 and 6 (not multiples of 4: the zero-padding path) and 128; Tq = 2, 3 (1- and 2-row blocks
-/// and a partial 4-row block) and key blocks that end past Tk.
+/// and a partial 4-row block) and key blocks that end past Tk; T = 150 and Tq = 70 < Tk = 97 span
+/// several 64-row blocks and 16-row stages of the GPU variant (a partial last block and stage).
 const SHAPES: &[(usize, usize, usize, usize, usize, usize)] = &[
     (1, 37, 37, 4, 2, 64),
     (1, 1, 20, 4, 2, 8),
@@ -34,6 +35,8 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize)] = &[
     (1, 11, 11, 2, 1, 128),
     (1, 2, 7, 9, 3, 6),
     (1, 3, 3, 6, 2, 8),
+    (1, 150, 150, 4, 2, 64),
+    (2, 70, 97, 3, 1, 12),
 ];
 
 struct Data {
@@ -109,121 +112,123 @@ fn gpu_fwd(
 
 #[test]
 fn attention_fwd_matches_reference() {
-    let Some(gpu) = gpu() else { return };
-    for (si, &(b, tq, tk, h, kvh, d)) in SHAPES.iter().enumerate() {
-        let mut rng = Rng::new(1000 + si as u64);
-        let dt = data(&mut rng, b, tq, tk, h, kvh, d);
-        let (want_o, want_l) =
-            rnn::attention_fwd(&dt.q, &dt.k, &dt.v, b, tq, tk, h, kvh, d, dt.scale);
-        let (got_o, got_l) = gpu_fwd(gpu, &dt, b, tq, tk, h, kvh, d);
-        let tag = format!("nn/attention_fwd b={b} tq={tq} tk={tk} h={h} kvh={kvh} d={d}");
-        assert_close(&format!("{tag} o"), &got_o, &want_o, FWD_ATOL, FWD_RTOL);
-        assert_close(&format!("{tag} lse"), &got_l, &want_l, FWD_ATOL, FWD_RTOL);
-    }
+    common::for_each_kernels(|gpu| {
+        for (si, &(b, tq, tk, h, kvh, d)) in SHAPES.iter().enumerate() {
+            let mut rng = Rng::new(1000 + si as u64);
+            let dt = data(&mut rng, b, tq, tk, h, kvh, d);
+            let (want_o, want_l) =
+                rnn::attention_fwd(&dt.q, &dt.k, &dt.v, b, tq, tk, h, kvh, d, dt.scale);
+            let (got_o, got_l) = gpu_fwd(gpu, &dt, b, tq, tk, h, kvh, d);
+            let tag = format!("nn/attention_fwd b={b} tq={tq} tk={tk} h={h} kvh={kvh} d={d}");
+            assert_close(&format!("{tag} o"), &got_o, &want_o, FWD_ATOL, FWD_RTOL);
+            assert_close(&format!("{tag} lse"), &got_l, &want_l, FWD_ATOL, FWD_RTOL);
+        }
+    });
 }
 
 #[test]
 fn attention_bwd_matches_reference() {
-    let Some(gpu) = gpu() else { return };
-    for (si, &(b, tq, tk, h, kvh, d)) in SHAPES.iter().enumerate() {
-        let mut rng = Rng::new(2000 + si as u64);
-        let dt = data(&mut rng, b, tq, tk, h, kvh, d);
-        let dout = rng.vec(b * tq * h * d, 1.0);
-        let (o, lse) = rnn::attention_fwd(&dt.q, &dt.k, &dt.v, b, tq, tk, h, kvh, d, dt.scale);
-        let (want_dq, want_dk, want_dv) =
-            rnn::attention_bwd(&dout, &dt.q, &dt.k, &dt.v, b, tq, tk, h, kvh, d, dt.scale);
-        // Every other shape also runs the accumulating variant on nonzero starting gradients.
-        let accumulate = si % 2 == 1;
-        let (dq0, dk0, dv0) = if accumulate {
-            (
-                rng.vec(b * tq * h * d, 1.0),
-                rng.vec(b * tk * kvh * d, 1.0),
-                rng.vec(b * tk * kvh * d, 1.0),
-            )
-        } else {
-            (
-                vec![f32::NAN; b * tq * h * d],
-                vec![f32::NAN; b * tk * kvh * d],
-                vec![f32::NAN; b * tk * kvh * d],
-            )
-        };
+    common::for_each_kernels(|gpu| {
+        for (si, &(b, tq, tk, h, kvh, d)) in SHAPES.iter().enumerate() {
+            let mut rng = Rng::new(2000 + si as u64);
+            let dt = data(&mut rng, b, tq, tk, h, kvh, d);
+            let dout = rng.vec(b * tq * h * d, 1.0);
+            let (o, lse) = rnn::attention_fwd(&dt.q, &dt.k, &dt.v, b, tq, tk, h, kvh, d, dt.scale);
+            let (want_dq, want_dk, want_dv) =
+                rnn::attention_bwd(&dout, &dt.q, &dt.k, &dt.v, b, tq, tk, h, kvh, d, dt.scale);
+            // Every other shape also runs the accumulating variant on nonzero starting gradients.
+            let accumulate = si % 2 == 1;
+            let (dq0, dk0, dv0) = if accumulate {
+                (
+                    rng.vec(b * tq * h * d, 1.0),
+                    rng.vec(b * tk * kvh * d, 1.0),
+                    rng.vec(b * tk * kvh * d, 1.0),
+                )
+            } else {
+                (
+                    vec![f32::NAN; b * tq * h * d],
+                    vec![f32::NAN; b * tk * kvh * d],
+                    vec![f32::NAN; b * tk * kvh * d],
+                )
+            };
 
-        let (gb, qb, kb, vb) = (
-            up(gpu, "dout", &dout),
-            up(gpu, "q", &dt.q),
-            up(gpu, "k", &dt.k),
-            up(gpu, "v", &dt.v),
-        );
-        let (ob, lb) = (up(gpu, "o", &o), up(gpu, "lse", &lse));
-        let (dqb, dkb, dvb) = (
-            up(gpu, "dq", &dq0),
-            up(gpu, "dk", &dk0),
-            up(gpu, "dv", &dv0),
-        );
-        let mut enc = gpu.encoder();
-        let run = if accumulate {
-            nn::attention_bwd_accumulate
-        } else {
-            nn::attention_bwd
-        };
-        run(
-            &mut enc,
-            &gb,
-            &qb,
-            &kb,
-            &vb,
-            &ob,
-            &lb,
-            &dqb,
-            &dkb,
-            &dvb,
-            nn::AttentionShape {
-                b,
-                tq,
-                tk,
-                h,
-                kvh,
-                d,
-                scale: dt.scale,
-            },
-        )
-        .unwrap();
-        enc.submit();
-
-        let (want_dq, want_dk, want_dv) = if accumulate {
-            (
-                add(&dq0, &want_dq),
-                add(&dk0, &want_dk),
-                add(&dv0, &want_dv),
+            let (gb, qb, kb, vb) = (
+                up(gpu, "dout", &dout),
+                up(gpu, "q", &dt.q),
+                up(gpu, "k", &dt.k),
+                up(gpu, "v", &dt.v),
+            );
+            let (ob, lb) = (up(gpu, "o", &o), up(gpu, "lse", &lse));
+            let (dqb, dkb, dvb) = (
+                up(gpu, "dq", &dq0),
+                up(gpu, "dk", &dk0),
+                up(gpu, "dv", &dv0),
+            );
+            let mut enc = gpu.encoder();
+            let run = if accumulate {
+                nn::attention_bwd_accumulate
+            } else {
+                nn::attention_bwd
+            };
+            run(
+                &mut enc,
+                &gb,
+                &qb,
+                &kb,
+                &vb,
+                &ob,
+                &lb,
+                &dqb,
+                &dkb,
+                &dvb,
+                nn::AttentionShape {
+                    b,
+                    tq,
+                    tk,
+                    h,
+                    kvh,
+                    d,
+                    scale: dt.scale,
+                },
             )
-        } else {
-            (want_dq, want_dk, want_dv)
-        };
-        let tag = format!(
+            .unwrap();
+            enc.submit();
+
+            let (want_dq, want_dk, want_dv) = if accumulate {
+                (
+                    add(&dq0, &want_dq),
+                    add(&dk0, &want_dk),
+                    add(&dv0, &want_dv),
+                )
+            } else {
+                (want_dq, want_dk, want_dv)
+            };
+            let tag = format!(
             "nn/attention_bwd b={b} tq={tq} tk={tk} h={h} kvh={kvh} d={d} accumulate={accumulate}"
         );
-        assert_close(
-            &format!("{tag} dq"),
-            &read(gpu, &dqb),
-            &want_dq,
-            BWD_ATOL,
-            BWD_RTOL,
-        );
-        assert_close(
-            &format!("{tag} dk"),
-            &read(gpu, &dkb),
-            &want_dk,
-            BWD_ATOL,
-            BWD_RTOL,
-        );
-        assert_close(
-            &format!("{tag} dv"),
-            &read(gpu, &dvb),
-            &want_dv,
-            BWD_ATOL,
-            BWD_RTOL,
-        );
-    }
+            assert_close(
+                &format!("{tag} dq"),
+                &read(gpu, &dqb),
+                &want_dq,
+                BWD_ATOL,
+                BWD_RTOL,
+            );
+            assert_close(
+                &format!("{tag} dk"),
+                &read(gpu, &dkb),
+                &want_dk,
+                BWD_ATOL,
+                BWD_RTOL,
+            );
+            assert_close(
+                &format!("{tag} dv"),
+                &read(gpu, &dvb),
+                &want_dv,
+                BWD_ATOL,
+                BWD_RTOL,
+            );
+        }
+    });
 }
 
 /// The reference backward against central differences of the reference forward for
@@ -280,98 +285,100 @@ fn attention_bwd_matches_finite_differences() {
 /// backward (dq of a row depends only on that row's inputs and the keys it sees).
 #[test]
 fn attention_t2048_smoke() {
-    let Some(gpu) = gpu() else { return };
-    let (b, t, h, kvh, d) = (1usize, 2048usize, 9usize, 3usize, 64usize);
-    let mut rng = Rng::new(4000);
-    let dt = data(&mut rng, b, t, t, h, kvh, d);
-    let dout = rng.vec(b * t * h * d, 1.0);
-    let (qb, kb, vb) = (
-        up(gpu, "q", &dt.q),
-        up(gpu, "k", &dt.k),
-        up(gpu, "v", &dt.v),
-    );
-    let ob = up(gpu, "o", &vec![f32::NAN; t * h * d]);
-    let lb = up(gpu, "lse", &vec![f32::NAN; h * t]);
-    let gb = up(gpu, "dout", &dout);
-    let dqb = up(gpu, "dq", &vec![f32::NAN; t * h * d]);
-    let dkb = up(gpu, "dk", &vec![f32::NAN; t * kvh * d]);
-    let dvb = up(gpu, "dv", &vec![f32::NAN; t * kvh * d]);
-    let mut enc = gpu.encoder();
-    nn::attention_fwd(
-        &mut enc,
-        &qb,
-        &kb,
-        &vb,
-        &ob,
-        &lb,
-        nn::AttentionShape {
-            b,
-            tq: t,
-            tk: t,
-            h,
-            kvh,
-            d,
-            scale: dt.scale,
-        },
-    )
-    .unwrap();
-    nn::attention_bwd(
-        &mut enc,
-        &gb,
-        &qb,
-        &kb,
-        &vb,
-        &ob,
-        &lb,
-        &dqb,
-        &dkb,
-        &dvb,
-        nn::AttentionShape {
-            b,
-            tq: t,
-            tk: t,
-            h,
-            kvh,
-            d,
-            scale: dt.scale,
-        },
-    )
-    .unwrap();
-    enc.submit();
-    let (o, lse, dq) = (read(gpu, &ob), read(gpu, &lb), read(gpu, &dqb));
-    for &i in &[0usize, 1, 7, 1000, 2046, 2047] {
-        let row = |x: &[f32]| x[i * h * d..(i + 1) * h * d].to_vec();
-        let kv = |x: &[f32]| x[..(i + 1) * kvh * d].to_vec();
-        let (qi, gi) = (row(&dt.q), row(&dout));
-        let (ki, vi) = (kv(&dt.k), kv(&dt.v));
-        let (want_o, want_l) = rnn::attention_fwd(&qi, &ki, &vi, 1, 1, i + 1, h, kvh, d, dt.scale);
-        let (want_dq, _, _) =
-            rnn::attention_bwd(&gi, &qi, &ki, &vi, 1, 1, i + 1, h, kvh, d, dt.scale);
-        let tag = format!("nn/attention T=2048 row {i}");
-        assert_close(&format!("{tag} o"), &row(&o), &want_o, FWD_ATOL, FWD_RTOL);
-        let got_l: Vec<f32> = (0..h).map(|hh| lse[hh * t + i]).collect();
-        assert_close(&format!("{tag} lse"), &got_l, &want_l, FWD_ATOL, FWD_RTOL);
-        assert_close(
-            &format!("{tag} dq"),
-            &row(&dq),
-            &want_dq,
-            BWD_ATOL,
-            BWD_RTOL,
+    common::for_each_kernels(|gpu| {
+        let (b, t, h, kvh, d) = (1usize, 2048usize, 9usize, 3usize, 64usize);
+        let mut rng = Rng::new(4000);
+        let dt = data(&mut rng, b, t, t, h, kvh, d);
+        let dout = rng.vec(b * t * h * d, 1.0);
+        let (qb, kb, vb) = (
+            up(gpu, "q", &dt.q),
+            up(gpu, "k", &dt.k),
+            up(gpu, "v", &dt.v),
         );
-    }
-    // Every element written and finite (the check above covers only a few rows).
-    for (name, x) in [
-        ("o", &o),
-        ("lse", &lse),
-        ("dq", &dq),
-        ("dk", &read(gpu, &dkb)),
-        ("dv", &read(gpu, &dvb)),
-    ] {
-        assert!(
-            x.iter().all(|v| v.is_finite()),
-            "nn/attention T=2048: non-finite {name}"
-        );
-    }
+        let ob = up(gpu, "o", &vec![f32::NAN; t * h * d]);
+        let lb = up(gpu, "lse", &vec![f32::NAN; h * t]);
+        let gb = up(gpu, "dout", &dout);
+        let dqb = up(gpu, "dq", &vec![f32::NAN; t * h * d]);
+        let dkb = up(gpu, "dk", &vec![f32::NAN; t * kvh * d]);
+        let dvb = up(gpu, "dv", &vec![f32::NAN; t * kvh * d]);
+        let mut enc = gpu.encoder();
+        nn::attention_fwd(
+            &mut enc,
+            &qb,
+            &kb,
+            &vb,
+            &ob,
+            &lb,
+            nn::AttentionShape {
+                b,
+                tq: t,
+                tk: t,
+                h,
+                kvh,
+                d,
+                scale: dt.scale,
+            },
+        )
+        .unwrap();
+        nn::attention_bwd(
+            &mut enc,
+            &gb,
+            &qb,
+            &kb,
+            &vb,
+            &ob,
+            &lb,
+            &dqb,
+            &dkb,
+            &dvb,
+            nn::AttentionShape {
+                b,
+                tq: t,
+                tk: t,
+                h,
+                kvh,
+                d,
+                scale: dt.scale,
+            },
+        )
+        .unwrap();
+        enc.submit();
+        let (o, lse, dq) = (read(gpu, &ob), read(gpu, &lb), read(gpu, &dqb));
+        for &i in &[0usize, 1, 7, 1000, 2046, 2047] {
+            let row = |x: &[f32]| x[i * h * d..(i + 1) * h * d].to_vec();
+            let kv = |x: &[f32]| x[..(i + 1) * kvh * d].to_vec();
+            let (qi, gi) = (row(&dt.q), row(&dout));
+            let (ki, vi) = (kv(&dt.k), kv(&dt.v));
+            let (want_o, want_l) =
+                rnn::attention_fwd(&qi, &ki, &vi, 1, 1, i + 1, h, kvh, d, dt.scale);
+            let (want_dq, _, _) =
+                rnn::attention_bwd(&gi, &qi, &ki, &vi, 1, 1, i + 1, h, kvh, d, dt.scale);
+            let tag = format!("nn/attention T=2048 row {i}");
+            assert_close(&format!("{tag} o"), &row(&o), &want_o, FWD_ATOL, FWD_RTOL);
+            let got_l: Vec<f32> = (0..h).map(|hh| lse[hh * t + i]).collect();
+            assert_close(&format!("{tag} lse"), &got_l, &want_l, FWD_ATOL, FWD_RTOL);
+            assert_close(
+                &format!("{tag} dq"),
+                &row(&dq),
+                &want_dq,
+                BWD_ATOL,
+                BWD_RTOL,
+            );
+        }
+        // Every element written and finite (the check above covers only a few rows).
+        for (name, x) in [
+            ("o", &o),
+            ("lse", &lse),
+            ("dq", &dq),
+            ("dk", &read(gpu, &dkb)),
+            ("dv", &read(gpu, &dvb)),
+        ] {
+            assert!(
+                x.iter().all(|v| v.is_finite()),
+                "nn/attention T=2048: non-finite {name}"
+            );
+        }
+    });
 }
 
 #[test]

@@ -510,3 +510,164 @@ fn stage_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         }
     }
 }
+
+// ---- Entry points `tiled_dq` and `tiled_dkdv`: the GPU variant (crates/gpu/src/kernels.rs) ----
+// Same two stages, same bindings, same results up to summation order; laid out for GPUs like
+// attention_fwd's `tiled`. A workgroup of 64 invocations owns 64 rows, one per invocation, with
+// its vectors in private arrays of HD4 vec4s (an override: constant loop trips, registers); the
+// other side is walked in stages of 16 rows that the workgroup loads into workgroup memory
+// (neighbouring invocations read neighbouring vec4s), so each element is loaded from storage once
+// per 64 owned rows. Workgroup memory: 2 × 16 × 128 floats = 16 KiB (WebGPU's minimum limit).
+//   tiled_dq:   64 query rows of one (batch, head), stages of 16 k and v rows; nblk =
+//               ceil(tq / 64), nitems = nblk * b * h workgroups (head fastest, heaviest first).
+//   tiled_dkdv: 64 key rows of one (batch, KV head), stages of 16 q and dO rows of each query
+//               head of the group (their lse and Di read directly: one address per stage row,
+//               the same for the whole workgroup); nblk = ceil(tk / 64), nitems = nblk * b * kvh.
+// Stage rows past the end are loaded clamped and get probability 0; owned rows past the end
+// compute the last row and are not stored.
+
+override HD4: u32 = 16u;   // tiled_*: vec4s per head row (D / 4, at most DMAX4)
+const GB: u32 = 64u;       // tiled_*: owned rows per workgroup (one per invocation)
+const GS: u32 = 16u;       // tiled_*: rows per stage
+
+var<workgroup> sa: array<vec4<f32>, 512>;  // (GS, HD4) stage: k rows (dq) or q rows (dkdv)
+var<workgroup> sb: array<vec4<f32>, 512>;  // (GS, HD4) stage: v rows (dq) or dO rows (dkdv)
+
+@compute @workgroup_size(64)
+fn tiled_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= p.nitems) {
+        return;
+    }
+    let bh = p.b * p.h;
+    let i0 = (p.nblk - 1u - t / bh) * GB;    // heaviest query block first
+    let bi = (t % bh) / p.h;
+    let hh = t % p.h;
+    let kh = hh / (p.h / p.kvh);
+    let shift = p.tk - p.tq;
+    let jend = shift + min(i0 + GB, p.tq);   // keys the block's last row sees
+    let row = min(i0 + lid, p.tq - 1u);
+    let lim = shift + row;                   // this row sees keys j <= lim
+    let qr = (bi * p.tq + row) * p.h * HD4 + hh * HD4;
+    let li = (bi * p.h + hh) * p.tq + row;
+    let ls = lse[li];
+    var qv: array<vec4<f32>, DMAX4>;
+    var gv: array<vec4<f32>, DMAX4>;         // dO row
+    var acc: array<vec4<f32>, DMAX4>;        // dq accumulator
+    var d4 = vec4<f32>(0.0);
+    for (var e = 0u; e < HD4; e++) {
+        qv[e] = q[qr + e] * p.scale;
+        gv[e] = dout[qr + e];
+        acc[e] = vec4<f32>(0.0);
+        d4 += gv[e] * o[qr + e];
+    }
+    let di = (d4.x + d4.y) + (d4.z + d4.w);
+    let own = i0 + lid < p.tq;
+    if (own) {
+        delta[li] = di;
+    }
+    let ks = p.kvh * HD4;
+    let kb = bi * p.tk * ks + kh * HD4;
+    for (var j0 = 0u; j0 < jend; j0 += GS) {
+        for (var s = lid; s < GS * HD4; s += 64u) {
+            let j = min(j0 + s / HD4, p.tk - 1u);
+            let at = kb + j * ks + s % HD4;
+            sa[s] = k[at];
+            sb[s] = v[at];
+        }
+        workgroupBarrier();
+        for (var c = 0u; c < GS; c++) {
+            var sd = vec4<f32>(0.0);
+            var pd = vec4<f32>(0.0);
+            for (var e = 0u; e < HD4; e++) {
+                sd += qv[e] * sa[c * HD4 + e];
+                pd += gv[e] * sb[c * HD4 + e];
+            }
+            let pc = select(0.0, exp((sd.x + sd.y) + (sd.z + sd.w) - ls), j0 + c <= lim);
+            let ds = pc * ((pd.x + pd.y) + (pd.z + pd.w) - di);
+            for (var e = 0u; e < HD4; e++) {
+                acc[e] += ds * sa[c * HD4 + e];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (own) {
+        for (var e = 0u; e < HD4; e++) {
+            var x = acc[e] * p.scale;
+            if (ACCUMULATE) { x += dq[qr + e]; }
+            dq[qr + e] = x;
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn tiled_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= p.nitems) {
+        return;
+    }
+    let bk = p.b * p.kvh;
+    let j0 = (t / bk) * GB;                  // first keys see the most queries: heaviest first
+    let bi = (t % bk) / p.kvh;
+    let kh = t % p.kvh;
+    let grp = p.h / p.kvh;
+    let shift = p.tk - p.tq;
+    let j = min(j0 + lid, p.tk - 1u);        // this invocation's key row
+    let ks = p.kvh * HD4;
+    let kr = (bi * p.tk + j) * ks + kh * HD4;
+    var kv: array<vec4<f32>, DMAX4>;         // k row (pre-scaled)
+    var vv: array<vec4<f32>, DMAX4>;
+    var dkv: array<vec4<f32>, DMAX4>;
+    var dvv: array<vec4<f32>, DMAX4>;
+    for (var e = 0u; e < HD4; e++) {
+        kv[e] = k[kr + e] * p.scale;
+        vv[e] = v[kr + e];
+        dkv[e] = vec4<f32>(0.0);
+        dvv[e] = vec4<f32>(0.0);
+    }
+    // Query row i sees key j iff j <= shift + i: the block's keys need i >= j0 - shift.
+    let istart = select(0u, j0 - shift, j0 > shift);
+    let qs = p.h * HD4;
+    for (var g = 0u; g < grp; g++) {
+        let hh = kh * grp + g;
+        let qb = bi * p.tq * qs + hh * HD4;
+        let lb = (bi * p.h + hh) * p.tq;
+        for (var i0 = istart; i0 < p.tq; i0 += GS) {
+            for (var s = lid; s < GS * HD4; s += 64u) {
+                let i = min(i0 + s / HD4, p.tq - 1u);
+                let at = qb + i * qs + s % HD4;
+                sa[s] = q[at];
+                sb[s] = dout[at];
+            }
+            workgroupBarrier();
+            for (var c = 0u; c < GS; c++) {
+                let i = min(i0 + c, p.tq - 1u);
+                var sd = vec4<f32>(0.0);
+                var pd = vec4<f32>(0.0);
+                for (var e = 0u; e < HD4; e++) {
+                    sd += kv[e] * sa[c * HD4 + e];
+                    pd += vv[e] * sb[c * HD4 + e];
+                }
+                let seen = i0 + c < p.tq && j <= shift + i0 + c;
+                let pc = select(0.0, exp((sd.x + sd.y) + (sd.z + sd.w) - lse[lb + i]), seen);
+                let ds = pc * ((pd.x + pd.y) + (pd.z + pd.w) - delta_in[lb + i]);
+                for (var e = 0u; e < HD4; e++) {
+                    dvv[e] += pc * sb[c * HD4 + e];
+                    dkv[e] += ds * sa[c * HD4 + e];
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+    if (j0 + lid < p.tk) {
+        for (var e = 0u; e < HD4; e++) {
+            var x = dkv[e] * p.scale;
+            var y = dvv[e];
+            if (ACCUMULATE) { x += dk[kr + e]; y += dv[kr + e]; }
+            dk[kr + e] = x;
+            dv[kr + e] = y;
+        }
+    }
+}

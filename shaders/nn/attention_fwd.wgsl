@@ -270,3 +270,96 @@ fn repack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     dst[t] = x;
 }
+
+// ---- Entry point `tiled`: the GPU variant (crates/gpu/src/kernels.rs) ----
+// A workgroup of 64 invocations owns 64 consecutive query rows of one (batch, head), one row per
+// invocation (its pre-scaled q and output accumulator in private arrays of HD4 vec4s: HD4 is an
+// override, so the loops over the head have constant trips and the arrays can live in registers).
+// The keys the block's last row sees are walked in stages of 16: the workgroup loads the stage's
+// 16 k rows and 16 v rows into workgroup memory (neighbouring invocations read neighbouring
+// vec4s), and every invocation reads them from there: each k/v element is loaded from storage
+// once per 64 query rows instead of once per row. Per stage and row: 16 scores, one online-
+// softmax rescale, then the probability-weighted v rows. Keys a row may not see (and stage rows
+// past Tk, loaded clamped) get probability 0. Rows past Tq compute the last row and are not
+// stored. Workgroups are numbered head fastest and heaviest query block first (1-D grid:
+// wid.x + wid.y * nwg.x); the launcher sets nblk = ceil(tq / 64) and nitems = nblk * b * h
+// (workgroups). Workgroup memory: 2 × 16 × 128 floats = 16 KiB (WebGPU's minimum limit).
+
+override HD4: u32 = 16u;   // tiled: vec4s per head row (D / 4, at most DMAX4)
+const GBQ: u32 = 64u;      // tiled: query rows per workgroup (one per invocation)
+const GBK: u32 = 16u;      // tiled: keys per stage
+
+var<workgroup> sk: array<vec4<f32>, 512>;  // (GBK, HD4) stage of k rows
+var<workgroup> sv: array<vec4<f32>, 512>;  // (GBK, HD4) stage of v rows
+
+@compute @workgroup_size(64)
+fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= p.nitems) {
+        return;
+    }
+    let bh = p.b * p.h;
+    let i0 = (p.nblk - 1u - t / bh) * GBQ;   // heaviest query block first
+    let bi = (t % bh) / p.h;
+    let hh = t % p.h;
+    let kh = hh / (p.h / p.kvh);
+    let shift = p.tk - p.tq;
+    let jend = shift + min(i0 + GBQ, p.tq);  // keys the block's last row sees (<= tk)
+    let row = min(i0 + lid, p.tq - 1u);
+    let lim = shift + row;                   // this row sees keys j <= lim
+    let qr = (bi * p.tq + row) * p.h * HD4 + hh * HD4;
+    var qv: array<vec4<f32>, DMAX4>;
+    var acc: array<vec4<f32>, DMAX4>;
+    for (var e = 0u; e < HD4; e++) {
+        qv[e] = q[qr + e] * p.scale;
+        acc[e] = vec4<f32>(0.0);
+    }
+    let ks = p.kvh * HD4;                    // vec4s per k/v row
+    let kb = bi * p.tk * ks + kh * HD4;
+    var m = NEG;
+    var l = 0.0;
+    for (var j0 = 0u; j0 < jend; j0 += GBK) {
+        for (var s = lid; s < GBK * HD4; s += 64u) {
+            let j = min(j0 + s / HD4, p.tk - 1u);
+            let at = kb + j * ks + s % HD4;
+            sk[s] = k[at];
+            sv[s] = v[at];
+        }
+        workgroupBarrier();
+        var sc: array<f32, GBK>;
+        var mx = m;
+        for (var c = 0u; c < GBK; c++) {
+            var d = vec4<f32>(0.0);
+            for (var e = 0u; e < HD4; e++) {
+                d += qv[e] * sk[c * HD4 + e];
+            }
+            sc[c] = hsum(d);
+            if (j0 + c <= lim) {
+                mx = max(mx, sc[c]);
+            }
+        }
+        // Key 0 is in the first stage and every row sees it, so mx is finite from there on.
+        let alpha = select(exp(m - mx), 0.0, m == NEG);
+        m = mx;
+        l *= alpha;
+        for (var e = 0u; e < HD4; e++) {
+            acc[e] *= alpha;
+        }
+        for (var c = 0u; c < GBK; c++) {
+            let pc = select(0.0, exp(sc[c] - mx), j0 + c <= lim);
+            l += pc;
+            for (var e = 0u; e < HD4; e++) {
+                acc[e] += pc * sv[c * HD4 + e];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (i0 + lid < p.tq) {
+        let inv = 1.0 / l;
+        for (var e = 0u; e < HD4; e++) {
+            o[qr + e] = acc[e] * inv;
+        }
+        lse[(bi * p.h + hh) * p.tq + row] = m + log(l);
+    }
+}

@@ -8,7 +8,8 @@
 //! * [`KernelSet::Gpu`] — integrated and discrete GPUs: workgroup-memory tiles (64×64 outputs per
 //!   workgroup of 256 invocations, coalesced loads, NF4 codes dequantized into the tile), and the
 //!   LoRA weight gradients split over the rows (M) into partial sums reduced by a second pass, so
-//!   that a dispatch has enough workgroups to fill the card.
+//!   that a dispatch has enough workgroups to fill the card; attention with 64 rows per workgroup
+//!   and the other side's rows staged through workgroup memory 16 at a time.
 //!
 //! Every variant computes the same function (sums may run in another order, so results agree to
 //! rounding); the test suite runs each of them on lavapipe against the CPU reference.

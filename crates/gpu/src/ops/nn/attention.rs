@@ -9,14 +9,21 @@
 //! `Tk - Tq + i` and attends keys `j <= Tk - Tq + i` (training `Tk = Tq`; decoding with a KV
 //! cache `Tq = 1` or a chunk). Memory is O(T·D) per head for any T.
 //!
+//! Two variants ([`crate::KernelSet`]): the CPU variant's entry points (`main`, `stage_dq`,
+//! `stage_dkdv`) give each invocation up to 4 rows and no workgroup memory (lavapipe); the GPU
+//! variant's (`tiled`, `tiled_dq`, `tiled_dkdv`) give a workgroup of 64 invocations 64 rows, one
+//! each, and walk the other side in stages of 16 rows loaded once per workgroup into workgroup
+//! memory (16 KiB), with the head size an override so the private vectors can stay in registers.
+//!
 //! The kernels read rows as `vec4` and so need `D % 4 == 0` (every Llama-family model: D = 64 or
 //! 128). Other head sizes work too: the launchers then copy the operands into zero-padded
 //! temporary buffers (head size rounded up to a multiple of 4, allocated per call and freed when
 //! the recorded work completes) and copy the results back, with the `repack` entry point of
 //! `nn/attention_fwd`.
 
-use crate::device::{Encoder, Gpu, GpuBuffer};
+use crate::device::{groups_1d, Encoder, Gpu, GpuBuffer};
 use crate::error::{shape_err, Result};
+use crate::kernels::KernelSet;
 use crate::ops::{check_distinct, check_f32, check_u32, groups_for, mul};
 use crate::params::{AttentionParams, RepackParams};
 
@@ -31,6 +38,20 @@ const MAX_ROWS: usize = 4;
 
 /// Workgroup size of the `repack` entry point.
 const WG_REPACK: u64 = 64;
+
+/// Rows a workgroup of the GPU variant's entry points (`tiled`, `tiled_dq`, `tiled_dkdv`) owns,
+/// one per invocation.
+const GPU_BLOCK: usize = 64;
+
+/// Whether the device runs the GPU variant (workgroup-memory stages of k/v or q/dO rows).
+fn gpu_variant(gpu: &Gpu) -> bool {
+    gpu.kernels() == KernelSet::Gpu
+}
+
+/// The `HD4` override of the GPU entry points: vec4s per (padded) head row.
+fn hd4(s: &AttentionShape) -> f64 {
+    (s.d / 4) as f64
+}
 
 /// The `ROWS` override for `n` owned rows: the next power of two up to [`MAX_ROWS`] (no wasted
 /// rows for decoding, few pipeline variants).
@@ -185,6 +206,17 @@ fn fwd_aligned(
 ) -> Result<()> {
     let AttentionShape { b, tq, h, .. } = *s;
     let gpu = enc.gpu;
+    if gpu_variant(gpu) {
+        let nblk = tq.div_ceil(GPU_BLOCK);
+        let n = nblk * b * h;
+        let kern = gpu.kernel("nn/attention_fwd", "tiled", &[("HD4", hd4(s))])?;
+        return enc.dispatch(
+            &kern,
+            &params(s, nblk, n),
+            &[q, k, v, o, lse],
+            groups_1d(gpu, n as u64),
+        );
+    }
     let rows = rows_for(tq);
     let wg = wg_for(gpu);
     let nblk = tq.div_ceil(rows);
@@ -282,6 +314,29 @@ fn bwd_aligned(
     let acc = if accumulate { 1.0 } else { 0.0 };
     // Di = rowsum(dO ⊙ o), written by stage_dq for stage_dkdv.
     let delta = gpu.scratch("attention delta", (b * h * tq * 4) as u64)?;
+    if gpu_variant(gpu) {
+        let hd = ("HD4", hd4(s));
+        if tq > 0 {
+            let nblk = tq.div_ceil(GPU_BLOCK);
+            let n = nblk * b * h;
+            let kern = gpu.kernel(K, "tiled_dq", &[hd, ("ACCUMULATE", acc)])?;
+            enc.dispatch(
+                &kern,
+                &params(s, nblk, n),
+                &[q, k, v, dout, lse, o, &delta, dq],
+                groups_1d(gpu, n as u64),
+            )?;
+        }
+        let nblk = tk.div_ceil(GPU_BLOCK);
+        let n = nblk * b * kvh;
+        let kern = gpu.kernel(K, "tiled_dkdv", &[hd, ("ACCUMULATE", acc)])?;
+        return enc.dispatch(
+            &kern,
+            &params(s, nblk, n),
+            &[q, k, v, dout, lse, &delta, dk, dv],
+            groups_1d(gpu, n as u64),
+        );
+    }
     if tq > 0 {
         let rows = rows_for(tq);
         let nblk = tq.div_ceil(rows);
