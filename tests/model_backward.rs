@@ -207,8 +207,11 @@ fn forward_backward_with_vocab_chunks_matches_whole() {
         let (cl, cg) = gpu_loss_and_grads(&chunked, &lora, &bt, bt.b * bt.t, None);
         assert_eq!(wl, cl, "{name}: loss");
         for ((k, g), (_, r)) in flat_pairs(&cg).iter().zip(flat_pairs(&wg)) {
-            // dh sums the chunks' shares in another order: f32 rounding only.
-            assert_close(&format!("{name} chunked grad {k}"), g, &r, 1e-7, 1e-5);
+            // dh sums the chunks' shares in another order: f32 rounding only, which the backward
+            // carries into every gradient at the scale of its largest elements (a small element
+            // that is a sum of larger terms keeps that absolute error).
+            let big = r.iter().fold(0f32, |a, x| a.max(x.abs()));
+            assert_close(&format!("{name} chunked grad {k}"), g, &r, 1e-5 * big, 1e-5);
         }
     }
 }

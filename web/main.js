@@ -325,6 +325,7 @@ function options() {
     eval_split: $("eval_split").value.trim() || "0",
     target_modules: $("target_modules").value.trim() || "all-linear",
     save_every: num("save_every"),
+    compute_dtype: $("compute_dtype").value || undefined,
   };
   const layers = $("layers_to_transform").value.trim();
   if (layers) o.layers_to_transform = layers;

@@ -113,10 +113,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var i = 0u; i < 8u; i++) {
             v[i] = nf4_value((c >> nib(i)) & 15u) * select(ha, la, i < split);
         }
-        let wl = vec4<f32>(v[0], v[1], v[2], v[3]);
-        let wh = vec4<f32>(v[4], v[5], v[6], v[7]);
+        let wl = rc4(vec4<f32>(v[0], v[1], v[2], v[3]));
+        let wh = rc4(vec4<f32>(v[4], v[5], v[6], v[7]));
         for (var i = 0u; i < ROWS; i++) {
-            let d = dy[yo[i] + n];
+            let d = rc(dy[yo[i] + n]);
             acc[2u * i] += d * wl;
             acc[2u * i + 1u] += d * wh;
         }
@@ -150,8 +150,8 @@ const TT: u32 = 64u;    // tile side (outputs)
 const TN: u32 = 16u;    // n per stage
 const TP: u32 = 65u;    // padded stage row: (n q, index r) at q * TP + r
 
-var<workgroup> sd: array<f32, 1040>;  // (TN, TP) stage of dy: (n q, row r)
-var<workgroup> sw: array<f32, 1040>;  // (TN, TP) stage of dequantized W: (n q, k c)
+var<workgroup> sd: array<ct, 1040>;  // (TN, TP) stage of dy: (n q, row r), compute dtype
+var<workgroup> sw: array<ct, 1040>;  // (TN, TP) stage of dequantized W: (n q, k c), compute dtype
 
 @compute @workgroup_size(256)
 fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -194,15 +194,15 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         }
         for (var q = 0u; q < 4u; q++) {
             let nq = n0 + dq_ + q;
-            sd[(dq_ + q) * TP + dr] = select(0.0, dy[drow + min(nq, p.n - 1u)], dok && nq < p.n);
-            sw[wn * TP + wc + q] = wq[q];
+            sd[(dq_ + q) * TP + dr] = ct(select(0.0, dy[drow + min(nq, p.n - 1u)], dok && nq < p.n));
+            sw[wn * TP + wc + q] = ct(wq[q]);
         }
         workgroupBarrier();
         for (var q = 0u; q < TN; q++) {
             let o = q * TP;
-            let b = vec4<f32>(sw[o + tx], sw[o + tx + 16u], sw[o + tx + 32u], sw[o + tx + 48u]);
+            let b = vec4<f32>(vec4<ct>(sw[o + tx], sw[o + tx + 16u], sw[o + tx + 32u], sw[o + tx + 48u]));
             for (var i = 0u; i < 4u; i++) {
-                acc[i] += sd[o + ty + 16u * i] * b;
+                acc[i] += f32(sd[o + ty + 16u * i]) * b;
             }
         }
         workgroupBarrier();

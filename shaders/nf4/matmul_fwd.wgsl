@@ -90,12 +90,12 @@ fn step(st: ptr<function, State>, kk: u32) {
         for (var j = 0u; j < 8u; j++) {
             v[j] = nf4_value((cw[j] >> nib(q)) & 15u) * select(ha[j], la[j], q < split[j]);
         }
-        let wa = vec4<f32>(v[0], v[1], v[2], v[3]);
-        let wb = vec4<f32>(v[4], v[5], v[6], v[7]);
+        let wa = rc4(vec4<f32>(v[0], v[1], v[2], v[3]));
+        let wb = rc4(vec4<f32>(v[4], v[5], v[6], v[7]));
         let kq = kk + q;
         for (var i = 0u; i < ROWS; i++) {
             // Past K (last step when K % 8 != 0): x reads as 0, its index clamped into the row.
-            let xs = select(0.0, x[(*st).xo[i] + min(kq, p.k - 1u)], kq < p.k);
+            let xs = select(0.0, rc(x[(*st).xo[i] + min(kq, p.k - 1u)]), kq < p.k);
             (*st).acc[2u * i] += xs * wa;
             (*st).acc[2u * i + 1u] += xs * wb;
         }
@@ -173,8 +173,8 @@ const TT: u32 = 64u;    // tile side (outputs)
 const TK: u32 = 16u;    // k per stage
 const TP: u32 = 65u;    // padded stage row: (k q, row r) at q * TP + r
 
-var<workgroup> sx: array<f32, 1040>;  // (TK, TP) stage of x
-var<workgroup> sw: array<f32, 1040>;  // (TK, TP) stage of dequantized W
+var<workgroup> sx: array<ct, 1040>;  // (TK, TP) stage of x, in the compute dtype
+var<workgroup> sw: array<ct, 1040>;  // (TK, TP) stage of dequantized W, in the compute dtype
 
 @compute @workgroup_size(256)
 fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -216,15 +216,15 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         }
         for (var q = 0u; q < 4u; q++) {
             let kq = kq0 + q;
-            sx[(lq + q) * TP + lr] = select(0.0, x[xrow + min(kq, p.k - 1u)], xok && kq < p.k);
-            sw[(lq + q) * TP + lr] = wq[q];
+            sx[(lq + q) * TP + lr] = ct(select(0.0, x[xrow + min(kq, p.k - 1u)], xok && kq < p.k));
+            sw[(lq + q) * TP + lr] = ct(wq[q]);
         }
         workgroupBarrier();
         for (var q = 0u; q < TK; q++) {
             let o = q * TP;
-            let b = vec4<f32>(sw[o + tx], sw[o + tx + 16u], sw[o + tx + 32u], sw[o + tx + 48u]);
+            let b = vec4<f32>(vec4<ct>(sw[o + tx], sw[o + tx + 16u], sw[o + tx + 32u], sw[o + tx + 48u]));
             for (var i = 0u; i < 4u; i++) {
-                acc[i] += sx[o + ty + 16u * i] * b;
+                acc[i] += f32(sx[o + ty + 16u * i]) * b;
             }
         }
         workgroupBarrier();
@@ -261,10 +261,10 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     var lo = vec4<f32>(0.0);
     var hi = vec4<f32>(0.0);
     for (var kk = lid; kk < p.k; kk += 64u) {
-        let wk = w1(wbase + kk);
+        let wk = rc(w1(wbase + kk));
         var xs: array<f32, 8>;
         for (var i = 0u; i < 8u; i++) {
-            xs[i] = select(0.0, x[min(i, p.m - 1u) * p.k + kk], i < p.m);
+            xs[i] = select(0.0, rc(x[min(i, p.m - 1u) * p.k + kk]), i < p.m);
         }
         lo += vec4<f32>(xs[0], xs[1], xs[2], xs[3]) * wk;
         hi += vec4<f32>(xs[4], xs[5], xs[6], xs[7]) * wk;

@@ -36,7 +36,7 @@ struct Params {
 
 // Element i of w (row-major (N, K)) as f32.
 fn wv(i: u32) -> f32 {
-    return table_value(w[table_word(i)], i);
+    return rc(table_value(w[table_word(i)], i));
 }
 
 fn store(row: u32, col: u32, v: f32) {
@@ -82,7 +82,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let wl = vec4<f32>(wv(wr + co[0]), wv(wr + co[1]), wv(wr + co[2]), wv(wr + co[3]));
         let wh = vec4<f32>(wv(wr + co[4]), wv(wr + co[5]), wv(wr + co[6]), wv(wr + co[7]));
         for (var i = 0u; i < ROWS; i++) {
-            let d = dy[yo[i] + n];
+            let d = rc(dy[yo[i] + n]);
             acc[2u * i] += d * wl;
             acc[2u * i + 1u] += d * wh;
         }
@@ -118,8 +118,8 @@ const TT: u32 = 64u;    // tile side (outputs)
 const TN: u32 = 16u;    // n per stage
 const TP: u32 = 65u;    // padded stage row: (n q, index r) at q * TP + r
 
-var<workgroup> sd: array<f32, 1040>;  // (TN, TP) stage of dy: (n q, row r)
-var<workgroup> sw: array<f32, 1040>;  // (TN, TP) stage of w: (n q, k c)
+var<workgroup> sd: array<ct, 1040>;  // (TN, TP) stage of dy: (n q, row r), compute dtype
+var<workgroup> sw: array<ct, 1040>;  // (TN, TP) stage of w: (n q, k c), compute dtype
 
 @compute @workgroup_size(256)
 fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -144,18 +144,18 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     for (var n0 = 0u; n0 < p.n; n0 += TN) {
         for (var q = 0u; q < 4u; q++) {
             let nq = n0 + dq + q;
-            sd[(dq + q) * TP + dr] = select(0.0, dy[drow + min(nq, p.n - 1u)], dok && nq < p.n);
+            sd[(dq + q) * TP + dr] = ct(select(0.0, dy[drow + min(nq, p.n - 1u)], dok && nq < p.n));
             let wr = n0 + wn;
             let kq = c0 + wc + q;
             let wi = min(wr, p.n - 1u) * p.k + min(kq, p.k - 1u);
-            sw[wn * TP + wc + q] = select(0.0, wv(wi), wr < p.n && kq < p.k);
+            sw[wn * TP + wc + q] = ct(select(0.0, wv(wi), wr < p.n && kq < p.k));
         }
         workgroupBarrier();
         for (var q = 0u; q < TN; q++) {
             let o = q * TP;
-            let b = vec4<f32>(sw[o + tx], sw[o + tx + 16u], sw[o + tx + 32u], sw[o + tx + 48u]);
+            let b = vec4<f32>(vec4<ct>(sw[o + tx], sw[o + tx + 16u], sw[o + tx + 32u], sw[o + tx + 48u]));
             for (var i = 0u; i < 4u; i++) {
-                acc[i] += sd[o + ty + 16u * i] * b;
+                acc[i] += f32(sd[o + ty + 16u * i]) * b;
             }
         }
         workgroupBarrier();

@@ -38,7 +38,7 @@ struct Params {
 
 // Element i of w (row-major (N, K)) as f32.
 fn wv(i: u32) -> f32 {
-    return table_value(w[table_word(i)], i);
+    return rc(table_value(w[table_word(i)], i));
 }
 
 fn store(row: u32, col: u32, v: f32) {
@@ -83,7 +83,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let wa = vec4<f32>(wv(wo[0] + kk), wv(wo[1] + kk), wv(wo[2] + kk), wv(wo[3] + kk));
         let wb = vec4<f32>(wv(wo[4] + kk), wv(wo[5] + kk), wv(wo[6] + kk), wv(wo[7] + kk));
         for (var i = 0u; i < ROWS; i++) {
-            let xs = x[xo[i] + kk];
+            let xs = rc(x[xo[i] + kk]);
             acc[2u * i] += xs * wa;
             acc[2u * i + 1u] += xs * wb;
         }
@@ -118,8 +118,8 @@ const TT: u32 = 64u;    // tile side (outputs)
 const TK: u32 = 16u;    // k per stage
 const TP: u32 = 65u;    // padded stage row: (k q, row r) at q * TP + r
 
-var<workgroup> sx: array<f32, 1040>;  // (TK, TP) stage of x
-var<workgroup> sw: array<f32, 1040>;  // (TK, TP) stage of w
+var<workgroup> sx: array<ct, 1040>;  // (TK, TP) stage of x, in the compute dtype
+var<workgroup> sw: array<ct, 1040>;  // (TK, TP) stage of w, in the compute dtype
 
 @compute @workgroup_size(256)
 fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -145,15 +145,15 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
             let kq = k0 + lq + q;
             let kc = min(kq, p.k - 1u);
             let kin = kq < p.k;
-            sx[(lq + q) * TP + lr] = select(0.0, x[xrow + kc], xok && kin);
-            sw[(lq + q) * TP + lr] = select(0.0, wv(wrow + kc), wok && kin);
+            sx[(lq + q) * TP + lr] = ct(select(0.0, x[xrow + kc], xok && kin));
+            sw[(lq + q) * TP + lr] = ct(select(0.0, wv(wrow + kc), wok && kin));
         }
         workgroupBarrier();
         for (var q = 0u; q < TK; q++) {
             let o = q * TP;
-            let b = vec4<f32>(sw[o + tx], sw[o + tx + 16u], sw[o + tx + 32u], sw[o + tx + 48u]);
+            let b = vec4<f32>(vec4<ct>(sw[o + tx], sw[o + tx + 16u], sw[o + tx + 32u], sw[o + tx + 48u]));
             for (var i = 0u; i < 4u; i++) {
-                acc[i] += sx[o + ty + 16u * i] * b;
+                acc[i] += f32(sx[o + ty + 16u * i]) * b;
             }
         }
         workgroupBarrier();
@@ -190,7 +190,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         let wk = wv(wbase + kk);
         var xs: array<f32, 8>;
         for (var i = 0u; i < 8u; i++) {
-            xs[i] = select(0.0, x[min(i, p.m - 1u) * p.k + kk], i < p.m);
+            xs[i] = select(0.0, rc(x[min(i, p.m - 1u) * p.k + kk]), i < p.m);
         }
         lo += vec4<f32>(xs[0], xs[1], xs[2], xs[3]) * wk;
         hi += vec4<f32>(xs[4], xs[5], xs[6], xs[7]) * wk;

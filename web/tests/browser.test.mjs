@@ -202,7 +202,7 @@ if (want("train")) {
     log(`load progress: ${prog.length} events, ${last.total_tensors} tensors, ${model.bytes_read} of ${fileBytes} bytes read`);
     // The kernel variant the device runs, as info() and the page's header name it.
     const kernels = await page.evaluate(() => window.tinytune.state.info.kernels);
-    check(/^(cpu|gpu)( \(.*\))?$/.test(kernels) && (await page.textContent("#gpu")).includes(`kernels ${kernels}`), `kernels: ${kernels}`);
+    check(/^(cpu|gpu)( \(.*\))?, compute (f32|f16)$/.test(kernels) && (await page.textContent("#gpu")).includes(`kernels ${kernels}`), `kernels: ${kernels}`);
     log(`kernels: ${kernels}`);
     // GPU memory: the model's bytes are what is alive after loading, and the page shows them.
     check(Number.isInteger(model.model_bytes) && model.model_bytes > 0, `model_bytes: ${model.model_bytes}`);
@@ -628,6 +628,18 @@ if (want("errors")) {
     r = await train(DATA, "data.jsonl", { ...GOOD, learning_rate: "fast" });
     check(r.error, `learning_rate "fast" trained: ${r.text}`);
     oneMessage(r.text, "learning_rate", "learning_rate fast");
+    // f16 compute where the adapter lacks shader-f16 (SwiftShader): refused, naming the feature.
+    const f16 = (await page.evaluate(() => window.tinytune.state.info.features)).some((f) => f.includes("SHADER_F16"));
+    await page.selectOption("#compute_dtype", "f16");
+    r = await train(DATA, "data.jsonl", GOOD);
+    await page.selectOption("#compute_dtype", "");
+    if (f16) {
+      check(!r.error, `compute_dtype f16 on an adapter with SHADER_F16: ${r.text}`);
+      log("compute_dtype f16 trained (the adapter has SHADER_F16)");
+    } else {
+      check(r.error, `compute_dtype f16 trained without SHADER_F16: ${r.text}`);
+      oneMessage(r.text, "SHADER_F16", "compute_dtype f16 without shader-f16");
+    }
 
     // The page still works: 2 steps train and generation runs.
     r = await train(DATA, "data.jsonl", GOOD);

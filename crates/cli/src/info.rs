@@ -24,7 +24,7 @@ pub fn run(adapter: Option<String>) -> Result<()> {
         println!("  driver:       {} {}", a.driver, a.driver_info);
     }
     println!(
-        "  kernels:      {} (TINYTUNE_KERNELS=cpu|gpu overrides)",
+        "  kernels:      {} (TINYTUNE_KERNELS=cpu|gpu, TINYTUNE_COMPUTE_DTYPE=f32|f16 override)",
         gpu.kernel_info()
     );
     let yes_no = |f: Features| {

@@ -49,7 +49,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::bindings::{self, BindingKind};
 use crate::error::{GpuError, Result};
-use crate::kernels::{KernelInfo, KernelSet};
+use crate::kernels::{ComputeDtype, KernelInfo, KernelSet};
 use crate::params::{KernelParams, PARAMS};
 use crate::shaders;
 
@@ -80,6 +80,10 @@ pub struct GpuOptions {
     /// The kernel variant to run; `None` reads `TINYTUNE_KERNELS` (`cpu` or `gpu`), and without
     /// it chooses from the adapter ([`KernelSet::for_adapter`]).
     pub kernels: Option<KernelSet>,
+    /// The frozen-weight matmuls' operand dtype; `None` reads `TINYTUNE_COMPUTE_DTYPE` (`f32` or
+    /// `f16`), and without it takes [`ComputeDtype::default_for`] the device. Changeable later
+    /// with [`Gpu::set_compute_dtype`].
+    pub compute_dtype: Option<ComputeDtype>,
 }
 
 /// What the runtime has done since the device was opened, for tests and benchmarks. Take two
@@ -174,7 +178,8 @@ fn summarize(info: &wgpu::AdapterInfo) -> AdapterSummary {
     }
 }
 
-type PipelineKey = (&'static str, &'static str, Vec<(String, u64)>);
+/// (kernel, entry point, override constants, f16 operands).
+type PipelineKey = (&'static str, &'static str, Vec<(String, u64)>, bool);
 
 /// A compute pipeline and the bind group layout wgpu derived from its WGSL (`layout: None`).
 #[derive(Clone)]
@@ -431,6 +436,10 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     /// The kernel variant the launchers dispatch ([`GpuOptions::kernels`]).
     kernels: KernelSet,
+    /// [`ComputeDtype::F16`] when set ([`Gpu::set_compute_dtype`]).
+    compute_f16: std::sync::atomic::AtomicBool,
+    /// The compute dtype chosen when the device was opened.
+    default_compute: ComputeDtype,
     pipelines: Mutex<HashMap<PipelineKey, Kernel>>,
     uncaptured: Arc<Mutex<Vec<String>>>,
     /// How many of `uncaptured` `sync` / reads have already returned.
@@ -493,12 +502,34 @@ impl Gpu {
                 _ => KernelSet::for_adapter(info.device_type, &info.name, &info.driver),
             },
         };
+        let has_f16 = features.contains(wgpu::Features::SHADER_F16);
+        let compute = match opts.compute_dtype {
+            Some(d) => d,
+            None => match std::env::var(crate::kernels::COMPUTE_DTYPE_ENV) {
+                Ok(v) if !v.trim().is_empty() => {
+                    ComputeDtype::parse(&v).ok_or(GpuError::BadComputeDtype(v))?
+                }
+                // From the adapter's class, not a TINYTUNE_KERNELS override: the GPU variant
+                // run on lavapipe (the test suite) stays f32.
+                _ => ComputeDtype::default_for(
+                    KernelSet::for_adapter(info.device_type, &info.name, &info.driver),
+                    has_f16,
+                ),
+            },
+        };
+        if compute == ComputeDtype::F16 && !has_f16 {
+            return Err(GpuError::NoF16 {
+                adapter: info.name.clone(),
+            });
+        }
         let check_dispatch = opts.check_dispatch.unwrap_or_else(|| {
             std::env::var("TINYTUNE_CHECK_DISPATCH").is_ok_and(|v| v.trim() == "1")
         });
         Ok(Gpu {
             check_dispatch,
             kernels,
+            compute_f16: std::sync::atomic::AtomicBool::new(compute == ComputeDtype::F16),
+            default_compute: compute,
             counters: Counters::default(),
             layouts: Mutex::new(HashMap::new()),
             binds: Mutex::new(BindCache::default()),
@@ -536,7 +567,37 @@ impl Gpu {
             set: self.kernels,
             f16: self.features.contains(wgpu::Features::SHADER_F16),
             subgroups: self.features.contains(wgpu::Features::SUBGROUP),
+            compute: self.compute_dtype(),
         }
+    }
+
+    /// The frozen-weight matmuls' operand dtype ([`ComputeDtype`]).
+    pub fn compute_dtype(&self) -> ComputeDtype {
+        if self.compute_f16.load(Ordering::Relaxed) {
+            ComputeDtype::F16
+        } else {
+            ComputeDtype::F32
+        }
+    }
+
+    /// The compute dtype chosen when the device was opened ([`GpuOptions::compute_dtype`], else
+    /// `TINYTUNE_COMPUTE_DTYPE`, else [`ComputeDtype::default_for`] the adapter).
+    pub fn default_compute_dtype(&self) -> ComputeDtype {
+        self.default_compute
+    }
+
+    /// Sets the operand dtype of the matmuls recorded from now on (pipelines of both dtypes are
+    /// cached side by side). Fails with [`GpuError::NoF16`] for f16 on a device without
+    /// `SHADER_F16`.
+    pub fn set_compute_dtype(&self, dtype: ComputeDtype) -> Result<()> {
+        if dtype == ComputeDtype::F16 && !self.features.contains(wgpu::Features::SHADER_F16) {
+            return Err(GpuError::NoF16 {
+                adapter: self.adapter.name.clone(),
+            });
+        }
+        self.compute_f16
+            .store(dtype == ComputeDtype::F16, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The largest buffer one storage binding may hold.
@@ -869,6 +930,9 @@ impl Gpu {
         entry: &'static str,
         constants: &[(&str, f64)],
     ) -> Result<Kernel> {
+        let shader = shaders::get(kernel).ok_or_else(|| GpuError::UnknownShader(kernel.into()))?;
+        // Only the kernels that join the compute-dtype common file have an f16 form.
+        let f16 = self.compute_dtype() == ComputeDtype::F16 && shaders::has_compute_dtype(shader);
         let key: PipelineKey = (
             kernel,
             entry,
@@ -876,6 +940,7 @@ impl Gpu {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_bits()))
                 .collect(),
+            f16,
         );
         if let Some(k) = self
             .pipelines
@@ -885,7 +950,6 @@ impl Gpu {
         {
             return Ok(k.clone());
         }
-        let shader = shaders::get(kernel).ok_or_else(|| GpuError::UnknownShader(kernel.into()))?;
         let fail = |message: String| GpuError::Pipeline {
             kernel: kernel.into(),
             entry: entry.into(),
@@ -910,7 +974,11 @@ impl Gpu {
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(kernel),
-                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                source: wgpu::ShaderSource::Wgsl(if f16 {
+                    shaders::f16_source(shader).into()
+                } else {
+                    shader.source.into()
+                }),
             });
         let pipeline = self
             .device

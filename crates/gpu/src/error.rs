@@ -42,6 +42,10 @@ pub enum GpuError {
     Readback { label: String, message: String },
     #[error("TINYTUNE_KERNELS={0:?} is not a kernel variant: use cpu or gpu (or unset it to choose from the adapter)")]
     BadKernels(String),
+    #[error("TINYTUNE_COMPUTE_DTYPE={0:?} is not a compute dtype: use f32 or f16 (or unset it for the device's default)")]
+    BadComputeDtype(String),
+    #[error("f16 compute needs the SHADER_F16 feature, which the adapter {adapter} does not have: compute in f32 (--compute-dtype f32, or compute_dtype \"f32\" in JS)")]
+    NoF16 { adapter: String },
     #[error("device error: {0}")]
     Device(String),
 }

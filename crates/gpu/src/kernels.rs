@@ -76,6 +76,59 @@ impl fmt::Display for KernelSet {
     }
 }
 
+/// The dtype of the frozen-weight matmuls' operands (the f32 and NF4 forward and input-gradient
+/// matmuls, the LM head's included): [`ComputeDtype::F16`] rounds both operands to f16 (round to
+/// nearest) as they are loaded and multiplies them exactly in f32, accumulating in f32 — the
+/// arithmetic of an f16 tensor-core product, and of bitsandbytes with `bnb_4bit_compute_dtype =
+/// float16`; the GPU variant also stages them in f16 workgroup memory (half the footprint).
+/// Everything else (the residual stream, norms, softmax statistics, attention, LoRA, the loss,
+/// the optimizer and the master parameters) stays f32. An operand beyond f16's range (±65504)
+/// becomes infinite: the run then stops at the non-finite loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ComputeDtype {
+    F32,
+    F16,
+}
+
+/// The environment variable that overrides the default compute dtype.
+pub const COMPUTE_DTYPE_ENV: &str = "TINYTUNE_COMPUTE_DTYPE";
+
+impl ComputeDtype {
+    /// `f32` or `f16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ComputeDtype::F32 => "f32",
+            ComputeDtype::F16 => "f16",
+        }
+    }
+
+    /// Parses `f32` or `f16` (case-insensitive, surrounding spaces ignored).
+    pub fn parse(s: &str) -> Option<ComputeDtype> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" => Some(ComputeDtype::F32),
+            "f16" => Some(ComputeDtype::F16),
+            _ => None,
+        }
+    }
+
+    /// The default for a device: f16 on a GPU-class adapter (`set` is
+    /// [`KernelSet::for_adapter`]'s choice) with `SHADER_F16`, f32 elsewhere (CPU adapters compute f16 no faster, and the parity tests
+    /// against PEFT run in f32).
+    pub fn default_for(set: KernelSet, has_f16: bool) -> ComputeDtype {
+        if set == KernelSet::Gpu && has_f16 {
+            ComputeDtype::F16
+        } else {
+            ComputeDtype::F32
+        }
+    }
+}
+
+impl fmt::Display for ComputeDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The kernels a device runs and the optional features they may use, as `tinytune info`, the JS
 /// `info()` and the benchmarks print it: `gpu (f16, subgroups)`, `cpu (subgroups)`, `cpu`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +138,8 @@ pub struct KernelInfo {
     pub f16: bool,
     /// The device has `SUBGROUP`.
     pub subgroups: bool,
+    /// The frozen-weight matmuls' operand dtype.
+    pub compute: ComputeDtype,
 }
 
 impl fmt::Display for KernelInfo {
@@ -97,10 +152,11 @@ impl fmt::Display for KernelInfo {
             feats.push("subgroups");
         }
         if feats.is_empty() {
-            write!(f, "{}", self.set)
+            write!(f, "{}", self.set)?;
         } else {
-            write!(f, "{} ({})", self.set, feats.join(", "))
+            write!(f, "{} ({})", self.set, feats.join(", "))?;
         }
+        write!(f, ", compute {}", self.compute)
     }
 }
 
@@ -139,7 +195,27 @@ mod tests {
             set: KernelSet::Gpu,
             f16: true,
             subgroups: true,
+            compute: ComputeDtype::F16,
         };
-        assert_eq!(info.to_string(), "gpu (f16, subgroups)");
+        assert_eq!(info.to_string(), "gpu (f16, subgroups), compute f16");
+    }
+
+    #[test]
+    fn compute_dtype_parses_and_defaults() {
+        assert_eq!(ComputeDtype::parse(" F16 "), Some(ComputeDtype::F16));
+        assert_eq!(ComputeDtype::parse("f32"), Some(ComputeDtype::F32));
+        assert_eq!(ComputeDtype::parse("bf16"), None);
+        assert_eq!(
+            ComputeDtype::default_for(KernelSet::Gpu, true),
+            ComputeDtype::F16
+        );
+        assert_eq!(
+            ComputeDtype::default_for(KernelSet::Gpu, false),
+            ComputeDtype::F32
+        );
+        assert_eq!(
+            ComputeDtype::default_for(KernelSet::Cpu, true),
+            ComputeDtype::F32
+        );
     }
 }

@@ -19,6 +19,6 @@ pub use device::{
     Kernel, MemoryStats, PendingRead,
 };
 pub use error::{GpuError, Result};
-pub use kernels::{KernelInfo, KernelSet};
+pub use kernels::{ComputeDtype, KernelInfo, KernelSet};
 pub use ops::TableDtype;
 pub use wgpu;

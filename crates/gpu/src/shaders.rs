@@ -36,10 +36,10 @@ shaders!(
     "nf4/absmax_mean" => ["nf4/common"],
     "nf4/absmax_quantize" => ["nf4/common"],
     "nf4/dequantize" => ["nf4/common", "nf4/blocks_common"],
-    "nf4/matmul_fwd" => ["nf4/common", "nf4/blocks_common", "nf4/matmul_common"],
-    "nf4/matmul_bwd_input" => ["nf4/common", "nf4/blocks_common", "nf4/matmul_common"],
-    "nn/matmul_fwd" => ["nn/table_common"],
-    "nn/matmul_bwd_input" => ["nn/table_common"],
+    "nf4/matmul_fwd" => ["nf4/common", "nf4/blocks_common", "nf4/matmul_common", "nn/compute_common"],
+    "nf4/matmul_bwd_input" => ["nf4/common", "nf4/blocks_common", "nf4/matmul_common", "nn/compute_common"],
+    "nn/matmul_fwd" => ["nn/table_common", "nn/compute_common"],
+    "nn/matmul_bwd_input" => ["nn/table_common", "nn/compute_common"],
     "nn/rmsnorm_fwd" => ["nn/rmsnorm_common"],
     "nn/rmsnorm_bwd" => ["nn/rmsnorm_common"],
     "nn/rope_fwd" => ["nn/rope_common"],
@@ -63,6 +63,35 @@ shaders!(
     "optim/adamw_step",
     "optim/grad_norm",
 );
+
+/// The common file that declares the compute dtype of the frozen-weight matmuls' operands
+/// (`alias ct = f32;`, see [`crate::ComputeDtype`]).
+pub const COMPUTE_COMMON: &str = "nn/compute_common";
+
+/// [`COMPUTE_COMMON`]'s text, which [`f16_source`] replaces.
+const COMPUTE_F32: &str = include_str!("../../../shaders/nn/compute_common.wgsl");
+
+/// The f16 form of [`COMPUTE_COMMON`] (`shaders/nn/compute_f16_common.wgsl`), joined by no kernel
+/// as registered.
+pub const COMPUTE_F16_COMMON: &str = "nn/compute_f16_common";
+const COMPUTE_F16: &str = include_str!("../../../shaders/nn/compute_f16_common.wgsl");
+
+/// Whether a kernel has an f16-operand form (it joins [`COMPUTE_COMMON`]).
+pub fn has_compute_dtype(shader: &Shader) -> bool {
+    shader.commons.contains(&COMPUTE_COMMON)
+}
+
+/// The f16-operand form of a kernel that joins [`COMPUTE_COMMON`]: `enable f16;` in front and
+/// [`COMPUTE_F16_COMMON`]'s text in place of [`COMPUTE_COMMON`]'s — the one textual change made
+/// to a kernel (a module using f16 must name the extension, and only devices with `SHADER_F16`
+/// may compile it, so it cannot share the f32 module).
+pub fn f16_source(shader: &Shader) -> String {
+    debug_assert!(has_compute_dtype(shader) && shader.source.contains(COMPUTE_F32));
+    format!(
+        "enable f16;\n{}",
+        shader.source.replacen(COMPUTE_F32, COMPUTE_F16, 1)
+    )
+}
 
 /// Looks a shader up by name.
 pub fn get(name: &str) -> Option<&'static Shader> {

@@ -81,6 +81,10 @@ pub struct TrainConfig {
     /// Recompute each layer's activations in the backward pass instead of keeping them all
     /// (transformers' `gradient_checkpointing`): less memory, about one more forward of compute.
     pub gradient_checkpointing: bool,
+    /// The frozen-weight matmuls' operand dtype (`f32` / `f16`, [`tinytune_gpu::ComputeDtype`]);
+    /// `None`: the device's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_dtype: Option<String>,
     /// Gradient clipping by global norm (0: off).
     pub max_grad_norm: f64,
     pub adamw: AdamWConfig,

@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Deserialize;
+use tinytune_gpu::ComputeDtype;
 use tinytune_model::{Quant, SamplingParams};
 
 pub use crate::adapters::PeftMethod;
@@ -312,6 +313,11 @@ pub struct TrainOptions {
     /// compute (transformers' gradient_checkpointing) [default: off].
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// Operand dtype of the frozen-weight matmuls: f16 (operands rounded to f16, products and
+    /// sums in f32, as bitsandbytes' compute dtype; residual stream, norms, softmax, loss and
+    /// parameters stay f32) or f32 [default: f16 on a GPU with SHADER_F16, f32 elsewhere].
+    #[arg(long, value_name = "f32|f16")]
+    pub compute_dtype: Option<String>,
     /// Held-out eval set: a fraction in (0, 1) or a count of examples; 0 = none.
     #[arg(long, value_name = "N", default_value_t = defaults().eval_split)]
     pub eval_split: NumOrText,
@@ -357,6 +363,7 @@ impl Default for TrainOptions {
             max_grad_norm: 1.0,
             weight_decay: 0.0,
             gradient_checkpointing: false,
+            compute_dtype: None,
             eval_split: NumOrText::Num(0.0),
             eval_every: 0,
             save_every: 0,
@@ -539,6 +546,15 @@ impl TrainOptions {
             warmup_steps: self.warmup_steps,
             max_grad_norm: self.max_grad_norm,
             gradient_checkpointing: self.gradient_checkpointing,
+            compute_dtype: match &self.compute_dtype {
+                None => None,
+                Some(s) => Some(
+                    ComputeDtype::parse(s)
+                        .ok_or_else(|| format!("compute_dtype {s:?}: expected f32 or f16"))?
+                        .name()
+                        .to_string(),
+                ),
+            },
             adamw: AdamWConfig {
                 weight_decay: self.weight_decay,
                 ..AdamWConfig::default()

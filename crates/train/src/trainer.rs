@@ -526,6 +526,14 @@ impl<'g> Trainer<'g> {
                 "batch size and gradient accumulation must be at least 1",
             ));
         }
+        // The run's compute dtype for every kernel recorded from here on: the config's, else the
+        // device's default (not whatever an earlier run on the same device set).
+        let dtype = match &config.compute_dtype {
+            Some(d) => tinytune_gpu::ComputeDtype::parse(d)
+                .ok_or_else(|| cfg_err(format!("compute_dtype {d:?}: expected f32 or f16")))?,
+            None => gpu.default_compute_dtype(),
+        };
+        gpu.set_compute_dtype(dtype)?;
         // Refuse a micro-batch whose activations cannot fit one binding before allocating.
         let c = &model.config;
         let widest = c

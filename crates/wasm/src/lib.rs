@@ -56,8 +56,9 @@ export type ModelFiles =
 export interface TinytuneInfo {
     adapter: { name: string; backend: string; device_type: string; driver: string; driver_info: string };
     features: string[];
-    /** The kernel variant in use and the optional features it may use, e.g.
-     * `"gpu (f16, subgroups)"` or `"cpu"` (CPU implementations such as SwiftShader). */
+    /** The kernel variant in use, the optional features it may use and the compute dtype of
+     * the frozen-weight matmuls, e.g. `"gpu (f16, subgroups), compute f16"` or
+     * `"cpu, compute f32"` (CPU implementations such as SwiftShader). */
     kernels: string;
     limits: Record<string, number>;
     shaders: number;
