@@ -413,7 +413,7 @@ impl Hub {
     ) -> std::result::Result<ureq::http::Response<ureq::Body>, Fail> {
         let mut url = url.to_string();
         for _ in 0..10 {
-            let own = url.starts_with(&self.endpoint);
+            let own = self.own(&url);
             let mut req = ureq::http::Request::builder().method(method).uri(&url);
             if let (true, Some(t)) = (own, &self.token) {
                 req = req.header("Authorization", format!("Bearer {t}"));
@@ -444,6 +444,12 @@ impl Hub {
         Err(Fail::Unreachable(format!("too many redirects from {url}")))
     }
 
+    /// Whether `url` is on the endpoint itself (the only place the token is sent).
+    fn own(&self, url: &str) -> bool {
+        url.strip_prefix(&self.endpoint)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
     fn unreachable(&self, url: &str, e: &str) -> anyhow::Error {
         anyhow!(
             "cannot reach the Hugging Face Hub at {} ({url}: {e}); check the network or HF_ENDPOINT, \
@@ -466,6 +472,16 @@ impl Hub {
             None => format!("{id}"),
         };
         let why = err.as_ref().map(|e| format!(", {e}")).unwrap_or_default();
+        // The Hub answers an unknown repo with 401 to anonymous callers (it may be private).
+        if file.is_none() && code == 401 && err.as_deref() == Some("RepoNotFound") {
+            return anyhow!(
+                "model repo {} not found on {} (HTTP 401{why}), and no local path {} exists; if \
+                 it is private, set HF_TOKEN to a token that may read it",
+                id.repo,
+                self.endpoint,
+                id.repo
+            );
+        }
         match code {
             401 | 403 => {
                 let fix = if self.token.is_some() {
@@ -570,7 +586,7 @@ impl Hub {
         let mut url = url.to_string();
         for _ in 0..10 {
             let mut req = ureq::http::Request::builder().method("HEAD").uri(&url);
-            if let Some(t) = &self.token {
+            if let (true, Some(t)) = (self.own(&url), &self.token) {
                 req = req.header("Authorization", format!("Bearer {t}"));
             }
             let req = req.body(())?;

@@ -44,6 +44,8 @@ struct State {
     cut: BTreeMap<String, usize>,
     /// Files listed in the API but answered 404 by resolve.
     vanished: Vec<String>,
+    /// Unknown repos answer 401 RepoNotFound, as the Hub does for anonymous callers.
+    unknown_401: bool,
 }
 
 struct Hub {
@@ -189,6 +191,10 @@ fn handle(mut s: TcpStream, state: &Mutex<State>) {
         let repo = format!("{}/{}", seg[0], seg[1]);
         let rev = decode(seg[3]);
         let Some(rp) = st.repos.get(&repo) else {
+            if st.unknown_401 {
+                let hd = [("X-Error-Code", "RepoNotFound".to_string())];
+                return respond(&mut s, 401, &hd, b"{}", head);
+            }
             return not_found(&mut s, "RepoNotFound");
         };
         let sha = rp.refs.get(&rev).cloned().unwrap_or(rev);
@@ -491,6 +497,13 @@ fn not_found_repo_file_and_gguf() {
         e.contains("model repo tiny/missing") && e.contains("not found") && e.contains("404"),
         "{e}"
     );
+    hub.state.lock().unwrap().unknown_401 = true;
+    let e = env.fetch("tiny/missing", &[], &[]).unwrap_err();
+    assert!(
+        e.contains("model repo tiny/missing not found")
+            && e.contains("if it is private, set HF_TOKEN"),
+        "{e}"
+    );
     let e = env
         .fetch("tiny/gguf", &["--gguf-file", "other.gguf"], &[])
         .unwrap_err();
@@ -709,4 +722,72 @@ fn logits_from_the_hub_match_local() {
         std::fs::read(env.home.path().join("offline.safetensors")).unwrap(),
         b
     );
+}
+
+/// `tinytune train` and `eval` with `--model ORG/NAME`: the adapter records the Hub id as its
+/// base model (as PEFT does), and eval gives the same loss as from the local folder.
+#[test]
+fn train_and_eval_from_the_hub() {
+    if !have_gpu() {
+        return;
+    }
+    let hub = Hub::start();
+    let env = Env::new(&hub.url);
+    let mut text = String::new();
+    for i in 0..8 {
+        text.push_str(&format!(
+            "{{\"messages\":[{{\"role\":\"user\",\"content\":\"Question {i}?\"}},{{\"role\":\"assistant\",\"content\":\"Arr! Answer {i}.\"}}]}}\n"
+        ));
+    }
+    std::fs::write(env.home.path().join("data.jsonl"), text).unwrap();
+    let o = env
+        .cmd(&[])
+        .args(["train", "--model", "tiny/llama", "--data", "data.jsonl"])
+        .args([
+            "--output-dir",
+            "run",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "2",
+        ])
+        .args([
+            "--num-steps",
+            "2",
+            "--lora-r",
+            "4",
+            "--eval-split",
+            "0",
+            "--log-steps",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.home.path().join("run/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["base_model_name_or_path"], "tiny/llama");
+    let eval = |model: &str| {
+        let o = env
+            .cmd(&[])
+            .args([
+                "eval",
+                "--model",
+                model,
+                "--data",
+                "data.jsonl",
+                "--adapter",
+                "run",
+            ])
+            .args(["--seq-len", "32"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(out.contains("\"eval_loss\""), "{out}");
+        out
+    };
+    let local = sharded_model();
+    assert_eq!(eval("tiny/llama"), eval(local.to_str().unwrap()));
 }
