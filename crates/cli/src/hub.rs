@@ -209,7 +209,8 @@ enum Fail {
 }
 
 impl Hub {
-    /// Reads `HF_ENDPOINT`, `HF_HUB_CACHE` / `HF_HOME`, `HF_TOKEN` (else `$HF_HOME/token`) and
+    /// Reads `HF_ENDPOINT`, `HF_HUB_CACHE` / `HF_HOME`, `HF_TOKEN` (else the file
+    /// `$HF_TOKEN_PATH`, default `$HF_HOME/token`, that `huggingface-cli login` writes) and
     /// `HF_HUB_OFFLINE`.
     pub fn from_env() -> Result<Hub> {
         let home = hf_home()?;
@@ -218,7 +219,10 @@ impl Hub {
             .unwrap_or_else(|| home.join("hub"));
         let token = env_nonempty("HF_TOKEN")
             .or_else(|| {
-                fs::read_to_string(home.join("token"))
+                let path = env_nonempty("HF_TOKEN_PATH")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| home.join("token"));
+                fs::read_to_string(path)
                     .ok()
                     .filter(|t| !t.trim().is_empty())
             })
@@ -553,8 +557,19 @@ impl Hub {
         fs::create_dir_all(&blobs).with_context(|| format!("cannot create {}", blobs.display()))?;
         let blob_name = etag.unwrap_or_else(|| format!("{commit}-{}", file.replace('/', "--")));
         let blob = blobs.join(&blob_name);
+        let part = blobs.join(format!("{blob_name}.incomplete"));
+        // Another process (a second tinytune, two runs of a sweep) may be fetching the same blob:
+        // one appends to the .incomplete file at a time, the other waits and then finds the blob.
+        let _lock = if blob.is_file() {
+            None
+        } else {
+            Some(BlobLock::acquire(
+                &blobs.join(format!("{blob_name}.lock")),
+                &part,
+                &format!("{file} of {id}"),
+            )?)
+        };
         if !blob.is_file() {
-            let part = blobs.join(format!("{blob_name}.incomplete"));
             let mut last = None;
             for _ in 0..ATTEMPTS {
                 match self.transfer(id, file, &url, &part, size) {
@@ -733,6 +748,79 @@ impl Hub {
             }
         }
         Ok(())
+    }
+}
+
+/// Holds `blobs/<etag>.lock` (this process's id) while the blob is fetched.
+struct BlobLock {
+    path: PathBuf,
+}
+
+/// How long a lock whose holder cannot be checked (no `/proc`) may show no download progress
+/// before it is taken as left by a killed process.
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
+impl BlobLock {
+    /// Takes the lock, waiting while a live process holds it; a lock left by a process that is
+    /// gone (or, where that cannot be told, one whose download has not grown for a minute) is
+    /// taken over.
+    fn acquire(path: &Path, part: &Path, what: &str) -> Result<BlobLock> {
+        let me = std::process::id();
+        let part_len = || fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+        let mut progress = (std::time::Instant::now(), part_len());
+        let mut told = false;
+        loop {
+            match OpenOptions::new().write(true).create_new(true).open(path) {
+                Ok(mut f) => {
+                    writeln!(f, "{me}")
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    return Ok(BlobLock {
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = fs::read_to_string(path)
+                        .ok()
+                        .and_then(|t| t.trim().parse::<u32>().ok());
+                    let len = part_len();
+                    if len != progress.1 {
+                        progress = (std::time::Instant::now(), len);
+                    }
+                    let live = match holder {
+                        Some(pid) if pid == me => Some(false),
+                        Some(pid) => crate::lock::alive(pid),
+                        None => None,
+                    };
+                    let stale = match live {
+                        Some(alive) => !alive,
+                        None => progress.0.elapsed() > STALE_AFTER,
+                    };
+                    if stale {
+                        let _ = fs::remove_file(path);
+                        continue;
+                    }
+                    if !told {
+                        told = true;
+                        eprintln!(
+                            "hub: waiting for {} fetching {what} ({})",
+                            holder
+                                .map_or("another process".to_string(), |p| format!("process {p}")),
+                            path.display()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", path.display()))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for BlobLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
     }
 }
 

@@ -561,6 +561,25 @@ fn auth_error_then_token() {
         .fetch("tiny/llama", &[], &[("HF_TOKEN", "hf_wrong")])
         .unwrap_err();
     assert!(e.contains("HF_TOKEN is set but gives no access"), "{e}");
+    // The token `huggingface-cli login` saved in HF_HOME is used when HF_TOKEN is not set.
+    std::fs::write(env.home.path().join("token"), "hf_secret\n").unwrap();
+    let login = Env::new(&hub.url);
+    hub.seen();
+    login
+        .fetch(
+            "tiny/llama",
+            &[],
+            &[(
+                "HF_TOKEN_PATH",
+                env.home.path().join("token").to_str().unwrap(),
+            )],
+        )
+        .unwrap();
+    assert!(hub
+        .seen()
+        .iter()
+        .all(|s| s.auth.as_deref() == Some("Bearer hf_secret")));
+    std::fs::remove_file(env.home.path().join("token")).unwrap();
     hub.seen();
     env.fetch("tiny/llama", &[], &[("HF_TOKEN", "hf_secret")])
         .unwrap();
@@ -790,4 +809,77 @@ fn train_and_eval_from_the_hub() {
     };
     let local = sharded_model();
     assert_eq!(eval("tiny/llama"), eval(local.to_str().unwrap()));
+}
+
+/// Two processes fetching one blob: the second waits on `blobs/<etag>.lock` while its holder
+/// lives, then finds the file; a lock left by a process that is gone is taken over.
+#[test]
+fn a_blob_being_fetched_elsewhere_is_waited_for() {
+    let hub = Hub::start();
+    let env = Env::new(&hub.url);
+    let config = std::fs::read(sharded_model().join("config.json")).unwrap();
+    let blobs = env.repo("tiny/llama").join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let lock = blobs.join(format!("{}.lock", etag(&config)));
+    // Held by a live process (this test): the run waits.
+    std::fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+    let mut child = env
+        .cmd(&[])
+        .args([
+            "merge",
+            "--model",
+            "tiny/llama",
+            "--adapter",
+            "no-such-adapter",
+        ])
+        .args(["--output-dir", "merged"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "the run should wait");
+    std::fs::remove_file(&lock).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = last_error(&o);
+    assert!(err.contains("no-such-adapter"), "{err}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("waiting for process"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!lock.exists());
+    // Left by a process that is gone: taken over.
+    let env2 = Env::new(&hub.url);
+    let blobs2 = env2.repo("tiny/llama").join("blobs");
+    std::fs::create_dir_all(&blobs2).unwrap();
+    let lock2 = blobs2.join(format!("{}.lock", etag(&config)));
+    std::fs::write(&lock2, "4294967295\n").unwrap();
+    env2.fetch("tiny/llama", &[], &[]).unwrap();
+    assert!(!lock2.exists());
+    assert!(blobs2.join(etag(&config)).is_file());
+}
+
+/// `tinytune quantize ORG/NAME OUT_DIR` (the Hub id as IN): the same bitsandbytes folder as from
+/// the local model folder.
+#[test]
+fn quantize_from_the_hub_matches_local() {
+    if !have_gpu() {
+        return;
+    }
+    let hub = Hub::start();
+    let env = Env::new(&hub.url);
+    let run = |model: &str, out: &str| {
+        let o = env
+            .cmd(&[])
+            .args(["quantize", model, out])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(env.home.path().join(out).join("model.safetensors")).unwrap()
+    };
+    let local = root().join("tests/fixtures/hf/llama/model");
+    assert_eq!(
+        run("tiny/llama@v1", "q-hub"),
+        run(local.to_str().unwrap(), "q-local")
+    );
 }
