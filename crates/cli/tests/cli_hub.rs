@@ -46,6 +46,9 @@ struct State {
     vanished: Vec<String>,
     /// Unknown repos answer 401 RepoNotFound, as the Hub does for anonymous callers.
     unknown_401: bool,
+    /// The "CDN" (another port): resolve redirects `.safetensors` and `.gguf` files there, as the
+    /// Hub does with LFS files (X-Linked-Etag / X-Linked-Size; a signed URL, no token).
+    cdn: String,
 }
 
 struct Hub {
@@ -173,7 +176,8 @@ fn handle(mut s: TcpStream, state: &Mutex<State>) {
         range: range.clone(),
         auth: auth.clone(),
     });
-    if let Some(t) = &st.token {
+    let on_cdn = path.starts_with("/cdn/");
+    if let (Some(t), false) = (&st.token, on_cdn) {
         if auth.as_deref() != Some(&format!("Bearer {t}")) {
             let hd = [("X-Error-Code", "GatedRepo".to_string())];
             return respond(&mut s, 401, &hd, b"{\"error\":\"gated\"}", head);
@@ -209,6 +213,20 @@ fn handle(mut s: TcpStream, state: &Mutex<State>) {
         let hd = [("Content-Type", "application/json".to_string())];
         return respond(&mut s, 200, &hd, body.as_bytes(), head);
     }
+    // /cdn/{org}/{name}/{sha}/{file}
+    if let Some(rest) = path.strip_prefix("/cdn/") {
+        let seg: Vec<&str> = rest.splitn(4, '/').collect();
+        let bytes = (seg.len() == 4)
+            .then(|| st.repos.get(&format!("{}/{}", seg[0], seg[1])))
+            .flatten()
+            .and_then(|rp| rp.commits.get(seg[2]))
+            .and_then(|f| f.get(&decode(seg[3])))
+            .cloned();
+        return match bytes {
+            Some(b) => serve(s, st, &decode(seg[3]), &b, seg[2], range, head),
+            None => not_found(&mut s, "EntryNotFound"),
+        };
+    }
     // /{org}/{name}/resolve/{rev}/{file}
     let seg: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
     if seg.len() != 5 || seg[2] != "resolve" {
@@ -226,7 +244,32 @@ fn handle(mut s: TcpStream, state: &Mutex<State>) {
     if st.vanished.contains(&file) {
         return not_found(&mut s, "EntryNotFound");
     }
-    let tag = format!("\"{}\"", etag(&bytes));
+    if file.ends_with(".safetensors") || file.ends_with(".gguf") {
+        let hd = [
+            ("X-Linked-Etag", format!("\"{}\"", etag(&bytes))),
+            ("X-Linked-Size", bytes.len().to_string()),
+            ("X-Repo-Commit", sha.clone()),
+            (
+                "Location",
+                format!("{}/cdn/{repo}/{sha}/{}", st.cdn, seg[4]),
+            ),
+        ];
+        return respond(&mut s, 302, &hd, b"", head);
+    }
+    serve(s, st, &file, &bytes, &sha, range, head)
+}
+
+/// A file's bytes (or the range asked for), cut half-way while `cut` says so.
+fn serve(
+    mut s: TcpStream,
+    mut st: std::sync::MutexGuard<State>,
+    file: &str,
+    bytes: &[u8],
+    sha: &str,
+    range: Option<String>,
+    head: bool,
+) {
+    let tag = format!("\"{}\"", etag(bytes));
     let len = bytes.len();
     let from = range
         .as_deref()
@@ -240,12 +283,12 @@ fn handle(mut s: TcpStream, state: &Mutex<State>) {
             &bytes[n..],
             vec![("Content-Range", format!("bytes {n}-{}/{len}", len - 1))],
         ),
-        None => (200, &bytes[..], vec![]),
+        None => (200, bytes, vec![]),
     };
     hd.push(("ETag", tag));
-    hd.push(("X-Repo-Commit", sha.clone()));
+    hd.push(("X-Repo-Commit", sha.to_string()));
     hd.push(("Content-Length", body.len().to_string()));
-    let cut = match st.cut.get_mut(&file) {
+    let cut = match st.cut.get_mut(file) {
         Some(n) if *n > 0 && !head => {
             *n -= 1;
             true
@@ -266,18 +309,22 @@ impl Hub {
     fn start() -> Hub {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let cdn = TcpListener::bind("127.0.0.1:0").unwrap();
         let state = Arc::new(Mutex::new(State {
             repos: repos(),
+            cdn: format!("http://{}", cdn.local_addr().unwrap()),
             ..State::default()
         }));
-        let st = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let st = st.clone();
-                std::thread::spawn(move || handle(conn, &st));
-            }
-        });
+        for l in [listener, cdn] {
+            let st = state.clone();
+            std::thread::spawn(move || {
+                for conn in l.incoming() {
+                    let Ok(conn) = conn else { continue };
+                    let st = st.clone();
+                    std::thread::spawn(move || handle(conn, &st));
+                }
+            });
+        }
         Hub { url, state }
     }
 
@@ -578,6 +625,7 @@ fn auth_error_then_token() {
     assert!(hub
         .seen()
         .iter()
+        .filter(|s| !s.path.starts_with("/cdn/"))
         .all(|s| s.auth.as_deref() == Some("Bearer hf_secret")));
     std::fs::remove_file(env.home.path().join("token")).unwrap();
     hub.seen();
@@ -585,7 +633,12 @@ fn auth_error_then_token() {
         .unwrap();
     let seen = hub.seen();
     assert!(seen.len() > 1);
-    assert!(seen
+    // The token goes to the Hub, never to the CDN its LFS files redirect to.
+    let (cdn, own): (Vec<&Seen>, Vec<&Seen>) =
+        seen.iter().partition(|s| s.path.starts_with("/cdn/"));
+    assert_eq!(cdn.len(), 2, "the two shards come from the CDN: {seen:?}");
+    assert!(cdn.iter().all(|s| s.auth.is_none()), "{cdn:?}");
+    assert!(own
         .iter()
         .all(|s| s.auth.as_deref() == Some("Bearer hf_secret")));
 }
@@ -610,7 +663,7 @@ fn interrupted_download_resumes_with_range() {
     let ranges: Vec<Option<String>> = hub
         .seen()
         .iter()
-        .filter(|s| s.method == "GET" && s.path.ends_with(shard))
+        .filter(|s| s.method == "GET" && s.path.starts_with("/cdn/") && s.path.ends_with(shard))
         .map(|s| s.range.clone())
         .collect();
     // Each retry asks for the rest: half, then half of the rest...
@@ -637,7 +690,7 @@ fn interrupted_download_resumes_with_range() {
     let ranges: Vec<Option<String>> = hub
         .seen()
         .iter()
-        .filter(|s| s.method == "GET" && s.path.ends_with(shard))
+        .filter(|s| s.method == "GET" && s.path.starts_with("/cdn/") && s.path.ends_with(shard))
         .map(|s| s.range.clone())
         .collect();
     assert_eq!(ranges, vec![Some(format!("bytes={have}-"))]);
