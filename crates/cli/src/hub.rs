@@ -305,17 +305,22 @@ impl Hub {
             self.download_all(id, &commit, &shards.into_iter().collect::<Vec<_>>())?;
         } else {
             let ggufs = names(&|f: &str| f.ends_with(".gguf"));
-            bail!(
-                "{id} has no model.safetensors or model.safetensors.index.json{}",
-                if ggufs.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "; pick one of its .gguf files with --gguf-file ({})",
-                        ggufs.join(", ")
-                    )
-                }
-            );
+            let bins = names(&|f: &str| f.ends_with(".bin"));
+            let hint = if !ggufs.is_empty() {
+                format!(
+                    "; pick one of its .gguf files with --gguf-file ({})",
+                    ggufs.join(", ")
+                )
+            } else if !bins.is_empty() {
+                format!(
+                    " (only PyTorch weights, {}, which tinytune does not read: convert them to \
+                     safetensors)",
+                    bins.join(", ")
+                )
+            } else {
+                String::new()
+            };
+            bail!("{id} has no model.safetensors or model.safetensors.index.json{hint}");
         }
         Ok(snap)
     }
@@ -571,7 +576,11 @@ impl Hub {
         };
         if !blob.is_file() {
             let mut last = None;
-            for _ in 0..ATTEMPTS {
+            for attempt in 0..ATTEMPTS {
+                if attempt > 0 {
+                    // A dropped connection often comes back after a moment.
+                    std::thread::sleep(Duration::from_millis(250 * attempt as u64));
+                }
                 match self.transfer(id, file, &url, &part, size) {
                     Ok(()) => {
                         last = None;

@@ -96,7 +96,14 @@ fn repos() -> BTreeMap<String, Repo> {
     files.insert("README.md".to_string(), b"# a GGUF repo\n".to_vec());
     gguf.commits.insert(MAIN.into(), files);
     gguf.refs.insert("main".into(), MAIN.into());
+    let mut pt = Repo::default();
+    let mut files = BTreeMap::new();
+    files.insert("config.json".to_string(), b"{}".to_vec());
+    files.insert("pytorch_model.bin".to_string(), vec![0u8; 16]);
+    pt.commits.insert(MAIN.into(), files);
+    pt.refs.insert("main".into(), MAIN.into());
     let mut all = BTreeMap::new();
+    all.insert("tiny/pt".to_string(), pt);
     all.insert("tiny/llama".to_string(), llama);
     all.insert("tiny/gguf".to_string(), gguf);
     all
@@ -561,6 +568,12 @@ fn not_found_repo_file_and_gguf() {
     let e = env.fetch("tiny/gguf", &[], &[]).unwrap_err();
     assert!(
         e.contains("no config.json") && e.contains("--gguf-file"),
+        "{e}"
+    );
+    let e = env.fetch("tiny/pt", &[], &[]).unwrap_err();
+    assert!(
+        e.contains("tiny/pt@main has no model.safetensors")
+            && e.contains("only PyTorch weights, pytorch_model.bin"),
         "{e}"
     );
     // Listed but gone from resolve.
