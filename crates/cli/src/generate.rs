@@ -17,10 +17,15 @@ use crate::logits::QuantArg;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a .gguf file
-    /// [required].
-    #[arg(long, value_name = "PATH")]
+    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json), a .gguf file,
+    /// or a Hub id ORG/NAME[@REVISION] (a local path of that name wins), downloaded into the
+    /// Hugging Face cache (HF_HOME; HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE=1 apply) [required].
+    #[arg(long, value_name = "PATH|ORG/NAME[@REV]")]
     pub model: PathBuf,
+    /// With a Hub id as --model: use this .gguf file of the repo instead of its safetensors
+    /// [default: config.json + safetensors].
+    #[arg(long, value_name = "FILE")]
+    pub gguf_file: Option<String>,
     /// Storage of the base model's linear layers.
     #[arg(long, value_enum, default_value_t = QuantArg::default())]
     pub quant: QuantArg,
@@ -49,7 +54,8 @@ pub struct GenerateArgs {
 
 pub fn run(args: &GenerateArgs, gpu_name: Option<String>) -> Result<()> {
     args.options.sampling().validate()?;
-    let src = ModelSource::open(&args.model)
+    let model_path = crate::hub::resolve_model(&args.model, args.gguf_file.as_deref())?.path;
+    let src = ModelSource::open(&model_path)
         .with_context(|| format!("cannot open model {}", args.model.display()))?;
     let tok = src.tokenizer().ok();
     let ids = match (&args.ids, &args.prompt, &args.prompt_file) {

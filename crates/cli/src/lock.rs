@@ -19,7 +19,7 @@ pub struct RunLock {
 
 /// Whether process `pid` is alive: `Some(bool)` where the system can tell (`/proc`), `None`
 /// elsewhere.
-fn alive(pid: u32) -> Option<bool> {
+pub(crate) fn alive(pid: u32) -> Option<bool> {
     let proc = Path::new("/proc");
     if !proc.join("self").exists() {
         return None;

@@ -15,10 +15,15 @@ pub use tinytune_train::QuantOption as QuantArg;
 
 #[derive(Args, Debug)]
 pub struct LogitsArgs {
-    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a .gguf file
-    /// [required].
-    #[arg(long, value_name = "PATH")]
+    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json), a .gguf file,
+    /// or a Hub id ORG/NAME[@REVISION] (a local path of that name wins), downloaded into the
+    /// Hugging Face cache (HF_HOME; HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE=1 apply) [required].
+    #[arg(long, value_name = "PATH|ORG/NAME[@REV]")]
     pub model: PathBuf,
+    /// With a Hub id as --model: use this .gguf file of the repo instead of its safetensors
+    /// [default: config.json + safetensors].
+    #[arg(long, value_name = "FILE")]
+    pub gguf_file: Option<String>,
     /// PEFT adapter folder applied on top of the model: LoRA, prompt or prefix tuning (the logits
     /// of the real tokens, after the virtual ones) [default: none].
     #[arg(long, value_name = "DIR")]
@@ -46,7 +51,8 @@ pub struct LogitsArgs {
 }
 
 pub fn run(args: &LogitsArgs, adapter: Option<String>) -> Result<()> {
-    let src = ModelSource::open(&args.model)
+    let model_path = crate::hub::resolve_model(&args.model, args.gguf_file.as_deref())?.path;
+    let src = ModelSource::open(&model_path)
         .with_context(|| format!("cannot open model {}", args.model.display()))?;
     let ids = match (&args.ids, &args.prompt) {
         (Some(ids), _) => ids.clone(),

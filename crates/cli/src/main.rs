@@ -4,6 +4,7 @@
 
 mod blocks;
 mod generate;
+mod hub;
 mod info;
 mod lock;
 mod logits;

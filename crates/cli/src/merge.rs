@@ -39,10 +39,15 @@ impl OutDtype {
 /// Arguments of `tinytune merge`.
 #[derive(Args, Debug)]
 pub struct MergeArgs {
-    /// Base model: a Hugging Face folder (config.json + model.safetensors or a sharded index) or a
-    /// .gguf file (llama / qwen2) [required].
-    #[arg(long, value_name = "PATH")]
+    /// Base model: a Hugging Face folder (config.json + model.safetensors or a sharded index), a
+    /// .gguf file (llama / qwen2), or a Hub id ORG/NAME[@REVISION] downloaded into the Hugging Face
+    /// cache (a local path of that name wins) [required].
+    #[arg(long, value_name = "PATH|ORG/NAME[@REV]")]
     pub model: PathBuf,
+    /// With a Hub id as --model: use this .gguf file of the repo instead of its safetensors
+    /// [default: config.json + safetensors].
+    #[arg(long, value_name = "FILE")]
+    pub gguf_file: Option<String>,
     /// PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) trained on MODEL
     /// [required].
     #[arg(long, value_name = "DIR")]
@@ -58,8 +63,9 @@ pub struct MergeArgs {
 
 /// Runs `tinytune merge`.
 pub fn run(args: &MergeArgs) -> Result<()> {
-    let model_path = &args.model;
-    let model = model_path.display().to_string();
+    let resolved = crate::hub::resolve_model(&args.model, args.gguf_file.as_deref())?;
+    let model_path = &resolved.path;
+    let model = args.model.display().to_string();
     let adapter_dir = PathBuf::from(&args.adapter);
     let out_dir = &args.output_dir;
     let out = out_dir.display().to_string();

@@ -29,7 +29,9 @@ const PROGRESS_MIN_BYTES: u64 = 64 << 20;
 pub struct QuantizeArgs {
     /// Input safetensors file (F32, F16 or BF16 2-D tensors are quantized; others are copied), or
     /// a Hugging Face model folder (config.json + model.safetensors or a sharded index): then only
-    /// the decoder's linear weights are quantized and OUT is a bitsandbytes 4-bit model folder.
+    /// the decoder's linear weights are quantized and OUT is a bitsandbytes 4-bit model folder. A
+    /// Hub id ORG/NAME[@REVISION] that is not a local path is downloaded into the Hugging Face
+    /// cache (HF_HOME) and quantized as a model folder.
     #[arg(value_name = "IN")]
     pub input: PathBuf,
     /// Output safetensors file, or output folder when IN is a folder (created if missing); each
@@ -61,8 +63,9 @@ pub struct QuantizeArgs {
 
 /// Runs `tinytune quantize`.
 pub fn run(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
-    if args.input.is_dir() {
-        return run_dir(args, adapter);
+    let input = crate::hub::resolve_model(&args.input, None)?.path;
+    if input.is_dir() {
+        return run_dir(args, &input, adapter);
     }
     let b = &args.blocks;
     if b.block_size_map.is_some() || b.bits_per_weight.is_some() {
@@ -95,7 +98,7 @@ pub fn run(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
         dequantize: args.dequantize,
     };
     let mut gpu = GpuSlot::new(adapter, args.max_buffer_bytes);
-    let s = quantize_file(&args.input, &args.output, opts, &mut gpu)?;
+    let s = quantize_file(&input, &args.output, opts, &mut gpu)?;
     let what = if args.dequantize {
         "replaced by dequant(quant(x)) as F32"
     } else if double_quant {
@@ -208,8 +211,7 @@ fn quantize_file(
 
 /// `tinytune quantize MODEL_DIR OUT_DIR`: a pre-quantized bitsandbytes-4bit checkpoint (see
 /// [`ModelFolder`]).
-fn run_dir(args: &QuantizeArgs, adapter: Option<String>) -> Result<()> {
-    let inp_dir = &args.input;
+fn run_dir(args: &QuantizeArgs, inp_dir: &Path, adapter: Option<String>) -> Result<()> {
     let out_dir = &args.output;
     let (inp, out) = (inp_dir.display().to_string(), out_dir.display().to_string());
     if args.dequantize || !args.tensors.is_empty() {

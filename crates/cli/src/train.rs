@@ -31,10 +31,15 @@ fn defaults() -> TrainOptions {
 /// The model and the dataset files, shared by `train` and `eval`.
 #[derive(Args, Debug)]
 pub struct ModelDataArgs {
-    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a .gguf file
-    /// [required].
-    #[arg(long, value_name = "PATH")]
+    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json), a .gguf file,
+    /// or a Hub id ORG/NAME[@REVISION] (a local path of that name wins), downloaded into the
+    /// Hugging Face cache (HF_HOME; HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE=1 apply) [required].
+    #[arg(long, value_name = "PATH|ORG/NAME[@REV]")]
     pub model: PathBuf,
+    /// With a Hub id as --model: use this .gguf file of the repo instead of its safetensors
+    /// [default: config.json + safetensors].
+    #[arg(long, value_name = "FILE")]
+    pub gguf_file: Option<String>,
     /// Storage of the frozen base's linear layers: nf4 = QLoRA (bitsandbytes NF4, block 64,
     /// double quant), none = f32.
     #[arg(long, value_enum, default_value_t = QuantArg::default())]
@@ -221,7 +226,8 @@ fn run_from(args: &TrainArgs) -> Result<(RunFrom, Option<PathBuf>)> {
 }
 
 pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
-    let model_path = &args.input.model;
+    let resolved = crate::hub::resolve_model(&args.input.model, args.input.gguf_file.as_deref())?;
+    let model_path = &resolved.path;
     let src = open_source(model_path)?;
     let tok = tokenizer(&src, model_path)?;
     let (from, from_dir) = run_from(args)?;
@@ -236,7 +242,8 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     let plan = plan_run(
         &args.options,
         from,
-        &model_path.display().to_string(),
+        // A Hub id is recorded as the adapter's base_model_name_or_path, as PEFT does.
+        &resolved.name,
         args.input
             .data
             .iter()
@@ -410,7 +417,8 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
 }
 
 pub fn run_eval(args: &EvalArgs, gpu_name: Option<String>) -> Result<()> {
-    let model_path = &args.input.model;
+    let resolved = crate::hub::resolve_model(&args.input.model, args.input.gguf_file.as_deref())?;
+    let model_path = &resolved.path;
     let src = open_source(model_path)?;
     let tok = tokenizer(&src, model_path)?;
     if args.seq_len < 2 {
