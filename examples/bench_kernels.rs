@@ -10,10 +10,12 @@
 //! cargo run --release --example bench_kernels -- --kernels all   # one table per kernel variant (cpu, gpu)
 //! ```
 //! The CPU reference runs only where it takes less than about 2 GFLOP (`--reference-all` for every row).
+//! Each kernel's GFLOP/s is also given as a percentage of the device's measured f32 peak (the
+//! `probe/fma_peak` FMA loop).
 
 use std::time::Instant;
 
-use tinytune::gpu::ops::{lora, nf4, nn, optim};
+use tinytune::gpu::ops::{lora, nf4, nn, optim, probe};
 use tinytune::gpu::{Gpu, GpuBuffer, GpuOptions, KernelSet};
 use tinytune::reference as r;
 use tinytune::reference::nf4::Nf4Tensor;
@@ -467,19 +469,35 @@ fn bench(gpu: &Gpu, args: &[String]) {
         }),
     });
 
+    // The arithmetic peak: the FMA-loop probe, sized to run for a while on either kind of adapter.
+    let (pn, piters) = if cpu_adapter {
+        (1 << 16, 256)
+    } else {
+        (1 << 22, 4096)
+    };
+    let pb = gpu.alloc("probe", (pn * 4) as u64).expect("alloc");
+    let peak_ms = time_gpu(gpu, |enc| {
+        probe::fma_peak(enc, &pb, pn, piters).expect("probe")
+    });
+    let peak = probe::fma_peak_flops(pn, piters) / peak_ms / 1e6;
+
     println!("tinytune kernel benchmark");
     println!("adapter: {} | kernels {}", gpu.adapter, gpu.kernel_info());
+    println!(
+        "peak: {peak:.1} GFLOP/s f32 (probe/fma_peak: {pn} invocations x {piters} rounds of 8 vec4 multiply-adds, {peak_ms:.2} ms)"
+    );
     println!(
         "shapes: {} (R={LORA_R} for LoRA); CPU reference: plain loops, one thread\n",
         if tiny { "tiny" } else { "full" }
     );
-    println!("| kernel | shape | GPU ms | GFLOP/s | GB/s | CPU ref ms | speed-up |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("| kernel | shape | GPU ms | GFLOP/s | % peak | GB/s | CPU ref ms | speed-up |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
-        let gf = if row.flops > 0.0 {
-            format!("{:.2}", row.flops / row.gpu_ms / 1e6)
+        let (gf, pct) = if row.flops > 0.0 {
+            let g = row.flops / row.gpu_ms / 1e6;
+            (format!("{g:.2}"), format!("{:.1}", 100.0 * g / peak))
         } else {
-            "-".into()
+            ("-".into(), "-".into())
         };
         let gbs = row.bytes / row.gpu_ms / 1e6;
         let (rm, sp) = match row.ref_ms {
@@ -487,8 +505,8 @@ fn bench(gpu: &Gpu, args: &[String]) {
             None => ("-".into(), "-".into()),
         };
         println!(
-            "| {} | {} | {:.3} | {} | {:.2} | {} | {} |",
-            row.kernel, row.shape, row.gpu_ms, gf, gbs, rm, sp
+            "| {} | {} | {:.3} | {} | {} | {:.2} | {} | {} |",
+            row.kernel, row.shape, row.gpu_ms, gf, pct, gbs, rm, sp
         );
     }
 }

@@ -367,4 +367,10 @@ kernel_params! {
         _p0: u32,
         _p1: u32,
     }
+    ["probe/fma_peak"] pub struct FmaPeakParams {
+        n: u32,
+        iters: u32,
+        _p0: u32,
+        _p1: u32,
+    }
 }

@@ -62,6 +62,7 @@ shaders!(
     "lora/adapter_bwd" => ["lora/common"],
     "optim/adamw_step",
     "optim/grad_norm",
+    "probe/fma_peak",
 );
 
 /// The common file that declares the compute dtype of the frozen-weight matmuls' operands

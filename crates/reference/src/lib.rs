@@ -7,3 +7,4 @@ pub mod nf4;
 mod nf4_tables;
 pub mod nn;
 pub mod optim;
+pub mod probe;

@@ -5,6 +5,7 @@ pub mod nf4;
 mod nf4_matmul;
 pub mod nn;
 pub mod optim;
+pub mod probe;
 
 use crate::device::{groups_1d, Encoder, Gpu, GpuBuffer};
 use crate::error::{shape_err, Result};
