@@ -8,6 +8,9 @@ bash scripts/setup.sh --browser
 export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 export TINYTUNE_REQUIRE_GPU=1
+# The parity tests compare against f32 references: f32 compute even where the device's default
+# would be f16 (a GPU with SHADER_F16). The f16 tests choose f16 themselves.
+export TINYTUNE_COMPUTE_DTYPE=f32
 # The real default model for the parity tests against transformers: required (a test that needs it
 # fails under TINYTUNE_REQUIRE_GPU=1 rather than skipping), so a failed download stops here.
 if [ -z "${TINYTUNE_SMOLLM2_GGUF:-}" ]; then
