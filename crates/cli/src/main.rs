@@ -68,7 +68,8 @@ enum Command {
     ///
     /// The grid: LoRA rank {4, 16} x target modules {q_proj,v_proj; all-linear} x learning rate
     /// {2e-4, 1e-3}; prompt tuning init {random, text} x learning rate {3e-3, 3e-2}; prefix
-    /// tuning init {random, text} x projection {off, on} x learning rate {1e-3, 1e-2} (text init:
+    /// tuning {random init, text init, random init + projection} x learning rate {1e-3, 1e-2}
+    /// (18 trials; text init:
     /// --prompt-tuning-init-text / --prefix-tuning-init-text, else "You are a helpful assistant.
     /// Answer the question."). A `train` option given on the command line fixes its dimension
     /// (--lora-r 8 sweeps rank 8 only; --learning-rate fixes every method's rate); the others

@@ -413,7 +413,11 @@ pub fn run(args: &SweepArgs, given: &[String], gpu_name: Option<String>) -> Resu
                      = {steps} steps",
                     trials[0].id
                 );
-                SweepState::new(settings.clone(), &trials, steps)?
+                SweepState::new(settings.clone(), &trials, steps).with_context(|| {
+                    format!(
+                        "--budget-minutes {minutes} buys {steps} steps at {per_step:.3}s per step"
+                    )
+                })?
             }
         };
         let recorded = state.results.len();

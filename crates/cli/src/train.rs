@@ -146,7 +146,7 @@ pub(crate) fn load_eval_sets(
         if eval_sets.iter().any(|(n, _)| n == &name) {
             bail!("two eval sets are named {name:?}: give each --eval-data its own NAME");
         }
-        let set = load_data(&[PathBuf::from(&file)], &tok, cfg)
+        let set = load_data(&[PathBuf::from(&file)], tok, cfg)
             .with_context(|| format!("--eval-data {arg}"))?;
         eprintln!(
             "eval set {name}: {} examples ({} tokens with loss) from {file}",

@@ -94,8 +94,8 @@ fn last_eval_loss(dir: &Path) -> f64 {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["eval_loss"].as_f64())
-        .last()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["eval_loss"].as_f64())
         .unwrap()
 }
 
@@ -201,7 +201,7 @@ fn a_sweep_ranks_stops_resumes_and_reproduces_its_best() {
     for &i in &order[2..] {
         let d = out.join("trials").join(&ids[i]);
         assert_eq!(last_eval_loss(&d), r0[i], "{}", ids[i]);
-        assert!(log.contains(&format!("the others stop")), "{log}");
+        assert!(log.contains("the others stop"), "{log}");
     }
     // The best: the lower round-1 loss, named in the output, first in the table.
     let (a, b) = (
@@ -376,6 +376,68 @@ fn train_and_plot_draw_the_runs_series() {
     assert_fails(
         &["plot", tmp.path().to_str().unwrap()],
         &["neither metrics.jsonl", "sweep.json"],
+    );
+}
+
+/// `--budget-minutes` turns minutes into steps from a probe; `--continue-steps` trains the best
+/// trial's settings to a full run.
+#[test]
+fn a_minutes_budget_and_continuing_the_best() {
+    if !have_gpu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, general) = write_data(tmp.path());
+    let out = tmp.path().join("sweep");
+    let mut args = sweep_args(&data, &general, out.to_str().unwrap(), "1");
+    let i = args.iter().position(|a| a == "--budget-steps").unwrap();
+    args.splice(
+        i..i + 2,
+        ["--budget-minutes".to_string(), "0.5".to_string()],
+    );
+    args.extend(["--continue-steps".to_string(), "3".to_string()]);
+    let (stdout, log) = ok(&run(&args));
+    assert!(log.contains("(a 2-step probe of t01-lora)"), "{log}");
+    let state = read_json(&out.join("sweep.json"));
+    let budget = state["budget_steps"].as_u64().unwrap();
+    assert!(budget >= 8, "{state}");
+    assert!(!out.join("probe").exists());
+    let best = state["best"].as_str().unwrap();
+    assert!(stdout.contains(&format!("best: {best} (")), "{stdout}");
+    // The continued run: the best trial's options, 3 steps.
+    let cont = out.join("continued");
+    let steps: Vec<u64> = std::fs::read_to_string(cont.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, [0, 1, 2, 3]);
+    let command = std::fs::read_to_string(cont.join("command.txt")).unwrap();
+    let best_command = std::fs::read_to_string(out.join("best/command.txt")).unwrap();
+    let strip = |c: &str| -> Vec<String> {
+        let w: Vec<&str> = c.split_whitespace().collect();
+        let mut keep = Vec::new();
+        let mut i = 0;
+        while i < w.len() {
+            if w[i] == "--num-steps" || w[i] == "--output-dir" {
+                i += 2;
+                continue;
+            }
+            keep.push(w[i].to_string());
+            i += 1;
+        }
+        keep
+    };
+    assert_eq!(strip(&command), strip(&best_command));
+    assert!(command.contains("--num-steps 3"), "{command}");
+    let peft = read_json(&cont.join("adapter_config.json"))["peft_type"].clone();
+    assert_eq!(
+        peft,
+        read_json(&out.join("best/adapter_config.json"))["peft_type"]
     );
 }
 

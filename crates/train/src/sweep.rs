@@ -307,8 +307,14 @@ pub fn grid(
                 } else {
                     vec![false, true]
                 };
+                // PEFT's projection trains from its random init: a text init goes without it
+                // (unless both are given, which `validate` then refuses in train's words).
+                let both_given = is_given("prefix_tuning_init") && is_given("prefix_projection");
                 for &init in &inits {
                     for &proj in &projections {
+                        if init == PromptInit::Text && proj && !both_given {
+                            continue;
+                        }
                         for &lr in &lrs(&PREFIX_LRS) {
                             let text = (init == PromptInit::Text).then(|| {
                                 base.prefix_tuning_init_text
@@ -358,8 +364,9 @@ fn init_name(i: PromptInit) -> &'static str {
 /// so a bad combination fails before anything trains.
 pub fn validate(trials: &[Trial], n_layers: usize) -> Result<(), SweepError> {
     for t in trials {
-        t.options_for(1)
-            .to_config("", Vec::new(), n_layers, false)
+        let o = t.options_for(1);
+        o.to_config("", Vec::new(), n_layers, false)
+            .and_then(|_| o.peft_start(|_| Ok(vec![0])).map(|_| ()))
             .map_err(|msg| SweepError::Trial {
                 id: t.id.clone(),
                 label: t.label.clone(),
@@ -890,7 +897,7 @@ mod tests {
             PeftMethod::PrefixTuning,
         ];
         let t = grid(&all, &TrainOptions::default(), &[]).unwrap();
-        assert_eq!(t.len(), 8 + 4 + 8);
+        assert_eq!(t.len(), 8 + 4 + 6);
         assert_eq!(t[0].id, "t01-lora");
         assert_eq!(t[8].id, "t09-prompt-tuning");
         assert!(t.iter().all(|t| t.options.peft == t.method));
@@ -935,6 +942,25 @@ mod tests {
             Err(SweepError::NoEvalSplit(_))
         ));
         validate(&grid(&all, &TrainOptions::default(), &[]).unwrap(), 2).unwrap();
+        // Text init with the projection: only when both are given, and then train refuses it.
+        let both = TrainOptions {
+            prefix_tuning_init: PromptInit::Text,
+            prefix_projection: true,
+            ..TrainOptions::default()
+        };
+        let given = [
+            "prefix_tuning_init".to_string(),
+            "prefix_projection".to_string(),
+        ];
+        let t = grid(&[PeftMethod::PrefixTuning], &both, &given).unwrap();
+        assert!(matches!(validate(&t, 2), Err(SweepError::Trial { .. })));
+        let text = TrainOptions {
+            prefix_tuning_init: PromptInit::Text,
+            ..TrainOptions::default()
+        };
+        let t = grid(&[PeftMethod::PrefixTuning], &text, &given[..1]).unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(t.iter().all(|t| !t.options.prefix_projection));
     }
 
     #[test]
