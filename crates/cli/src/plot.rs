@@ -187,7 +187,10 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 
 /// A line chart of `series` against the step, with a legend.
 fn line_chart(path: &Path, title: &str, y_desc: &str, series: &[Series]) -> Result<()> {
-    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    // Tall enough for the legend of a whole sweep (18 trials by default) to leave the curves
+    // readable.
+    let height = 540.max(160 + 18 * series.len() as u32);
+    let root = SVGBackend::new(path, (900, height)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let (x0, x1) = range(series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)));
     let (y0, y1) = range(series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)));
@@ -223,6 +226,7 @@ fn line_chart(path: &Path, title: &str, y_desc: &str, series: &[Series]) -> Resu
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
+            .label_font(("sans-serif", 13))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
@@ -241,7 +245,7 @@ fn bar_chart(path: &Path, title: &str, bars: &[(String, String, f64)]) -> Result
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
         .margin(16)
-        .x_label_area_size(60)
+        .x_label_area_size(150)
         .y_label_area_size(72)
         .build_cartesian_2d(-0.5f64..n as f64 - 0.5, 0f64..hi.max(1e-6))
         .map_err(err)?;
@@ -259,6 +263,12 @@ fn bar_chart(path: &Path, title: &str, bars: &[(String, String, f64)]) -> Result
         .disable_x_mesh()
         .x_labels(n)
         .x_label_formatter(&label)
+        // Trial ids read downwards under their bars, so 18 of them do not overlap.
+        .x_label_style(
+            ("sans-serif", 13)
+                .into_font()
+                .transform(FontTransform::Rotate90),
+        )
         .x_desc("trial")
         .y_desc("eval loss (nats per token)")
         .draw()
