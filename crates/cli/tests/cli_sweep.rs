@@ -379,6 +379,67 @@ fn train_and_plot_draw_the_runs_series() {
     );
 }
 
+/// A sweep killed mid-run resumes: the rerun skips the runs sweep.json recorded, redoes the rest,
+/// and ends with the results of an uninterrupted sweep.
+#[test]
+fn a_killed_sweep_resumes_with_the_same_results() {
+    if !have_gpu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, general) = write_data(tmp.path());
+    let whole = tmp.path().join("whole");
+    ok(&run(&sweep_args(
+        &data,
+        &general,
+        whole.to_str().unwrap(),
+        "16",
+    )));
+    let out = tmp.path().join("killed");
+    let args = sweep_args(&data, &general, out.to_str().unwrap(), "16");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tinytune"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once two runs are recorded (and before the sweep ends).
+    let recorded = |p: &Path| -> usize {
+        std::fs::read_to_string(p.join("sweep.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["results"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    let t0 = std::time::Instant::now();
+    while recorded(&out) < 2 {
+        assert!(t0.elapsed().as_secs() < 300, "the sweep recorded nothing");
+        assert!(child.try_wait().unwrap().is_none(), "the sweep ended early");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done = recorded(&out);
+    assert!((2..6).contains(&done), "{done} runs recorded at the kill");
+    let (_, log) = ok(&run(&args));
+    assert!(
+        log.contains(&format!("{done} runs recorded, not rerun")),
+        "{log}"
+    );
+    assert_eq!(log.matches(" trial t0").count(), 6 - done, "{log}");
+    let (a, b) = (
+        read_json(&whole.join("sweep.json")),
+        read_json(&out.join("sweep.json")),
+    );
+    assert_eq!(a["best"], b["best"]);
+    for r in a["results"].as_array().unwrap() {
+        let id = r["id"].as_str().unwrap();
+        let round = r["round"].as_u64().unwrap();
+        let other = result(&b, id, round).unwrap_or_else(|| panic!("{id} round {round}: {b}"));
+        assert_eq!(r["eval_loss"], other["eval_loss"], "{id} round {round}");
+    }
+}
+
 /// `--budget-minutes` turns minutes into steps from a probe; `--continue-steps` trains the best
 /// trial's settings to a full run.
 #[test]
