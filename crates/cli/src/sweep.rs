@@ -41,7 +41,8 @@ pub struct SweepArgs {
     pub budget_steps: Option<u64>,
     /// Wall-clock minutes of training over all trials, turned into a step budget from the speed
     /// of a 2-step probe of the first trial (90% of it: the rest is left for evaluations); the
-    /// step budget is recorded in sweep.json, so a resumed sweep keeps it.
+    /// step budget is recorded in sweep.json, so a resumed sweep keeps it [one of --budget-steps or
+    /// --budget-minutes is required].
     #[arg(long, value_name = "T")]
     pub budget_minutes: Option<f64>,
     /// Methods to compare, comma-separated: lora, prompt-tuning, prefix-tuning.
