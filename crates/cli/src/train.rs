@@ -17,9 +17,10 @@ use tinytune_gpu::{Gpu, GpuOptions};
 use tinytune_model::{BlockPlan, LlamaModel, LoadOptions, ModelSource, PrefixGpu};
 use tinytune_train::data::{Columns, DataConfig, TextSplit};
 use tinytune_train::metrics::MetricsWriter;
+use tinytune_train::MetricsRecord;
 use tinytune_train::{
     evaluate, parse_eval_data_arg, plan_run, AdapterGpu, BlockOptions, Checkpoint, Dataset,
-    ModelTokenizer, PeftAdapter, PeftMethod, RunFrom, TrainOptions, TrainSession,
+    ModelTokenizer, PeftAdapter, PeftMethod, RunFrom, TrainOptions, TrainSession, Trainer,
 };
 
 use crate::logits::QuantArg;
@@ -29,7 +30,7 @@ fn defaults() -> TrainOptions {
 }
 
 /// The model and the dataset files, shared by `train` and `eval`.
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct ModelDataArgs {
     /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json), a .gguf file,
     /// or a Hub id ORG/NAME[@REVISION] (a local path of that name wins), downloaded into the
@@ -106,11 +107,11 @@ pub struct EvalArgs {
     pub adapter: Option<PathBuf>,
 }
 
-fn open_source(path: &Path) -> Result<ModelSource> {
+pub(crate) fn open_source(path: &Path) -> Result<ModelSource> {
     ModelSource::open(path).with_context(|| format!("cannot open model {}", path.display()))
 }
 
-fn tokenizer(src: &ModelSource, path: &Path) -> Result<ModelTokenizer> {
+pub(crate) fn tokenizer(src: &ModelSource, path: &Path) -> Result<ModelTokenizer> {
     let tok = src
         .tokenizer()
         .with_context(|| format!("{} has no usable tokenizer", path.display()))?;
@@ -118,7 +119,11 @@ fn tokenizer(src: &ModelSource, path: &Path) -> Result<ModelTokenizer> {
 }
 
 /// Loads the datasets.
-fn load_data(files: &[PathBuf], tok: &ModelTokenizer, cfg: &DataConfig) -> Result<Dataset> {
+pub(crate) fn load_data(
+    files: &[PathBuf],
+    tok: &ModelTokenizer,
+    cfg: &DataConfig,
+) -> Result<Dataset> {
     let mut data: Option<Dataset> = None;
     for path in files {
         let d = Dataset::load(path, tok, cfg)?;
@@ -134,7 +139,69 @@ fn load_data(files: &[PathBuf], tok: &ModelTokenizer, cfg: &DataConfig) -> Resul
     Ok(data)
 }
 
-fn open_gpu(gpu_name: Option<String>) -> Result<Gpu> {
+/// Loads the extra held-out sets of `--eval-data NAME=FILE` arguments.
+pub(crate) fn load_eval_sets(
+    args: &[String],
+    tok: &ModelTokenizer,
+    cfg: &DataConfig,
+) -> Result<Vec<(String, Dataset)>> {
+    let mut eval_sets = Vec::new();
+    for arg in args {
+        let (name, file) = parse_eval_data_arg(arg).map_err(|e| anyhow!(e))?;
+        if eval_sets.iter().any(|(n, _)| n == &name) {
+            bail!("two eval sets are named {name:?}: give each --eval-data its own NAME");
+        }
+        let set = load_data(&[PathBuf::from(&file)], tok, cfg)
+            .with_context(|| format!("--eval-data {arg}"))?;
+        eprintln!(
+            "eval set {name}: {} examples ({} tokens with loss) from {file}",
+            set.stats.examples, set.stats.targets
+        );
+        eval_sets.push((name, set));
+    }
+    Ok(eval_sets)
+}
+
+/// What a run trains, for the log: the method, its trainable parameters and their shape.
+pub(crate) fn describe(trainer: &Trainer<'_>, model: &LlamaModel) -> String {
+    let c = &trainer.config;
+    if trainer.method() == PeftMethod::PromptTuning {
+        format!(
+            "{} prompt-tuning parameters ({} virtual tokens)",
+            trainer.n_params(),
+            trainer.virtual_tokens()
+        )
+    } else if trainer.method() == PeftMethod::PrefixTuning {
+        let cfg = &model.config;
+        let p = trainer.virtual_tokens();
+        let projected = trainer.n_params() != p * PrefixGpu::row_len(cfg);
+        format!(
+            "{} prefix-tuning parameters ({p} virtual tokens x {} layers x key+value{})",
+            trainer.n_params(),
+            cfg.num_hidden_layers,
+            if projected {
+                ", through the projection MLP"
+            } else {
+                ""
+            }
+        )
+    } else {
+        format!(
+            "{} LoRA parameters (r {}, alpha {}, {})",
+            trainer.n_params(),
+            c.lora.r,
+            c.lora.alpha,
+            c.lora
+                .targets
+                .iter()
+                .map(|m| m.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    }
+}
+
+pub(crate) fn open_gpu(gpu_name: Option<String>) -> Result<Gpu> {
     Ok(Gpu::new_blocking(GpuOptions {
         adapter_name: gpu_name,
         ..GpuOptions::default()
@@ -225,6 +292,94 @@ fn run_from(args: &TrainArgs) -> Result<(RunFrom, Option<PathBuf>)> {
     Ok((run, from))
 }
 
+/// How [`drive`] shows the steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// A progress bar (a terminal), with a line per evaluation.
+    Bar,
+    /// A line per step.
+    Lines,
+    /// Nothing (a sweep prints one line per trial instead).
+    Quiet,
+}
+
+/// What a run's folders record besides the adapter: the block sizes of its frozen base.
+pub struct Store<'a> {
+    pub src: &'a ModelSource,
+    pub quant: QuantArg,
+    pub blocks: Option<&'a BlockPlan>,
+}
+
+/// Runs a session to its end in `out`: `metrics.jsonl` (one line per step, after the evaluation
+/// before training), `checkpoint-<step>/` folders when due, and the final adapter in PEFT's
+/// layout; returns every record written. `train` and every trial of `sweep` run through here.
+pub fn drive(
+    session: &mut TrainSession<'_>,
+    out: &Path,
+    store: &Store<'_>,
+    progress: Progress,
+) -> Result<Vec<MetricsRecord>> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let trainer = &session.trainer;
+    let resumed_at = (trainer.state.global_step > 0).then_some(trainer.state.global_step);
+    let mut metrics = MetricsWriter::open(&out.join("metrics.jsonl"), resumed_at)?;
+    let mut records = Vec::new();
+    if let Some(rec) = pollster::block_on(session.eval_before())? {
+        metrics.write(&rec)?;
+        if progress != Progress::Quiet {
+            eprintln!("eval before training:{}", rec.eval_summary());
+        }
+        records.push(rec);
+    }
+    let total = session.trainer.total_steps();
+    let bar = if progress == Progress::Bar {
+        let b = ProgressBar::new(total);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{bar:30.cyan/blue} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.set_position(session.trainer.state.global_step);
+        Some(b)
+    } else {
+        None
+    };
+    while let Some(ev) = pollster::block_on(session.step())? {
+        let rec = &ev.rec;
+        let step = rec.step;
+        metrics.write(rec)?;
+        let eval = rec.eval_summary();
+        let line = format!(
+            "loss {:.4} lr {:.2e} grad_norm {:.3} {:.0} tok/s{eval}",
+            rec.loss, rec.lr, rec.grad_norm, rec.tokens_per_s
+        );
+        match &bar {
+            Some(b) => {
+                b.set_position(step);
+                b.set_message(line);
+                if rec.has_eval() {
+                    b.println(format!("step {step}/{total}: {}", b.message()));
+                }
+            }
+            None if progress == Progress::Lines => eprintln!("step {step}/{total}: {line}"),
+            None => {}
+        }
+        if ev.checkpoint_due {
+            let dir = out.join(format!("checkpoint-{step}"));
+            pollster::block_on(session.trainer.checkpoint())?.save(&dir)?;
+            crate::blocks::save_plan(&dir, store.src, store.quant.quant(), store.blocks)?;
+        }
+        records.push(ev.rec);
+    }
+    if let Some(b) = bar {
+        b.finish();
+    }
+    pollster::block_on(session.trainer.peft_adapter())?.save(out)?;
+    crate::blocks::save_plan(out, store.src, store.quant.quant(), store.blocks)?;
+    Ok(records)
+}
+
 pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     let resolved = crate::hub::resolve_model(&args.input.model, args.input.gguf_file.as_deref())?;
     let model_path = &resolved.path;
@@ -267,20 +422,7 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         stats.truncated,
         stats.dropped
     );
-    let mut eval_sets = Vec::new();
-    for arg in &args.eval_data {
-        let (name, file) = parse_eval_data_arg(arg).map_err(|e| anyhow!(e))?;
-        if eval_sets.iter().any(|(n, _)| n == &name) {
-            bail!("two eval sets are named {name:?}: give each --eval-data its own NAME");
-        }
-        let set = load_data(&[PathBuf::from(&file)], &tok, &plan.config.data_config())
-            .with_context(|| format!("--eval-data {arg}"))?;
-        eprintln!(
-            "eval set {name}: {} examples ({} tokens with loss) from {file}",
-            set.stats.examples, set.stats.targets
-        );
-        eval_sets.push((name, set));
-    }
+    let eval_sets = load_eval_sets(&args.eval_data, &tok, &plan.config.data_config())?;
     let gpu = open_gpu(gpu_name)?;
     let model = load_model(&gpu, &src, model_path, args.input.quant, blocks.clone())?;
     let model_bytes = gpu.memory().live_bytes;
@@ -295,40 +437,7 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
     let trainer = &session.trainer;
     let (n_train, n_eval) = trainer.n_examples();
     let c = &trainer.config;
-    let what = if trainer.method() == PeftMethod::PromptTuning {
-        format!(
-            "{} prompt-tuning parameters ({} virtual tokens)",
-            trainer.n_params(),
-            trainer.virtual_tokens()
-        )
-    } else if trainer.method() == PeftMethod::PrefixTuning {
-        let cfg = &model.config;
-        let p = trainer.virtual_tokens();
-        let projected = trainer.n_params() != p * PrefixGpu::row_len(cfg);
-        format!(
-            "{} prefix-tuning parameters ({p} virtual tokens x {} layers x key+value{})",
-            trainer.n_params(),
-            cfg.num_hidden_layers,
-            if projected {
-                ", through the projection MLP"
-            } else {
-                ""
-            }
-        )
-    } else {
-        format!(
-            "{} LoRA parameters (r {}, alpha {}, {})",
-            trainer.n_params(),
-            c.lora.r,
-            c.lora.alpha,
-            c.lora
-                .targets
-                .iter()
-                .map(|m| m.name())
-                .collect::<Vec<_>>()
-                .join(",")
-        )
-    };
+    let what = describe(trainer, &model);
     eprintln!(
         "training: {what}, {n_train} train / {n_eval} eval examples, \
          {} steps of {} x {} rows, lr {} ({:?}, warmup {})",
@@ -339,65 +448,18 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         c.schedule,
         c.warmup_steps
     );
-    std::fs::create_dir_all(&args.output_dir)
-        .with_context(|| format!("cannot create {}", args.output_dir.display()))?;
-    let resumed_at = (trainer.state.global_step > 0).then_some(trainer.state.global_step);
-    let mut metrics = MetricsWriter::open(&args.output_dir.join("metrics.jsonl"), resumed_at)?;
-
-    if let Some(rec) = pollster::block_on(session.eval_before())? {
-        metrics.write(&rec)?;
-        eprintln!("eval before training:{}", rec.eval_summary());
-    }
-    let total = session.trainer.total_steps();
-    let bar = if std::io::stderr().is_terminal() && !args.log_steps {
-        let b = ProgressBar::new(total);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{bar:30.cyan/blue} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b.set_position(session.trainer.state.global_step);
-        Some(b)
+    let progress = if std::io::stderr().is_terminal() && !args.log_steps {
+        Progress::Bar
     } else {
-        None
+        Progress::Lines
     };
-    while let Some(ev) = pollster::block_on(session.step())? {
-        let rec = &ev.rec;
-        let step = rec.step;
-        metrics.write(rec)?;
-        let eval = rec.eval_summary();
-        let line = format!(
-            "loss {:.4} lr {:.2e} grad_norm {:.3} {:.0} tok/s{eval}",
-            rec.loss, rec.lr, rec.grad_norm, rec.tokens_per_s
-        );
-        match &bar {
-            Some(b) => {
-                b.set_position(step);
-                b.set_message(line);
-                if rec.has_eval() {
-                    b.println(format!("step {step}/{total}: {}", b.message()));
-                }
-            }
-            None => eprintln!("step {step}/{total}: {line}"),
-        }
-        if ev.checkpoint_due {
-            let dir = args.output_dir.join(format!("checkpoint-{step}"));
-            pollster::block_on(session.trainer.checkpoint())?.save(&dir)?;
-            crate::blocks::save_plan(&dir, &src, args.input.quant.quant(), blocks.as_ref())?;
-        }
-    }
-    if let Some(b) = bar {
-        b.finish();
-    }
+    let store = Store {
+        src: &src,
+        quant: args.input.quant,
+        blocks: blocks.as_ref(),
+    };
+    drive(&mut session, &args.output_dir, &store, progress)?;
     let trainer = &session.trainer;
-    pollster::block_on(trainer.peft_adapter())?.save(&args.output_dir)?;
-    crate::blocks::save_plan(
-        &args.output_dir,
-        &src,
-        args.input.quant.quant(),
-        blocks.as_ref(),
-    )?;
     eprintln!(
         "saved the adapter (PEFT layout) to {} after {} steps, {:.1}s of training ({} tokens)",
         args.output_dir.display(),
@@ -413,6 +475,10 @@ pub fn run_train(args: &TrainArgs, gpu_name: Option<String>) -> Result<()> {
         mib(model_bytes),
         mib(gpu.memory().peak_bytes.saturating_sub(model_bytes))
     );
+    match crate::plot::plot_run(&args.output_dir) {
+        Ok(files) => eprintln!("plots: {}", crate::plot::list(&files)),
+        Err(e) => eprintln!("warning: cannot draw the plots: {e:#}"),
+    }
     Ok(())
 }
 

@@ -527,7 +527,7 @@ fn info_lists_adapter_features_and_limits() {
 fn help_documents_every_flag_with_its_default() {
     // Every flag of every subcommand states its default, or that it is required.
     for sub in [
-        "quantize", "logits", "train", "eval", "generate", "merge", "info",
+        "quantize", "logits", "train", "eval", "generate", "merge", "info", "sweep", "plot",
     ] {
         let o = tinytune(&[sub, "--help"]);
         assert!(o.status.success(), "{sub} --help");

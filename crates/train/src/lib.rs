@@ -14,6 +14,7 @@
 //!
 //! - [`trainer`]: the training loop on the device (LoRA over a frozen f32/NF4 model, AdamW over one
 //!   flat buffer, gradient accumulation, clipping, eval, checkpoints); async only at readback.
+//! - [`sweep`]: `tinytune sweep`'s grid, successive-halving schedule, ranking and resume record.
 //! - [`model_tok`]: the model's tokenizer as the pipeline's [`Tokenize`].
 
 pub mod adapters;
@@ -33,6 +34,7 @@ pub mod prompt;
 pub mod rng;
 pub mod schedule;
 pub mod session;
+pub mod sweep;
 pub mod tokenize;
 pub mod trainer;
 
