@@ -178,6 +178,15 @@ fn summarize(info: &wgpu::AdapterInfo) -> AdapterSummary {
     }
 }
 
+/// "the adapter NAME", or "this adapter" when it has no name (browsers may withhold it).
+fn adapter_phrase(name: &str) -> String {
+    if name.trim().is_empty() {
+        "this adapter".into()
+    } else {
+        format!("the adapter {name}")
+    }
+}
+
 /// (kernel, entry point, override constants, f16 operands).
 type PipelineKey = (&'static str, &'static str, Vec<(String, u64)>, bool);
 
@@ -519,7 +528,7 @@ impl Gpu {
         };
         if compute == ComputeDtype::F16 && !has_f16 {
             return Err(GpuError::NoF16 {
-                adapter: info.name.clone(),
+                adapter: adapter_phrase(&info.name),
             });
         }
         let check_dispatch = opts.check_dispatch.unwrap_or_else(|| {
@@ -592,7 +601,7 @@ impl Gpu {
     pub fn set_compute_dtype(&self, dtype: ComputeDtype) -> Result<()> {
         if dtype == ComputeDtype::F16 && !self.features.contains(wgpu::Features::SHADER_F16) {
             return Err(GpuError::NoF16 {
-                adapter: self.adapter.name.clone(),
+                adapter: adapter_phrase(&self.adapter.name),
             });
         }
         self.compute_f16

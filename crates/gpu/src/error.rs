@@ -44,8 +44,11 @@ pub enum GpuError {
     BadKernels(String),
     #[error("TINYTUNE_COMPUTE_DTYPE={0:?} is not a compute dtype: use f32 or f16 (or unset it for the device's default)")]
     BadComputeDtype(String),
-    #[error("f16 compute needs the SHADER_F16 feature, which the adapter {adapter} does not have: compute in f32 (--compute-dtype f32, or compute_dtype \"f32\" in JS)")]
-    NoF16 { adapter: String },
+    #[error("f16 compute needs the SHADER_F16 feature, which {adapter} does not have: compute in f32 (--compute-dtype f32, or compute_dtype \"f32\" in JS)")]
+    NoF16 {
+        /// "the adapter NAME", or "this adapter" where the browser gives no name.
+        adapter: String,
+    },
     #[error("device error: {0}")]
     Device(String),
 }
