@@ -939,9 +939,10 @@ impl Gpu {
         entry: &'static str,
         constants: &[(&str, f64)],
     ) -> Result<Kernel> {
-        let shader = shaders::get(kernel).ok_or_else(|| GpuError::UnknownShader(kernel.into()))?;
-        // Only the kernels that join the compute-dtype common file have an f16 form.
-        let f16 = self.compute_dtype() == ComputeDtype::F16 && shaders::has_compute_dtype(shader);
+        // Only the kernels that join the compute-dtype common file have an f16 form (looked up
+        // only under f16, so an f32 device's per-dispatch path is the cache lookup alone).
+        let f16 = self.compute_dtype() == ComputeDtype::F16
+            && shaders::get(kernel).is_some_and(shaders::has_compute_dtype);
         let key: PipelineKey = (
             kernel,
             entry,
@@ -959,6 +960,7 @@ impl Gpu {
         {
             return Ok(k.clone());
         }
+        let shader = shaders::get(kernel).ok_or_else(|| GpuError::UnknownShader(kernel.into()))?;
         let fail = |message: String| GpuError::Pipeline {
             kernel: kernel.into(),
             entry: entry.into(),

@@ -91,6 +91,13 @@ pub struct TrainConfig {
     pub lora: LoraHyper,
 }
 
+/// A `compute_dtype` option or config value as a [`tinytune_gpu::ComputeDtype`]; the message
+/// names the option.
+pub fn parse_compute_dtype(s: &str) -> std::result::Result<tinytune_gpu::ComputeDtype, String> {
+    tinytune_gpu::ComputeDtype::parse(s)
+        .ok_or_else(|| format!("compute_dtype {s:?}: expected f32 or f16"))
+}
+
 impl TrainConfig {
     /// Pretty JSON.
     pub fn to_json(&self) -> String {

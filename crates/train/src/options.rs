@@ -7,13 +7,12 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Deserialize;
-use tinytune_gpu::ComputeDtype;
 use tinytune_model::{Quant, SamplingParams};
 
 pub use crate::adapters::PeftMethod;
 use crate::config::{
-    check_layers, eval_split_from, parse_layers_to_transform, parse_target_modules, AdamWConfig,
-    LoraHyper, TrainConfig,
+    check_layers, eval_split_from, parse_compute_dtype, parse_layers_to_transform,
+    parse_target_modules, AdamWConfig, LoraHyper, TrainConfig,
 };
 use crate::data::{Columns, EvalSplit, Stop, TextSplit};
 use crate::peft::LoraModule;
@@ -548,12 +547,7 @@ impl TrainOptions {
             gradient_checkpointing: self.gradient_checkpointing,
             compute_dtype: match &self.compute_dtype {
                 None => None,
-                Some(s) => Some(
-                    ComputeDtype::parse(s)
-                        .ok_or_else(|| format!("compute_dtype {s:?}: expected f32 or f16"))?
-                        .name()
-                        .to_string(),
-                ),
+                Some(s) => Some(parse_compute_dtype(s)?.name().to_string()),
             },
             adamw: AdamWConfig {
                 weight_decay: self.weight_decay,

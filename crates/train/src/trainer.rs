@@ -529,8 +529,7 @@ impl<'g> Trainer<'g> {
         // The run's compute dtype for every kernel recorded from here on: the config's, else the
         // device's default (not whatever an earlier run on the same device set).
         let dtype = match &config.compute_dtype {
-            Some(d) => tinytune_gpu::ComputeDtype::parse(d)
-                .ok_or_else(|| cfg_err(format!("compute_dtype {d:?}: expected f32 or f16")))?,
+            Some(d) => crate::config::parse_compute_dtype(d).map_err(cfg_err)?,
             None => gpu.default_compute_dtype(),
         };
         gpu.set_compute_dtype(dtype)?;
